@@ -1,0 +1,30 @@
+"""Caterpillar core: AWQ over a discovered layer graph, for the cat-kernels runtime.
+
+The public names are imported lazily so that ``import cat_core`` stays cheap (transformers and
+the search machinery load on first use).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "QuantConfig": "cat_core.config",
+    "quantize": "cat_core.awq",
+    "rtn_quantize": "cat_core.awq",
+    "discover": "cat_core.graph",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cat_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,90 @@
+"""AWQ (Lin et al., MLSys 2024) over the layer graph, and a round-to-nearest baseline.
+
+``quantize`` leaves the model fake-quantized in place (its weights are exactly what the kernels
+reconstruct from the returned codes) and returns the codes, scales and zeros per linear.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+from cat_core.awq._errors import AWQError
+from cat_core.awq._runner import GroupReport, deterministic, run_awq
+from cat_core.config import CalibConfig, QuantConfig, matches_any
+from cat_core.quant import QuantizedTensor, check_group_size, dequantize, quantize_tensor
+
+__all__ = ["AWQError", "QuantizeResult", "GroupReport", "quantize", "rtn_quantize"]
+
+
+@dataclasses.dataclass
+class QuantizeResult:
+    """The fake-quantized model plus what the runtime packs: ``tensors[name]`` per linear."""
+
+    model: nn.Module
+    tensors: dict[str, QuantizedTensor]
+    config: QuantConfig
+    #: one entry per searched scale group (empty for RTN).
+    report: list[GroupReport] = dataclasses.field(default_factory=list)
+
+
+def quantize(
+    model: nn.Module,
+    tokenizer: Any = None,
+    config: QuantConfig | None = None,
+    calib: Any = "self",
+    *,
+    device: torch.device | str | None = None,
+    graph: Any = None,
+    progress: bool = True,
+) -> QuantizeResult:
+    """AWQ-quantize the decoder blocks of ``model`` in place.
+
+    ``calib``: a :class:`~cat_core.config.CalibConfig`, anything it takes as ``source`` (dataset
+    name, file or folder, list of strings, ``"self"``), or token ids ``[n, seqlen]``.
+    ``device``: where each block is searched (default: where the first block lives); the other
+    blocks stay where they are. ``graph``: a ready layer graph (default: discovered by running the
+    model on one calibration sample). Raises :class:`AWQError` on non-finite values, naming the
+    block and group.
+    """
+    from cat_core.calib import calibration_samples
+
+    config = config or QuantConfig()
+    samples = calibration_samples(calib, tokenizer, model)
+    if graph is None:
+        from cat_core.graph import discover
+
+        graph = discover(model, sample_input_ids=samples[:1, :64])
+    from cat_core.graph import apply_scales
+
+    was_training = model.training
+    model.eval()
+    try:
+        with deterministic():
+            tensors, report = run_awq(
+                model, samples, graph, config, device=None if device is None else torch.device(device),
+                fold=apply_scales, progress=progress,
+            )
+    finally:
+        model.train(was_training)
+    return QuantizeResult(model=model, tensors=tensors, config=config, report=report)
+
+
+@torch.no_grad()
+def rtn_quantize(model: nn.Module, config: QuantConfig | None = None) -> QuantizeResult:
+    """Round-to-nearest baseline: every ``nn.Linear`` not excluded by ``modules_to_not_convert``
+    (``lm_head`` and embeddings by default), no search, no clipping. In place."""
+    config = config or QuantConfig()
+    linears = [(name, m) for name, m in model.named_modules()
+               if isinstance(m, nn.Linear) and not matches_any(name, config.modules_to_not_convert)]
+    for name, m in linears:
+        check_group_size(m.in_features, config.group_size, name)
+    tensors = {}
+    for name, m in linears:
+        qt = quantize_tensor(m.weight.data, config, name=name)
+        m.weight.data.copy_(dequantize(qt, m.weight.dtype))
+        tensors[name] = qt.to("cpu")
+    return QuantizeResult(model=model, tensors=tensors, config=config)

@@ -1,0 +1,277 @@
+"""Walks the decoder blocks: statistics, scale search and fold, clip search, quantization.
+
+Each block sees the outputs of the previous block *after* that block was quantized, so later
+blocks compensate for the error of earlier ones. Only the block being processed is moved to the
+compute device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from cat_core.awq._capture import (
+    BlockCall,
+    capture_block_calls,
+    capture_module_call,
+    first_output,
+    hidden_of,
+    replace_hidden,
+    to_device,
+)
+from cat_core.awq._clip_search import apply_clip, search_clip
+from cat_core.awq._errors import AWQError
+from cat_core.awq._scale_search import search_scales
+from cat_core.awq._stats import AbsMeanRecorder
+from cat_core.config import QuantConfig, matches_any
+from cat_core.quant import QuantizedTensor, check_group_size, dequantize, quantize_tensor
+
+__all__ = ["GroupReport", "run_awq", "block_linears", "deterministic"]
+
+# Sequences per forward outside the search batch: bounds activation memory, amortizes overhead.
+_CHUNK = 16
+
+
+@dataclasses.dataclass
+class GroupReport:
+    block: int
+    group: str
+    alpha: float | None
+    rtn_loss: float
+    best_loss: float
+
+
+@contextlib.contextmanager
+def deterministic() -> Iterator[None]:
+    prev, prev_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+
+
+def block_linears(block: nn.Module, prefix: str, config: QuantConfig) -> list[tuple[str, str, nn.Linear]]:
+    """(path in block, full name, module) of every linear of ``block`` that gets quantized."""
+    out = []
+    for rel, mod in block.named_modules():
+        if isinstance(mod, nn.Linear) and rel:
+            full = f"{prefix}.{rel}" if prefix else rel
+            if not matches_any(full, config.modules_to_not_convert):
+                out.append((rel, full, mod))
+    return out
+
+
+def _module_device(mod: nn.Module) -> torch.device:
+    p = next(mod.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _run(block: nn.Module, call: BlockCall, hidden: torch.Tensor, device: torch.device) -> torch.Tensor:
+    c = replace_hidden(call, hidden)
+    return first_output(block(*to_device(c.args, device), **to_device(c.kwargs, device)))
+
+
+def _weight_views(block: nn.Module, group: Any) -> list[tuple[str, torch.Tensor]]:
+    """Consumers' weights as 2-D ``[out, in]`` views (writes go to the parameters)."""
+    refs = getattr(group, "weights", ()) or ()
+    if refs:
+        views = []
+        for ref in refs:
+            t = ref.tensor(block).data
+            d = ref.tensor_in_dim
+            if t.dim() != 2:
+                raise AWQError(f"consumer {ref.name} has a {t.dim()}-D weight; only 2-D weights are searched")
+            views.append((ref.name, t if d == 1 else t.t()))
+        return views
+    return [(p, block.get_submodule(p).weight.data) for p in group.consumers]
+
+
+class _WeightsAsModules:
+    """Adapter so the scale search can treat weight views like linears (``.weight.data``)."""
+
+    def __init__(self, view: torch.Tensor) -> None:
+        self.weight = self
+        self.data = view
+
+
+def _stats_module(block: nn.Module, group: Any) -> nn.Module:
+    """A module whose first input is the group's shared input."""
+    path = group.consumers[0].split("[", 1)[0]
+    try:
+        return block.get_submodule(path)
+    except AttributeError:
+        # a parameter path (stacked experts): its owner module receives the input
+        owner = path.rpartition(".")[0]
+        return block.get_submodule(owner) if owner else block
+
+
+def _sample_rows(x: torch.Tensor, n: int | None, gen: torch.Generator) -> torch.Tensor:
+    x = x.reshape(-1, x.shape[-1])
+    if n is None or x.shape[0] <= n:
+        return x
+    idx = torch.randperm(x.shape[0], generator=gen)[:n].sort().values
+    return x[idx.to(x.device)]
+
+
+def _capture_linear_inputs(
+    block: nn.Module, linears: list[tuple[str, str, nn.Linear]], call: BlockCall, hidden: torch.Tensor,
+    device: torch.device, n_tokens: int | None, seed: int,
+) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    got: dict[str, torch.Tensor] = {}
+
+    def hook(rel: str):
+        def fn(module: nn.Module, args: tuple) -> None:
+            if rel not in got:
+                got[rel] = _sample_rows(args[0].detach(), n_tokens, gen).float()
+        return fn
+
+    handles = [m.register_forward_pre_hook(hook(rel)) for rel, _, m in linears]
+    try:
+        _run(block, call, hidden, device)
+    finally:
+        for h in handles:
+            h.remove()
+    return got
+
+
+def _chunks(n: int, n_search: int) -> list[slice]:
+    out = [slice(0, n_search)]
+    out += [slice(i, min(i + _CHUNK, n)) for i in range(n_search, n, _CHUNK)]
+    return out
+
+
+@torch.no_grad()
+def run_awq(
+    model: nn.Module,
+    samples: torch.Tensor,
+    graph: Any,
+    config: QuantConfig,
+    *,
+    device: torch.device | None,
+    fold: Callable[[nn.Module, Any, torch.Tensor], None],
+    progress: bool = True,
+) -> tuple[dict[str, QuantizedTensor], list[GroupReport]]:
+    blocks = list(graph.blocks)
+    if not blocks:
+        raise AWQError("the layer graph has no decoder blocks")
+    device = torch.device(device) if device is not None else _module_device(blocks[0].module)
+    # Validate every layer before spending time on the search.
+    for bg in blocks:
+        for _, full, mod in block_linears(bg.module, bg.path, config):
+            check_group_size(mod.in_features, config.group_size, full)
+
+    n, seqlen = samples.shape
+    gen = torch.Generator().manual_seed(config.seed)
+    samples = samples[torch.randperm(n, generator=gen)]
+    sub = config.loss_token_subsample
+    n_search = n if sub is None else max(1, min(n, math.ceil(sub / seqlen)))
+    slices = _chunks(n, n_search)
+    emb_device = model.get_input_embeddings().weight.device
+    calls = capture_block_calls(
+        model, [bg.module for bg in blocks], [samples[s].to(emb_device) for s in slices], device
+    )
+    hiddens = [hidden_of(c) for c in calls[0]]
+
+    tensors: dict[str, QuantizedTensor] = {}
+    reports: list[GroupReport] = []
+    bar = _progress(len(blocks), progress)
+    try:
+        for bi, bg in enumerate(blocks):
+            block = bg.module
+            home = _module_device(block)
+            block.to(device)
+            block_calls = calls[bi]
+
+            def nonfinite(where: str, losses: list, group: str = "") -> None:
+                hist = ", ".join(f"{a if a is not None else 'rtn'}: {l:.4g}" for a, l in losses) or "none"
+                raise AWQError(
+                    f"non-finite {where} in block {bg.index} ({bg.path}), group {group or '?'}; "
+                    f"loss history: [{hist}]"
+                )
+
+            # 1. activation statistics of every group's input, over all tokens, full precision
+            recorders = [AbsMeanRecorder(_stats_module(block, g)) for g in bg.groups]
+            try:
+                for call, h in zip(block_calls, hiddens):
+                    _run(block, call, h, device)
+            finally:
+                for r in recorders:
+                    r.remove()
+
+            # 2. scale search and fold, group by group (inputs recaptured after earlier folds)
+            search_call = replace_hidden(block_calls[0], hiddens[0])
+            search_call = BlockCall(to_device(search_call.args, device), to_device(search_call.kwargs, device))
+            for g, rec in zip(bg.groups, recorders):
+                label = g.describe()
+                if bar is not None:
+                    bar.set_postfix_str(f"block {bg.index}: {g.consumers[0]} ...", refresh=False)
+                inspect = block if not g.inspect else block.get_submodule(g.inspect)
+                icall = capture_module_call(block, inspect, search_call)
+                views = _weight_views(block, g)
+                tie = getattr(g, "tie", None)
+                res = search_scales(
+                    [_WeightsAsModules(v) for _, v in views], inspect, icall, rec.mean().to(device), config,
+                    on_nonfinite=lambda what, losses, _l=label: nonfinite(what, losses, _l),
+                    tie=tie,
+                )
+                reports.append(GroupReport(bg.index, label, res.alpha, res.rtn_loss, res.best_loss))
+                if res.alpha is not None:
+                    fold(block, g, res.scales.to(device))
+
+            # 3. clip search on the folded weights
+            linears = block_linears(block, bg.path, config)
+            if config.clip:
+                if bar is not None:
+                    bar.set_postfix_str(f"block {bg.index}: clip", refresh=False)
+                to_clip = [l for l in linears if not matches_any(l[1], config.skip_clip)]
+                xs = _capture_linear_inputs(
+                    block, to_clip, block_calls[0], hiddens[0], device, config.clip_token_subsample,
+                    config.seed + bi,
+                )
+                for rel, full, mod in to_clip:
+                    if rel not in xs:
+                        continue  # never called on the calibration data (e.g. an unused expert)
+                    lo, hi, err = search_clip(mod.weight.data, xs[rel], config, name=full)
+                    if not bool(torch.isfinite(err).all()):
+                        nonfinite(f"clip-search error of {rel}", [], rel)
+                    apply_clip(mod.weight, lo, hi)
+                del xs
+
+            # 4. quantize; the model keeps exactly what the kernels will reconstruct
+            for rel, full, mod in linears:
+                w = mod.weight.data
+                if not bool(torch.isfinite(w).all()):
+                    nonfinite(f"weight of {rel}", [], rel)
+                qt = quantize_tensor(w, config, name=full)
+                w.copy_(dequantize(qt, w.dtype))
+                tensors[full] = qt.to("cpu")
+
+            # 5. this block's quantized outputs feed the next block
+            for ci, (call, h) in enumerate(zip(block_calls, hiddens)):
+                out = _run(block, call, h, device)
+                if not bool(torch.isfinite(out).all()):
+                    nonfinite("block output after quantization", [])
+                hiddens[ci] = out
+            block.to(home)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return tensors, reports
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="AWQ", unit="block")

@@ -1,0 +1,124 @@
+"""Grid search of the per-input-channel scales of one scale group (the AWQ scale step).
+
+For each candidate ``s`` the consumers' weights become ``Q(W * s) / s``: the quantization error of
+the scaled weight, seen from the unscaled input. The candidate minimizing the inspected module's
+output MSE wins; the identity (plain round-to-nearest) is always a candidate, so the search never
+does worse than RTN on the data it sees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+
+import torch
+from torch import nn
+
+from cat_core.awq._capture import BlockCall, first_output
+from cat_core.config import QuantConfig
+from cat_core.quant import check_group_size, fake_quantize
+
+__all__ = ["ScaleResult", "search_scales", "weight_channel_mean", "search_autocast"]
+
+
+def search_autocast(config: QuantConfig, device: torch.device):
+    """Autocast for the search reruns when ``search_dtype`` is lower than float32.
+
+    Only the reruns (matmuls) are affected: the reference output is computed the same way so the
+    losses stay comparable, and folded and stored weights never pass through it.
+    """
+    if config.search_torch_dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=config.search_torch_dtype)
+
+
+@dataclasses.dataclass
+class ScaleResult:
+    scales: torch.Tensor  # float32 [K]
+    alpha: float | None  # None: the identity won
+    losses: list[tuple[float | None, float]]  # (alpha, loss) in search order
+
+    @property
+    def rtn_loss(self) -> float:
+        return self.losses[0][1]
+
+    @property
+    def best_loss(self) -> float:
+        return min(loss for _, loss in self.losses)
+
+
+def weight_channel_mean(weights: list[torch.Tensor], group_size: int) -> torch.Tensor:
+    """Mean over output rows of |W| normalized by each group's max: the weight side of duo scaling."""
+    w = torch.cat([x.detach().float() for x in weights], dim=0)
+    n, k = w.shape
+    g = check_group_size(k, group_size)
+    wg = w.abs().reshape(n, k // g, g)
+    wg = wg / wg.amax(dim=-1, keepdim=True).clamp_min(1e-12)
+    return wg.reshape(n, k).mean(dim=0)
+
+
+def _candidate(x_mean: torch.Tensor, w_mean: torch.Tensor | None, alpha: float) -> torch.Tensor:
+    s = x_mean.pow(alpha)
+    if w_mean is not None:
+        s = s / w_mean.pow(1.0 - alpha)
+    s = s.clamp_min(1e-4)
+    # Centre the scales geometrically so neither W*s nor x/s drifts in magnitude.
+    return s / (s.max() * s.min()).sqrt()
+
+
+@torch.no_grad()
+def search_scales(
+    consumers: list[nn.Linear],
+    inspect: nn.Module,
+    call: BlockCall,
+    x_mean: torch.Tensor,
+    config: QuantConfig,
+    *,
+    on_nonfinite,
+    tie=None,
+) -> ScaleResult:
+    """Best scales for ``consumers`` given the inspected module's captured ``call``.
+
+    ``on_nonfinite(what, losses)`` is called (and must raise) when a loss or statistic is not finite.
+    ``tie`` maps a candidate to one the fold can apply (e.g. shared across grouped-query heads), so
+    the search scores exactly what will be folded. Weights are restored before returning.
+    """
+    x_mean = x_mean.float()
+    if not bool(torch.isfinite(x_mean).all()):
+        on_nonfinite("activation statistics", [])
+    originals = [c.weight.data.clone() for c in consumers]
+    autocast = search_autocast(config, originals[0].device)
+    with autocast:
+        ref = first_output(inspect(*call.args, **call.kwargs)).float()
+    if not bool(torch.isfinite(ref).all()):
+        on_nonfinite("reference output of the inspected module", [])
+    w_mean = weight_channel_mean(originals, config.group_size) if config.duo_scaling else None
+    if w_mean is not None and not bool(torch.isfinite(w_mean).all()):
+        on_nonfinite("weight statistics", [])
+
+    alphas: list[float | None] = [None] + [i / config.n_grid for i in range(config.n_grid)]
+    losses: list[tuple[float | None, float]] = []
+    best: tuple[float, float | None, torch.Tensor] | None = None
+    try:
+        for alpha in alphas:
+            s = torch.ones_like(x_mean) if alpha is None else _candidate(x_mean, w_mean, alpha)
+            if tie is not None and alpha is not None:
+                s = tie(s).float()
+            s_dev = s.to(originals[0].device)
+            for c, w in zip(consumers, originals):
+                scaled = w.float() * s_dev
+                c.weight.data.copy_(fake_quantize(scaled, config) / s_dev)
+            with autocast:
+                out = first_output(inspect(*call.args, **call.kwargs)).float()
+            loss = float((out - ref).pow(2).mean())
+            losses.append((alpha, loss))
+            if not math.isfinite(loss):
+                on_nonfinite(f"loss at alpha={alpha}", losses)
+            if best is None or loss < best[0]:
+                best = (loss, alpha, s)
+    finally:
+        for c, w in zip(consumers, originals):
+            c.weight.data.copy_(w)
+    assert best is not None
+    return ScaleResult(scales=best[2], alpha=best[1], losses=losses)

@@ -1,0 +1,258 @@
+"""Calibration samples: ``[n_samples, seqlen]`` token ids from text, files, a dataset or the model.
+
+Documents are joined with ``"\\n\\n"``, tokenized once and cut into non-overlapping windows; a
+seeded permutation picks which windows, so the samples depend only on the inputs and the seed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cat_core.config import CalibConfig
+
+__all__ = ["CalibError", "calibration_samples"]
+
+_LOCAL_EXT = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+# Characters tokenized per needed token before trying more text: large enough that the windows are
+# drawn from well beyond the first documents, small enough that a huge dataset is not tokenized whole.
+_CHARS_PER_TOKEN_BUDGET = 32
+_NETWORK_PROBE_S = 3.0
+_SELF_BATCH = 16
+_SELF_TOP_K = 50
+
+
+class CalibError(ValueError):
+    """Calibration data cannot be produced (missing, unreachable or too short)."""
+
+
+def calibration_samples(
+    calib: CalibConfig | str | os.PathLike | Sequence[str] | Any,
+    tokenizer: Any = None,
+    model: torch.nn.Module | None = None,
+) -> torch.Tensor:
+    """Token ids ``[n_samples, seqlen]`` (int64, CPU) for calibration.
+
+    ``calib`` is a :class:`CalibConfig`, or anything accepted as its ``source`` (then the default
+    counts apply), or an already tokenized ``[n, seqlen]`` integer tensor (returned as is).
+    ``model`` is only needed for ``source="self"``.
+    """
+    if isinstance(calib, torch.Tensor):
+        if calib.dim() != 2 or calib.is_floating_point() or calib.numel() == 0:
+            raise CalibError(f"token ids must be a non-empty 2-D integer tensor, got {tuple(calib.shape)} {calib.dtype}")
+        return calib.long().cpu()
+    cfg = calib if isinstance(calib, CalibConfig) else CalibConfig(source=calib)
+    if isinstance(cfg.source, str) and cfg.source == "self":
+        if model is None or tokenizer is None:
+            raise CalibError("source='self' samples text from the model: pass model= and tokenizer=")
+        return _sample_from_model(model, tokenizer, cfg)
+    if tokenizer is None:
+        raise CalibError(f"a tokenizer is needed to turn {_describe(cfg.source)} into token ids")
+    docs, label = _documents(cfg)
+    return _windows(docs, label, tokenizer, cfg)
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def _describe(source: Any) -> str:
+    if isinstance(source, tuple):
+        return f"a list of {len(source)} strings"
+    if isinstance(source, str):
+        return repr(source)
+    return type(source).__name__
+
+
+def _documents(cfg: CalibConfig) -> tuple[Iterable[str], str]:
+    src = cfg.source
+    if isinstance(src, tuple):
+        return src, f"a list of {len(src)} strings"
+    if isinstance(src, str):
+        path = Path(src).expanduser()
+        if path.exists():
+            return _local_documents(path, cfg), f"local data {str(path)!r}"
+        if path.suffix.lower() in _LOCAL_EXT or os.sep in src and not _looks_like_hub_id(src):
+            raise CalibError(f"calibration file {src!r} does not exist")
+        return _hub_documents(src, cfg), f"dataset {src!r}"
+    if hasattr(src, "column_names") and hasattr(src, "__getitem__"):
+        return _column(src, cfg.text_column, type(src).__name__), f"a {type(src).__name__}"
+    raise CalibError(
+        f"cannot read calibration data from {type(src).__name__}: give a dataset name, a path, "
+        f"a list of strings, a datasets.Dataset or 'self'"
+    )
+
+
+def _looks_like_hub_id(src: str) -> bool:
+    parts = src.split("/")
+    return len(parts) == 2 and all(parts) and not src.startswith((".", "/", "~"))
+
+
+def _local_documents(path: Path, cfg: CalibConfig) -> Iterable[str]:
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in _LOCAL_EXT) if path.is_dir() else [path]
+    if not files:
+        raise CalibError(f"no calibration files ({', '.join(sorted(_LOCAL_EXT))}) under {str(path)!r}")
+    kinds = {_LOCAL_EXT.get(p.suffix.lower()) for p in files}
+    if None in kinds:
+        raise CalibError(
+            f"unsupported calibration file {str(files[0])!r}: expected one of {sorted(_LOCAL_EXT)}"
+        )
+    if len(kinds) > 1:
+        raise CalibError(f"mixed file kinds under {str(path)!r}: {sorted(kinds)}; use one kind")
+    kind = kinds.pop()
+    if kind == "text":
+        # Plain text needs no datasets machinery: one document per non-empty line.
+        return _text_lines(files)
+    try:
+        import datasets
+    except ImportError as e:
+        raise CalibError(f"reading {kind} files needs the 'datasets' package (pip install datasets)") from e
+    try:
+        ds = datasets.load_dataset(kind, data_files=[str(p) for p in files], split="train")
+    except Exception as e:
+        raise CalibError(f"could not read {str(path)!r} as {kind}: {e}") from e
+    return _column(ds, cfg.text_column, str(path))
+
+
+def _text_lines(files: list[Path]) -> Iterator[str]:
+    for p in files:
+        with open(p, encoding="utf-8") as f:
+            for line in f:
+                line = line.rstrip("\n")
+                if line.strip():
+                    yield line
+
+
+def _column(ds: Any, column: str, label: str) -> Iterable[str]:
+    names = list(getattr(ds, "column_names", []) or [])
+    if column not in names:
+        raise CalibError(f"{label} has no column {column!r}; its columns are {names}")
+    return (t for t in ds[column] if isinstance(t, str) and t.strip())
+
+
+def _network_reachable(url: str) -> bool:
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    host, port = u.hostname or "huggingface.co", u.port or (443 if u.scheme == "https" else 80)
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=_NETWORK_PROBE_S):
+                ok.append(True)
+        except OSError:
+            pass
+
+    # DNS resolution ignores socket timeouts, hence the thread.
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(_NETWORK_PROBE_S + 0.5)
+    return bool(ok)
+
+
+def _hub_documents(name: str, cfg: CalibConfig) -> Iterable[str]:
+    try:
+        import datasets
+        from huggingface_hub import constants
+    except ImportError as e:
+        raise CalibError(f"loading dataset {name!r} needs the 'datasets' package (pip install datasets)") from e
+    offline = bool(datasets.config.HF_HUB_OFFLINE)
+    if not offline and not _network_reachable(constants.ENDPOINT):
+        raise CalibError(
+            f"cannot reach {constants.ENDPOINT} to load calibration dataset {name!r} (offline?). "
+            f"Give local files (.txt/.json/.jsonl/.csv/.parquet), a list of strings, or "
+            f"source='self'; or set HF_HUB_OFFLINE=1 to use a cached copy."
+        )
+    try:
+        ds = datasets.load_dataset(name, cfg.subset, split=cfg.split)
+    except Exception as e:
+        hint = " (offline mode: only cached datasets load)" if offline else ""
+        raise CalibError(f"could not load calibration dataset {name!r}{hint}: {e}") from e
+    return _column(ds, cfg.text_column, f"dataset {name!r}")
+
+
+# ----------------------------------------------------------------------------- tokens
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    enc = tokenizer(text, add_special_tokens=False, return_attention_mask=False, verbose=False)
+    ids = enc["input_ids"]
+    return list(ids)
+
+
+def _windows(docs: Iterable[str], label: str, tokenizer: Any, cfg: CalibConfig) -> torch.Tensor:
+    need = cfg.n_samples * cfg.seqlen
+    it = iter(docs)
+    pieces: list[str] = []
+    n_chars, budget, exhausted = 0, need * _CHARS_PER_TOKEN_BUDGET, False
+    ids: list[int] = []
+    while True:
+        while n_chars < budget:
+            doc = next(it, None)
+            if doc is None:
+                exhausted = True
+                break
+            pieces.append(doc)
+            n_chars += len(doc) + 2
+        if not pieces:
+            raise CalibError(f"calibration source {label} holds no text")
+        ids = _encode(tokenizer, "\n\n".join(pieces))
+        if len(ids) >= need or exhausted:
+            break
+        budget *= 2
+    n_windows = len(ids) // cfg.seqlen
+    if n_windows < cfg.n_samples:
+        raise CalibError(
+            f"calibration source {label} is too short: {len(ids)} tokens available, "
+            f"{need} needed ({cfg.n_samples} samples x {cfg.seqlen} tokens); "
+            f"give more text or lower n_samples/seqlen"
+        )
+    gen = torch.Generator().manual_seed(cfg.seed)
+    pick = torch.randperm(n_windows, generator=gen)[: cfg.n_samples]
+    flat = torch.tensor(ids[: n_windows * cfg.seqlen], dtype=torch.long).view(n_windows, cfg.seqlen)
+    return flat[pick].contiguous()
+
+
+@torch.no_grad()
+def _sample_from_model(model: torch.nn.Module, tokenizer: Any, cfg: CalibConfig) -> torch.Tensor:
+    """Top-k sampled sequences, each starting at BOS (or EOS), drawn with a CPU generator.
+
+    Sampling happens on the CPU so the same seed gives the same text on any device.
+    """
+    start = next(
+        (t for t in (getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None))
+         if t is not None),
+        0,
+    )
+    emb = model.get_input_embeddings()
+    device = emb.weight.device
+    gen = torch.Generator().manual_seed(cfg.seed)
+    was_training = model.training
+    model.eval()
+    out_rows: list[torch.Tensor] = []
+    try:
+        for b0 in range(0, cfg.n_samples, _SELF_BATCH):
+            b = min(_SELF_BATCH, cfg.n_samples - b0)
+            seq = torch.full((b, 1), int(start), dtype=torch.long)
+            past = None
+            step_in = seq
+            for _ in range(cfg.seqlen - 1):
+                out = model(input_ids=step_in.to(device), past_key_values=past, use_cache=True)
+                past = out.past_key_values
+                logits = out.logits[:, -1, :].float().cpu()
+                k = min(_SELF_TOP_K, logits.shape[-1])
+                top, idx = logits.topk(k, dim=-1)
+                probs = torch.softmax(top, dim=-1)
+                choice = torch.multinomial(probs, 1, generator=gen)
+                step_in = idx.gather(-1, choice)
+                seq = torch.cat([seq, step_in], dim=1)
+            out_rows.append(seq)
+    finally:
+        model.train(was_training)
+    return torch.cat(out_rows, 0)

@@ -1,0 +1,179 @@
+"""Quantization and calibration settings.
+
+Both configs are frozen and validated on construction, so a bad value fails where it is written,
+not twenty minutes into a search.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["QuantConfig", "CalibConfig", "matches_any"]
+
+_BITS = (2, 3, 4, 8)
+_SCALE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+_SEARCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def _dtype_name(value: Any, allowed: dict[str, torch.dtype], field: str) -> str:
+    if isinstance(value, torch.dtype):
+        for name, dt in allowed.items():
+            if dt == value:
+                return name
+    elif isinstance(value, str):
+        name = value.removeprefix("torch.")
+        name = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32"}.get(
+            name, name
+        )
+        if name in allowed:
+            return name
+    raise ValueError(f"{field} must be one of {sorted(allowed)} (a name or torch dtype), got {value!r}")
+
+
+def _patterns(value: Any, field: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = (value,)
+    try:
+        items = tuple(value)
+    except TypeError:
+        raise ValueError(f"{field} must be a sequence of glob patterns, got {value!r}") from None
+    for p in items:
+        if not isinstance(p, str) or not p:
+            raise ValueError(f"{field} must hold non-empty strings (glob patterns), got {p!r}")
+    return items
+
+
+def matches_any(name: str, patterns: Sequence[str]) -> bool:
+    """True when the dotted module ``name`` matches one of the glob ``patterns``.
+
+    A pattern also matches as a suffix on a dot boundary, so ``"lm_head"`` matches
+    ``"model.lm_head"`` and ``"mlp.gate"`` matches ``"model.layers.3.mlp.gate"``.
+    """
+    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name, "*." + p) for p in patterns)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantConfig:
+    """What to quantize and how hard to search.
+
+    Weights are stored as ``W ~= (q - z) * s`` per group of ``group_size`` input columns
+    (``-1``: one group per row), the convention of ``cat-kernels/docs/format.md``.
+    """
+
+    bits: int = 4
+    group_size: int = 128
+    sym: bool = False
+    #: storage dtype of the scales; codes are computed against the scale rounded to it.
+    scale_dtype: str = "float16"
+    #: divide the activation statistic by a weight statistic when forming scales (AWQ's "duo").
+    duo_scaling: bool = True
+    #: number of alphas tried in [0, 1) by the scale search (plus the identity).
+    n_grid: int = 20
+    clip: bool = True
+    #: the clip search shrinks each group's range by factors in [max_shrink, 1).
+    max_shrink: float = 0.5
+    n_clip_grid: int = 20
+    #: linears whose range is never clipped: query/key errors are amplified by the softmax.
+    skip_clip: tuple[str, ...] = ("*q_proj", "*k_proj", "*query*", "*key*", "*qkv*", "*Wqkv*")
+    #: modules never quantized (only linears inside decoder blocks are ever candidates).
+    modules_to_not_convert: tuple[str, ...] = ("lm_head", "*embed*", "*wte", "*wpe")
+    #: tokens used for the scale-search losses (whole sequences); None: every sample.
+    loss_token_subsample: int | None = 4096
+    #: tokens used for the clip-search losses; None: every token of the search batch.
+    clip_token_subsample: int | None = 512
+    #: dtype in which the searches rerun modules; the folded weights keep the model's dtype.
+    search_dtype: str = "float32"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        if not isinstance(self.bits, int) or isinstance(self.bits, bool) or self.bits not in _BITS:
+            raise ValueError(f"bits must be one of {_BITS}, got {self.bits!r}")
+        gs = self.group_size
+        if not isinstance(gs, int) or isinstance(gs, bool) or not (gs == -1 or (gs > 0 and gs % 32 == 0)):
+            raise ValueError(
+                f"group_size must be -1 (one group per row) or a positive multiple of 32 "
+                f"(32, 64, 128 are typical), got {gs!r}"
+            )
+        for flag in ("sym", "duo_scaling", "clip"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
+        put("scale_dtype", _dtype_name(self.scale_dtype, _SCALE_DTYPES, "scale_dtype"))
+        put("search_dtype", _dtype_name(self.search_dtype, _SEARCH_DTYPES, "search_dtype"))
+        for name in ("n_grid", "n_clip_grid"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        if not isinstance(self.max_shrink, (int, float)) or not 0.0 < float(self.max_shrink) < 1.0:
+            raise ValueError(f"max_shrink must be a float in (0, 1), got {self.max_shrink!r}")
+        put("max_shrink", float(self.max_shrink))
+        put("skip_clip", _patterns(self.skip_clip, "skip_clip"))
+        put("modules_to_not_convert", _patterns(self.modules_to_not_convert, "modules_to_not_convert"))
+        for name in ("loss_token_subsample", "clip_token_subsample"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise ValueError(f"{name} must be None or an int >= 1, got {v!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
+
+    @property
+    def scale_torch_dtype(self) -> torch.dtype:
+        return _SCALE_DTYPES[self.scale_dtype]
+
+    @property
+    def search_torch_dtype(self) -> torch.dtype:
+        return _SEARCH_DTYPES[self.search_dtype]
+
+    @property
+    def qmax(self) -> int:
+        return 2**self.bits - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibConfig:
+    """Where calibration text comes from and how much of it.
+
+    ``source`` is one of: a ``datasets`` hub name (needs the network or a warm cache), a local
+    file or folder (.txt, .json, .jsonl, .csv, .parquet), a list of strings, a
+    ``datasets.Dataset``, or ``"self"`` (text sampled from the model with ``seed``).
+    """
+
+    source: Any = "self"
+    n_samples: int = 128
+    seqlen: int = 512
+    text_column: str = "text"
+    #: hub datasets only.
+    subset: str | None = None
+    split: str = "train"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        src = self.source
+        if isinstance(src, Path):
+            object.__setattr__(self, "source", str(src))
+        elif isinstance(src, str):
+            if not src:
+                raise ValueError("source must be a dataset name, a path, a list of strings or 'self', got ''")
+        elif isinstance(src, (list, tuple)):
+            if not src:
+                raise ValueError("source is an empty list: give at least one document")
+            bad = [type(t).__name__ for t in src if not isinstance(t, str)]
+            if bad:
+                raise ValueError(f"source as a list must hold strings only, found {sorted(set(bad))}")
+            object.__setattr__(self, "source", tuple(src))
+        for name in ("n_samples", "seqlen"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        if not isinstance(self.text_column, str) or not self.text_column:
+            raise ValueError(f"text_column must be a non-empty column name, got {self.text_column!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")

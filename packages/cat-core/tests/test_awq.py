@@ -1,0 +1,219 @@
+"""AWQ on a tiny random Llama with outlier activation channels, on hand-built scale groups.
+
+The groups are written out here (not discovered) so the search is tested independently of the
+graph discovery; the fold is the graph's own fold rule plus the consumer-side multiply.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from cat_core.awq import AWQError, quantize, rtn_quantize
+from cat_core.awq._runner import run_awq
+from cat_core.config import QuantConfig
+from cat_core.quant import dequantize
+
+types = pytest.importorskip("cat_core.graph._types")
+
+HIDDEN, INTER, HEADS, KV, HEAD_DIM, VOCAB = 96, 160, 3, 1, 32, 101
+
+
+def tiny_llama(seed: int = 0) -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=2,
+                      num_attention_heads=HEADS, num_key_value_heads=KV, head_dim=HEAD_DIM,
+                      max_position_embeddings=128, tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg).eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            # A few input channels with large activations: where AWQ earns its keep.
+            for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+                idx = torch.randperm(HIDDEN, generator=g)[:4]
+                norm.weight[idx] = 20.0 + 10 * torch.rand(4, generator=g)
+            up_idx = torch.randperm(INTER, generator=g)[:4]
+            layer.mlp.up_proj.weight[up_idx] *= 15.0
+    return model
+
+
+def hand_groups(model: nn.Module):
+    rep = HEADS // KV
+    v_rows = tuple(((c // HEAD_DIM) // rep) * HEAD_DIM + c % HEAD_DIM for c in range(HEADS * HEAD_DIM))
+    groups = [
+        types.ScaleGroup("input_layernorm", types.NormFold("input_layernorm", "input_layernorm.weight"),
+                         ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn",
+                         channels=HIDDEN),
+        types.ScaleGroup("self_attn.v_proj",
+                         types.LinearFold("self_attn.v_proj", "self_attn.v_proj.weight", v_rows, 0, via="attention"),
+                         ("self_attn.o_proj",), "self_attn.o_proj", channels=HEADS * HEAD_DIM),
+        types.ScaleGroup("post_attention_layernorm",
+                         types.NormFold("post_attention_layernorm", "post_attention_layernorm.weight"),
+                         ("mlp.gate_proj", "mlp.up_proj"), "mlp", channels=HIDDEN),
+        types.ScaleGroup("mlp.up_proj",
+                         types.LinearFold("mlp.up_proj", "mlp.up_proj.weight", tuple(range(INTER)), 0, via="gate"),
+                         ("mlp.down_proj",), "mlp.down_proj", channels=INTER),
+    ]
+    blocks = [types.BlockGraph(i, f"model.layers.{i}", layer, list(groups))
+              for i, layer in enumerate(model.model.layers)]
+    return types.LayerGraph("model.layers", blocks)
+
+
+def fold(block: nn.Module, group, scales: torch.Tensor) -> None:
+    s = group.tie(scales.float())
+    group.fold.apply(block, s)
+    for p in group.consumers:
+        w = block.get_submodule(p).weight
+        w.data.copy_((w.data.float() * s).to(w.dtype))
+
+
+def _run(model, config, samples, **kw):
+    graph = hand_groups(model)
+    return run_awq(model, samples, graph, config, device=None, fold=fold, progress=False, **kw)
+
+
+def _samples(n, t, seed):
+    return torch.randint(3, VOCAB, (n, t), generator=torch.Generator().manual_seed(seed))
+
+
+CFG = QuantConfig(bits=3, group_size=32, n_grid=10, n_clip_grid=8, loss_token_subsample=128,
+                  clip_token_subsample=128)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny tensors on shared cores: a second OpenMP thread only adds contention stalls.
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+@pytest.fixture(scope="module")
+def fp_model():
+    return tiny_llama()
+
+
+def test_fold_preserves_function(fp_model):
+    m = copy.deepcopy(fp_model)
+    x = _samples(2, 16, 9)
+    ref = m(x).logits
+    for bg in hand_groups(m).blocks:
+        for g in bg.groups:
+            fold(bg.module, g, torch.rand(g.channels, generator=torch.Generator().manual_seed(1)) + 0.5)
+    assert torch.allclose(m(x).logits, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_awq_runs_deterministic_and_model_matches_codes(fp_model):
+    samples = _samples(8, 32, 0)
+    a = copy.deepcopy(fp_model)
+    with torch.no_grad():
+        ta, rep = _run(a, CFG, samples)
+    b = copy.deepcopy(fp_model)
+    with torch.no_grad():
+        tb, _ = _run(b, CFG, samples)
+    names = {f"model.layers.{i}.{p}" for i in range(2) for p in
+             ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+              "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}
+    assert set(ta) == names
+    assert len(rep) == 8 and all(r.best_loss <= r.rtn_loss for r in rep)
+    assert any(r.alpha is not None for r in rep)
+    for n in names:
+        assert torch.equal(ta[n].codes, tb[n].codes) and torch.equal(ta[n].scales, tb[n].scales)
+        assert torch.equal(ta[n].zeros, tb[n].zeros)
+        assert int(ta[n].codes.max()) < 8
+        w = a.get_submodule(n).weight
+        assert torch.equal(w.data, dequantize(ta[n], w.dtype))  # the model is what gets packed
+    assert a.lm_head.weight.equal(fp_model.lm_head.weight)  # never quantized
+
+
+def _err(model, ref_model, x):
+    with torch.no_grad():
+        return float((model(x).logits - ref_model(x).logits).pow(2).mean())
+
+
+@pytest.mark.parametrize("sym", [False, True])
+def test_awq_beats_rtn_on_held_out_input(fp_model, sym):
+    cfg = QuantConfig(bits=3, group_size=32, sym=sym, n_grid=10, n_clip_grid=8,
+                      loss_token_subsample=128, clip_token_subsample=128)
+    held_out = _samples(4, 32, 123)
+    awq = copy.deepcopy(fp_model)
+    with torch.no_grad():
+        _run(awq, cfg, _samples(8, 32, 0))
+    rtn = rtn_quantize(copy.deepcopy(fp_model), cfg).model
+    e_awq, e_rtn = _err(awq, fp_model, held_out), _err(rtn, fp_model, held_out)
+    print(f"sym={sym} awq={e_awq:.4g} rtn={e_rtn:.4g}")
+    assert e_awq < 0.8 * e_rtn, (e_awq, e_rtn)
+
+
+def test_nan_in_block_raises_naming_block(fp_model):
+    m = copy.deepcopy(fp_model)
+    with torch.no_grad():
+        m.model.layers[1].self_attn.q_proj.weight[3, 5] = float("nan")
+        with pytest.raises(AWQError, match=r"block 1 .*model\.layers\.1.*loss history"):
+            _run(m, CFG, _samples(8, 32, 0))
+
+
+def test_nan_in_loss_names_group_and_history(fp_model, monkeypatch):
+    import cat_core.awq._scale_search as ss
+
+    real = ss.fake_quantize
+    calls = {"n": 0}
+
+    def poisoned(w, config):
+        calls["n"] += 1
+        out = real(w, config)
+        if calls["n"] > 6:  # after a few finite grid points
+            out = out.clone()
+            out[0, 0] = float("inf")
+        return out
+
+    monkeypatch.setattr(ss, "fake_quantize", poisoned)
+    m = copy.deepcopy(fp_model)
+    with torch.no_grad(), pytest.raises(AWQError) as e:
+        _run(m, CFG, _samples(8, 32, 0))
+    msg = str(e.value)
+    assert "block 0" in msg and "self_attn.q_proj" in msg and "rtn:" in msg
+
+
+def test_group_size_checked_before_search(fp_model):
+    m = copy.deepcopy(fp_model)
+    with pytest.raises(ValueError, match=r"mlp\.down_proj.*K=160"):
+        _run(m, QuantConfig(bits=4, group_size=96), _samples(2, 16, 0))
+
+
+def test_public_quantize_with_token_ids(fp_model, monkeypatch):
+    import cat_core.graph
+
+    if not hasattr(cat_core.graph, "apply_scales"):  # the graph package is written concurrently
+        monkeypatch.setattr(cat_core.graph, "apply_scales", fold, raising=False)
+    m = copy.deepcopy(fp_model)
+    res = quantize(m, None, CFG, calib=_samples(8, 32, 0), graph=hand_groups(m), progress=False)
+    assert res.model is m and len(res.tensors) == 14 and len(res.report) == 8
+
+
+def test_bf16_search_dtype_still_beats_rtn(fp_model):
+    cfg = QuantConfig(bits=3, group_size=32, n_grid=10, n_clip_grid=8, loss_token_subsample=128,
+                      clip_token_subsample=128, search_dtype="bfloat16")
+    awq = copy.deepcopy(fp_model)
+    with torch.no_grad():
+        tensors, rep = _run(awq, cfg, _samples(8, 32, 0))
+    assert all(t.scales.dtype == torch.float16 for t in tensors.values())
+    rtn = rtn_quantize(copy.deepcopy(fp_model), cfg).model
+    held_out = _samples(4, 32, 123)
+    assert _err(awq, fp_model, held_out) < 0.8 * _err(rtn, fp_model, held_out)
+
+
+def test_quantize_on_discovered_graph(fp_model):
+    """The one-call API end to end, with the layer graph discovered by cat_core.graph."""
+    m = copy.deepcopy(fp_model)
+    res = quantize(m, None, CFG, calib=_samples(8, 32, 0), progress=False)
+    assert len(res.tensors) == 14 and res.report
+    rtn = rtn_quantize(copy.deepcopy(fp_model), CFG).model
+    held_out = _samples(4, 32, 123)
+    assert _err(m, fp_model, held_out) < _err(rtn, fp_model, held_out)

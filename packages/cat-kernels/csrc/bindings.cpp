@@ -1,0 +1,301 @@
+// Python binding: arrays arrive through DLPack (nanobind ndarray), get a structural re-check
+// (the Python layer in cat_kernels/_checks.py already produced the friendly messages; this
+// guards direct users of _C against crashes) and are handed to cat::cpu or cat::cuda.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cat/ops.h"
+#include "cpu/internal.h"
+#include "cpu/threadpool.h"
+
+namespace nb = nanobind;
+using In = nb::ndarray<nb::ro>;
+using Out = nb::ndarray<>;
+
+#ifndef CAT_KERNELS_VERSION
+#define CAT_KERNELS_VERSION "0.0.0"
+#endif
+#ifndef CAT_KERNELS_CUDA_ARCHS
+#define CAT_KERNELS_CUDA_ARCHS ""
+#endif
+
+namespace {
+
+constexpr int kCPU = nb::device::cpu::value, kCUDA = nb::device::cuda::value;
+
+std::string dtype_name(const nb::dlpack::dtype& d) {
+  const char* base = "unknown";
+  switch (static_cast<nb::dlpack::dtype_code>(d.code)) {
+    case nb::dlpack::dtype_code::Int: base = "int"; break;
+    case nb::dlpack::dtype_code::UInt: base = "uint"; break;
+    case nb::dlpack::dtype_code::Float: base = "float"; break;
+    case nb::dlpack::dtype_code::Bfloat: base = "bfloat"; break;
+    case nb::dlpack::dtype_code::Bool: return "bool";
+    case nb::dlpack::dtype_code::Complex: base = "complex"; break;
+    default: break;
+  }
+  std::string s = std::string(base) + std::to_string(d.bits);
+  if (d.lanes != 1) s += "x" + std::to_string(d.lanes);
+  return s;
+}
+
+template <class A>
+bool c_contiguous(const A& a) {
+  int64_t expect = 1;
+  for (size_t i = a.ndim(); i-- > 0;) {
+    if (a.shape(i) != 1 && a.stride(i) != expect) return false;
+    expect *= static_cast<int64_t>(a.shape(i));
+  }
+  return true;
+}
+
+void require(bool ok, const std::string& msg) {
+  if (!ok) throw nb::value_error(msg.c_str());
+}
+
+template <class A>
+void check_array(const A& a, const char* name, const char* dtype, std::vector<int64_t> shape) {
+  require(dtype_name(a.dtype()) == dtype,
+          std::string(name) + ": expected dtype " + dtype + ", got " + dtype_name(a.dtype()));
+  bool ok = a.ndim() == shape.size();
+  for (size_t i = 0; ok && i < shape.size(); ++i) ok = static_cast<int64_t>(a.shape(i)) == shape[i];
+  if (!ok) {
+    std::string want = "(";
+    for (size_t i = 0; i < shape.size(); ++i) want += (i ? ", " : "") + std::to_string(shape[i]);
+    throw nb::value_error((std::string(name) + ": expected shape " + want + ")").c_str());
+  }
+  require(c_contiguous(a), std::string(name) + ": must be C-contiguous");
+}
+
+cat::DType float_dtype(const In& a, const char* name) {
+  const std::string d = dtype_name(a.dtype());
+  if (d == "float32") return cat::DType::f32;
+  if (d == "float16") return cat::DType::f16;
+  if (d == "bfloat16") return cat::DType::bf16;
+  throw nb::type_error((std::string(name) + ": expected float32, float16 or bfloat16, got " + d).c_str());
+}
+
+struct Device {
+  int type, id;
+};
+
+template <class A>
+Device device_of(const A& a) {
+  return {a.device_type(), a.device_id()};
+}
+
+void same_device(const Device& ref, const Device& d, const char* name) {
+  require(ref.type == d.type && (ref.type == kCPU || ref.id == d.id),
+          std::string(name) + ": must be on the same device as the other arrays");
+}
+
+void check_device_type(const Device& d) {
+  require(d.type == kCPU || d.type == kCUDA,
+          "arrays must live in CPU memory or on a CUDA device (DLPack device type " +
+              std::to_string(d.type) + " is not supported)");
+}
+
+// Makes the arrays' CUDA device current for the duration of a call, then restores the caller's.
+struct DeviceGuard {
+  int prev = -1;
+  explicit DeviceGuard(const Device& d) {
+    if (d.type != kCUDA) return;
+    prev = cat::cuda::get_device();
+    if (prev != d.id) cat::cuda::set_device(d.id);
+    else prev = -1;
+  }
+  ~DeviceGuard() {
+    if (prev >= 0) {
+      try {
+        cat::cuda::set_device(prev);
+      } catch (...) {
+      }
+    }
+  }
+};
+
+int bits_of(const In& packed, const char* name) {
+  require(packed.ndim() == 4, std::string(name) + ": expected a 4-D packed array");
+  const int bits = static_cast<int>(packed.shape(2));
+  require(bits == 2 || bits == 3 || bits == 4 || bits == 8,
+          std::string(name) + ": shape[2] is the bit width and must be 2, 3, 4 or 8, got " +
+              std::to_string(bits));
+  return bits;
+}
+
+std::vector<int64_t> packed_shape(int64_t n, int64_t k, int bits) {
+  return {cat::ceil_div(n, cat::kTileN), cat::ceil_div(k, cat::kBlockK), bits, cat::kTileN};
+}
+
+// Validates packed/scales/zeros against each other and builds the QWeight.
+cat::QWeight make_weight(const In& packed, const In& scales, const std::optional<In>& zeros,
+                         int64_t group_size, int64_t k, Device* dev) {
+  cat::QWeight w;
+  w.bits = bits_of(packed, "packed");
+  require(scales.ndim() == 2, "scales: expected a 2-D array [N, n_groups]");
+  w.n = static_cast<int64_t>(scales.shape(0));
+  const int64_t ng = static_cast<int64_t>(scales.shape(1));
+  require(k > 0, "k must be positive");
+  require(w.n > 0 && ng > 0, "scales: N and n_groups must be positive");
+  if (group_size == -1) group_size = k;
+  require(group_size > 0 && k % group_size == 0 && (group_size % 32 == 0 || group_size == k),
+          "group_size must be -1 or a multiple of 32 that divides K");
+  require(ng == k / group_size, "scales: expected shape[1] == K / group_size");
+  w.k = k;
+  w.group_size = group_size;
+  w.scale_dtype = float_dtype(scales, "scales");
+  check_array(packed, "packed", "int32", packed_shape(w.n, k, w.bits));
+  require(c_contiguous(scales), "scales: must be C-contiguous");
+  *dev = device_of(packed);
+  check_device_type(*dev);
+  same_device(*dev, device_of(scales), "scales");
+  w.packed = static_cast<const int32_t*>(packed.data());
+  w.scales = scales.data();
+  if (zeros) {
+    check_array(*zeros, "zeros", "int32", packed_shape(w.n, ng, w.bits));
+    same_device(*dev, device_of(*zeros), "zeros");
+    w.zeros = static_cast<const int32_t*>(zeros->data());
+  }
+  return w;
+}
+
+std::tuple<bool, int64_t, int64_t, int64_t> py_pack(const In& codes, int bits, const Out& out,
+                                                    uintptr_t stream) {
+  require(bits == 2 || bits == 3 || bits == 4 || bits == 8, "bits must be 2, 3, 4 or 8");
+  require(codes.ndim() == 2, "codes: expected a 2-D array [N, K]");
+  const std::string dt = dtype_name(codes.dtype());
+  require(dt == "uint8" || dt == "int32", "codes: expected dtype uint8 or int32, got " + dt);
+  require(c_contiguous(codes), "codes: must be C-contiguous");
+  const int64_t n = codes.shape(0), k = codes.shape(1);
+  check_array(out, "out", "int32", packed_shape(n, k, bits));
+  const Device d = device_of(codes);
+  check_device_type(d);
+  same_device(d, device_of(out), "out");
+  const int cb = dt == "uint8" ? 1 : 4;
+  cat::PackStatus st;
+  if (n > 0 && k > 0) {
+    nb::gil_scoped_release rel;
+    DeviceGuard g(d);
+    st = d.type == kCUDA ? cat::cuda::pack(codes.data(), cb, n, k, bits, static_cast<int32_t*>(out.data()),
+                                           reinterpret_cast<void*>(stream))
+                         : cat::cpu::pack(codes.data(), cb, n, k, bits, static_cast<int32_t*>(out.data()));
+  }
+  return {st.ok, st.row, st.col, st.value};
+}
+
+void py_unpack(const In& packed, int64_t n, int64_t k, const Out& out, uintptr_t stream) {
+  const int bits = bits_of(packed, "packed");
+  require(n > 0 && k > 0, "n and k must be positive");
+  check_array(packed, "packed", "int32", packed_shape(n, k, bits));
+  check_array(out, "out", "uint8", {n, k});
+  const Device d = device_of(packed);
+  check_device_type(d);
+  same_device(d, device_of(out), "out");
+  nb::gil_scoped_release rel;
+  DeviceGuard g(d);
+  if (d.type == kCUDA)
+    cat::cuda::unpack(static_cast<const int32_t*>(packed.data()), n, k, bits,
+                      static_cast<uint8_t*>(out.data()), reinterpret_cast<void*>(stream));
+  else
+    cat::cpu::unpack(static_cast<const int32_t*>(packed.data()), n, k, bits, static_cast<uint8_t*>(out.data()));
+}
+
+void py_dequantize(const In& packed, const In& scales, const std::optional<In>& zeros, int64_t group_size,
+                   int64_t k, const Out& out, uintptr_t stream) {
+  Device d;
+  const cat::QWeight w = make_weight(packed, scales, zeros, group_size, k, &d);
+  const std::string odt = dtype_name(out.dtype());
+  require(odt == "float32" || odt == "float16" || odt == "bfloat16",
+          "out: expected dtype float32, float16 or bfloat16, got " + odt);
+  check_array(out, "out", odt.c_str(), {w.n, w.k});
+  same_device(d, device_of(out), "out");
+  const cat::DType dt = odt == "float32" ? cat::DType::f32 : odt == "float16" ? cat::DType::f16 : cat::DType::bf16;
+  nb::gil_scoped_release rel;
+  DeviceGuard g(d);
+  if (d.type == kCUDA) cat::cuda::dequantize(w, out.data(), dt, reinterpret_cast<void*>(stream));
+  else cat::cpu::dequantize(w, out.data(), dt);
+}
+
+void py_gemm(const In& x, const In& packed, const In& scales, const std::optional<In>& zeros,
+             int64_t group_size, const Out& out, const std::optional<Out>& workspace, uintptr_t stream) {
+  require(x.ndim() == 2, "x: expected a 2-D array [M, K]");
+  const cat::DType xdt = float_dtype(x, "x");
+  require(c_contiguous(x), "x: must be C-contiguous");
+  const int64_t m = x.shape(0), k = x.shape(1);
+  Device d;
+  const cat::QWeight w = make_weight(packed, scales, zeros, group_size, k, &d);
+  same_device(d, device_of(x), "x");
+  check_array(out, "out", dtype_name(x.dtype()).c_str(), {m, w.n});
+  same_device(d, device_of(out), "out");
+  if (m == 0) return;
+  if (d.type == kCUDA) {
+    float* ws = nullptr;
+    if (workspace) {
+      require(dtype_name(workspace->dtype()) == "float32" && c_contiguous(*workspace),
+              "workspace: expected a C-contiguous float32 array");
+      same_device(d, device_of(*workspace), "workspace");
+      ws = static_cast<float*>(workspace->data());
+    }
+    nb::gil_scoped_release rel;
+    DeviceGuard g(d);
+    const int64_t need = cat::cuda::gemm_workspace_elems(m, w.n, w.k, w.bits, w.group_size);
+    if (need > 0 && (!workspace || static_cast<int64_t>(workspace->size()) < need))
+      throw nb::value_error(("workspace: expected at least " + std::to_string(need) + " float32 elements").c_str());
+    cat::cuda::gemm(x.data(), xdt, m, w, out.data(), ws, reinterpret_cast<void*>(stream));
+    return;
+  }
+  nb::gil_scoped_release rel;
+  cat::cpu::gemm(x.data(), xdt, m, w, out.data());
+}
+
+std::tuple<std::string, std::vector<int64_t>, bool, int, int> py_inspect(const In& a) {
+  std::vector<int64_t> shape(a.ndim());
+  for (size_t i = 0; i < a.ndim(); ++i) shape[i] = static_cast<int64_t>(a.shape(i));
+  return {dtype_name(a.dtype()), shape, c_contiguous(a), a.device_type(), a.device_id()};
+}
+
+}  // namespace
+
+NB_MODULE(_C, m) {
+  m.doc() = "cat-kernels native module (private: use the cat_kernels package)";
+  m.def("_inspect", &py_inspect, nb::arg("array"));
+  m.def("_pack", &py_pack, nb::arg("codes"), nb::arg("bits"), nb::arg("out"), nb::arg("stream") = 0);
+  m.def("_unpack", &py_unpack, nb::arg("packed"), nb::arg("n"), nb::arg("k"), nb::arg("out"),
+        nb::arg("stream") = 0);
+  m.def("_dequantize", &py_dequantize, nb::arg("packed"), nb::arg("scales"), nb::arg("zeros").none(),
+        nb::arg("group_size"), nb::arg("k"), nb::arg("out"), nb::arg("stream") = 0);
+  m.def("_gemm", &py_gemm, nb::arg("x"), nb::arg("packed"), nb::arg("scales"), nb::arg("zeros").none(),
+        nb::arg("group_size"), nb::arg("out"), nb::arg("workspace").none() = nb::none(),
+        nb::arg("stream") = 0);
+  m.def("_cuda_gemm_workspace_elems", [](int64_t m_, int64_t n, int64_t k, int bits, int64_t g) {
+    return cat::cuda::gemm_workspace_elems(m_, n, k, bits, g);
+  });
+  m.def("_cuda_available", [] { return cat::cuda::available(); });
+  m.def("_isa", [] { return cat::cpu::isa(); });
+  m.def("_set_isa", [](const std::string& name) { cat::cpu::detail::set_isa(name.c_str()); },
+        nb::arg("name"), "Force a CPU kernel path ('scalar', 'avx2', 'avx512'); '' restores the default.");
+  m.def("_available_isas", [] {
+    std::vector<std::string> r;
+    for (auto i : {cat::cpu::detail::Isa::scalar, cat::cpu::detail::Isa::avx2, cat::cpu::detail::Isa::avx512})
+      if (cat::cpu::detail::isa_supported(i)) r.push_back(cat::cpu::detail::isa_name(i));
+    return r;
+  });
+  m.def("_num_threads", [] { return cat::cpu::num_threads(); });
+  m.def("_set_num_threads", [](int n) { cat::cpu::set_num_threads(n); }, nb::arg("n"));
+#if defined(CAT_KERNELS_WITH_CUDA)
+  m.attr("_cuda_built") = true;
+#else
+  m.attr("_cuda_built") = false;
+#endif
+  m.attr("_version") = CAT_KERNELS_VERSION;
+  m.attr("_cuda_archs") = CAT_KERNELS_CUDA_ARCHS;
+}

@@ -1,0 +1,99 @@
+// Scalar helpers used by the driver and by every kernel translation unit. All `static inline`
+// on purpose: each translation unit keeps its own copy compiled with its own ISA flags, so the
+// linker never merges an AVX-512 copy into baseline code.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "cat/ops.h"
+
+namespace cat::cpu::detail {
+
+static inline float bits_to_f32(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+static inline uint32_t f32_to_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+
+static inline float f16_to_f32(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t e = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
+  if (e == 0) {
+    // Subnormal (or zero): exact in float32 as m * 2^-24.
+    float f = static_cast<float>(m) * 5.9604644775390625e-08f;
+    return bits_to_f32(f32_to_bits(f) | sign);
+  }
+  if (e == 31) return bits_to_f32(sign | 0x7F800000u | (m << 13));
+  return bits_to_f32(sign | ((e + 112u) << 23) | (m << 13));
+}
+
+// Round to nearest even, like numpy's astype(float16).
+static inline uint16_t f32_to_f16(float f) {
+  uint32_t x = f32_to_bits(f);
+  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
+  uint32_t a = x & 0x7FFFFFFFu;
+  if (a >= 0x7F800000u) return sign | 0x7C00u | (a > 0x7F800000u ? 0x200u | ((a >> 13) & 0x3FFu) : 0u);
+  if (a >= 0x477FF000u) return sign | 0x7C00u;  // >= 65520 rounds to inf
+  if (a < 0x38800000u) {
+    // Below the smallest normal half: adding 0.5 makes the FPU round at 2^-24, the half
+    // subnormal spacing, with the current (nearest-even) rounding mode.
+    float r = bits_to_f32(a) + 0.5f;
+    return sign | static_cast<uint16_t>(f32_to_bits(r) - 0x3F000000u);
+  }
+  a += 0xC8000FFFu + ((a >> 13) & 1u);  // rebias exponent 127 -> 15, round to nearest even
+  return sign | static_cast<uint16_t>(a >> 13);
+}
+
+static inline float bf16_to_f32(uint16_t h) { return bits_to_f32(static_cast<uint32_t>(h) << 16); }
+
+static inline uint16_t f32_to_bf16(float f) {
+  uint32_t x = f32_to_bits(f);
+  if ((x & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((x >> 16) | 0x40u);  // quiet NaN
+  x += 0x7FFFu + ((x >> 16) & 1u);
+  return static_cast<uint16_t>(x >> 16);
+}
+
+static inline float load_as_f32(const void* p, DType dt, int64_t i) {
+  switch (dt) {
+    case DType::f16: return f16_to_f32(static_cast<const uint16_t*>(p)[i]);
+    case DType::bf16: return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
+    default: return static_cast<const float*>(p)[i];
+  }
+}
+
+static inline void store_from_f32(void* p, DType dt, int64_t i, float v) {
+  switch (dt) {
+    case DType::f16: static_cast<uint16_t*>(p)[i] = f32_to_f16(v); break;
+    case DType::bf16: static_cast<uint16_t*>(p)[i] = f32_to_bf16(v); break;
+    default: static_cast<float*>(p)[i] = v;
+  }
+}
+
+// Code of value v (0..31) of one row of one block. `words` points at word 0 of that row
+// (packed[t, b, 0, r]); successive words of the block are 16 int32 apart (docs/format.md).
+static inline uint32_t decode_code(const int32_t* words, int v, int bits) {
+  if (bits == 3) {
+    const uint32_t lo = (static_cast<uint32_t>(words[(v >> 4) * 16]) >> (2 * (v & 15))) & 3u;
+    const uint32_t hi = (static_cast<uint32_t>(words[32]) >> v) & 1u;
+    return lo | (hi << 2);
+  }
+  const int per_word = 32 / bits;
+  const uint32_t w = static_cast<uint32_t>(words[(v / per_word) * 16]);
+  return (w >> (bits * (v % per_word))) & ((1u << bits) - 1u);
+}
+
+// Zero point of row r (0..15) of tile t for group g; `zeros` is the packed [n, ng] matrix.
+static inline uint32_t zero_point(const int32_t* zeros, int64_t nzb, int64_t t, int64_t g, int r,
+                                  int bits) {
+  if (!zeros) return 1u << (bits - 1);
+  const int32_t* words = zeros + ((t * nzb + (g >> 5)) * bits) * 16 + r;
+  return decode_code(words, static_cast<int>(g & 31), bits);
+}
+
+}  // namespace cat::cpu::detail

@@ -1,0 +1,150 @@
+// gemm driver: plans the K partition, converts x to float32, runs the work items on the pool
+// and sums the split-K partials in a fixed order. The hot loop lives in kernels_impl.h.
+//
+// Determinism: the plan (splits, segments, row chunks of x) is a function of the shapes only.
+// Every work item computes its partial sums the same way whichever thread runs it, and the
+// partials of a tile are added in split order by whichever item finishes last, so results are
+// bit-identical across calls and thread counts.
+#include <atomic>
+#include <memory>
+#include <vector>
+
+#include "cat/ops.h"
+#include "common.h"
+#include "internal.h"
+#include "threadpool.h"
+
+namespace cat::cpu {
+namespace {
+
+constexpr int64_t kTargetItems = 64;   // enough work items to balance any realistic core count
+constexpr int64_t kMinSplitBlocks = 4; // a split shorter than 128 columns costs more than it helps
+constexpr int32_t kMaxSegBlocks = 16;  // scale/fold at least every 512 columns (keeps the
+                                       // packed data of a segment in L1 while looping over x)
+constexpr int64_t kMChunk = 64;        // rows of x per work item (multiple of every kMB)
+
+struct Plan {
+  int64_t splits = 1;
+  std::vector<detail::Segment> segments;
+  std::vector<int32_t> split_begin;
+};
+
+Plan make_plan(int64_t n, int64_t k, int64_t group_size) {
+  Plan p;
+  const int64_t tiles = ceil_div(n, kTileN), nb = ceil_div(k, kBlockK), ng = k / group_size;
+  if (tiles < kTargetItems) {
+    int64_t s = ceil_div(kTargetItems, tiles);
+    int64_t cap = nb / kMinSplitBlocks;
+    if (cap < 1) cap = 1;
+    p.splits = s < cap ? s : cap;
+  }
+  auto group_end_block = [&](int64_t g) {
+    return (g + 1) * group_size >= k ? nb : (g + 1) * group_size / kBlockK;
+  };
+  for (int64_t s = 0; s < p.splits; ++s) {
+    int64_t b0, b1;
+    if (ng >= p.splits) {  // split on group boundaries: segments never straddle a split
+      const int64_t g0 = s * ng / p.splits, g1 = (s + 1) * ng / p.splits;
+      b0 = g0 * group_size / kBlockK;
+      b1 = group_end_block(g1 - 1);
+    } else {
+      b0 = s * nb / p.splits;
+      b1 = (s + 1) * nb / p.splits;
+    }
+    p.split_begin.push_back(static_cast<int32_t>(p.segments.size()));
+    for (int64_t b = b0; b < b1;) {
+      const int64_t g = b * kBlockK / group_size;
+      int64_t e = group_end_block(g);
+      if (e > b1) e = b1;
+      if (e > b + kMaxSegBlocks) e = b + kMaxSegBlocks;
+      p.segments.push_back({static_cast<int32_t>(b), static_cast<int32_t>(e), static_cast<int32_t>(g)});
+      b = e;
+    }
+  }
+  p.split_begin.push_back(static_cast<int32_t>(p.segments.size()));
+  return p;
+}
+
+}  // namespace
+
+void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out) {
+  if (m <= 0 || w.n <= 0) return;
+  const detail::Kernels& kern = detail::active_kernels();
+  const int64_t n = w.n, k = w.k;
+  const int64_t tiles = ceil_div(n, kTileN), nb = ceil_div(k, kBlockK), kp = nb * kBlockK;
+  const Plan plan = make_plan(n, k, w.group_size);
+  const int64_t nseg = static_cast<int64_t>(plan.segments.size());
+
+  // x as zero-padded float32 (padded columns then contribute nothing), plus its sum over each
+  // segment for the zero-point term of y = sum_g s * (sum x q - z * sum x).
+  std::vector<float> xf(static_cast<size_t>(m * kp));
+  std::vector<float> xs(static_cast<size_t>(m * nseg));
+  const int64_t rows_per_task = ceil_div(8192, kp);
+  parallel_for(ceil_div(m, rows_per_task), [&](int64_t task) {
+    const int64_t r1 = (task + 1) * rows_per_task < m ? (task + 1) * rows_per_task : m;
+    for (int64_t r = task * rows_per_task; r < r1; ++r) {
+      float* dst = xf.data() + r * kp;
+      for (int64_t j = 0; j < k; ++j) dst[j] = detail::load_as_f32(x, x_dtype, r * k + j);
+      for (int64_t j = k; j < kp; ++j) dst[j] = 0.0f;
+      for (int64_t i = 0; i < nseg; ++i) {
+        const detail::Segment& sg = plan.segments[i];
+        float s = 0.0f;
+        for (int64_t j = sg.b0 * kBlockK; j < sg.b1 * kBlockK; ++j) s += dst[j];
+        xs[r * nseg + i] = s;
+      }
+    }
+  });
+
+  detail::GemmPlan gp;
+  gp.w = w;
+  gp.m = m;
+  gp.nb = nb;
+  gp.kp = kp;
+  gp.ng = k / w.group_size;
+  gp.nzb = ceil_div(gp.ng, 32);
+  gp.splits = plan.splits;
+  gp.n_segments = nseg;
+  gp.xf = xf.data();
+  gp.xs = xs.data();
+  gp.segments = plan.segments.data();
+  gp.split_begin = plan.split_begin.data();
+
+  const int64_t S = plan.splits, mchunks = ceil_div(m, kMChunk);
+  auto finish = [&](int64_t t, int64_t m0, int64_t mc, const float* parts, int64_t stride) {
+    const int rows = static_cast<int>(n - t * kTileN < kTileN ? n - t * kTileN : kTileN);
+    for (int64_t mi = 0; mi < mc; ++mi)
+      for (int r = 0; r < rows; ++r) {
+        float acc = parts[mi * kTileN + r];
+        for (int64_t s = 1; s < S; ++s) acc += parts[s * stride + mi * kTileN + r];
+        detail::store_from_f32(out, x_dtype, (m0 + mi) * n + t * kTileN + r, acc);
+      }
+  };
+
+  if (S == 1) {
+    parallel_for(tiles * mchunks, [&](int64_t i) {
+      const int64_t t = i / mchunks, m0 = (i % mchunks) * kMChunk;
+      const int64_t mc = m - m0 < kMChunk ? m - m0 : kMChunk;
+      thread_local std::vector<float> scratch;
+      scratch.resize(static_cast<size_t>(kMChunk * kTileN));
+      kern.gemm_item(gp, t, 0, m0, mc, scratch.data());
+      finish(t, m0, mc, scratch.data(), 0);
+    });
+    return;
+  }
+  // Partials laid out [tile][m chunk][split][kMChunk][16]; the item that completes a
+  // (tile, m chunk) adds its S partials in split order.
+  const int64_t stride = kMChunk * kTileN;
+  std::vector<float> parts(static_cast<size_t>(tiles * mchunks * S * stride));
+  std::unique_ptr<std::atomic<int>[]> pending(new std::atomic<int>[tiles * mchunks]);
+  for (int64_t i = 0; i < tiles * mchunks; ++i) pending[i].store(static_cast<int>(S));
+  parallel_for(tiles * mchunks * S, [&](int64_t i) {
+    const int64_t tm = i / S, s = i % S;
+    const int64_t t = tm / mchunks, m0 = (tm % mchunks) * kMChunk;
+    const int64_t mc = m - m0 < kMChunk ? m - m0 : kMChunk;
+    float* base = parts.data() + tm * S * stride;
+    kern.gemm_item(gp, t, s, m0, mc, base + s * stride);
+    if (pending[tm].fetch_sub(1, std::memory_order_acq_rel) == 1) finish(t, m0, mc, base, stride);
+  });
+}
+
+}  // namespace cat::cpu

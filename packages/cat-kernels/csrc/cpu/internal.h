@@ -1,0 +1,59 @@
+// Plumbing shared by the CPU driver code (compiled for the baseline ISA) and the per-ISA kernel
+// translation units. Only POD types live here: a non-inline helper instantiated in an AVX-512
+// file could otherwise be picked by the linker for a baseline caller and fault on AVX2 CPUs.
+#pragma once
+
+#include <cstdint>
+
+#include "cat/ops.h"
+
+namespace cat::cpu::detail {
+
+enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2 };
+
+// Blocks [b0, b1) of the row, all inside group g. A segment is the unit after which the
+// accumulated dot products are scaled and folded into the output.
+struct Segment {
+  int32_t b0, b1, g;
+};
+
+// One gemm call, shared by all work items. Work item (tile t, split s) covers rows
+// [16t, 16t+16) and the segments split_begin[s] .. split_begin[s+1]-1.
+struct GemmPlan {
+  QWeight w;
+  int64_t m = 0;
+  int64_t nb = 0;        // blocks of 32 columns per row = ceil(k / 32)
+  int64_t kp = 0;        // padded row length of xf = 32 * nb
+  int64_t ng = 0;        // groups per row
+  int64_t nzb = 0;       // blocks of 32 groups in the packed zero points = ceil(ng / 32)
+  int64_t splits = 1;
+  int64_t n_segments = 0;
+  const float* xf = nullptr;        // [m, kp] x as float32, zero-padded
+  const float* xs = nullptr;        // [m, n_segments] sum of x over each segment
+  const Segment* segments = nullptr;
+  const int32_t* split_begin = nullptr;  // [splits + 1]
+};
+
+struct Kernels {
+  // Writes the [m_count, 16] float32 partial result of work item (tile, split, rows
+  // m0 .. m0+m_count-1 of x) to `part`.
+  void (*gemm_item)(const GemmPlan& plan, int64_t tile, int64_t split, int64_t m0, int64_t m_count,
+                    float* part);
+  // Dequantizes rows [16t, 16t+16) into out ([n, k], dtype out_dtype).
+  void (*dequant_tile)(const QWeight& w, int64_t tile, void* out, DType out_dtype);
+};
+
+extern const Kernels kernels_scalar;
+#if defined(CAT_KERNELS_X86)
+extern const Kernels kernels_avx2;
+extern const Kernels kernels_avx512;
+#endif
+
+Isa active_isa();                    // throws if CAT_KERNELS_ISA names an unusable path
+const Kernels& active_kernels();
+const char* isa_name(Isa isa);
+bool isa_supported(Isa isa);
+// "" = back to CAT_KERNELS_ISA / best available; otherwise a name (throws if unusable).
+void set_isa(const char* name);
+
+}  // namespace cat::cpu::detail

@@ -1,0 +1,108 @@
+// Run-time choice of the kernel path. The .so is built for the baseline x86-64 ISA; the AVX2
+// and AVX-512 kernels live in their own translation units and are reached only through the
+// table returned here, after the CPU said it supports them.
+#include <atomic>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+
+#include "internal.h"
+
+namespace cat::cpu {
+namespace detail {
+namespace {
+
+std::atomic<int> g_isa{-1};  // -1 = not resolved yet
+
+bool parse(const std::string& s, Isa* out) {
+  if (s == "scalar") *out = Isa::scalar;
+  else if (s == "avx2") *out = Isa::avx2;
+  else if (s == "avx512") *out = Isa::avx512;
+  else return false;
+  return true;
+}
+
+Isa best() {
+  if (isa_supported(Isa::avx512)) return Isa::avx512;
+  if (isa_supported(Isa::avx2)) return Isa::avx2;
+  return Isa::scalar;
+}
+
+std::string available_list() {
+  std::string s = "scalar";
+  if (isa_supported(Isa::avx2)) s += ", avx2";
+  if (isa_supported(Isa::avx512)) s += ", avx512";
+  return s;
+}
+
+Isa resolve(const std::string& name, const char* what) {
+  if (name.empty()) return best();
+  Isa isa;
+  if (!parse(name, &isa))
+    throw std::invalid_argument(std::string(what) + "='" + name +
+                                "' is not a kernel path; expected one of scalar, avx2, avx512");
+  if (!isa_supported(isa))
+    throw std::runtime_error(std::string(what) + "='" + name +
+                             "' is not supported by this CPU (or build); available: " + available_list());
+  return isa;
+}
+
+}  // namespace
+
+bool isa_supported(Isa isa) {
+  switch (isa) {
+    case Isa::scalar: return true;
+#if defined(CAT_KERNELS_X86)
+    case Isa::avx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+             __builtin_cpu_supports("f16c");
+    case Isa::avx512:
+      return isa_supported(Isa::avx2) && __builtin_cpu_supports("avx512f") &&
+             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+#endif
+    default: return false;
+  }
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::avx2: return "avx2";
+    case Isa::avx512: return "avx512";
+    default: return "scalar";
+  }
+}
+
+Isa active_isa() {
+  int v = g_isa.load(std::memory_order_acquire);
+  if (v < 0) {
+    // Not cached when invalid: every call reports the bad environment variable.
+    const char* env = std::getenv("CAT_KERNELS_ISA");
+    v = static_cast<int>(resolve(env ? env : "", "CAT_KERNELS_ISA"));
+    g_isa.store(v, std::memory_order_release);
+  }
+  return static_cast<Isa>(v);
+}
+
+void set_isa(const char* name) {
+  if (!name || !*name) {
+    g_isa.store(-1, std::memory_order_release);
+    return;
+  }
+  g_isa.store(static_cast<int>(resolve(name, "isa")), std::memory_order_release);
+}
+
+const Kernels& active_kernels() {
+  switch (active_isa()) {
+#if defined(CAT_KERNELS_X86)
+    case Isa::avx512: return kernels_avx512;
+    case Isa::avx2: return kernels_avx2;
+#endif
+    default: return kernels_scalar;
+  }
+}
+
+}  // namespace detail
+
+std::string isa() { return detail::isa_name(detail::active_isa()); }
+
+}  // namespace cat::cpu

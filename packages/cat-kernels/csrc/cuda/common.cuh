@@ -1,0 +1,179 @@
+// Internal helpers shared by the CUDA kernels of cat-kernels (pack.cu, dequantize.cu, gemm.cu).
+//
+// Layout reminder (docs/format.md is the contract):
+//
+//   packed[t, b, w, r] = word w of the 32-column block b of row n = 16 t + r
+//
+// so for one tile t and one block b the 16 * bits words are contiguous, word-major, row-minor:
+// 16 adjacent threads (or 4 threads with one 128-bit load each) read one word position of one
+// block for the 16 rows of the tile in a single 64-byte segment.
+//
+// Inside a block, value v (column 32 b + v) is:
+//   bits 2/4/8: word v / (32/bits), bits [bits * (v % (32/bits)), +bits)
+//   bits 3    : low two bits in word v / 16 at bits [2 (v % 16), +2), high bit in word 2 at bit v.
+//
+// Everything here is header-only and internal: nothing in it is part of the ABI.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "cat/ops.h"
+
+namespace cat {
+namespace cuda {
+namespace detail {
+
+__host__ __device__ __forceinline__ int64_t ceil_div_dev(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
+
+// ------------------------------------------------------------------ error handling
+
+// Throws std::runtime_error naming `what` (a kernel or API call) when `err` is not cudaSuccess.
+inline void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();  // clear the sticky-free error state so later calls are not blamed
+    throw std::runtime_error(std::string("cat_kernels CUDA error in ") + what + ": " +
+                             cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")");
+  }
+}
+
+// To be called right after every <<<...>>> launch: catches bad configurations and earlier
+// asynchronous faults. It does not synchronize (so it is legal under CUDA-graph capture).
+inline void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
+
+inline cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
+
+// Grid size for a grid-stride loop over `total` items with `threads` per block: enough blocks to
+// fill any current GPU several times over, never more than needed.
+inline unsigned grid_for(int64_t total, int threads) {
+  int64_t blocks = ceil_div(total, threads);
+  const int64_t cap = 65536;  // 64K blocks x 256 threads: the loop handles the rest
+  if (blocks > cap) blocks = cap;
+  if (blocks < 1) blocks = 1;
+  return static_cast<unsigned>(blocks);
+}
+
+// ------------------------------------------------------------------ dtype conversion
+
+// Loads element i of an array of dtype DT as float (exact for all three dtypes).
+template <DType DT>
+__device__ __forceinline__ float load_as_float(const void* p, int64_t i);
+template <>
+__device__ __forceinline__ float load_as_float<DType::f32>(const void* p, int64_t i) {
+  return static_cast<const float*>(p)[i];
+}
+template <>
+__device__ __forceinline__ float load_as_float<DType::f16>(const void* p, int64_t i) {
+  return __half2float(static_cast<const __half*>(p)[i]);
+}
+template <>
+__device__ __forceinline__ float load_as_float<DType::bf16>(const void* p, int64_t i) {
+  return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+}
+
+// Runtime-dtype load, used for scales: the branch is uniform across the grid, and a scale is
+// loaded once per (row, block), so a switch costs nothing next to the 32 codes it multiplies.
+// This keeps the scale dtype out of the template parameters (3x fewer instantiations).
+__device__ __forceinline__ float load_scale(const void* p, DType dt, int64_t i) {
+  switch (dt) {
+    case DType::f16:
+      return __half2float(static_cast<const __half*>(p)[i]);
+    case DType::bf16:
+      return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+    default:
+      return static_cast<const float*>(p)[i];
+  }
+}
+
+// Stores a float as dtype DT, rounding to nearest even (the single rounding of format.md).
+template <DType DT>
+__device__ __forceinline__ void store_from_float(void* p, int64_t i, float v);
+template <>
+__device__ __forceinline__ void store_from_float<DType::f32>(void* p, int64_t i, float v) {
+  static_cast<float*>(p)[i] = v;
+}
+template <>
+__device__ __forceinline__ void store_from_float<DType::f16>(void* p, int64_t i, float v) {
+  static_cast<__half*>(p)[i] = __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ void store_from_float<DType::bf16>(void* p, int64_t i, float v) {
+  static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v);
+}
+
+// ------------------------------------------------------------------ unpacking
+
+// Byte offset-free index of word w of block b of tile t, lane (row in tile) r.
+__host__ __device__ __forceinline__ int64_t word_index(int64_t t, int64_t b, int w, int r,
+                                                       int64_t n_blocks, int bits) {
+  return ((t * n_blocks + b) * bits + w) * kTileN + r;
+}
+
+// Code of value v (0..31) of a block whose `bits` words are w[0..bits-1] (runtime bits and v).
+// Used where speed does not matter (unpack, dequantize, zero points). The word is selected with
+// an unrolled compare chain rather than w[runtime index], which would put w in local memory.
+__device__ __forceinline__ uint32_t code_of(const uint32_t (&w)[8], int bits, int v) {
+  if (bits == 3) {
+    const uint32_t lo = v < 16 ? w[0] : w[1];
+    return ((lo >> (2 * (v & 15))) & 3u) | (((w[2] >> v) & 1u) << 2);
+  }
+  const int per_word = 32 / bits;
+  const int wi = v / per_word;
+  uint32_t sel = w[0];
+#pragma unroll
+  for (int i = 1; i < 8; ++i)
+    if (i == wi) sel = w[i];
+  return (sel >> (bits * (v % per_word))) & ((1u << bits) - 1u);
+}
+
+// Compile-time-bits version for the GEMM inner loops: with v a constant after unrolling, this is
+// one shift and one mask (two shifts, two masks and an or for 3-bit). Also correct for a runtime
+// v (zero points), again without dynamic register-array indexing.
+template <int BITS>
+__device__ __forceinline__ uint32_t code_at(const uint32_t (&w)[BITS], int v) {
+  if constexpr (BITS == 3) {
+    const uint32_t lo = v < 16 ? w[0] : w[1];
+    return ((lo >> (2 * (v & 15))) & 3u) | (((w[2] >> v) & 1u) << 2);
+  } else {
+    constexpr int kPerWord = 32 / BITS;
+    const int wi = v / kPerWord;
+    uint32_t sel = w[0];
+#pragma unroll
+    for (int i = 1; i < BITS; ++i)
+      if (i == wi) sel = w[i];
+    return (sel >> (BITS * (v % kPerWord))) & ((1u << BITS) - 1u);
+  }
+}
+
+// Zero point of (row n, group g): 2**(bits-1) when symmetric, else decoded from the packed
+// [n, n_groups] matrix (tiles of 16 rows, blocks of 32 groups, format.md "Zero points").
+__device__ __forceinline__ uint32_t zero_point(const int32_t* zeros, int bits, int64_t n, int64_t g,
+                                               int64_t n_groups) {
+  if (zeros == nullptr) return 1u << (bits - 1);
+  const int64_t zb = ceil_div_dev(n_groups, kBlockK);
+  uint32_t w[8];
+  const int64_t base = word_index(n / kTileN, g / kBlockK, 0, static_cast<int>(n % kTileN), zb, bits);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    w[i] = i < bits ? static_cast<uint32_t>(__ldg(zeros + base + int64_t(i) * kTileN)) : 0u;
+  }
+  return code_of(w, bits, static_cast<int>(g % kBlockK));
+}
+
+// float(q - z) without an integer-to-float conversion instruction (quarter rate on most GPUs):
+// 0x4B000000 | q is the float 2**23 + q for q < 2**23, and (2**23 + q) - (2**23 + z) is exact.
+// `zbias` = 8388608.f + z is computed once per (row, group).
+__device__ __forceinline__ float q_minus_z(uint32_t q, float zbias) {
+  return __uint_as_float(0x4B000000u | q) - zbias;
+}
+
+}  // namespace detail
+}  // namespace cuda
+}  // namespace cat

@@ -1,0 +1,181 @@
+// gemm: y[M, N] = x[M, K] @ dequantize(W)[N, K]^T, accumulated in float32, y in x's dtype.
+//
+// Two paths behind one entry point, both split-K:
+//
+//  * GEMV path (M <= 8, decode): purely bandwidth-bound, so the goal is to stream `packed` once,
+//    fully coalesced, with many bytes in flight. A CTA is 4 warps; warp w owns one tile of 16
+//    weight rows. Lane (j = lane % 4, o = lane / 4) owns rows 4j..4j+3 of the tile and blocks
+//    o, o+8, o+16, ... of the CTA's K range. For each block it does `bits` 128-bit loads of
+//    packed[t, b, w, 4j..4j+3] -- the four lanes with the same o read one 64-byte segment, so
+//    every sector fetched is fully used -- and keeps M x 4 float accumulators. The x rows of the
+//    CTA's K range are staged once in shared memory as float (zero beyond K and beyond M), 36
+//    floats per block so that the 8 blocks a warp reads at once hit 8 disjoint bank quads.
+//    Weights are dequantized exactly as format.md says, w = float(q - z) * s in fp32 (no
+//    rounding to a 16-bit type), then y += x * w. At the end the 8 lanes that share rows are
+//    summed with a fixed butterfly.
+//
+//  * Tiled path (M > 8, prefill): CTA tile 64 (M) x 64 (N) x 64 (K), 128 threads. Every k-step
+//    the x tile and the dequantized W tile (one (row, 32-column block) per thread: `bits` words,
+//    one scale, one zero) go to shared memory, then
+//      - fp16 / bf16 x: tensor cores through WMMA 16x16x16 (fp32 accumulate), 2x2 fragments per
+//        warp. W is rounded once to x's dtype, which is exactly dequantize(W, dtype=x.dtype).
+//        bf16 needs sm_80; on sm_75 bf16 falls back to the FMA kernel.
+//      - fp32 x: fp32 FMA, 8 x 4 outputs per thread (W stays fp32, no TF32).
+//    No cp.async pipeline yet: correctness first.
+//
+// Split-K and determinism: the number of K partitions (`gemm_splits`) is a function of
+// (M, N, K) only. With one partition the kernels write y directly; otherwise partition s writes
+// its fp32 partial sums to workspace[s, :, :] and `reduce_kernel` adds partitions 0, 1, 2, ...
+// in that order and rounds once to y's dtype. No atomics anywhere, so every call on a given GPU
+// returns bit-identical results.
+//
+// Padding: padded rows (n >= N) are never stored; padded columns (k >= K, only possible with
+// group_size = -1) meet x = 0 (x is zero-extended when staged, never read out of bounds), and
+// the tiled path also zeroes the weights there (so an overflowing 16-bit weight cannot make
+// 0 * inf = NaN).
+//
+// Files: gemm.cu (this: plans, split-K reduction, entry points), gemv.cu (GEMV kernels),
+// gemm_tiled.cu (tiled kernels), gemm_common.cuh (what they share). The kernels live in separate
+// translation units so that a parallel build compiles them concurrently.
+#include <algorithm>
+
+#include "gemm_common.cuh"
+
+namespace cat {
+namespace cuda {
+
+using namespace gemm_detail;
+
+namespace {
+
+struct Plan {
+  int splits = 1;
+  int64_t per_split = 0;  // GEMV: 32-column blocks per split; tiled: 64-column k-steps per split
+};
+
+Plan gemv_plan(int64_t m, int64_t n, int64_t k) {
+  const int64_t n_blocks = ceil_div(k, kBlockK);
+  const int64_t tiles = ceil_div(n, kTileN);
+  // Blocks per split: a multiple of 8 (a warp covers 8 blocks per step), at most what fits in
+  // 48 KB of staged x for this M bucket.
+  int64_t cap = kGemvSmemFloats / (kXStride * gemv_bucket(m));
+  cap = cap / 8 * 8;
+  int64_t want = ceil_div(kGemvTargetWarps, tiles);
+  want = std::min<int64_t>(want, std::max<int64_t>(1, n_blocks / 8));
+  want = std::min<int64_t>(want, kMaxSplits);
+  want = std::max<int64_t>(want, 1);
+  int64_t bps = ceil_div(ceil_div(n_blocks, want), 8) * 8;
+  bps = std::min(bps, cap);
+  Plan p;
+  p.per_split = bps;
+  p.splits = static_cast<int>(ceil_div(n_blocks, bps));
+  return p;
+}
+
+Plan tiled_plan(int64_t m, int64_t n, int64_t k) {
+  const int64_t steps = ceil_div(k, kBK);
+  const int64_t ctas = ceil_div(n, kBN) * ceil_div(m, kBM);
+  int64_t want = ceil_div(kTileTargetCtas, ctas);
+  want = std::min<int64_t>(want, std::max<int64_t>(1, steps / 4));  // >= 4 k-steps per split
+  want = std::min<int64_t>(want, kMaxSplits);
+  want = std::max<int64_t>(want, 1);
+  const int64_t spk = ceil_div(steps, want);
+  Plan p;
+  p.per_split = spk;
+  p.splits = static_cast<int>(ceil_div(steps, spk));
+  return p;
+}
+
+Plan plan_for(int64_t m, int64_t n, int64_t k) {
+  return m <= kGemvMaxM ? gemv_plan(m, n, k) : tiled_plan(m, n, k);
+}
+
+// ------------------------------------------------------------------ split-K reduction
+
+// y[i] = round(ws[0, i] + ws[1, i] + ... + ws[splits-1, i]), always in this order.
+template <DType OUT>
+__global__ void reduce_kernel(const float* __restrict__ ws, int splits, int64_t mn, void* out) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < mn;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    float v = ws[i];
+    for (int s = 1; s < splits; ++s) v += ws[int64_t(s) * mn + i];
+    detail::store_from_float<OUT>(out, i, v);
+  }
+}
+
+
+}  // namespace
+
+int gemm_splits(int64_t m, int64_t n, int64_t k, int bits, int64_t group_size) {
+  (void)bits;
+  (void)group_size;
+  if (m <= 0 || n <= 0 || k <= 0) return 1;
+  return plan_for(m, n, k).splits;
+}
+
+int64_t gemm_workspace_elems(int64_t m, int64_t n, int64_t k, int bits, int64_t group_size) {
+  const int splits = gemm_splits(m, n, k, bits, group_size);
+  return splits > 1 ? int64_t(splits) * m * n : 0;
+}
+
+void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out, float* workspace,
+          void* stream) {
+  cudaStream_t s = detail::as_stream(stream);
+  if (m <= 0 || w.n <= 0) return;
+  if (w.k <= 0) {  // empty sum
+    const size_t elem = x_dtype == DType::f32 ? 4 : 2;
+    detail::check(cudaMemsetAsync(out, 0, size_t(m) * w.n * elem, s), "gemm (cudaMemsetAsync)");
+    return;
+  }
+  const Plan p = plan_for(m, w.n, w.k);
+  if (p.splits > 1 && workspace == nullptr)
+    throw std::runtime_error("cat_kernels CUDA gemm: split-K needs a workspace (gemm_workspace_elems)");
+
+  Args a;
+  a.x = x;
+  a.x_dtype = x_dtype;
+  a.m = m;
+  a.n = w.n;
+  a.k = w.k;
+  a.packed = w.packed;
+  a.scales = w.scales;
+  a.scale_dtype = w.scale_dtype;
+  a.zeros = w.zeros;
+  a.bits = w.bits;
+  a.group_size = w.group_size;
+  a.n_groups = w.n_groups();
+  a.n_blocks = ceil_div(w.k, kBlockK);
+  a.n_tiles = ceil_div(w.n, kTileN);
+  a.splits = p.splits;
+  a.per_split = p.per_split;
+  a.aligned16 = reinterpret_cast<uintptr_t>(w.packed) % 16 == 0 &&
+                (w.zeros == nullptr || reinterpret_cast<uintptr_t>(w.zeros) % 16 == 0);
+  a.out = out;
+  a.ws = workspace;
+
+  if (m <= kGemvMaxM)
+    launch_gemv(a, s);
+  else
+    launch_tiled(a, s);
+
+  if (p.splits > 1) {
+    const int64_t mn = m * w.n;
+    const int threads = 256;
+    const unsigned grid = detail::grid_for(mn, threads);
+    switch (x_dtype) {
+      case DType::f16:
+        reduce_kernel<DType::f16><<<grid, threads, 0, s>>>(workspace, p.splits, mn, out);
+        break;
+      case DType::bf16:
+        reduce_kernel<DType::bf16><<<grid, threads, 0, s>>>(workspace, p.splits, mn, out);
+        break;
+      default:
+        reduce_kernel<DType::f32><<<grid, threads, 0, s>>>(workspace, p.splits, mn, out);
+        break;
+    }
+    detail::check_launch("reduce_kernel");
+  }
+}
+
+}  // namespace cuda
+}  // namespace cat

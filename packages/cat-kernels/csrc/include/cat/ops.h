@@ -1,0 +1,88 @@
+// The boundary between the binding (bindings.cpp) and the device implementations
+// (cpu/*.cpp, cuda/*.cu). Everything here is plain C++: raw pointers, sizes, enums.
+// The binding validates every argument (shapes, dtypes, devices, contiguity, group size)
+// before calling in, so implementations may assume well-formed input, except for the
+// *values* of codes, which only a pass over the data can check (pack reports them).
+//
+// The packed layout is specified in docs/format.md; the constants below are its parameters.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace cat {
+
+constexpr int kTileN = 16;   // rows per tile
+constexpr int kBlockK = 32;  // columns per block; a block of one row takes `bits` words
+
+enum class DType : int { f32 = 0, f16 = 1, bf16 = 2 };
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Number of int32 words in a packed [n, k] matrix.
+inline int64_t packed_words(int64_t n, int64_t k, int bits) {
+  return ceil_div(n, kTileN) * ceil_div(k, kBlockK) * bits * kTileN;
+}
+
+// Result of pack: the first code that was out of range, if any.
+struct PackStatus {
+  bool ok = true;
+  int64_t row = -1, col = -1;
+  int64_t value = 0;
+};
+
+// Everything gemm and dequantize need about a quantized weight.
+struct QWeight {
+  const int32_t* packed = nullptr;  // [ceil(n/16), ceil(k/32), bits, 16]
+  const void* scales = nullptr;     // [n, n_groups], dtype scale_dtype
+  DType scale_dtype = DType::f32;
+  const int32_t* zeros = nullptr;   // packed [n, n_groups] zero points; nullptr = symmetric
+  int bits = 4;
+  int64_t n = 0, k = 0;
+  int64_t group_size = 0;           // resolved: k when the user passed -1
+  int64_t n_groups() const { return k / group_size; }
+};
+
+// ---------------------------------------------------------------- CPU
+namespace cpu {
+// codes: [n, k] row-major; code_bytes = 1 (uint8) or 4 (int32).
+PackStatus pack(const void* codes, int code_bytes, int64_t n, int64_t k, int bits, int32_t* packed);
+void unpack(const int32_t* packed, int64_t n, int64_t k, int bits, uint8_t* codes);
+// out: [n, k] row-major, dtype out_dtype.
+void dequantize(const QWeight& w, void* out, DType out_dtype);
+// x: [m, k] row-major, dtype x_dtype; out: [m, n] row-major, dtype x_dtype.
+void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out);
+// "scalar", "avx2" or "avx512": the code path gemm/dequantize use on this CPU.
+std::string isa();
+}  // namespace cpu
+
+// ---------------------------------------------------------------- CUDA
+// Every function runs on `stream` (a cudaStream_t, 0 = legacy default stream) of the device
+// that owns the pointers (the binding makes that device current). Errors are thrown as
+// std::runtime_error with the CUDA error string.
+namespace cuda {
+bool available();  // built with CUDA and a device is visible
+// Added for the binding (note to the lead / CUDA engineer): the binding makes the DLPack
+// device of the arrays current with set_device before calling the functions below, and
+// restores the previous one (get_device) afterwards. Both are implemented in
+// csrc/cuda_device.cpp (CUDA builds) and csrc/cuda_stub.cpp (CPU-only builds), NOT in
+// csrc/cuda/*.cu: do not define them there.
+void set_device(int device);
+int get_device();
+// Pack on the device; returns the first out-of-range code (this synchronizes the stream,
+// since the answer must reach the host).
+PackStatus pack(const void* codes, int code_bytes, int64_t n, int64_t k, int bits, int32_t* packed,
+                void* stream);
+void unpack(const int32_t* packed, int64_t n, int64_t k, int bits, uint8_t* codes, void* stream);
+void dequantize(const QWeight& w, void* out, DType out_dtype, void* stream);
+// How many K partitions gemm uses for this problem, and the float32 workspace it needs
+// (elements; 0 when splits == 1). Depends only on the shapes, so results are reproducible.
+int gemm_splits(int64_t m, int64_t n, int64_t k, int bits, int64_t group_size);
+int64_t gemm_workspace_elems(int64_t m, int64_t n, int64_t k, int bits, int64_t group_size);
+// workspace: float32, gemm_workspace_elems(...) elements, allocated by the caller (so that the
+// caller's allocator, e.g. torch's caching allocator and CUDA graphs, owns the memory).
+void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out, float* workspace,
+          void* stream);
+}  // namespace cuda
+
+}  // namespace cat

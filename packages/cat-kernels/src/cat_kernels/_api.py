@@ -1,0 +1,226 @@
+"""The public operations. See docs/format.md for the packed layout."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, TypeVar
+
+from . import _C
+from ._arrays import FLOAT_DTYPES, _KDL_CUDA, _dtype_name, _empty, _Info, _inspect, _stream
+from ._checks import (
+    _check_bits,
+    _check_contiguous,
+    _check_dtype,
+    _check_ndim,
+    _check_packed,
+    _check_packed_bits,
+    _check_same_device,
+    _check_scales,
+    _check_zeros,
+    _int,
+    _packed_shape,
+    _resolve_group_size,
+)
+
+#: Any array type: numpy.ndarray on the CPU; torch.Tensor, cupy.ndarray (or any DLPack
+#: producer) on the CPU or a CUDA device. Results come back in the type of the main input.
+Array = TypeVar("Array")
+
+
+def pack(codes: Array, bits: int) -> Array:
+    """Pack integer codes into the cat-kernels weight format.
+
+    Args:
+        codes: ``[N, K]`` uint8 or int32, C-contiguous, every value in ``0 <= q < 2**bits``.
+        bits: 2, 3, 4 or 8.
+
+    Returns:
+        ``[ceil(N/16), ceil(K/32), bits, 16]`` int32, same framework and device as ``codes``;
+        padded rows/columns hold code 0 (docs/format.md).
+
+    Raises:
+        ValueError: bad ``bits``, shape, contiguity, or a code out of range (the message gives
+            its position and value).
+        TypeError: ``codes`` is not an array or not uint8/int32.
+    """
+    bits = _check_bits(bits)
+    codes, ci = _inspect(codes, "codes")
+    _check_ndim(ci, 2, "codes", "[N, K]")
+    _check_dtype(ci, ("uint8", "int32"), "codes")
+    _check_contiguous(ci, "codes")
+    _check_same_device({"codes": ci})
+    n, k = ci.shape
+    out = _empty(codes, ci, _packed_shape(n, k, bits), "int32", "pack")
+    ok, row, col, value = _C._pack(codes, bits, out, _stream(codes, ci))
+    if not ok:
+        raise ValueError(
+            f"codes: codes[{row}, {col}] = {value} is out of range for bits={bits} "
+            f"(expected 0 <= code < {1 << bits})"
+        )
+    return out
+
+
+def unpack(packed: Array, n: int, k: int) -> Array:
+    """Inverse of :func:`pack`.
+
+    Args:
+        packed: ``[ceil(n/16), ceil(k/32), bits, 16]`` int32, C-contiguous; ``bits`` is read
+            from ``packed.shape[2]``.
+        n: number of rows N (> 0).
+        k: number of columns K (> 0).
+
+    Returns:
+        ``[n, k]`` uint8 codes, same framework and device as ``packed``.
+    """
+    n = _int(n, "n")
+    k = _int(k, "k")
+    if n <= 0 or k <= 0:
+        raise ValueError(f"n, k: must be positive, got n={n}, k={k}")
+    packed, pi = _inspect(packed, "packed")
+    _check_packed(pi, n, k)
+    _check_same_device({"packed": pi})
+    out = _empty(packed, pi, (n, k), "uint8", "unpack")
+    _C._unpack(packed, n, k, out, _stream(packed, pi))
+    return out
+
+
+def _weight_infos(
+    packed: Any, scales: Any, zeros: Any
+) -> tuple[Any, _Info, Any, _Info, Any, Optional[_Info]]:
+    packed, pi = _inspect(packed, "packed")
+    scales, si = _inspect(scales, "scales")
+    zi = None
+    if zeros is not None:
+        zeros, zi = _inspect(zeros, "zeros")
+    return packed, pi, scales, si, zeros, zi
+
+
+def dequantize(
+    packed: Array,
+    scales: Any,
+    zeros: Any,
+    group_size: int,
+    *,
+    k: Optional[int] = None,
+    dtype: Any = None,
+) -> Array:
+    """Reconstruct the weight matrix ``W[n, k] = float32(q - z) * float32(s)``.
+
+    Args:
+        packed: ``[ceil(N/16), ceil(K/32), bits, 16]`` int32 codes (bits = ``shape[2]``).
+        scales: ``[N, n_groups]`` float32, float16 or bfloat16, ``n_groups = K / G``.
+        zeros: ``[ceil(N/16), ceil(n_groups/32), bits, 16]`` int32 packed zero points, or None
+            for symmetric quantization (zero point ``2**(bits-1)``).
+        group_size: G, a multiple of 32 that divides K, or -1 (one group per row).
+        k: the true K. Required when ``group_size == -1`` (the packed array only knows K rounded
+            up to 32); otherwise optional and must equal ``n_groups * group_size``.
+        dtype: output dtype, "float32", "float16" or "bfloat16" (numpy/torch dtypes accepted);
+            default: the dtype of ``scales``.
+
+    Returns:
+        ``[N, K]`` array of ``dtype``, same framework and device as ``packed``, each element
+        rounded once from the float32 product.
+    """
+    packed, pi, scales, si, zeros, zi = _weight_infos(packed, scales, zeros)
+    n, ng = _check_scales(si)
+    gs = _int(group_size, "group_size")
+    if k is None:
+        if gs == -1:
+            raise ValueError(
+                "k: required when group_size=-1 (the true K cannot be recovered from the "
+                "packed array, whose K is padded to a multiple of 32)"
+            )
+        if gs <= 0 or gs % 32:
+            raise ValueError(
+                f"group_size: expected -1 or a positive multiple of 32, got {gs}"
+            )
+        k = ng * gs
+    k = _int(k, "k")
+    if k <= 0:
+        raise ValueError(f"k: must be positive, got {k}")
+    g = _resolve_group_size(gs, k)
+    if ng != k // g:
+        raise ValueError(
+            f"scales: expected shape [N, K/group_size] = [{n}, {k // g}] for K={k}, "
+            f"group_size={gs}, got {si.shape}"
+        )
+    bits = _check_packed(pi, n, k)
+    _check_zeros(zi, n, ng, bits)
+    infos = {"packed": pi, "scales": si}
+    if zi is not None:
+        infos["zeros"] = zi
+    _check_same_device(infos)
+    out_dtype = si.dtype if dtype is None else _dtype_name(dtype)
+    if out_dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype: expected float32, float16 or bfloat16, got {dtype!r}")
+    out = _empty(packed, pi, (n, k), out_dtype, "dequantize")
+    _C._dequantize(packed, scales, zeros, gs, k, out, _stream(packed, pi))
+    return out
+
+
+def gemm(
+    x: Array,
+    packed: Any,
+    scales: Any,
+    zeros: Any,
+    group_size: int,
+    *,
+    out: Optional[Array] = None,
+) -> Array:
+    """``y = x @ dequantize(packed, scales, zeros, group_size).T`` without materialising W.
+
+    Args:
+        x: ``[M, K]`` float32, float16 or bfloat16, C-contiguous (M may be 0).
+        packed: ``[ceil(N/16), ceil(K/32), bits, 16]`` int32 packed codes (bits = ``shape[2]``).
+        scales: ``[N, n_groups]`` float32, float16 or bfloat16, ``n_groups = K / G``.
+        zeros: ``[ceil(N/16), ceil(n_groups/32), bits, 16]`` int32 packed zero points, or None
+            (symmetric).
+        group_size: G, a multiple of 32 that divides K, or -1 (one group per row; K may then be
+            any positive integer).
+        out: optional ``[M, N]`` C-contiguous array of x's dtype on x's device to write into.
+            Required for inputs other than numpy, torch and cupy arrays.
+
+    Returns:
+        ``[M, N]`` array of x's dtype (``out`` if given; otherwise same framework and device as
+        ``x``). Accumulation is float32 and deterministic (bit-identical across calls and
+        thread counts). CUDA inputs run on the caller's current torch/cupy stream.
+    """
+    x, xi = _inspect(x, "x")
+    _check_ndim(xi, 2, "x", "[M, K]")
+    _check_dtype(xi, FLOAT_DTYPES, "x")
+    _check_contiguous(xi, "x")
+    m, k = xi.shape
+    if k <= 0:
+        raise ValueError(f"x: K = x.shape[1] must be positive, got shape {xi.shape}")
+    packed, pi, scales, si, zeros, zi = _weight_infos(packed, scales, zeros)
+    g = _resolve_group_size(group_size, k)
+    n, ng = _check_scales(si)
+    if ng != k // g:
+        raise ValueError(
+            f"scales: expected shape [N, K/group_size] = [{n}, {k // g}] for K={k} "
+            f"(x.shape[1]), group_size={group_size}, got {si.shape}"
+        )
+    bits = _check_packed(pi, n, k)
+    _check_zeros(zi, n, ng, bits)
+    infos = {"x": xi, "packed": pi, "scales": si}
+    if zi is not None:
+        infos["zeros"] = zi
+    if out is not None:
+        out, oi = _inspect(out, "out")
+        if oi.shape != (m, n):
+            raise ValueError(f"out: expected shape {(m, n)}, got {oi.shape}")
+        if oi.dtype != xi.dtype:
+            raise TypeError(f"out: expected dtype {xi.dtype} (the dtype of x), got {oi.dtype}")
+        _check_contiguous(oi, "out")
+        infos["out"] = oi
+    _check_same_device(infos)
+    if out is None:
+        out = _empty(x, xi, (m, n), xi.dtype, "gemm")
+    workspace = None
+    stream = 0
+    if xi.device_type == _KDL_CUDA and m > 0:
+        stream = _stream(x, xi)
+        elems = _C._cuda_gemm_workspace_elems(m, n, k, bits, g)
+        if elems > 0:
+            workspace = _empty(x, xi, (elems,), "float32", "gemm workspace")
+    _C._gemm(x, packed, scales, zeros, group_size, out, workspace, stream)
+    return out

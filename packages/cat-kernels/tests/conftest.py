@@ -1,0 +1,24 @@
+import os
+import random
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def rng(request):
+    """Fresh random data every run; the seed is printed on failure (pytest shows captured
+    output) and can be pinned with CAT_KERNELS_TEST_SEED."""
+    seed = int(os.environ.get("CAT_KERNELS_TEST_SEED", random.SystemRandom().randrange(2**32)))
+    print(f"random seed for {request.node.nodeid}: {seed} (rerun with CAT_KERNELS_TEST_SEED={seed})")
+    return np.random.default_rng(seed)
+
+
+@pytest.fixture(autouse=True)
+def _restore_kernel_state():
+    """Tests may force an ISA / thread count through the private hooks; undo it."""
+    yield
+    from cat_kernels import _C
+
+    _C._set_isa("")
+    _C._set_num_threads(0)

@@ -1,0 +1,385 @@
+"""CUDA kernels of cat-kernels, checked against the CPU kernels and an independent numpy model.
+
+Every CUDA op (pack, unpack, dequantize, gemm) is called with torch CUDA tensors and compared
+with the same op on CPU tensors and with a numpy reference written from docs/format.md alone.
+
+Tolerances (gemm). Let W32 be the dequantized weight computed as format.md says in float32
+(exactly what the reference below computes) and ref = x @ W32.T in float64. A kernel may
+  * round each weight once to x's dtype before multiplying (the tensor-core path does: that is
+    `dequantize(..., dtype=x.dtype)`): relative error u_x per product,
+  * accumulate in float32 in any fixed order: at most K * 2**-24 of sum_k |x_k w_k| (the
+    classical worst-case bound for a sum of K terms, whatever the order or split),
+  * round the result once to x's dtype: u_x of |y|,
+with u = 2**-24 (float32), 2**-11 (float16), 2**-8 (bfloat16) (unit roundoff, round-to-nearest).
+So |y - ref| <= (u_x + K * 2**-24) * (|x| @ |W32|.T) + u_x * |ref|, up to second-order terms;
+the tests allow twice that. A wrong code, zero or scale moves an element by about
+|x_k| * |s| -- far outside this bound for float32 and float16 inputs. dequantize and pack /
+unpack are exact, so they are compared bit for bit.
+"""
+
+from __future__ import annotations
+
+import itertools
+import zlib
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed (CUDA tests use torch CUDA tensors)")
+import cat_kernels as ck  # noqa: E402  (a broken build must fail loudly, not skip)
+
+if not torch.cuda.is_available():
+    pytest.skip("torch.cuda.is_available() is False: no usable CUDA device", allow_module_level=True)
+if not ck.cuda_available():
+    pytest.skip(
+        "cat_kernels.cuda_available() is False: cat-kernels was built without CUDA "
+        "(CAT_KERNELS_CUDA=OFF) or sees no device",
+        allow_module_level=True,
+    )
+
+pytestmark = pytest.mark.cuda
+
+DEV = torch.device("cuda")
+BITS = [2, 3, 4, 8]
+GROUPS = [32, 64, 128, -1]
+XDTYPES = [torch.float32, torch.float16, torch.bfloat16]
+UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
+DTYPE_NAME = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def seed_for(*params) -> int:
+    """A stable seed per test case (reproducible failures), different for every case."""
+    return zlib.crc32(repr(params).encode())
+
+
+def as_torch(a) -> "torch.Tensor":
+    if isinstance(a, torch.Tensor):
+        return a
+    if isinstance(a, np.ndarray):
+        return torch.from_numpy(a)
+    return torch.from_dlpack(a)
+
+
+def dequant(packed, scales, zeros, group_size, k, dtype):
+    """ck.dequantize with an explicit output dtype (torch dtype, or its name as a fallback)."""
+    try:
+        out = ck.dequantize(packed, scales, zeros, group_size, k=k, dtype=dtype)
+    except (TypeError, ValueError):
+        out = ck.dequantize(packed, scales, zeros, group_size, k=k, dtype=DTYPE_NAME[dtype])
+    return as_torch(out)
+
+
+def ref_pack(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Independent packer, straight from docs/format.md."""
+    n, k = codes.shape
+    t, b = -(-n // 16), -(-k // 32)
+    q = np.zeros((t * 16, b * 32), dtype=np.uint64)
+    q[:n, :k] = codes.astype(np.uint64)
+    q = q.reshape(t, 16, b, 32).transpose(0, 2, 1, 3)  # [t, b, r, v]
+    if bits == 3:
+        lo = (q & 3).reshape(t, b, 16, 2, 16)
+        w01 = (lo << (2 * np.arange(16, dtype=np.uint64))).sum(axis=-1)  # [t, b, r, 2]
+        w2 = (((q >> 2) & 1) << np.arange(32, dtype=np.uint64)).sum(axis=-1)  # [t, b, r]
+        words = np.concatenate([w01, w2[..., None]], axis=-1)
+    else:
+        f = 32 // bits
+        qq = q.reshape(t, b, 16, bits, f)
+        words = (qq << (bits * np.arange(f, dtype=np.uint64))).sum(axis=-1)  # [t, b, r, bits]
+    words = words.transpose(0, 1, 3, 2).astype(np.uint32)  # [t, b, w, r]
+    return np.ascontiguousarray(words).view(np.int32)
+
+
+def ref_dequant(codes, scales_f32, zero_codes, group_size, bits) -> np.ndarray:
+    """float32(q - z) * float32(s), computed in float32 (numpy rounds correctly)."""
+    n, k = codes.shape
+    g = k if group_size == -1 else group_size
+    z = np.full((n, k // g), 2 ** (bits - 1), np.int32) if zero_codes is None else zero_codes.astype(np.int32)
+    diff = (codes.astype(np.int32) - np.repeat(z, g, axis=1)).astype(np.float32)
+    return diff * np.repeat(scales_f32.astype(np.float32), g, axis=1)
+
+
+class Problem:
+    """Random quantized weight [n, k] (packed on the CPU) plus its reference pieces."""
+
+    def __init__(self, n, k, bits, group_size, sym, scale_dtype, seed):
+        rng = np.random.default_rng(seed)
+        self.n, self.k, self.bits, self.group_size = n, k, bits, group_size
+        g = k if group_size == -1 else group_size
+        ng = k // g
+        self.codes = rng.integers(0, 2**bits, size=(n, k), dtype=np.uint8)
+        # Scales of both signs and a spread of magnitudes, rounded to their storage dtype.
+        s = rng.uniform(0.5, 2.0, size=(n, ng)) * rng.choice([-1.0, 1.0], size=(n, ng)) * 2.0 ** -bits
+        self.scales_t = torch.from_numpy(s.astype(np.float32)).to(scale_dtype)
+        self.scales_f32 = self.scales_t.float().numpy()
+        self.zero_codes = None if sym else rng.integers(0, 2**bits, size=(n, ng), dtype=np.uint8)
+        self.packed_cpu = as_torch(ck.pack(self.codes, bits))
+        self.zeros_cpu = None if sym else as_torch(ck.pack(self.zero_codes, bits))
+        self.w32 = ref_dequant(self.codes, self.scales_f32, self.zero_codes, group_size, bits)
+
+    def args(self, device):
+        z = None if self.zeros_cpu is None else self.zeros_cpu.to(device)
+        return self.packed_cpu.to(device), self.scales_t.to(device), z, self.group_size
+
+
+def random_x(m, k, dtype, seed):
+    rng = np.random.default_rng(seed ^ 0x5EED)
+    return torch.from_numpy(rng.standard_normal((m, k)).astype(np.float32)).to(dtype)
+
+
+def gemm_bound(x: "torch.Tensor", w32: np.ndarray):
+    x64 = x.double().cpu().numpy()
+    w64 = w32.astype(np.float64)
+    ref = x64 @ w64.T
+    absref = np.abs(x64) @ np.abs(w64).T
+    u = UNIT_ROUNDOFF[x.dtype]
+    k = x.shape[1]
+    tol = 2.0 * ((u + k * 2.0**-24) * absref + u * np.abs(ref)) + 1e-30
+    return ref, tol
+
+
+def assert_close(y, ref, tol, what):
+    got = y.double().cpu().numpy()
+    err = np.abs(got - ref)
+    bad = ~(err <= tol)  # also catches NaN
+    if bad.any():
+        i = tuple(np.argwhere(bad)[0])
+        pytest.fail(
+            f"{what}: {int(bad.sum())} of {bad.size} elements out of tolerance; first at {i}: "
+            f"got {got[i]!r}, reference {ref[i]!r}, tolerance {tol[i]!r}"
+        )
+
+
+def run_gemm(x, prob: Problem, device):
+    packed, scales, zeros, g = prob.args(device)
+    return as_torch(ck.gemm(x.to(device), packed, scales, zeros, g))
+
+
+# ---------------------------------------------------------------- pack / unpack
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("shape", [(1, 1), (16, 32), (37, 100), (300, 1024), (5, 4097)])
+@pytest.mark.parametrize("code_dtype", [np.uint8, np.int32])
+def test_pack_unpack_match_cpu_and_reference(bits, shape, code_dtype):
+    rng = np.random.default_rng(seed_for("pack", bits, shape, code_dtype))
+    codes = rng.integers(0, 2**bits, size=shape).astype(code_dtype)
+    expect = ref_pack(codes, bits)
+    cpu = as_torch(ck.pack(codes, bits)).numpy()
+    gpu = as_torch(ck.pack(torch.from_numpy(codes).to(DEV), bits))
+    assert gpu.is_cuda and gpu.dtype == torch.int32
+    np.testing.assert_array_equal(cpu, expect)
+    np.testing.assert_array_equal(gpu.cpu().numpy(), expect)
+    back = as_torch(ck.unpack(gpu, *shape))
+    assert back.is_cuda and back.dtype == torch.uint8
+    np.testing.assert_array_equal(back.cpu().numpy(), codes.astype(np.uint8))
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("code_dtype", [np.uint8, np.int32])
+def test_pack_reports_first_bad_code_like_cpu(bits, code_dtype):
+    if bits == 8 and code_dtype == np.uint8:
+        pytest.skip("every uint8 value is a valid 8-bit code")
+    codes = np.zeros((40, 70), dtype=code_dtype)
+    codes[30, 5] = 2**bits + 3  # later in row-major order
+    codes[7, 66] = 2**bits  # the first bad code
+    if code_dtype == np.int32:
+        codes[20, 1] = -1
+    with pytest.raises(ValueError) as cpu_err:
+        ck.pack(codes, bits)
+    with pytest.raises(ValueError) as gpu_err:
+        ck.pack(torch.from_numpy(codes).to(DEV), bits)
+    assert str(gpu_err.value) == str(cpu_err.value)
+    assert "7" in str(gpu_err.value) and "66" in str(gpu_err.value)
+
+
+def test_pack_negative_int32_code():
+    codes = np.zeros((3, 40), dtype=np.int32)
+    codes[1, 2] = -5
+    with pytest.raises(ValueError) as cpu_err:
+        ck.pack(codes, 4)
+    with pytest.raises(ValueError) as gpu_err:
+        ck.pack(torch.from_numpy(codes).to(DEV), 4)
+    assert str(gpu_err.value) == str(cpu_err.value)
+
+
+# ---------------------------------------------------------------- dequantize
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("group_size", GROUPS)
+@pytest.mark.parametrize("sym", [True, False], ids=["sym", "asym"])
+@pytest.mark.parametrize("scale_dtype", XDTYPES, ids=lambda d: DTYPE_NAME[d])
+@pytest.mark.parametrize("out_dtype", XDTYPES, ids=lambda d: DTYPE_NAME[d])
+def test_dequantize_bit_exact(bits, group_size, sym, scale_dtype, out_dtype):
+    n, k = (45, 1001) if group_size == -1 else (45, 512)
+    prob = Problem(n, k, bits, group_size, sym, scale_dtype, seed_for("dq", bits, group_size, sym, scale_dtype))
+    expect = torch.from_numpy(prob.w32).to(out_dtype)  # one round-to-nearest-even from float32
+    gpu = dequant(*prob.args(DEV), k=k, dtype=out_dtype)
+    cpu = dequant(*prob.args("cpu"), k=k, dtype=out_dtype)
+    assert gpu.is_cuda and gpu.dtype == out_dtype and tuple(gpu.shape) == (n, k)
+    assert torch.equal(gpu.cpu(), expect), "CUDA dequantize differs from float32(q - z) * float32(s)"
+    assert torch.equal(gpu.cpu(), cpu), "CUDA dequantize differs from the CPU dequantize"
+
+
+# ---------------------------------------------------------------- gemm
+
+GEMM_CASES = list(itertools.product(BITS, GROUPS, [True, False], XDTYPES, [1, 3, 8, 17, 64]))
+
+
+@pytest.mark.parametrize(
+    "bits,group_size,sym,x_dtype,m",
+    GEMM_CASES,
+    ids=[f"b{b}-g{g}-{'sym' if s else 'asym'}-{DTYPE_NAME[d]}-m{m}" for b, g, s, d, m in GEMM_CASES],
+)
+def test_gemm_matches_cpu_and_reference(bits, group_size, sym, x_dtype, m):
+    # N = 40: not a multiple of 16 (a padded tile). K = 1024 (or odd 1001 for a whole-row group)
+    # gives several K partitions in both the GEMV (M <= 8) and the tiled path.
+    n, k = (40, 1001) if group_size == -1 else (40, 1024)
+    seed = seed_for("gemm", bits, group_size, sym, x_dtype, m)
+    scale_dtype = XDTYPES[seed % 3]  # every path sees every scale dtype across the matrix
+    prob = Problem(n, k, bits, group_size, sym, scale_dtype, seed)
+    x = random_x(m, k, x_dtype, seed)
+    y = run_gemm(x, prob, DEV)
+    assert y.is_cuda and y.dtype == x_dtype and tuple(y.shape) == (m, n)
+    ref, tol = gemm_bound(x, prob.w32)
+    assert_close(y, ref, tol, "CUDA gemm vs float64 reference")
+    y_cpu = run_gemm(x, prob, "cpu")
+    assert_close(y, y_cpu.double().numpy(), 2 * tol, "CUDA gemm vs CPU gemm")
+
+
+@pytest.mark.parametrize(
+    "m,n,k,group_size,bits",
+    [
+        (1, 4100, 4096, 128, 4),  # GEMV, many tiles, split-K
+        (1, 5000, 256, 32, 3),  # GEMV, one partition (direct store)
+        (2, 1000, 4096, 128, 3),
+        (8, 1000, 4096, 128, 4),
+        (5, 17, 50, -1, 2),  # tiny odd K, K < one warp step
+        (9, 33, 96, 32, 8),  # smallest tiled M
+        (33, 1, 32, 32, 4),  # N = 1
+        (64, 1000, 2048, 64, 3),
+        (200, 300, 520, -1, 4),  # K not a multiple of 8 (scalar x loads in the tiled path)
+        (1024, 1024, 256, 128, 4),  # tiled, one partition
+    ],
+)
+@pytest.mark.parametrize("x_dtype", XDTYPES, ids=lambda d: DTYPE_NAME[d])
+def test_gemm_shapes(m, n, k, group_size, bits, x_dtype):
+    seed = seed_for("shapes", m, n, k, group_size, bits, x_dtype)
+    prob = Problem(n, k, bits, group_size, seed % 2 == 0, torch.float16, seed)
+    x = random_x(m, k, x_dtype, seed)
+    y = run_gemm(x, prob, DEV)
+    ref, tol = gemm_bound(x, prob.w32)
+    assert_close(y, ref, tol, f"CUDA gemm {m}x{n}x{k}")
+
+
+@pytest.mark.parametrize("m", [1, 6, 40])
+@pytest.mark.parametrize("x_dtype", XDTYPES, ids=lambda d: DTYPE_NAME[d])
+def test_gemm_unaligned_views(m, x_dtype):
+    """packed / zeros / x that start 4 bytes past a 16-byte boundary (no 128-bit loads)."""
+    n, k, bits = 70, 512, 4
+    seed = seed_for("unaligned", m, x_dtype)
+    prob = Problem(n, k, bits, 64, False, torch.float32, seed)
+    packed, scales, zeros, g = prob.args(DEV)
+
+    def shifted(t, pad_elems):
+        buf = torch.zeros(t.numel() + pad_elems, dtype=t.dtype, device=DEV)
+        v = buf[pad_elems:].view(t.shape)
+        v.copy_(t)
+        return v
+
+    packed_u, zeros_u = shifted(packed, 1), shifted(zeros, 1)
+    assert packed_u.data_ptr() % 16 != 0
+    x = random_x(m, k, x_dtype, seed)
+    x_u = shifted(x.to(DEV), 1 if x_dtype == torch.float32 else 2)
+    y = as_torch(ck.gemm(x_u, packed_u, scales, zeros_u, g))
+    ref, tol = gemm_bound(x, prob.w32)
+    assert_close(y, ref, tol, "CUDA gemm on unaligned views")
+    assert torch.equal(y, run_gemm(x, prob, DEV)), "alignment changed the result"
+
+
+@pytest.mark.parametrize("m", [1, 8, 64])
+def test_gemm_deterministic(m):
+    prob = Problem(4096, 4096, 4, 128, False, torch.float16, seed_for("det", m))
+    x = random_x(m, 4096, torch.float16, 7).to(DEV)
+    packed, scales, zeros, g = prob.args(DEV)
+    y1 = as_torch(ck.gemm(x, packed, scales, zeros, g))
+    y2 = as_torch(ck.gemm(x, packed, scales, zeros, g))
+    assert torch.equal(y1, y2), "two identical gemm calls differ (split-K must be deterministic)"
+
+
+@pytest.mark.parametrize("m", [1, 64])
+def test_gemm_runs_on_current_stream(m):
+    """Inputs produced on a side stream behind a long sleep: a kernel launched on any other stream
+    would read them before they exist."""
+    n, k = 1000, 2048
+    prob = Problem(n, k, 4, 128, True, torch.float16, seed_for("stream", m))
+    packed, scales, zeros, g = prob.args(DEV)
+    x_src = random_x(m, k, torch.float16, 3).to(DEV)
+    expect = as_torch(ck.gemm(x_src, packed, scales, zeros, g))
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        x = torch.empty_like(x_src)
+        torch.cuda._sleep(100_000_000)  # ~50 ms of GPU time on this stream
+        x.copy_(x_src)
+        y = as_torch(ck.gemm(x, packed, scales, zeros, g))
+    side.synchronize()
+    assert torch.equal(y, expect)
+
+
+@pytest.mark.parametrize("m", [1, 64])
+def test_gemm_cuda_graph_capture(m):
+    n, k = 1000, 2048
+    prob = Problem(n, k, 3, 128, False, torch.bfloat16, seed_for("graph", m))
+    packed, scales, zeros, g = prob.args(DEV)
+    static_x = random_x(m, k, torch.float16, 1).to(DEV)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture, as torch recommends
+        for _ in range(2):
+            ck.gemm(static_x, packed, scales, zeros, g)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_y = as_torch(ck.gemm(static_x, packed, scales, zeros, g))
+    x2 = random_x(m, k, torch.float16, 2).to(DEV)
+    static_x.copy_(x2)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(static_y, as_torch(ck.gemm(x2, packed, scales, zeros, g)))
+    ref, tol = gemm_bound(x2.cpu(), prob.w32)
+    assert_close(static_y, ref, tol, "replayed graph")
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_cpu_cuda_mix_raises_value_error():
+    prob = Problem(32, 128, 4, 32, False, torch.float16, 11)
+    packed, scales, zeros, g = prob.args(DEV)
+    x = random_x(2, 128, torch.float16, 11)
+    with pytest.raises(ValueError):
+        ck.gemm(x, packed, scales, zeros, g)  # x on the CPU
+    with pytest.raises(ValueError):
+        ck.gemm(x.to(DEV), packed, scales.cpu(), zeros, g)
+    with pytest.raises(ValueError):
+        ck.gemm(x.to(DEV), packed, scales, zeros.cpu(), g)
+    with pytest.raises(ValueError):
+        ck.dequantize(packed, scales.cpu(), zeros, g)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_two_devices_raise_value_error_and_second_device_works():
+    prob = Problem(32, 128, 4, 32, False, torch.float16, 12)
+    packed, scales, zeros, g = prob.args("cuda:0")
+    x = random_x(2, 128, torch.float16, 12)
+    with pytest.raises(ValueError):
+        ck.gemm(x.to("cuda:1"), packed, scales, zeros, g)
+    with pytest.raises(ValueError):
+        ck.gemm(x.to("cuda:0"), packed, scales.to("cuda:1"), zeros, g)
+    y1 = as_torch(ck.gemm(x.to("cuda:1"), *prob.args("cuda:1")))
+    assert y1.device == torch.device("cuda:1")
+    assert torch.equal(y1.cpu(), as_torch(ck.gemm(x.to("cuda:0"), packed, scales, zeros, g)).cpu())

@@ -1,0 +1,78 @@
+"""pack() checked bit by bit against an unpacker written only from docs/format.md."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import cat_kernels as ck
+
+BITS = [2, 3, 4, 8]
+
+
+def doc_unpack(packed: np.ndarray, n: int, k: int) -> np.ndarray:
+    """Independent reading of docs/format.md: packed[t, b, w, r] = word w of block b of row
+    16t + r; value v of a block is column 32b + v."""
+    tiles, blocks, bits, lanes = packed.shape
+    assert lanes == 16 and tiles == -(-n // 16) and blocks == -(-k // 32)
+    words = packed.astype(np.int64) & 0xFFFFFFFF  # int32 -> the uint32 bit pattern
+    out = np.zeros((tiles * 16, blocks * 32), dtype=np.int64)
+    for v in range(32):
+        if bits == 3:
+            lo = (words[:, :, v // 16, :] >> (2 * (v % 16))) & 3
+            hi = (words[:, :, 2, :] >> v) & 1
+            q = lo | (hi << 2)
+        else:
+            f = 32 // bits
+            q = (words[:, :, v // f, :] >> (bits * (v % f))) & ((1 << bits) - 1)
+        # q[t, b, r] -> out[16t + r, 32b + v]
+        out[:, v::32] = q.transpose(0, 2, 1).reshape(tiles * 16, blocks)
+    return out
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("shape", [(16, 32), (1, 1), (17, 33), (40, 1000), (64, 96)])
+@pytest.mark.parametrize("code_dtype", [np.uint8, np.int32])
+def test_pack_matches_document(rng, bits, shape, code_dtype):
+    n, k = shape
+    codes = rng.integers(0, 1 << bits, size=shape).astype(code_dtype)
+    packed = ck.pack(codes, bits)
+    assert isinstance(packed, np.ndarray)
+    assert packed.dtype == np.int32
+    assert packed.shape == (-(-n // 16), -(-k // 32), bits, 16)
+    full = doc_unpack(packed, n, k)
+    np.testing.assert_array_equal(full[:n, :k], codes.astype(np.int64))
+    # Padding is part of the contract: padded codes are 0.
+    assert not full[n:, :].any() and not full[:, k:].any()
+    # And unpack is the exact inverse.
+    back = ck.unpack(packed, n, k)
+    assert back.dtype == np.uint8 and back.shape == (n, k)
+    np.testing.assert_array_equal(back, codes)
+
+
+def test_known_words():
+    """A few words computed by hand from the document."""
+    codes = np.zeros((16, 32), np.uint8)
+    codes[0, 0], codes[0, 1], codes[0, 8] = 0xF, 0x1, 0x3
+    p = ck.pack(codes, 4)
+    assert p[0, 0, 0, 0] == 0x1F  # value 0 in bits 0-3, value 1 in bits 4-7
+    assert p[0, 0, 1, 0] == 0x3  # value 8 is the lowest nibble of word 1
+    codes = np.zeros((16, 32), np.uint8)
+    codes[3, 31] = 0xFF
+    p = ck.pack(codes, 8)
+    assert p[0, 0, 7, 3] == np.int32(-(1 << 24))  # 0xFF000000 read as int32
+    codes = np.zeros((16, 32), np.uint8)
+    codes[5, 17] = 0b110
+    codes[5, 0] = 0b101
+    p = ck.pack(codes, 3)
+    assert p[0, 0, 0, 5] == 0b01  # low bits of value 0
+    assert p[0, 0, 1, 5] == 0b10 << 2  # low bits of value 17 at [2, 4) of word 1
+    assert p[0, 0, 2, 5] == (1 << 0) | (1 << 17)  # high bits of values 0 and 17
+
+
+def test_zero_points_use_weight_rule(rng):
+    """Zero points are the [N, n_groups] matrix packed by the same rule."""
+    z = rng.integers(0, 8, size=(20, 40)).astype(np.int32)
+    p = ck.pack(z, 3)
+    assert p.shape == (2, 2, 3, 16)
+    np.testing.assert_array_equal(doc_unpack(p, 20, 40)[:20, :40], z)

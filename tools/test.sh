@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every test suite: each package's own tests (each package is tested on its own, with its
+# own pytest configuration), then the end-to-end tests under tests/. Fails on any failure and on
+# a suite that collects no test (pytest exit code 5).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+. .venv/bin/activate
+
+status=0
+run() {
+  echo "=== pytest $*"
+  python -m pytest "$@"
+  local rc=$?
+  if [ $rc -eq 5 ]; then echo "ERROR: no tests collected in $*"; fi
+  if [ $rc -ne 0 ]; then status=1; fi
+}
+
+# CUDA code is compiled wherever nvcc exists, so a build that silently dropped it is an error.
+if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
+  python -c "import cat_kernels, sys; sys.exit(0 if cat_kernels.build_info()['cuda'] else 'cat-kernels was built without CUDA although nvcc is present')" || status=1
+fi
+
+run packages/cat-kernels/tests
+run packages/cat-core/tests
+run packages/cat-apps/tests
+run tests
+exit $status
