@@ -195,6 +195,7 @@ def test_public_quantize_with_token_ids(fp_model, monkeypatch):
     m = copy.deepcopy(fp_model)
     res = quantize(m, None, CFG, calib=_samples(8, 32, 0), graph=hand_groups(m), progress=False)
     assert res.model is m and len(res.tensors) == 14 and len(res.report) == 8
+    assert {"capture", "stats", "scale_search", "clip_search", "propagate"} <= set(res.timings)
 
 
 def test_bf16_search_dtype_still_beats_rtn(fp_model):

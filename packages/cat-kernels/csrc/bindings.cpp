@@ -50,6 +50,8 @@ std::string dtype_name(const nb::dlpack::dtype& d) {
 
 template <class A>
 bool c_contiguous(const A& a) {
+  for (size_t i = 0; i < a.ndim(); ++i)
+    if (a.shape(i) == 0) return true;  // empty arrays have arbitrary strides
   int64_t expect = 1;
   for (size_t i = a.ndim(); i-- > 0;) {
     if (a.shape(i) != 1 && a.stride(i) != expect) return false;

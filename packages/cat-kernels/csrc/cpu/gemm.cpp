@@ -65,6 +65,25 @@ Plan make_plan(int64_t n, int64_t k, int64_t group_size) {
   return p;
 }
 
+void convert_row(const void* x, DType dt, int64_t offset, int64_t k, float* dst) {
+  switch (dt) {
+    case DType::f16: {
+      const uint16_t* p = static_cast<const uint16_t*>(x) + offset;
+      for (int64_t j = 0; j < k; ++j) dst[j] = detail::f16_to_f32(p[j]);
+      break;
+    }
+    case DType::bf16: {
+      const uint16_t* p = static_cast<const uint16_t*>(x) + offset;
+      for (int64_t j = 0; j < k; ++j) dst[j] = detail::bf16_to_f32(p[j]);
+      break;
+    }
+    default: {
+      const float* p = static_cast<const float*>(x) + offset;
+      for (int64_t j = 0; j < k; ++j) dst[j] = p[j];
+    }
+  }
+}
+
 }  // namespace
 
 void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out) {
@@ -75,22 +94,27 @@ void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out) 
   const Plan plan = make_plan(n, k, w.group_size);
   const int64_t nseg = static_cast<int64_t>(plan.segments.size());
 
-  // x as zero-padded float32 (padded columns then contribute nothing), plus its sum over each
-  // segment for the zero-point term of y = sum_g s * (sum x q - z * sum x).
+  // x as zero-padded float32 (padded columns then contribute nothing), each row block stored
+  // interleaved (see detail::row_block), plus the sum of x over each segment for the
+  // zero-point term of y = sum_g s * (sum x q - z * sum x).
   std::vector<float> xf(static_cast<size_t>(m * kp));
   std::vector<float> xs(static_cast<size_t>(m * nseg));
-  const int64_t rows_per_task = ceil_div(8192, kp);
-  parallel_for(ceil_div(m, rows_per_task), [&](int64_t task) {
-    const int64_t r1 = (task + 1) * rows_per_task < m ? (task + 1) * rows_per_task : m;
-    for (int64_t r = task * rows_per_task; r < r1; ++r) {
-      float* dst = xf.data() + r * kp;
-      for (int64_t j = 0; j < k; ++j) dst[j] = detail::load_as_f32(x, x_dtype, r * k + j);
-      for (int64_t j = k; j < kp; ++j) dst[j] = 0.0f;
-      for (int64_t i = 0; i < nseg; ++i) {
-        const detail::Segment& sg = plan.segments[i];
+  std::vector<int64_t> block_start;
+  for (int64_t m0 = 0; m0 < m; m0 += detail::row_block(kern.mb, m - m0)) block_start.push_back(m0);
+  block_start.push_back(m);
+  parallel_for(static_cast<int64_t>(block_start.size()) - 1, [&](int64_t bi) {
+    const int64_t m0 = block_start[bi], mr = block_start[bi + 1] - m0;
+    float* dst = xf.data() + m0 * kp;
+    std::vector<float> row(static_cast<size_t>(kp), 0.0f);
+    for (int64_t i = 0; i < mr; ++i) {
+      const int64_t r = m0 + i;
+      convert_row(x, x_dtype, r * k, k, row.data());
+      for (int64_t j = 0; j < kp; ++j) dst[j * mr + i] = row[j];
+      for (int64_t si = 0; si < nseg; ++si) {
+        const detail::Segment& sg = plan.segments[si];
         float s = 0.0f;
-        for (int64_t j = sg.b0 * kBlockK; j < sg.b1 * kBlockK; ++j) s += dst[j];
-        xs[r * nseg + i] = s;
+        for (int64_t j = sg.b0 * kBlockK; j < sg.b1 * kBlockK; ++j) s += row[j];
+        xs[r * nseg + si] = s;
       }
     }
   });

@@ -34,7 +34,17 @@ struct GemmPlan {
   const int32_t* split_begin = nullptr;  // [splits + 1]
 };
 
+// Rows of x are processed in blocks of row_block(kMB, rows left) rows (kMB, then powers of
+// two); the driver stores each block interleaved ([kp][rows]) so the kernel can broadcast
+// x[m, k] from constant offsets. Both sides must use this same rule.
+static inline int64_t row_block(int64_t mb, int64_t rows_left) {
+  int64_t b = mb;
+  while (b > rows_left) b >>= 1;
+  return b;
+}
+
 struct Kernels {
+  int mb;  // the kernel's largest row block (kMB)
   // Writes the [m_count, 16] float32 partial result of work item (tile, split, rows
   // m0 .. m0+m_count-1 of x) to `part`.
   void (*gemm_item)(const GemmPlan& plan, int64_t tile, int64_t split, int64_t m0, int64_t m_count,

@@ -77,6 +77,6 @@ struct Ops {
 
 }  // namespace
 
-const Kernels kernels_avx2 = {&gemm_item<Ops>, &dequant_tile};
+const Kernels kernels_avx2 = {Ops::kMB, &gemm_item<Ops>, &dequant_tile};
 
 }  // namespace cat::cpu::detail

@@ -46,7 +46,8 @@ struct Ops {
   }
   template <int B>
   static Mask bit(VI w) {
-    return _mm512_test_epi32_mask(w, _mm512_set1_epi32(static_cast<int32_t>(1u << B)));
+    // Bit B to the sign bit, then a signed compare with 0: no constant vector per bit.
+    return _mm512_cmplt_epi32_mask(_mm512_slli_epi32(w, 31 - B), _mm512_setzero_si512());
   }
   static VF mask_add(VF acc, Mask k, VF x) { return _mm512_mask_add_ps(acc, k, acc, x); }
 };
@@ -55,6 +56,6 @@ struct Ops {
 
 }  // namespace
 
-const Kernels kernels_avx512 = {&gemm_item<Ops>, &dequant_tile};
+const Kernels kernels_avx512 = {Ops::kMB, &gemm_item<Ops>, &dequant_tile};
 
 }  // namespace cat::cpu::detail

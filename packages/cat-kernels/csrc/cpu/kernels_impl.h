@@ -33,8 +33,10 @@ constexpr float kDecodeScale = BITS == 3 ? 4.0f : static_cast<float>(1 << BITS);
 
 // Accumulates one segment (nblk blocks) of one tile for MB rows of x, and writes
 // acc[m] (the 16 per-row sums described above) to res[m * 16 .. +16].
+// x is the row block's interleaved copy: x[v * MB + m] is column v of row m, so every
+// broadcast is a constant offset from one pointer (no per-row address registers).
 template <class O, int BITS, int MB>
-CAT_AI void accumulate_segment(const int32_t* wp, int nblk, const float* x, int64_t kp, float* res) {
+CAT_AI void accumulate_segment(const int32_t* wp, int nblk, const float* x, float* res) {
   // Independent accumulator chains: with one row of x an FMA chain would be latency-bound.
   constexpr int U = MB >= 4 ? 1 : (MB >= 2 ? 2 : 4);
   constexpr int P = BITS == 3 ? 2 : BITS;  // bits of the plane decoded with the mantissa trick
@@ -46,9 +48,11 @@ CAT_AI void accumulate_segment(const int32_t* wp, int nblk, const float* x, int6
   });
   const VI mask = O::set1i(((1 << P) - 1) << (23 - P));
   const VI one = O::set1i(0x3F800000);
-  for (int blk = 0; blk < nblk; ++blk, wp += BITS * 16, x += 32) {
+  for (int blk = 0; blk < nblk; ++blk, wp += BITS * 16, x += 32 * MB) {
     constexpr int kWords = BITS == 3 ? 2 : BITS;
     constexpr int F = 32 / P;  // codes per word in the mantissa-decoded plane
+    [[maybe_unused]] VI w2;
+    if constexpr (BITS == 3) w2 = O::load(wp + 32);
     unroll<kWords>([&](auto wi) CAT_AIL {
       const VI w = O::load(wp + CAT_CV(wi) * 16);
       unroll<F>([&](auto ji) CAT_AIL {
@@ -57,21 +61,15 @@ CAT_AI void accumulate_segment(const int32_t* wp, int nblk, const float* x, int6
         const VF c = O::mant(O::template shift<P * j - (23 - P)>(w), mask, one);
         unroll<MB>([&](auto mi) CAT_AIL {
           constexpr int m = CAT_CV(mi);
-          acc[m][v % U] = O::fma(O::bcast(x + m * kp + v), c, acc[m][v % U]);
+          const VF xb = O::bcast(x + v * MB + m);
+          acc[m][v % U] = O::fma(xb, c, acc[m][v % U]);
+          if constexpr (BITS == 3) {
+            // High bit of the same code (weight 4 -> 1 after the /4 of the low plane).
+            acc[m][v % U] = O::mask_add(acc[m][v % U], O::template bit<v>(w2), xb);
+          }
         });
       });
     });
-    if constexpr (BITS == 3) {
-      const VI w2 = O::load(wp + 32);
-      unroll<32>([&](auto vi) CAT_AIL {
-        constexpr int v = CAT_CV(vi);
-        const auto hit = O::template bit<v>(w2);
-        unroll<MB>([&](auto mi) CAT_AIL {
-          constexpr int m = CAT_CV(mi);
-          acc[m][v % U] = O::mask_add(acc[m][v % U], hit, O::bcast(x + m * kp + v));
-        });
-      });
-    }
   }
   unroll<MB>([&](auto mi) CAT_AIL {
     constexpr int m = CAT_CV(mi);
@@ -83,28 +81,20 @@ CAT_AI void accumulate_segment(const int32_t* wp, int nblk, const float* x, int6
 
 template <class O, int BITS, int MB>
 __attribute__((noinline)) void accumulate_segment_ni(const int32_t* wp, int nblk, const float* x,
-                                                     int64_t kp, float* res) {
-  accumulate_segment<O, BITS, MB>(wp, nblk, x, kp, res);
+                                                     float* res) {
+  accumulate_segment<O, BITS, MB>(wp, nblk, x, res);
 }
 
 // Row blocks are powers of two (kMB, kMB/2, ..., 1): a remainder of 7 rows runs as 4 + 2 + 1.
 // Instantiating every size up to kMB would triple the compile time for no measurable gain.
 template <class O, int BITS, int MB>
-CAT_AI void accumulate_dispatch(int mr, const int32_t* wp, int nblk, const float* x, int64_t kp,
-                                float* res) {
+CAT_AI void accumulate_dispatch(int mr, const int32_t* wp, int nblk, const float* x, float* res) {
   if constexpr (MB > 1) {
-    if (mr < MB) return accumulate_dispatch<O, BITS, MB / 2>(mr, wp, nblk, x, kp, res);
+    if (mr < MB) return accumulate_dispatch<O, BITS, MB / 2>(mr, wp, nblk, x, res);
   }
-  accumulate_segment_ni<O, BITS, MB>(wp, nblk, x, kp, res);
+  accumulate_segment_ni<O, BITS, MB>(wp, nblk, x, res);
 }
 
-// Largest power of two <= min(r, kMB).
-template <int MB>
-constexpr int row_block(int64_t r) {
-  int b = MB;
-  while (b > r) b >>= 1;
-  return b;
-}
 
 // 16 zero points (one per row of tile t) of group g, as floats, plus the decode constant.
 template <class O, int BITS>
@@ -154,11 +144,13 @@ void gemm_item_bits(const GemmPlan& p, int64_t t, int64_t s, int64_t mbase, int6
       const VF scv = O::loadf(sc + i * 16);
       const int32_t* wp = tile_words + static_cast<int64_t>(seg.b0) * BITS * 16;
       const int nblk = seg.b1 - seg.b0;
-      const float* xseg = p.xf + mbase * p.kp + static_cast<int64_t>(seg.b0) * 32;
+      const float* xseg = p.xf + mbase * p.kp;
       const float* xs = p.xs + mbase * p.n_segments + (c0 + i);
       for (int64_t m0 = 0, mr = 0; m0 < m; m0 += mr) {
-        mr = row_block<MB>(m - m0);
-        accumulate_dispatch<O, BITS, MB>(static_cast<int>(mr), wp, nblk, xseg + m0 * p.kp, p.kp, res);
+        mr = row_block(MB, m - m0);
+        // Row block [m0, m0 + mr) is stored interleaved: [kp][mr] at xf + m0 * kp.
+        accumulate_dispatch<O, BITS, MB>(static_cast<int>(mr), wp, nblk,
+                                         xseg + m0 * p.kp + static_cast<int64_t>(seg.b0) * 32 * mr, res);
         for (int mi = 0; mi < mr; ++mi) {
           // y += s * (sum x q - z * sum x) = s * (C * acc - (C + z) * xs)
           const VF inner = O::sub(O::mul(O::loadf(res + mi * 16), cvec),

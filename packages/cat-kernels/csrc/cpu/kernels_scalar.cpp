@@ -75,6 +75,6 @@ struct Ops {
 
 }  // namespace
 
-const Kernels kernels_scalar = {&gemm_item<Ops>, &dequant_tile};
+const Kernels kernels_scalar = {Ops::kMB, &gemm_item<Ops>, &dequant_tile};
 
 }  // namespace cat::cpu::detail

@@ -38,7 +38,7 @@ def build_info() -> dict[str, Any]:
     Raises:
         ValueError / RuntimeError: ``CAT_KERNELS_ISA`` names an unknown or unsupported path.
     """
-    archs = [a for a in str(_C._cuda_archs).split(";") if a]
+    archs = [a for a in str(_C._cuda_archs).split(",") if a]
     return {
         "version": str(_C._version),
         "cuda": bool(_C._cuda_built),

@@ -29,6 +29,8 @@ class QuantizeResult:
     config: QuantConfig
     #: one entry per searched scale group (empty for RTN).
     report: list[GroupReport] = dataclasses.field(default_factory=list)
+    #: wall seconds per phase of the search (capture, stats, scale_search, clip_search, ...).
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def quantize(
@@ -62,15 +64,16 @@ def quantize(
 
     was_training = model.training
     model.eval()
+    timings: dict[str, float] = {}
     try:
         with deterministic():
             tensors, report = run_awq(
                 model, samples, graph, config, device=None if device is None else torch.device(device),
-                fold=apply_scales, progress=progress,
+                fold=apply_scales, progress=progress, timings=timings,
             )
     finally:
         model.train(was_training)
-    return QuantizeResult(model=model, tensors=tensors, config=config, report=report)
+    return QuantizeResult(model=model, tensors=tensors, config=config, report=report, timings=timings)
 
 
 @torch.no_grad()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -158,6 +159,7 @@ def run_awq(
     device: torch.device | None,
     fold: Callable[[nn.Module, Any, torch.Tensor], None],
     progress: bool = True,
+    timings: dict[str, float] | None = None,
 ) -> tuple[dict[str, QuantizedTensor], list[GroupReport]]:
     blocks = list(graph.blocks)
     if not blocks:
@@ -174,11 +176,15 @@ def run_awq(
     sub = config.loss_token_subsample
     n_search = n if sub is None else max(1, min(n, math.ceil(sub / seqlen)))
     slices = _chunks(n, n_search)
+    timings = {} if timings is None else timings
+    clock = _Clock(timings)
     emb_device = model.get_input_embeddings().weight.device
+    clock("setup")
     calls = capture_block_calls(
         model, [bg.module for bg in blocks], [samples[s].to(emb_device) for s in slices], device
     )
     hiddens = [hidden_of(c) for c in calls[0]]
+    clock("capture")
 
     tensors: dict[str, QuantizedTensor] = {}
     reports: list[GroupReport] = []
@@ -205,6 +211,7 @@ def run_awq(
             finally:
                 for r in recorders:
                     r.remove()
+            clock("stats")
 
             # 2. scale search and fold, group by group (inputs recaptured after earlier folds)
             search_call = replace_hidden(block_calls[0], hiddens[0])
@@ -212,7 +219,7 @@ def run_awq(
             for g, rec in zip(bg.groups, recorders):
                 label = g.describe()
                 if bar is not None:
-                    bar.set_postfix_str(f"block {bg.index}: {g.consumers[0]} ...", refresh=False)
+                    bar.set_postfix_str(f"{g.producer} -> {', '.join(g.consumers)}", refresh=False)
                 inspect = block if not g.inspect else block.get_submodule(g.inspect)
                 icall = capture_module_call(block, inspect, search_call)
                 views = _weight_views(block, g)
@@ -225,12 +232,13 @@ def run_awq(
                 reports.append(GroupReport(bg.index, label, res.alpha, res.rtn_loss, res.best_loss))
                 if res.alpha is not None:
                     fold(block, g, res.scales.to(device))
+            clock("scale_search")
 
             # 3. clip search on the folded weights
             linears = block_linears(block, bg.path, config)
             if config.clip:
                 if bar is not None:
-                    bar.set_postfix_str(f"block {bg.index}: clip", refresh=False)
+                    bar.set_postfix_str("clip search", refresh=False)
                 to_clip = [l for l in linears if not matches_any(l[1], config.skip_clip)]
                 xs = _capture_linear_inputs(
                     block, to_clip, block_calls[0], hiddens[0], device, config.clip_token_subsample,
@@ -244,6 +252,7 @@ def run_awq(
                         nonfinite(f"clip-search error of {rel}", [], rel)
                     apply_clip(mod.weight, lo, hi)
                 del xs
+            clock("clip_search")
 
             # 4. quantize; the model keeps exactly what the kernels will reconstruct
             for rel, full, mod in linears:
@@ -253,6 +262,7 @@ def run_awq(
                 qt = quantize_tensor(w, config, name=full)
                 w.copy_(dequantize(qt, w.dtype))
                 tensors[full] = qt.to("cpu")
+            clock("quantize")
 
             # 5. this block's quantized outputs feed the next block
             for ci, (call, h) in enumerate(zip(block_calls, hiddens)):
@@ -261,12 +271,26 @@ def run_awq(
                     nonfinite("block output after quantization", [])
                 hiddens[ci] = out
             block.to(home)
+            clock("propagate")
             if bar is not None:
                 bar.update(1)
     finally:
         if bar is not None:
             bar.close()
     return tensors, reports
+
+
+class _Clock:
+    """Accumulates wall time per phase (seconds since the previous tick) into ``into``."""
+
+    def __init__(self, into: dict[str, float]) -> None:
+        self._into = into
+        self._t = time.perf_counter()
+
+    def __call__(self, phase: str) -> None:
+        now = time.perf_counter()
+        self._into[phase] = self._into.get(phase, 0.0) + now - self._t
+        self._t = now
 
 
 def _progress(total: int, enabled: bool):

@@ -1,0 +1,24 @@
+"""Quantized checkpoints: the native Caterpillar format and exports to AWQ-GEMM and GPTQ.
+
+    from cat_core.io import save_quantized, load_quantized, export_awq, export_gptq
+    save_quantized(model, "out/llama-3bit", tokenizer)
+    model, tokenizer = load_quantized("out/llama-3bit")
+
+All formats are safetensors + JSON (no pickle). Readers check every tensor's name, shape and
+dtype and raise :class:`CheckpointError` naming the file and tensor.
+"""
+
+from cat_core.io._common import CheckpointError
+from cat_core.io._export_awq import export_awq, import_awq
+from cat_core.io._export_gptq import export_gptq, import_gptq
+from cat_core.io._native import load_quantized, save_quantized
+
+__all__ = [
+    "CheckpointError",
+    "save_quantized",
+    "load_quantized",
+    "export_awq",
+    "import_awq",
+    "export_gptq",
+    "import_gptq",
+]

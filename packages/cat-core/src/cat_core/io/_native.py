@@ -1,0 +1,148 @@
+"""The native Caterpillar checkpoint: a Hugging Face style directory whose quantized linears hold
+the cat-kernels packed arrays as they are in memory (``qweight``, ``scales``, ``qzeros``)."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cat_core.nn import QuantLinear
+
+from cat_core.io import _common as C
+from cat_core.io._common import CheckpointError
+
+QUANT_METHOD = "caterpillar"
+FORMAT_VERSION = 1
+
+
+def _activation_paths(model: nn.Module) -> list[str]:
+    from cat_core.graph import ScaledActivation
+
+    return [n for n, m in model.named_modules() if isinstance(m, ScaledActivation)]
+
+
+def _module_settings(m: QuantLinear) -> dict[str, Any]:
+    return {"bits": m.bits, "group_size": m.group_size, "sym": m.sym,
+            "scale_dtype": str(m.scales.dtype).removeprefix("torch.")}
+
+
+def save_quantized(
+    model: nn.Module,
+    out_dir: str | os.PathLike,
+    tokenizer: Any = None,
+    *,
+    overwrite: bool = False,
+    max_shard_size: int | str = C.DEFAULT_MAX_SHARD_SIZE,
+    progress: bool = True,
+) -> Path:
+    """Write ``model`` (with :class:`~cat_core.nn.QuantLinear` layers) to ``out_dir``.
+
+    The directory appears only once complete (written to a temporary sibling, then renamed).
+    Raises ``FileExistsError`` if ``out_dir`` exists and ``overwrite`` is False.
+    Returns the directory path.
+    """
+    mods = C.quantized_modules(model)
+    per = {n: _module_settings(m) for n, m in mods.items()}
+    # the most common settings are global; layers that differ (e.g. group_size -1 where K is
+    # not a multiple of the group size) are listed in module_overrides
+    common = Counter(tuple(v.items()) for v in per.values()).most_common(1)[0][0]
+    glob = dict(common)
+    overrides = {n: {k: v for k, v in s.items() if glob[k] != v} for n, s in per.items()}
+    qcfg = {
+        "quant_method": QUANT_METHOD,
+        "format_version": FORMAT_VERSION,
+        **glob,
+        "modules": sorted(mods),
+        "module_overrides": {n: o for n, o in sorted(overrides.items()) if o},
+        "activation_scales": _activation_paths(model),
+        "modules_not_converted": C.unconverted_linears(model),
+    }
+    tensors = C.unique_state(model)
+    meta = {"format": "pt", "quant_method": QUANT_METHOD, "format_version": str(FORMAT_VERSION)}
+    with C.atomic_dir(out_dir, overwrite) as tmp:
+        C.write_config(tmp, model, qcfg, tokenizer)
+        C.write_shards(tmp, tensors, max_shard_size, meta, progress)
+    return Path(out_dir).absolute()
+
+
+def _settings(qcfg: Any, path: Path) -> tuple[dict[str, tuple[int, int, bool, torch.dtype]], list[str]]:
+    """Per-module (bits, group_size, sym, scale dtype) and the ScaledActivation paths."""
+    where = path / "config.json"
+    if not isinstance(qcfg, dict):
+        raise CheckpointError(f"{where}: no quantization_config: not a quantized checkpoint")
+    method = qcfg.get("quant_method")
+    if method != QUANT_METHOD:
+        hint = {"awq": " (use cat_core.io.import_awq)", "gptq": " (use cat_core.io.import_gptq)"}.get(str(method), "")
+        raise CheckpointError(
+            f"{where}: quant_method is {method!r}, not {QUANT_METHOD!r}: not a native Caterpillar checkpoint{hint}"
+        )
+    if qcfg.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{where}: format_version {qcfg.get('format_version')!r} is not supported (this version reads {FORMAT_VERSION})"
+        )
+    try:
+        glob = {k: qcfg[k] for k in ("bits", "group_size", "sym", "scale_dtype")}
+        modules, acts = list(qcfg["modules"]), list(qcfg.get("activation_scales", []))
+        overrides = dict(qcfg.get("module_overrides", {}))
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{where}: incomplete quantization_config (missing {e})") from e
+    out = {}
+    for name in modules:
+        s = {**glob, **overrides.get(name, {})}
+        bits, gs, sym = s["bits"], s["group_size"], s["sym"]
+        scale_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}.get(s["scale_dtype"])
+        if bits not in (2, 3, 4, 8):
+            raise CheckpointError(f"{where}: unsupported bits={bits!r} for {name!r} (expected 2, 3, 4 or 8)")
+        if not isinstance(gs, int) or isinstance(gs, bool) or not (gs == -1 or (gs > 0 and gs % 32 == 0)):
+            raise CheckpointError(f"{where}: invalid group_size={gs!r} for {name!r}")
+        if scale_dtype is None:
+            raise CheckpointError(f"{where}: invalid scale_dtype={s['scale_dtype']!r} for {name!r}")
+        out[name] = (bits, gs, bool(sym), scale_dtype)
+    return out, acts
+
+
+def _hint(q: dict[str, Any]) -> str:
+    over = f", {len(q.get('module_overrides', {}))} module override(s)" if q.get("module_overrides") else ""
+    return f"quantization_config: bits={q['bits']}, group_size={q['group_size']}, sym={q['sym']}{over}"
+
+
+def load_quantized(
+    path: str | os.PathLike,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+) -> tuple[nn.Module, Any]:
+    """Load a checkpoint written by :func:`save_quantized`; returns ``(model, tokenizer or None)``.
+
+    The model is built from config.json on the meta device (nothing is downloaded or
+    initialized), its quantized linears and scaled activations are inserted, and every tensor's
+    name, shape and dtype is checked against that skeleton before any data is read.
+    ``dtype`` converts the unquantized floating weights (scales keep their storage dtype);
+    ``model_kwargs`` go to ``AutoModelForCausalLM.from_config`` (e.g.
+    ``{"attn_implementation": "eager"}``).
+    Raises :class:`CheckpointError` naming the file and tensor on any mismatch.
+    """
+    path = Path(path)
+    cfg = C.read_config(path)
+    settings, acts = _settings(cfg.get("quantization_config"), path)
+    model, _ = C.skeleton(cfg, model_kwargs)
+    C.install_quant_linears(model, settings)
+    headers = C.read_headers(path)
+    shapes = {}
+    for p in acts:
+        if f"{p}.scales" not in headers:
+            raise CheckpointError(f"{path}: missing tensor '{p}.scales' (activation_scales in config.json)")
+        _, shape, dt = headers[f"{p}.scales"]
+        shapes[p] = (shape, dt)
+    C.install_scaled_activations(model, shapes)
+    C.check_tensors(path, headers, C.expected_from(model), hint=_hint(cfg["quantization_config"]))
+    state = C.load_tensors(path, headers, torch.device(device))
+    C.finish_load(model, state, path, dtype, torch.device(device))
+    tokenizer = C.load_generation_and_tokenizer(model, path)
+    return model, tokenizer

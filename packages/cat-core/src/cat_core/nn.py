@@ -1,0 +1,344 @@
+"""Quantized linear layers backed by the ``cat-kernels`` packed format.
+
+``QuantLinear`` keeps a weight in the layout of ``packages/cat-kernels/docs/format.md`` and runs
+``y = x @ W.T + b`` through the ``cat::gemm`` torch custom op, so the module works under
+``torch.compile`` and CUDA graphs (the op has a fake/meta implementation) and its result is what
+the kernels compute: ``W = float32(q - z) * float32(s)``.
+
+    from cat_core.nn import replace_linears, memory_report
+    replace_linears(model, result.tensors)     # {module name: QuantizedTensor}
+    model.generate(...)
+    print(memory_report(model)["ratio"])
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from cat_core.quant import QuantizedTensor
+
+__all__ = ["QuantLinear", "replace_linears", "memory_report", "GEMM_MAX_M", "SUPPORTED_DTYPES"]
+
+#: Largest number of rows M (tokens) for which ``cat::gemm`` calls the fused split-K kernel;
+#: above it the op dequantizes the weight once and uses torch's matmul.
+#: Chosen from a CPU measurement (2 shared cores, AVX-512, torch 2.13; best of 7, ms as
+#: fused / dequantize+matmul):
+#:   N=K=2048 4-bit G=128 fp32:   M=32 1.7/5.0   M=48 2.6/5.5   M=64 3.4/9.3   M=96 5.4/9.6
+#:   N=K=2048 4-bit G=128 bf16:   M=32 2.4/5.0   M=48 3.6/5.1   M=64 4.6/4.8   M=96 6.9/5.2
+#:   1536x576 4-bit G=64 fp32:    M=32 0.8/1.6   M=48 0.7/1.3   M=64 1.6/1.7   M=96 1.8/2.1
+#:   576x1536 3-bit G=64 fp32:    M=32 1.3/1.7   M=48 1.2/2.1   M=64 1.7/1.6   M=96 2.3/1.7
+#:   576x1536 3-bit G=64 bf16:    M=32 0.9/0.8   M=48 2.0/1.4   M=64 2.0/1.0
+#: The crossover lies between M=32 (3-bit bf16) and M=96 (4-bit fp32); 48 is in the middle of
+#: that range and never more than ~1.5x off the better path. Decode steps (M = batch size)
+#: take the fused kernel, long prompts the dense path. A GPU has another crossover (tensor
+#: cores); the same op runs there and the constant can be re-measured.
+GEMM_MAX_M = 48
+
+#: Activation dtypes the kernels accept (CPU and CUDA). Anything else is an error, not a silent
+#: cast: a float64 model would otherwise lose precision without anybody asking for it.
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _kernels() -> Any:
+    try:
+        import cat_kernels
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "cat_core.nn needs the cat-kernels package (pip install cat-kernels); "
+            f"importing it failed: {e}"
+        ) from e
+    return cat_kernels
+
+
+def _true_k(x_k: int, scales: torch.Tensor, group_size: int) -> int:
+    return x_k if group_size == -1 else scales.shape[1] * group_size
+
+
+# --------------------------------------------------------------------------- custom ops
+
+
+@torch.library.custom_op("cat::dequantize", mutates_args=())
+def _dequantize_op(
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    qzeros: Optional[torch.Tensor],
+    group_size: int,
+    k: int,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """``W [N, K]`` in ``dtype`` from the packed arrays (one rounding from float32)."""
+    return _kernels().dequantize(qweight, scales, qzeros, group_size, k=k, dtype=dtype)
+
+
+@_dequantize_op.register_fake
+def _(qweight, scales, qzeros, group_size, k, dtype):
+    return scales.new_empty((scales.shape[0], k), dtype=dtype)
+
+
+@torch.library.custom_op("cat::gemm", mutates_args=())
+def _gemm_op(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    qzeros: Optional[torch.Tensor],
+    group_size: int,
+) -> torch.Tensor:
+    """``x [M, K] @ W.T -> [M, N]`` in x's dtype; fused kernel for small M, else dense matmul."""
+    ck = _kernels()
+    x = x.contiguous()
+    if x.shape[0] <= GEMM_MAX_M:
+        return ck.gemm(x, qweight, scales, qzeros, group_size)
+    w = ck.dequantize(qweight, scales, qzeros, group_size, k=x.shape[1], dtype=x.dtype)
+    return x @ w.T
+
+
+@_gemm_op.register_fake
+def _(x, qweight, scales, qzeros, group_size):
+    torch._check(x.dim() == 2, lambda: f"cat::gemm: x must be [M, K], got {x.dim()}-D")
+    torch._check(qweight.dim() == 4, lambda: "cat::gemm: qweight must be 4-D packed int32")
+    return x.new_empty((x.shape[0], scales.shape[0]))
+
+
+def _gemm_setup_context(ctx, inputs, output):
+    x, qweight, scales, qzeros, group_size = inputs
+    ctx.save_for_backward(qweight, scales, qzeros)
+    ctx.group_size = group_size
+    ctx.k = x.shape[1]
+    ctx.x_dtype = x.dtype
+
+
+def _gemm_backward(ctx, grad):
+    # Only x gets a gradient (the weights are integer codes): dx = dy @ W. This lets adapters
+    # (LoRA...) train on top of a frozen quantized base.
+    qweight, scales, qzeros = ctx.saved_tensors
+    w = _dequantize_op(qweight, scales, qzeros, ctx.group_size, ctx.k, ctx.x_dtype)
+    return grad @ w, None, None, None, None
+
+
+_gemm_op.register_autograd(_gemm_backward, setup_context=_gemm_setup_context)
+
+
+# --------------------------------------------------------------------------- module
+
+
+def _packed_shape(n: int, k: int, bits: int) -> tuple[int, int, int, int]:
+    return (-(-n // 16), -(-k // 32), bits, 16)
+
+
+class QuantLinear(nn.Module):
+    """``y = x @ W.T + b`` with ``W`` stored packed (``bits`` in {2, 3, 4, 8}).
+
+    Buffers (the state dict of a quantized checkpoint): ``qweight`` int32
+    ``[ceil(N/16), ceil(K/32), bits, 16]``; ``scales`` ``[N, K/G]`` (float16, bfloat16 or
+    float32); ``qzeros`` int32 ``[ceil(N/16), ceil((K/G)/32), bits, 16]`` for asymmetric weights
+    (absent when symmetric); ``bias`` ``[N]`` when present.
+
+    ``model.to(dtype)`` converts the bias but never the scales: re-rounding them would change the
+    weights. Device moves apply to every buffer.
+    """
+
+    qzeros: Optional[torch.Tensor]
+    bias: Optional[torch.Tensor]
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bits: int,
+        group_size: int,
+        *,
+        sym: bool = False,
+        bias: bool = False,
+        scale_dtype: torch.dtype = torch.float16,
+        bias_dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        if bits not in (2, 3, 4, 8):
+            raise ValueError(f"bits must be 2, 3, 4 or 8, got {bits!r}")
+        if in_features <= 0 or out_features <= 0:
+            raise ValueError(f"in_features and out_features must be positive, got {in_features}, {out_features}")
+        if group_size != -1 and (group_size <= 0 or group_size % 32 or in_features % group_size):
+            raise ValueError(
+                f"group_size must be -1 or a multiple of 32 dividing in_features={in_features}, got {group_size}"
+            )
+        self.in_features = in_features
+        self.out_features = out_features
+        self.bits = bits
+        self.group_size = group_size
+        self.sym = sym
+        n_groups = 1 if group_size == -1 else in_features // group_size
+        i32 = dict(dtype=torch.int32, device=device)
+        self.register_buffer("qweight", torch.zeros(_packed_shape(out_features, in_features, bits), **i32))
+        self.register_buffer("scales", torch.zeros(out_features, n_groups, dtype=scale_dtype, device=device))
+        if sym:
+            self.register_buffer("qzeros", None)
+        else:
+            self.register_buffer("qzeros", torch.zeros(_packed_shape(out_features, n_groups, bits), **i32))
+        if bias:
+            self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device))
+        else:
+            self.register_buffer("bias", None)
+
+    @property
+    def n_groups(self) -> int:
+        return self.scales.shape[1]
+
+    @classmethod
+    def from_quantized_tensor(
+        cls, qt: QuantizedTensor, bias: torch.Tensor | None = None, *, device: torch.device | str | None = None
+    ) -> QuantLinear:
+        """Pack ``qt`` (codes ``[N, K]``); ``bias`` ``[N]`` keeps its dtype. ``device``: where the
+        buffers live (default: where ``qt`` is)."""
+        ck = _kernels()
+        n, k = qt.shape
+        device = torch.device(device) if device is not None else qt.codes.device
+        if bias is not None and tuple(bias.shape) != (n,):
+            raise ValueError(f"bias must have shape [{n}] (out_features), got {tuple(bias.shape)}")
+        mod = cls(
+            k, n, qt.bits, qt.group_size, sym=qt.zeros is None, bias=bias is not None,
+            scale_dtype=qt.scales.dtype, bias_dtype=bias.dtype if bias is not None else torch.float32,
+            device="meta",
+        )
+        if tuple(qt.scales.shape) != tuple(mod.scales.shape):
+            raise ValueError(f"scales must have shape {tuple(mod.scales.shape)}, got {tuple(qt.scales.shape)}")
+        # Pack on the CPU (always available), then move: the kernels' CUDA pack is not needed here.
+        mod.qweight = ck.pack(qt.codes.detach().to("cpu", torch.uint8).contiguous(), qt.bits).to(device)
+        mod.scales = qt.scales.detach().to(device).contiguous().clone()
+        if qt.zeros is not None:
+            mod.qzeros = ck.pack(qt.zeros.detach().to("cpu", torch.uint8).contiguous(), qt.bits).to(device)
+        if bias is not None:
+            mod.bias = bias.detach().to(device).clone()
+        return mod
+
+    def to_quantized_tensor(self) -> QuantizedTensor:
+        """The codes, scales and zero points (unpacked, on the CPU) of this layer."""
+        ck = _kernels()
+        n, k = self.out_features, self.in_features
+        codes = ck.unpack(self.qweight.cpu().contiguous(), n, k)
+        zeros = None if self.qzeros is None else ck.unpack(self.qzeros.cpu().contiguous(), n, self.n_groups)
+        return QuantizedTensor(codes=codes, scales=self.scales.detach().cpu().clone(), zeros=zeros,
+                               bits=self.bits, group_size=self.group_size)
+
+    def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The dense ``[N, K]`` weight the kernels use."""
+        return _dequantize_op(self.qweight, self.scales, self.qzeros, self.group_size, self.in_features, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(
+                f"QuantLinear: activations must be float32, float16 or bfloat16, got {x.dtype}; "
+                f"convert the model/input explicitly (e.g. model.to(torch.float32))"
+            )
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"QuantLinear: expected last dim {self.in_features}, got input shape {tuple(x.shape)}")
+        lead = x.shape[:-1]
+        y = _gemm_op(x.reshape(-1, self.in_features), self.qweight, self.scales, self.qzeros, self.group_size)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.reshape(*lead, self.out_features)
+
+    def _apply(self, fn, recurse=True):  # type: ignore[override]
+        # Let device moves through but keep the scales' storage dtype: model.half()/.to(bf16)
+        # would otherwise re-round float16 scales to bfloat16 and change every weight.
+        scales = self._buffers["scales"]
+        super()._apply(fn, recurse)
+        moved = self._buffers["scales"]
+        if moved is not None and scales is not None and moved.dtype != scales.dtype:
+            self._buffers["scales"] = scales.to(device=moved.device)
+        return self
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
+            f"group_size={self.group_size}, sym={self.sym}, bias={self.bias is not None}, "
+            f"scale_dtype={str(self.scales.dtype).removeprefix('torch.')}"
+        )
+
+
+# --------------------------------------------------------------------------- model surgery
+
+
+def _is_conv1d(mod: nn.Module) -> bool:
+    # transformers' GPT-2 Conv1D (weight stored transposed, [K, N]); matched by class name so
+    # that this module does not import transformers.
+    return type(mod).__name__ == "Conv1D" and hasattr(mod, "nf") and getattr(mod, "weight", None) is not None
+
+
+def _linear_shape(mod: nn.Module) -> tuple[int, int] | None:
+    """(N, K) of an nn.Linear or Conv1D, else None."""
+    if isinstance(mod, nn.Linear):
+        return mod.out_features, mod.in_features
+    if _is_conv1d(mod):
+        k, n = mod.weight.shape
+        return n, k
+    return None
+
+
+def replace_linears(model: nn.Module, quantized: dict[str, QuantizedTensor]) -> nn.Module:
+    """Swap each named ``nn.Linear`` (or GPT-2 ``Conv1D``) of ``model`` for a :class:`QuantLinear`.
+
+    ``quantized[name]`` holds ``[N, K]`` = (out_features, in_features) codes (a Conv1D's
+    weight ``[K, N]`` is quantized transposed). The new module lands on the device of the old
+    weight and keeps its bias. Every name is checked before anything is replaced, so a bad entry
+    leaves the model untouched. Returns ``model`` (changed in place).
+    """
+    plans: list[tuple[str, nn.Module, QuantizedTensor]] = []
+    for name, qt in quantized.items():
+        try:
+            mod = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"replace_linears: model has no module named {name!r}") from None
+        shape = _linear_shape(mod)
+        if shape is None:
+            raise ValueError(
+                f"replace_linears: {name!r} is a {type(mod).__name__}, not an nn.Linear or Conv1D"
+            )
+        if tuple(qt.shape) != shape:
+            raise ValueError(
+                f"replace_linears: {name!r} has weight [out, in] = {list(shape)} but the quantized "
+                f"tensor has shape {list(qt.shape)}"
+            )
+        plans.append((name, mod, qt))
+    for name, mod, qt in plans:
+        device = mod.weight.device
+        bias = mod.bias.detach() if getattr(mod, "bias", None) is not None else None
+        new = QuantLinear.from_quantized_tensor(qt, bias, device=device)
+        owner, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(owner) if owner else model, attr, new)
+    return model
+
+
+def _nbytes(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.numel() * t.element_size()
+
+
+def memory_report(model: nn.Module) -> dict[str, Any]:
+    """Bytes of every :class:`QuantLinear` vs the same weight in float16.
+
+    Returns ``{"layers": {name: {"bytes", "fp16_bytes", "ratio", "bits_per_weight"}},
+    "bytes", "fp16_bytes", "ratio", "bits_per_weight"}`` where ``bytes`` counts
+    qweight + scales + qzeros (not the bias, which the fp16 layer has too) and ``fp16_bytes`` is
+    ``N * K * 2``. Whole-model numbers sum over the quantized linears only.
+    """
+    layers: dict[str, dict[str, float]] = {}
+    tot = tot16 = 0
+    for name, mod in model.named_modules():
+        if not isinstance(mod, QuantLinear):
+            continue
+        b = _nbytes(mod.qweight) + _nbytes(mod.scales) + _nbytes(mod.qzeros)
+        b16 = mod.out_features * mod.in_features * 2
+        w = mod.out_features * mod.in_features
+        layers[name] = {"bytes": b, "fp16_bytes": b16, "ratio": b / b16, "bits_per_weight": 8 * b / w}
+        tot += b
+        tot16 += b16
+    return {
+        "layers": layers,
+        "bytes": tot,
+        "fp16_bytes": tot16,
+        "ratio": tot / tot16 if tot16 else float("nan"),
+        "bits_per_weight": 16 * tot / tot16 if tot16 else float("nan"),
+    }
