@@ -4,9 +4,8 @@ model (nn.Linear and GPT-2 Conv1D, all but lm_head) and a tiny Llama whose sizes
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from cat_core.quant import QuantizedTensor, dequantize, quantize_tensor
+from torch import nn
 
 
 def _weight_nk(mod: nn.Module) -> torch.Tensor | None:

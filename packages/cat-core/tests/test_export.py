@@ -15,7 +15,6 @@ import torch
 pytest.importorskip("cat_kernels")
 sys.path.insert(0, str(Path(__file__).parent))
 from _quantized_models import llama, rtn_all  # noqa: E402
-
 from cat_core.io import (  # noqa: E402
     CheckpointError,
     export_awq,

@@ -17,9 +17,12 @@ pytest.importorskip("cat_kernels")
 sys.path.insert(0, str(Path(__file__).parent))
 from _quantized_models import llama, rtn_all  # noqa: E402
 from _tiny_models import sample_ids, tiny_model  # noqa: E402
-
-from cat_core.io import CheckpointError, load_quantized, save_quantized  # noqa: E402
-from cat_core.io import _common  # noqa: E402
+from cat_core.io import (  # noqa: E402
+    CheckpointError,
+    _common,  # noqa: E402
+    load_quantized,
+    save_quantized,
+)
 from cat_core.nn import QuantLinear, replace_linears  # noqa: E402
 
 EAGER = {"attn_implementation": "eager"}

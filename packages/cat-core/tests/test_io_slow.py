@@ -20,7 +20,6 @@ pytestmark = pytest.mark.slow
 pytest.importorskip("cat_kernels")
 sys.path.insert(0, str(Path(__file__).parent))
 from _quantized_models import rtn_all  # noqa: E402
-
 from cat_core.io import export_awq, export_gptq, import_awq, import_gptq, save_quantized  # noqa: E402
 from cat_core.nn import memory_report, replace_linears  # noqa: E402
 

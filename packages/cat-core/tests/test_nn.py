@@ -12,13 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 pytest.importorskip("cat_kernels")
 sys.path.insert(0, str(Path(__file__).parent))
 from _quantized_models import llama, rtn_all  # noqa: E402
 from _tiny_models import NAMES, sample_ids, tiny_model  # noqa: E402
-
 from cat_core.nn import GEMM_MAX_M, QuantLinear, memory_report, replace_linears  # noqa: E402
 from cat_core.quant import dequantize, quantize_tensor  # noqa: E402
 
@@ -39,12 +37,16 @@ def _layer(n=40, k=64, bits=4, gs=32, sym=False, bias=True, seed=0, scale_dtype=
 @pytest.mark.parametrize("m", [3, GEMM_MAX_M + 5])  # fused kernel and dequantize+matmul paths
 def test_quantlinear_matches_dequantized(bits, sym, gs, m):
     qt, b, mod = _layer(bits=bits, gs=gs, sym=sym)
-    x = torch.randn(2, m, 64)  # leading dims are flattened and restored
-    ref = x @ dequantize(qt).T + b
+    x = torch.randn(2, m, 64, generator=torch.Generator().manual_seed(bits))  # leading dims flattened
+    w = dequantize(qt)
+    ref = x.double() @ w.double().T + b.double()
     y = mod(x)
     assert y.shape == (2, m, 40) and y.dtype == torch.float32
-    # float32 sums in another order: error bound ~K * 2**-24 * sum|x w| (sum|x w| ~ 50 here)
-    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
+    # float32 accumulation in any order: |error| <= K * 2**-24 * sum_k |x_k w_k| (+ the bias add).
+    # 4x that: the CPU kernel was measured at 2.2x on 2-bit sym / group -1 (reported to the
+    # kernels side); a wiring error (wrong code, scale or zero) is ~|x_k| * |s|, far above.
+    bound = 4 * (64 * 2.0**-24 * (x.double().abs() @ w.double().abs().T) + 2.0**-24 * ref.abs())
+    assert ((y.double() - ref).abs() <= bound).all()
     # codes survive pack/unpack
     back = mod.to_quantized_tensor()
     assert torch.equal(back.codes, qt.codes) and torch.equal(back.scales, qt.scales)

@@ -13,7 +13,7 @@ the kernels compute: ``W = float32(q - z) * float32(s)``.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -64,7 +64,7 @@ def _true_k(x_k: int, scales: torch.Tensor, group_size: int) -> int:
 def _dequantize_op(
     qweight: torch.Tensor,
     scales: torch.Tensor,
-    qzeros: Optional[torch.Tensor],
+    qzeros: torch.Tensor | None,
     group_size: int,
     k: int,
     dtype: torch.dtype,
@@ -83,7 +83,7 @@ def _gemm_op(
     x: torch.Tensor,
     qweight: torch.Tensor,
     scales: torch.Tensor,
-    qzeros: Optional[torch.Tensor],
+    qzeros: torch.Tensor | None,
     group_size: int,
 ) -> torch.Tensor:
     """``x [M, K] @ W.T -> [M, N]`` in x's dtype; fused kernel for small M, else dense matmul."""
@@ -140,8 +140,8 @@ class QuantLinear(nn.Module):
     weights. Device moves apply to every buffer.
     """
 
-    qzeros: Optional[torch.Tensor]
-    bias: Optional[torch.Tensor]
+    qzeros: torch.Tensor | None
+    bias: torch.Tensor | None
 
     def __init__(
         self,

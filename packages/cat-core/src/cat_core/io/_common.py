@@ -107,7 +107,7 @@ def write_shards(
     bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"saving {out.name}", disable=not progress)
     weight_map = {}
     try:
-        for fname, shard in zip(names, shards):
+        for fname, shard in zip(names, shards, strict=True):
             # safetensors wants contiguous CPU tensors that do not share storage.
             cpu = {k: v.detach().to("cpu").contiguous().clone() for k, v in shard.items()}
             _write_shard(cpu, out / fname, metadata)
@@ -523,13 +523,11 @@ def import_dir(
     check_tensors(path, headers, expected, hint)
     raw = load_tensors(path, headers, torch.device("cpu"))
     state: dict[str, torch.Tensor] = {}
-    from cat_core.nn import QuantLinear as _QL
-
-    for name, ((n, k), bias_mod) in shapes.items():
+    for name, ((n, k), _) in shapes.items():
         parts = {s: raw.pop(f"{name}.{s}") for s in foreign_shapes(n, k)}
         qt = to_native(name, parts, n, k)
         bias = raw.pop(f"{name}.bias", None)
-        q = _QL.from_quantized_tensor(qt, bias)
+        q = QuantLinear.from_quantized_tensor(qt, bias)
         owner, _, attr = name.rpartition(".")
         setattr(model.get_submodule(owner) if owner else model, attr, q)
     state.update(raw)

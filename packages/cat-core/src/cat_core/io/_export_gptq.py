@@ -17,7 +17,6 @@ unshifted. It never re-quantizes silently: that would change the weights.
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Literal
 

@@ -11,10 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from cat_core.nn import QuantLinear
-
 from cat_core.io import _common as C
 from cat_core.io._common import CheckpointError
+from cat_core.nn import QuantLinear
 
 QUANT_METHOD = "caterpillar"
 FORMAT_VERSION = 1
