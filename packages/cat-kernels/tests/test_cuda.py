@@ -80,10 +80,11 @@ def ref_pack(codes: np.ndarray, bits: int) -> np.ndarray:
     q[:n, :k] = codes.astype(np.uint64)
     q = q.reshape(t, 16, b, 32).transpose(0, 2, 1, 3)  # [t, b, r, v]
     if bits == 3:
-        lo = (q & 3).reshape(t, b, 16, 2, 16)
-        w01 = (lo << (2 * np.arange(16, dtype=np.uint64))).sum(axis=-1)  # [t, b, r, 2]
-        w2 = (((q >> 2) & 1) << np.arange(32, dtype=np.uint64)).sum(axis=-1)  # [t, b, r]
-        words = np.concatenate([w01, w2[..., None]], axis=-1)
+        # One 96-bit little-endian stream per block: value v at stream bits [3v, 3v + 3), word w
+        # = stream bits [32w, 32w + 32). Spread every code into its bits, regroup by 32.
+        bit = (q[..., None] >> np.arange(3, dtype=np.uint64)) & 1  # [t, b, r, v, 3]
+        stream = bit.reshape(t, b, 16, 3, 32)  # stream bit 3v + i -> word (3v+i)//32, bit (3v+i)%32
+        words = (stream << np.arange(32, dtype=np.uint64)).sum(axis=-1)  # [t, b, r, 3]
     else:
         f = 32 // bits
         qq = q.reshape(t, b, 16, bits, f)

@@ -17,11 +17,14 @@ def doc_unpack(packed: np.ndarray, n: int, k: int) -> np.ndarray:
     assert lanes == 16 and tiles == -(-n // 16) and blocks == -(-k // 32)
     words = packed.astype(np.int64) & 0xFFFFFFFF  # int32 -> the uint32 bit pattern
     out = np.zeros((tiles * 16, blocks * 32), dtype=np.int64)
+    if bits == 3:
+        # One 96-bit little-endian stream per block and row, S = word0 | word1 << 32 | word2 << 64
+        # (Python ints: 96 bits do not fit in int64); value v is at stream bits [3v, 3v + 3).
+        w = words.astype(object)
+        stream = w[:, :, 0, :] | (w[:, :, 1, :] << 32) | (w[:, :, 2, :] << 64)  # [t, b, r]
     for v in range(32):
         if bits == 3:
-            lo = (words[:, :, v // 16, :] >> (2 * (v % 16))) & 3
-            hi = (words[:, :, 2, :] >> v) & 1
-            q = lo | (hi << 2)
+            q = ((stream >> (3 * v)) & 7).astype(np.int64)
         else:
             f = 32 // bits
             q = (words[:, :, v // f, :] >> (bits * (v % f))) & ((1 << bits) - 1)
@@ -62,12 +65,19 @@ def test_known_words():
     p = ck.pack(codes, 8)
     assert p[0, 0, 7, 3] == np.int32(-(1 << 24))  # 0xFF000000 read as int32
     codes = np.zeros((16, 32), np.uint8)
-    codes[5, 17] = 0b110
-    codes[5, 0] = 0b101
+    codes[5, 0] = 0b101  # stream bits 0..2
+    codes[5, 1] = 0b011  # stream bits 3..5
+    codes[5, 10] = 0b110  # stream bits 30..32: bits 30-31 of word 0 and bit 0 of word 1
+    codes[5, 11] = 0b111  # stream bits 33..35 = bits 1..3 of word 1
+    codes[5, 21] = 0b011  # stream bits 63..65: bit 31 of word 1 and bits 0-1 of word 2
+    codes[5, 31] = 0b100  # stream bits 93..95 = bits 29..31 of word 2
     p = ck.pack(codes, 3)
-    assert p[0, 0, 0, 5] == 0b01  # low bits of value 0
-    assert p[0, 0, 1, 5] == 0b10 << 2  # low bits of value 17 at [2, 4) of word 1
-    assert p[0, 0, 2, 5] == (1 << 0) | (1 << 17)  # high bits of values 0 and 17
+    assert p[0, 0, 0, 5] == (0b101 | (0b011 << 3) | (0b10 << 30)) - (1 << 32)  # bit 31 set: negative
+    assert p[0, 0, 1, 5] == (0b1 | (0b111 << 1) | (1 << 31)) - (1 << 32)
+    assert p[0, 0, 2, 5] == (0b01 | (1 << 31)) - (1 << 32)
+    assert not p[0, 0, :, [r for r in range(16) if r != 5]].any()
+    back = ck.unpack(p, 16, 32)
+    np.testing.assert_array_equal(back, codes)
 
 
 def test_zero_points_use_weight_rule(rng):

@@ -79,9 +79,11 @@ static inline void store_from_f32(void* p, DType dt, int64_t i, float v) {
 // (packed[t, b, 0, r]); successive words of the block are 16 int32 apart (docs/format.md).
 static inline uint32_t decode_code(const int32_t* words, int v, int bits) {
   if (bits == 3) {
-    const uint32_t lo = (static_cast<uint32_t>(words[(v >> 4) * 16]) >> (2 * (v & 15))) & 3u;
-    const uint32_t hi = (static_cast<uint32_t>(words[32]) >> v) & 1u;
-    return lo | (hi << 2);
+    // One 96-bit stream: value v at stream bits [3v, 3v + 3); values 10 and 21 straddle words.
+    const int pos = 3 * v, wi = pos >> 5, off = pos & 31;
+    uint32_t q = static_cast<uint32_t>(words[wi * 16]) >> off;
+    if (off > 29) q |= static_cast<uint32_t>(words[(wi + 1) * 16]) << (32 - off);
+    return q & 7u;
   }
   const int per_word = 32 / bits;
   const uint32_t w = static_cast<uint32_t>(words[(v / per_word) * 16]);

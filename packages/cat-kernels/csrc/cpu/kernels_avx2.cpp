@@ -14,13 +14,14 @@ namespace {
 
 struct Ops {
   static constexpr int kMB = 4;  // 4 x 2 accumulators leave room for decode in 16 ymm registers
+  static constexpr bool kUnrollValues = true;
+  static constexpr int kChains1 = 4;  // accumulator chains at one row of x
   struct VI {
     __m256i a, b;
   };
   struct VF {
     __m256 a, b;
   };
-  using Mask = VF;  // all-ones lanes where the bit is set
   static VI load(const int32_t* p) {
     return {_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)),
             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 8))};
@@ -62,15 +63,7 @@ struct Ops {
     return {_mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(w.a, mask.a), one.a)),
             _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(w.b, mask.b), one.b))};
   }
-  // Move bit B to the sign bit, then smear it across the lane.
-  template <int B>
-  static Mask bit(VI w) {
-    return {_mm256_castsi256_ps(_mm256_srai_epi32(_mm256_slli_epi32(w.a, 31 - B), 31)),
-            _mm256_castsi256_ps(_mm256_srai_epi32(_mm256_slli_epi32(w.b, 31 - B), 31))};
-  }
-  static VF mask_add(VF acc, Mask k, VF x) {
-    return {_mm256_add_ps(acc.a, _mm256_and_ps(k.a, x.a)), _mm256_add_ps(acc.b, _mm256_and_ps(k.b, x.b))};
-  }
+  static float h2f(uint16_t h) { return _cvtsh_ss(h); }
 };
 
 #include "kernels_impl.h"

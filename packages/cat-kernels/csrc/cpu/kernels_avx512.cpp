@@ -15,9 +15,10 @@ namespace {
 
 struct Ops {
   static constexpr int kMB = 8;  // 8 accumulators + decode temporaries fit the 32 zmm registers
+  static constexpr bool kUnrollValues = true;
+  static constexpr int kChains1 = 4;  // accumulator chains at one row of x
   using VI = __m512i;
   using VF = __m512;
-  using Mask = __mmask16;
   static VI load(const int32_t* p) { return _mm512_loadu_si512(static_cast<const void*>(p)); }
   static VF loadf(const float* p) { return _mm512_loadu_ps(p); }
   static void storef(float* p, VF v) { _mm512_storeu_ps(p, v); }
@@ -44,12 +45,7 @@ struct Ops {
   static VF mant(VI w, VI mask, VI one) {
     return _mm512_castsi512_ps(_mm512_ternarylogic_epi32(w, mask, one, 0xEA));
   }
-  template <int B>
-  static Mask bit(VI w) {
-    // Bit B to the sign bit, then a signed compare with 0: no constant vector per bit.
-    return _mm512_cmplt_epi32_mask(_mm512_slli_epi32(w, 31 - B), _mm512_setzero_si512());
-  }
-  static VF mask_add(VF acc, Mask k, VF x) { return _mm512_mask_add_ps(acc, k, acc, x); }
+  static float h2f(uint16_t h) { return _cvtsh_ss(h); }
 };
 
 #include "kernels_impl.h"

@@ -4,10 +4,9 @@
 // three instantiations can never be merged by the linker); it includes nothing itself.
 //
 // O provides: VI/VF (16 int32 / float32 lanes, one lane per row of a tile), Mask, kMB (rows of
-// x per register block), load/loadf/storef/zero/set1/set1i/bcast/fma/add/sub/mul/cvt,
+// x per register block), kUnrollValues (unroll the 32 values of a block), load/loadf/storef/zero/set1/set1i/bcast/fma/add/sub/mul/cvt,
 // shift<S> (S > 0: logical right, S < 0: left), srl/sll (runtime count), and_/or_,
-// mant(w, mask, one) = bitcast<float>((w & mask) | one), bit<B>(w) (lanes whose bit B is set),
-// mask_add(acc, mask, x) (acc + x in the selected lanes).
+// mant(w, mask, one) = bitcast<float>((w & mask) | one), h2f(h) (one float16 as float).
 
 #define CAT_AI inline __attribute__((always_inline))
 #define CAT_AIL __attribute__((always_inline))  // for lambdas
@@ -25,76 +24,37 @@ CAT_AI void unroll(F&& f) {
 // Decoding trick: a code q of p bits placed in the top p mantissa bits of 1.0f is the float
 // 1 + q / 2^p, so one shift and one and/or turn a word into 16 floats (no int->float convert).
 // The kernel therefore accumulates acc = sum x * (1 + q / 2^p) = xs + sum(x q) / 2^p and
-// recovers sum(x q) = C * (acc - xs) per segment, with xs = sum x over the segment.
-// 3-bit codes: the low plane (2 bits) goes through the same trick (1 + lo/4) and the high plane
-// (bit 2, weight 4 = 1 after the /4) is added as a masked add of x, so C = 4 as well.
+// recovers sum(x q) = C * (acc - xs) per segment, with xs = sum x over the segment, C = 2^p.
+// 3-bit codes live in one 96-bit stream per block (docs/format.md); the two that straddle two
+// words (values 10 and 21) take one extra shift and or.
 template <int BITS>
-constexpr float kDecodeScale = BITS == 3 ? 4.0f : static_cast<float>(1 << BITS);
+constexpr float kDecodeScale = static_cast<float>(1 << BITS);
 
-// Accumulates one segment (nblk blocks) of one tile for MB rows of x, and writes
-// acc[m] (the 16 per-row sums described above) to res[m * 16 .. +16].
-// x is the row block's interleaved copy: x[v * MB + m] is column v of row m, so every
-// broadcast is a constant offset from one pointer (no per-row address registers).
-template <class O, int BITS, int MB>
-CAT_AI void accumulate_segment(const int32_t* wp, int nblk, const float* x, float* res) {
-  // Independent accumulator chains: with one row of x an FMA chain would be latency-bound.
-  constexpr int U = MB >= 4 ? 1 : (MB >= 2 ? 2 : 4);
-  constexpr int P = BITS == 3 ? 2 : BITS;  // bits of the plane decoded with the mantissa trick
-  using VF = typename O::VF;
-  using VI = typename O::VI;
-  VF acc[MB][U];
-  unroll<MB>([&](auto mi) CAT_AIL {
-    unroll<U>([&](auto u) CAT_AIL { acc[CAT_CV(mi)][CAT_CV(u)] = O::zero(); });
-  });
-  const VI mask = O::set1i(((1 << P) - 1) << (23 - P));
-  const VI one = O::set1i(0x3F800000);
-  for (int blk = 0; blk < nblk; ++blk, wp += BITS * 16, x += 32 * MB) {
-    constexpr int kWords = BITS == 3 ? 2 : BITS;
-    constexpr int F = 32 / P;  // codes per word in the mantissa-decoded plane
-    [[maybe_unused]] VI w2;
-    if constexpr (BITS == 3) w2 = O::load(wp + 32);
-    unroll<kWords>([&](auto wi) CAT_AIL {
-      const VI w = O::load(wp + CAT_CV(wi) * 16);
-      unroll<F>([&](auto ji) CAT_AIL {
-        constexpr int j = CAT_CV(ji);
-        constexpr int v = CAT_CV(wi) * F + j;
-        const VF c = O::mant(O::template shift<P * j - (23 - P)>(w), mask, one);
-        unroll<MB>([&](auto mi) CAT_AIL {
-          constexpr int m = CAT_CV(mi);
-          const VF xb = O::bcast(x + v * MB + m);
-          acc[m][v % U] = O::fma(xb, c, acc[m][v % U]);
-          if constexpr (BITS == 3) {
-            // High bit of the same code (weight 4 -> 1 after the /4 of the low plane).
-            acc[m][v % U] = O::mask_add(acc[m][v % U], O::template bit<v>(w2), xb);
-          }
-        });
-      });
-    });
+// Value V (0..31) of the block at wp (word w of the 16 rows at wp + 16 w) as 16 floats
+// 1 + q / 2^BITS. Repeated loads of one word are left to the compiler (CSE or a folded memory
+// operand, whichever it prefers under register pressure).
+template <class O, int BITS, int V>
+CAT_AI typename O::VF decode_value(const int32_t* wp, typename O::VI mask, typename O::VI one) {
+  constexpr int kPos = BITS * V, kWord = kPos / 32, kOff = kPos % 32, kTop = 23 - BITS;
+  auto w = O::template shift<kOff - kTop>(O::load(wp + kWord * 16));
+  if constexpr (kOff + BITS > 32) {  // straddles: high bits at the bottom of the next word
+    w = O::or_(w, O::template shift<-(32 - kOff + kTop)>(O::load(wp + (kWord + 1) * 16)));
   }
-  unroll<MB>([&](auto mi) CAT_AIL {
-    constexpr int m = CAT_CV(mi);
-    VF s = acc[m][0];
-    unroll<U - 1>([&](auto u) CAT_AIL { s = O::add(s, acc[m][CAT_CV(u) + 1]); });
-    O::storef(res + m * 16, s);
-  });
+  return O::mant(w, mask, one);
 }
 
-template <class O, int BITS, int MB>
-__attribute__((noinline)) void accumulate_segment_ni(const int32_t* wp, int nblk, const float* x,
-                                                     float* res) {
-  accumulate_segment<O, BITS, MB>(wp, nblk, x, res);
+// The same with a runtime v, for the portable path (O::kUnrollValues == false), where fully
+// unrolling 32 values of 16-lane array code costs far more compile time than it saves.
+template <class O, int BITS>
+CAT_AI typename O::VF decode_value_rt(const int32_t* wp, int v, typename O::VI mask,
+                                      typename O::VI one) {
+  constexpr int kTop = 23 - BITS;
+  const int pos = BITS * v, wi = pos >> 5, off = pos & 31;
+  typename O::VI w = O::load(wp + wi * 16);
+  w = off >= kTop ? O::srl(w, off - kTop) : O::sll(w, kTop - off);
+  if (off + BITS > 32) w = O::or_(w, O::sll(O::load(wp + (wi + 1) * 16), 32 - off + kTop));
+  return O::mant(w, mask, one);
 }
-
-// Row blocks are powers of two (kMB, kMB/2, ..., 1): a remainder of 7 rows runs as 4 + 2 + 1.
-// Instantiating every size up to kMB would triple the compile time for no measurable gain.
-template <class O, int BITS, int MB>
-CAT_AI void accumulate_dispatch(int mr, const int32_t* wp, int nblk, const float* x, float* res) {
-  if constexpr (MB > 1) {
-    if (mr < MB) return accumulate_dispatch<O, BITS, MB / 2>(mr, wp, nblk, x, res);
-  }
-  accumulate_segment_ni<O, BITS, MB>(wp, nblk, x, res);
-}
-
 
 // 16 zero points (one per row of tile t) of group g, as floats, plus the decode constant.
 template <class O, int BITS>
@@ -102,63 +62,135 @@ CAT_AI typename O::VF zero_offsets(const GemmPlan& p, int64_t t, int64_t g) {
   constexpr float C = kDecodeScale<BITS>;
   if (!p.w.zeros) return O::set1(C + static_cast<float>(1 << (BITS - 1)));
   const int32_t* zw = p.w.zeros + (t * p.nzb + (g >> 5)) * BITS * 16;
-  const int v = static_cast<int>(g & 31);
-  typename O::VI z;
-  if constexpr (BITS == 3) {
-    const auto lo = O::and_(O::srl(O::load(zw + (v >> 4) * 16), 2 * (v & 15)), O::set1i(3));
-    const auto hi = O::and_(O::srl(O::load(zw + 32), v), O::set1i(1));
-    z = O::or_(lo, O::sll(hi, 2));
-  } else {
-    constexpr int F = 32 / BITS;
-    z = O::and_(O::srl(O::load(zw + (v / F) * 16), BITS * (v % F)), O::set1i((1 << BITS) - 1));
-  }
+  const int pos = BITS * static_cast<int>(g & 31), wi = pos >> 5, off = pos & 31;
+  typename O::VI z = O::srl(O::load(zw + wi * 16), off);
+  if (off + BITS > 32) z = O::or_(z, O::sll(O::load(zw + (wi + 1) * 16), 32 - off));
+  z = O::and_(z, O::set1i((1 << BITS) - 1));
   return O::add(O::cvt(z), O::set1(C));
+}
+
+// The segments [0, nseg) of one work item for MB rows of x (one row block). For every segment:
+// accumulate its blocks, then fold y[m] += s * (C * acc - (C + z) * xs) into y (16 rows each).
+// x is the row block's interleaved copy: x[col * MB + m] is column col of row m, so every
+// broadcast is a constant offset from one pointer (no per-row address registers).
+// sc / zc: per segment, the 16 scales and the 16 (C + z) values. xs[m * xs_stride + i]: the
+// sum of row m of x over segment i.
+template <class O, int BITS, int MB>
+__attribute__((noinline)) void run_segments(const int32_t* tile_words, const Segment* segs, int nseg,
+                                            const float* sc, const float* zc, const float* x,
+                                            const float* xs, int64_t xs_stride, float* y) {
+  // Independent accumulator chains: with one row of x an FMA chain would be latency-bound.
+  constexpr int U = MB >= 4 ? 1 : (MB >= 2 ? 2 : O::kChains1);
+  using VF = typename O::VF;
+  using VI = typename O::VI;
+  const VI mask = O::set1i(((1 << BITS) - 1) << (23 - BITS));
+  const VI one = O::set1i(0x3F800000);
+  const VF cvec = O::set1(kDecodeScale<BITS>);
+  for (int i = 0; i < nseg; ++i) {
+    const Segment seg = segs[i];
+    const int32_t* wp = tile_words + static_cast<int64_t>(seg.b0) * BITS * 16;
+    const float* xb = x + static_cast<int64_t>(seg.b0) * 32 * MB;
+    VF acc[MB][U];
+    unroll<MB>([&](auto mi) CAT_AIL {
+      unroll<U>([&](auto u) CAT_AIL { acc[CAT_CV(mi)][CAT_CV(u)] = O::zero(); });
+    });
+    for (int blk = seg.b0; blk < seg.b1; ++blk, wp += BITS * 16, xb += 32 * MB) {
+      if constexpr (O::kUnrollValues) {
+        unroll<32>([&](auto vi) CAT_AIL {
+          constexpr int v = CAT_CV(vi);
+          const VF c = decode_value<O, BITS, v>(wp, mask, one);
+          unroll<MB>([&](auto mi) CAT_AIL {
+            constexpr int m = CAT_CV(mi);
+            acc[m][v % U] = O::fma(O::bcast(xb + v * MB + m), c, acc[m][v % U]);
+          });
+        });
+      } else {
+        for (int v0 = 0; v0 < 32; v0 += U) {
+          unroll<U>([&](auto ui) CAT_AIL {
+            constexpr int u = CAT_CV(ui);
+            const VF c = decode_value_rt<O, BITS>(wp, v0 + u, mask, one);
+            unroll<MB>([&](auto mi) CAT_AIL {
+              constexpr int m = CAT_CV(mi);
+              acc[m][u] = O::fma(O::bcast(xb + (v0 + u) * MB + m), c, acc[m][u]);
+            });
+          });
+        }
+      }
+    }
+    const VF scv = O::loadf(sc + i * 16);
+    const VF zcv = O::loadf(zc + i * 16);
+    unroll<MB>([&](auto mi) CAT_AIL {
+      constexpr int m = CAT_CV(mi);
+      VF a = acc[m][0];
+      unroll<U - 1>([&](auto u) CAT_AIL { a = O::add(a, acc[m][CAT_CV(u) + 1]); });
+      // y += s * (sum x q - z * sum x) = s * (C * acc - (C + z) * xs)
+      const VF inner = O::sub(O::mul(a, cvec), O::mul(zcv, O::set1(xs[m * xs_stride + i])));
+      O::storef(y + m * 16, O::fma(scv, inner, O::loadf(y + m * 16)));
+    });
+  }
+}
+
+// Row blocks are powers of two (kMB, kMB/2, ..., 1): a remainder of 7 rows runs as 4 + 2 + 1.
+template <class O, int BITS, int MB>
+CAT_AI void run_dispatch(int mr, const int32_t* tile_words, const Segment* segs, int nseg,
+                         const float* sc, const float* zc, const float* x, const float* xs,
+                         int64_t xs_stride, float* y) {
+  if constexpr (MB > 1) {
+    if (mr < MB) return run_dispatch<O, BITS, MB / 2>(mr, tile_words, segs, nseg, sc, zc, x, xs, xs_stride, y);
+  }
+  run_segments<O, BITS, MB>(tile_words, segs, nseg, sc, zc, x, xs, xs_stride, y);
+}
+
+// Scales of the 16 rows of tile t for segments [c0, c0 + nc) into sc[i * 16 + r], with the
+// dtype switch outside the loops (padded rows get 0, so they contribute nothing).
+template <class O, DType DT>
+CAT_AI void gather_scales_t(const GemmPlan& p, int64_t t, int rows, int32_t c0, int nc, float* sc) {
+  const Segment* segs = p.segments + c0;
+  for (int r = 0; r < rows; ++r) {
+    const int64_t base = (t * 16 + r) * p.ng;
+    for (int i = 0; i < nc; ++i) {
+      const int64_t j = base + segs[i].g;
+      if constexpr (DT == DType::f16) sc[i * 16 + r] = O::h2f(static_cast<const uint16_t*>(p.w.scales)[j]);
+      else if constexpr (DT == DType::bf16) sc[i * 16 + r] = bf16_to_f32(static_cast<const uint16_t*>(p.w.scales)[j]);
+      else sc[i * 16 + r] = static_cast<const float*>(p.w.scales)[j];
+    }
+  }
+  for (int r = rows; r < 16; ++r)
+    for (int i = 0; i < nc; ++i) sc[i * 16 + r] = 0.0f;
+}
+
+template <class O>
+void gather_scales(const GemmPlan& p, int64_t t, int rows, int32_t c0, int nc, float* sc) {
+  switch (p.w.scale_dtype) {
+    case DType::f16: gather_scales_t<O, DType::f16>(p, t, rows, c0, nc, sc); break;
+    case DType::bf16: gather_scales_t<O, DType::bf16>(p, t, rows, c0, nc, sc); break;
+    default: gather_scales_t<O, DType::f32>(p, t, rows, c0, nc, sc); break;
+  }
 }
 
 template <class O, int BITS>
 void gemm_item_bits(const GemmPlan& p, int64_t t, int64_t s, int64_t mbase, int64_t m, float* part) {
   constexpr int MB = O::kMB;
-  constexpr int kChunk = 64;  // segments whose scales are gathered at once
-  using VF = typename O::VF;
+  constexpr int kChunk = 64;  // segments whose scales and zero points are prepared at once
   const int rows = static_cast<int>(p.w.n - t * 16 < 16 ? p.w.n - t * 16 : 16);
   const int32_t* tile_words = p.w.packed + t * p.nb * BITS * 16;
-  const VF cvec = O::set1(kDecodeScale<BITS>);
   for (int64_t i = 0; i < m * 16; ++i) part[i] = 0.0f;
 
   alignas(64) float sc[kChunk * 16];
-  alignas(64) float res[MB * 16];
+  alignas(64) float zc[kChunk * 16];
   const int32_t seg_end = p.split_begin[s + 1];
   for (int32_t c0 = p.split_begin[s]; c0 < seg_end; c0 += kChunk) {
     const int nc = seg_end - c0 < kChunk ? seg_end - c0 : kChunk;
     // Scales of 16 rows are 16 strided loads: gather them once per chunk of segments, reading
     // each row's consecutive groups contiguously, and reuse them for every block of x rows.
-    for (int i = 0; i < nc * 16; ++i) sc[i] = 0.0f;  // padded rows contribute 0
-    for (int r = 0; r < rows; ++r) {
-      const int64_t base = (t * 16 + r) * p.ng;
-      for (int i = 0; i < nc; ++i)
-        sc[i * 16 + r] = load_as_f32(p.w.scales, p.w.scale_dtype, base + p.segments[c0 + i].g);
-    }
-    for (int i = 0; i < nc; ++i) {
-      const Segment seg = p.segments[c0 + i];
-      const VF zc = zero_offsets<O, BITS>(p, t, seg.g);
-      const VF scv = O::loadf(sc + i * 16);
-      const int32_t* wp = tile_words + static_cast<int64_t>(seg.b0) * BITS * 16;
-      const int nblk = seg.b1 - seg.b0;
-      const float* xseg = p.xf + mbase * p.kp;
-      const float* xs = p.xs + mbase * p.n_segments + (c0 + i);
-      for (int64_t m0 = 0, mr = 0; m0 < m; m0 += mr) {
-        mr = row_block(MB, m - m0);
-        // Row block [m0, m0 + mr) is stored interleaved: [kp][mr] at xf + m0 * kp.
-        accumulate_dispatch<O, BITS, MB>(static_cast<int>(mr), wp, nblk,
-                                         xseg + m0 * p.kp + static_cast<int64_t>(seg.b0) * 32 * mr, res);
-        for (int mi = 0; mi < mr; ++mi) {
-          // y += s * (sum x q - z * sum x) = s * (C * acc - (C + z) * xs)
-          const VF inner = O::sub(O::mul(O::loadf(res + mi * 16), cvec),
-                                  O::mul(zc, O::set1(xs[(m0 + mi) * p.n_segments])));
-          float* y = part + (m0 + mi) * 16;
-          O::storef(y, O::fma(scv, inner, O::loadf(y)));
-        }
-      }
+    gather_scales<O>(p, t, rows, c0, nc, sc);
+    for (int i = 0; i < nc; ++i) O::storef(zc + i * 16, zero_offsets<O, BITS>(p, t, p.segments[c0 + i].g));
+    for (int64_t m0 = 0, mr = 0; m0 < m; m0 += mr) {
+      mr = row_block(MB, m - m0);
+      // Row block [m0, m0 + mr) is stored interleaved: [kp][mr] at xf + m0 * kp.
+      run_dispatch<O, BITS, MB>(static_cast<int>(mr), tile_words, p.segments + c0, nc, sc, zc,
+                                p.xf + (mbase + m0) * p.kp, p.xs + (mbase + m0) * p.n_segments + c0,
+                                p.n_segments, part + m0 * 16);
     }
   }
 }
@@ -191,12 +223,12 @@ void dequant_tile_t(const QWeight& w, int64_t t, void* out) {
       float vals[32];
       for (int v = 0; v < 32; ++v) {
         uint32_t q;
-        if constexpr (BITS == 3) {
-          q = ((wd[v >> 4] >> (2 * (v & 15))) & 3u) | (((wd[2] >> v) & 1u) << 2);
-        } else {
-          constexpr int F = 32 / BITS;
-          q = (wd[v / F] >> (BITS * (v % F))) & ((1u << BITS) - 1u);
-        }
+        // Value v at bits [BITS v, BITS v + BITS) of the block's words read as one stream
+        // (for 2, 4, 8 bits no value straddles; for 3 bits values 10 and 21 do).
+        const int pos = BITS * v, wi = pos >> 5, off = pos & 31;
+        q = wd[wi] >> off;
+        if (off + BITS > 32) q |= wd[wi + 1] << (32 - off);
+        q &= (1u << BITS) - 1u;
         vals[v] = (static_cast<float>(q) - z) * s;  // q - z is exact in float32
       }
       const int64_t kc = w.k - b * 32 < 32 ? w.k - b * 32 : 32;

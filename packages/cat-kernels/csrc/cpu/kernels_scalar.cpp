@@ -13,13 +13,14 @@ namespace {
 
 struct Ops {
   static constexpr int kMB = 2;  // keeps the fully unrolled portable code (and its build) small
+  static constexpr bool kUnrollValues = false;
+  static constexpr int kChains1 = 4;  // accumulator chains at one row of x
   struct VI {
     int32_t v[16];
   };
   struct VF {
     float v[16];
   };
-  using Mask = VI;
 #define CAT_LANES for (int i = 0; i < 16; ++i)
   static VI load(const int32_t* p) { VI r; CAT_LANES r.v[i] = p[i]; return r; }
   static VF loadf(const float* p) { VF r; CAT_LANES r.v[i] = p[i]; return r; }
@@ -57,17 +58,7 @@ struct Ops {
                                    static_cast<uint32_t>(one.v[i]));
     return r;
   }
-  template <int B>
-  static Mask bit(const VI& w) {
-    VI r;
-    CAT_LANES r.v[i] = (static_cast<uint32_t>(w.v[i]) >> B) & 1u;
-    return r;
-  }
-  static VF mask_add(const VF& acc, const Mask& k, const VF& x) {
-    VF r;
-    CAT_LANES r.v[i] = k.v[i] ? acc.v[i] + x.v[i] : acc.v[i];
-    return r;
-  }
+  static float h2f(uint16_t h) { return f16_to_f32(h); }
 #undef CAT_LANES
 };
 

@@ -43,9 +43,11 @@ PackStatus pack(const void* codes, int code_bytes, int64_t n, int64_t k, int bit
         }
         uint32_t w[8] = {0};
         if (bits == 3) {
+          // One 96-bit little-endian stream, value v at stream bits [3v, 3v + 3).
           for (int v = 0; v < 32; ++v) {
-            w[v >> 4] |= (q[v] & 3u) << (2 * (v & 15));
-            w[2] |= ((q[v] >> 2) & 1u) << v;
+            const int pos = 3 * v, wi = pos >> 5, off = pos & 31;
+            w[wi] |= q[v] << off;
+            if (off > 29) w[wi + 1] |= q[v] >> (32 - off);  // values 10 and 21 straddle
           }
         } else {
           const int f = 32 / bits;

@@ -10,7 +10,9 @@
 //
 // Inside a block, value v (column 32 b + v) is:
 //   bits 2/4/8: word v / (32/bits), bits [bits * (v % (32/bits)), +bits)
-//   bits 3    : low two bits in word v / 16 at bits [2 (v % 16), +2), high bit in word 2 at bit v.
+//   bits 3    : the 3 words are one 96-bit little-endian stream (word w = stream bits
+//               [32 w, 32 w + 32)); value v at stream bits [3 v, 3 v + 3). Values 10 (stream
+//               bits 30..32) and 21 (63..65) straddle two words; a funnel shift reads any v.
 //
 // Everything here is header-only and internal: nothing in it is part of the ABI.
 #pragma once
@@ -120,27 +122,32 @@ __host__ __device__ __forceinline__ int64_t word_index(int64_t t, int64_t b, int
 // Used where speed does not matter (unpack, dequantize, zero points). The word is selected with
 // an unrolled compare chain rather than w[runtime index], which would put w in local memory.
 __device__ __forceinline__ uint32_t code_of(const uint32_t (&w)[8], int bits, int v) {
-  if (bits == 3) {
-    const uint32_t lo = v < 16 ? w[0] : w[1];
-    return ((lo >> (2 * (v & 15))) & 3u) | (((w[2] >> v) & 1u) << 2);
-  }
-  const int per_word = 32 / bits;
-  const int wi = v / per_word;
-  uint32_t sel = w[0];
+  const int pos = bits * v, wi = pos >> 5, off = pos & 31;
+  uint32_t sel = w[0], nxt = w[1];
 #pragma unroll
   for (int i = 1; i < 8; ++i)
-    if (i == wi) sel = w[i];
-  return (sel >> (bits * (v % per_word))) & ((1u << bits) - 1u);
+    if (i == wi) {
+      sel = w[i];
+      nxt = i + 1 < 8 ? w[i + 1] : 0u;
+    }
+  // (nxt:sel) >> off: for 3-bit values 10 and 21 the high bits come from the next word; for
+  // every other value they are masked off below.
+  return __funnelshift_r(sel, nxt, off) & ((1u << bits) - 1u);
 }
 
 // Compile-time-bits version for the GEMM inner loops: with v a constant after unrolling, this is
-// one shift and one mask (two shifts, two masks and an or for 3-bit). Also correct for a runtime
-// v (zero points), again without dynamic register-array indexing.
+// one shift and one mask (a funnel shift and a mask for the two 3-bit values that straddle two
+// words). Also correct for a runtime v (zero points), again without dynamic register-array
+// indexing.
 template <int BITS>
 __device__ __forceinline__ uint32_t code_at(const uint32_t (&w)[BITS], int v) {
   if constexpr (BITS == 3) {
-    const uint32_t lo = v < 16 ? w[0] : w[1];
-    return ((lo >> (2 * (v & 15))) & 3u) | (((w[2] >> v) & 1u) << 2);
+    // 96-bit stream, value v at stream bits [3v, 3v + 3) (format.md).
+    const int pos = 3 * v, wi = pos >> 5, off = pos & 31;
+    const uint32_t lo = wi == 0 ? w[0] : (wi == 1 ? w[1] : w[2]);
+    const uint32_t hi = wi == 0 ? w[1] : w[2];
+    if (off <= 29) return (lo >> off) & 7u;    // the whole code is in one word
+    return __funnelshift_r(lo, hi, off) & 7u;  // values 10 and 21
   } else {
     constexpr int kPerWord = 32 / BITS;
     const int wi = v / kPerWord;

@@ -40,40 +40,26 @@ __global__ void pack_kernel(const void* __restrict__ codes, int code_bytes, int6
     const int64_t t = rest / n_blocks;
     const int64_t row = t * kTileN + r;
 
-    // Which values v of the block this word holds, and at which bit each lands.
-    int v_begin, v_count, field, bit_of_v0;
-    bool high_plane = false;
-    if (bits == 3) {
-      if (w < 2) {  // low two bits of values 16 w .. 16 w + 15
-        v_begin = 16 * w;
-        v_count = 16;
-        field = 2;
-      } else {  // high bit of all 32 values
-        v_begin = 0;
-        v_count = 32;
-        field = 1;
-        high_plane = true;
-      }
-    } else {
-      v_count = 32 / bits;
-      v_begin = w * v_count;
-      field = bits;
-    }
-    bit_of_v0 = 0;
+    // Which values v of the block have bits in this word, and where: the block is one stream
+    // of 32 * bits bits (word w = stream bits [32 w, 32 w + 32)), value v at stream bits
+    // [bits v, bits v + bits). For 2/4/8 bits every value lies in one word; for 3 bits values
+    // 10 and 21 straddle two words and are split between them (format.md).
+    const int v_begin = (32 * w) / bits;
+    const int v_last = min((32 * w + 31) / bits, kBlockK - 1);
 
     uint32_t word = 0;
     if (row < n) {
-      for (int j = 0; j < v_count; ++j) {
-        const int64_t col = b * kBlockK + v_begin + j;
+      for (int v = v_begin; v <= v_last; ++v) {
+        const int64_t col = b * kBlockK + v;
         if (col >= k) break;
         const int64_t lin = row * k + col;
         const int64_t q = read_code(codes, code_bytes, lin);
         if (q < 0 || q >= static_cast<int64_t>(limit)) {
           atomicMin(first_bad, static_cast<unsigned long long>(lin));
         }
-        uint32_t uq = static_cast<uint32_t>(q) & (limit - 1u);
-        if (bits == 3) uq = high_plane ? ((uq >> 2) & 1u) : (uq & 3u);
-        word |= uq << (bit_of_v0 + field * j);
+        const uint32_t uq = static_cast<uint32_t>(q) & (limit - 1u);
+        const int sh = bits * v - 32 * w;  // -2..31: negative for the tail of a straddling value
+        word |= sh >= 0 ? uq << sh : uq >> (-sh);
       }
     }
     packed[idx] = static_cast<int32_t>(word);
