@@ -13,9 +13,21 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "QuantConfig": "cat_core.config",
+    "CalibConfig": "cat_core.config",
     "quantize": "cat_core.awq",
     "rtn_quantize": "cat_core.awq",
+    "QuantizeResult": "cat_core.awq",
+    "AWQError": "cat_core.awq",
     "discover": "cat_core.graph",
+    "GroupSpec": "cat_core.graph",
+    "GraphError": "cat_core.graph",
+    "QuantLinear": "cat_core.nn",
+    "replace_linears": "cat_core.nn",
+    "save_quantized": "cat_core.io",
+    "load_quantized": "cat_core.io",
+    "export_awq": "cat_core.io",
+    "export_gptq": "cat_core.io",
+    "CheckpointError": "cat_core.io",
 }
 
 __all__ = ["__version__", *_EXPORTS]
