@@ -95,7 +95,11 @@ def test_backward_gives_input_gradient():
     mod(x).square().sum().backward()
     x2 = x.detach().clone().requires_grad_()
     (x2 @ dequantize(qt).T + b).square().sum().backward()
-    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-4, atol=1e-4)
+    # grad_x = 2 y W sums 40 terms of both signs, so a single element can lose most of its
+    # relative precision to cancellation; bound the error by the gradient's scale instead
+    # (a wiring mistake is off by O(max|grad|), three orders above this bound).
+    scale = float(x2.grad.abs().max())
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-4, atol=1e-4 * scale)
 
 
 def test_torch_compile_fullgraph():
