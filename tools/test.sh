@@ -2,14 +2,19 @@
 # Runs every test suite: each package's own tests (each package is tested on its own, with its
 # own pytest configuration), then the end-to-end tests under tests/. Fails on any failure and on
 # a suite that collects no test (pytest exit code 5).
+#   tools/test.sh          everything but the tests marked `slow` (real models, minutes each)
+#   tools/test.sh --slow   everything, the slow tests too
 set -uo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
 
+marker=()  # the root pyproject deselects `slow` by default
+if [ "${1:-}" = "--slow" ]; then marker=(-m "slow or not slow"); fi
+
 status=0
 run() {
   echo "=== pytest $*"
-  python -m pytest "$@"
+  python -m pytest "${marker[@]}" "$@"
   local rc=$?
   if [ $rc -eq 5 ]; then echo "ERROR: no tests collected in $*"; fi
   if [ $rc -ne 0 ]; then status=1; fi

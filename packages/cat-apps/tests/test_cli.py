@@ -1,0 +1,253 @@
+"""The four commands: --help, bad input (one line, exit code, no traceback), and an end-to-end run
+quantize -> generate -> eval -> bench on a tiny random Llama saved as an HF directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cat_apps import _models, bench, generate, quantize
+from cat_apps import eval as cat_eval
+
+COMMANDS = {"cat-quantize": quantize, "cat-generate": generate, "cat-bench": bench, "cat-eval": cat_eval}
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _one_line_error(capsys, rc: int, expected_rc: int = 1, needle: str = "") -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip() and "%|" not in line and "it/s]" not in line]
+    assert rc == expected_rc, err
+    assert "Traceback" not in err, err
+    assert len(lines) == 1, err
+    assert needle.lower() in lines[0].lower(), lines[0]
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------- help
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_help_explains_every_option(name, capsys):
+    mod = COMMANDS[name]
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: {name}")
+    for action in mod.build()._actions:
+        for opt in action.option_strings:
+            assert opt in out
+        if action.dest != "help":
+            assert action.help, f"{name}: {action.dest} has no help text"
+
+
+def test_console_scripts_declared():
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    for name, mod in COMMANDS.items():
+        assert f'{name} = "{mod.__name__}:main"' in text
+
+
+def test_help_as_a_process():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(REPO / "packages/cat-core/src"), str(REPO / "packages/cat-apps/src")])}
+    r = subprocess.run([sys.executable, "-m", "cat_apps.quantize", "--help"], capture_output=True, text=True,
+                       env=env, timeout=60)
+    assert r.returncode == 0 and "--group-size" in r.stdout
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_missing_model_path(name, tmp_path, capsys):
+    missing = str(tmp_path / "nope")
+    argv = {"cat-quantize": [missing, "--out", str(tmp_path / "o")],
+            "cat-generate": [missing, "--prompt", "hi"],
+            "cat-bench": [missing],
+            "cat-eval": [missing]}[name]
+    rc = COMMANDS[name].main(argv)
+    _one_line_error(capsys, rc, 1, "does not exist")
+    assert not (tmp_path / "o").exists()
+
+
+def test_hub_id_without_network_is_fast_and_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(_models, "network_reachable", lambda *a, **k: False)
+    rc = quantize.main(["some-org/some-model", "--out", str(tmp_path / "o")])
+    _one_line_error(capsys, rc, 1, "no network")
+    assert not (tmp_path / "o").exists()
+
+
+def test_hub_id_offline_mode_not_cached(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    rc = generate.main(["some-org/some-model", "--prompt", "x"])
+    _one_line_error(capsys, rc, 1, "not in the local cache")
+
+
+def test_output_exists_refused_without_overwrite(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "exists"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    rc = quantize.main([str(tiny_dir), "--out", str(out)])
+    _one_line_error(capsys, rc, 1, "already exists")
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_group_size_that_does_not_divide(tmp_path, capsys, make_tiny):
+    d = make_tiny(tmp_path / "odd", hidden=96, inter=192)  # 96 % 64 != 0
+    rc = quantize.main([str(d), "--group-size", "64", "--out", str(tmp_path / "o"), "--quiet"])
+    line = _one_line_error(capsys, rc, 1, "group_size=64")
+    assert "model.layers.0." in line and "valid group sizes" in line and "32" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_group_size_not_a_multiple_of_32(tiny_dir, tmp_path, capsys):
+    rc = quantize.main([str(tiny_dir), "--group-size", "48", "--out", str(tmp_path / "o"), "--quiet"])
+    _one_line_error(capsys, rc, 1, "group_size=48")
+
+
+def test_unsupported_architecture(tmp_path, capsys, monkeypatch, tiny_dir):
+    import cat_core.graph as graph
+    from cat_core.graph import GraphError
+
+    def boom(*a, **k):
+        raise GraphError("LlamaDecoderLayer: cannot fold the input of 'mlp.down_proj'\n(producer: weird op)")
+
+    monkeypatch.setattr(graph, "discover", boom)
+    rc = quantize.main([str(tiny_dir), "--out", str(tmp_path / "o"), "--quiet"])
+    _one_line_error(capsys, rc, 1, "GraphError: LlamaDecoderLayer")
+    assert not (tmp_path / "o").exists()
+
+
+def test_not_a_causal_lm(tmp_path, capsys):
+    d = tmp_path / "bert"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "no-such-arch"}))
+    rc = generate.main([str(d), "--prompt", "x", "--quiet"])
+    _one_line_error(capsys, rc, 1)
+
+
+def test_bad_argument_is_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        quantize.main(["--bits", "5", "--out", "x"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--bits" in err[0]
+
+
+def test_ctrl_c_mid_quantization_leaves_nothing(tiny_dir, tmp_path, capsys, monkeypatch):
+    import cat_core.awq as awq
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(awq, "quantize", interrupted)
+    out = tmp_path / "o"
+    rc = quantize.main([str(tiny_dir), "--out", str(out), "--n-samples", "2", "--seqlen", "16", "--no-quality",
+                        "--quiet"])
+    _one_line_error(capsys, rc, 130, "interrupted")
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".o")]
+
+
+def test_ctrl_c_while_saving_leaves_nothing(tiny_dir, tmp_path, capsys, monkeypatch):
+    from cat_core.io import _common
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_common, "_write_shard", interrupted)
+    out = tmp_path / "o"
+    rc = quantize.main([str(tiny_dir), "--out", str(out), "--n-samples", "2", "--seqlen", "16", "--no-quality",
+                        "--quiet"])
+    _one_line_error(capsys, rc, 130, "interrupted")
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".o")]
+
+
+def test_debug_shows_traceback(tmp_path):
+    with pytest.raises(Exception, match="does not exist"):
+        quantize.main([str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--debug"])
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_end_to_end_quantize_generate_eval_bench(tiny_dir, text_file, tmp_path, capsys):
+    out = tmp_path / "q3"
+    rc = quantize.main([str(tiny_dir), "--bits", "3", "--group-size", "64", "--calib", str(text_file),
+                        "--n-samples", "4", "--seqlen", "32", "--quality-samples", "2", "--quality-seqlen", "16",
+                        "--out", str(out), "--quiet"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    for key in ("time", "peak memory", "on disk", "bits per weight", "mean KL", "top-1 agreement"):
+        assert key in cap.out
+    cfg = json.loads((out / "config.json").read_text())
+    q = cfg["quantization_config"]
+    assert q["quant_method"] == "caterpillar" and q["bits"] == 3 and q["group_size"] == 64
+    assert q["source_model"] == str(tiny_dir.absolute())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+    # refuses to overwrite, then overwrites when told
+    assert quantize.main([str(tiny_dir), "--out", str(out), "--quiet"]) == 1
+    capsys.readouterr()
+
+    rc = generate.main([str(out), "--prompt", "w5 w6 w7", "--max-new-tokens", "5", "--quiet"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert cap.out.startswith("w5") and len(cap.out.split()) >= 4
+    rc = generate.main([str(tiny_dir), "--prompt", "w5 w6", "--max-new-tokens", "3", "--temperature", "0.8",
+                        "--top-p", "0.9", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    capsys.readouterr()
+
+    js = tmp_path / "eval.json"
+    rc = cat_eval.main([str(out), "--text", str(text_file), "--seqlen", "64", "--max-windows", "3",
+                        "--kl-samples", "2", "--kl-seqlen", "16", "--json", str(js), "--quiet"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    res = json.loads(js.read_text())
+    assert res["perplexity"]["tokens_scored"] == 3 * 63 and res["perplexity"]["windows"] == 3
+    assert res["perplexity"]["ppl"] > 1
+    assert res["data_free"]["reference"] == str(tiny_dir.absolute())
+    assert res["data_free"]["mean_kl"] > 0 and 0 <= res["data_free"]["top1_agreement"] <= 1
+    assert "tokens scored" in cap.out and "top-1 agreement" in cap.out
+
+    bdir = tmp_path / "bench"
+    rc = bench.main([str(tiny_dir), str(out), "--batch-sizes", "1", "2", "--prompt-len", "8", "--new-tokens", "3",
+                     "--min-runs", "3", "--max-runs", "3", "--out", str(bdir), "--quiet"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    data = json.loads((bdir / "bench.json").read_text())
+    kinds = [(r["weights"], r["how"].split(" ")[0], r["batch"]) for r in data["rows"]]
+    assert kinds == [("fp32", "unquantized", 1), ("fp32", "unquantized", 2), ("4-bit", "RTN", 1), ("4-bit", "RTN", 2),
+                     ("3-bit", "RTN", 1), ("3-bit", "RTN", 2), ("3-bit", "given", 1), ("3-bit", "given", 2)]
+    fp, q4 = data["rows"][0], data["rows"][2]
+    assert q4["weight_mb"] < fp["weight_mb"]
+    assert all(r["runs"] == 3 and r["decode_tok_s"] > 0 and r["prefill_tok_s"] > 0 for r in data["rows"])
+    assert "RTN on the fly" in cap.out and "excludes the first" in cap.out
+    assert (bdir / "bench.md").is_file() and (bdir / "bench.png").stat().st_size > 1000
+
+
+def test_export_gptq_and_eval_reference_flag(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "g4"
+    rc = quantize.main([str(tiny_dir), "--bits", "4", "--sym", "--n-samples", "2", "--seqlen", "16", "--export", "gptq",
+                        "--no-quality", "--out", str(out), "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    q = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert q["quant_method"] == "gptq" and q["source_model"] == str(tiny_dir.absolute())
+    capsys.readouterr()
+    rc = cat_eval.main([str(out), "--kl-samples", "1", "--kl-seqlen", "8", "--quiet"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "top-1 agreement" in cap.out
+
+
+def test_awq_export_needs_4_bits(tiny_dir, tmp_path, capsys):
+    rc = quantize.main([str(tiny_dir), "--bits", "3", "--export", "awq", "--out", str(tmp_path / "o")])
+    _one_line_error(capsys, rc, 1, "4-bit")
