@@ -29,7 +29,9 @@ class QuantizeResult:
     config: QuantConfig
     #: one entry per searched scale group (empty for RTN).
     report: list[GroupReport] = dataclasses.field(default_factory=list)
-    #: wall seconds per phase of the search (capture, stats, scale_search, clip_search, ...).
+    #: wall seconds per phase of the search (capture, stats, scale_search, clip_search, ...), plus
+    #: ``stats_samples_used``: calibration samples the statistics pass of the last block needed
+    #: (it stops early once the statistics converge; not a duration).
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
 

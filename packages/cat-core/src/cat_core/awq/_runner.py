@@ -143,6 +143,26 @@ def _capture_linear_inputs(
     return got
 
 
+# Early stop of the statistics pass: after at least _STATS_MIN_TOKENS tokens, stop when the last
+# chunk moved no channel's mean |x| by more than _STATS_RTOL of its value (channels whose mean is
+# below _STATS_FLOOR of the average channel are ignored: their scales are clamped anyway).
+_STATS_MIN_TOKENS = 16384
+_STATS_RTOL = 0.02
+_STATS_FLOOR = 1e-3
+
+
+def _stats_converged(before: list[torch.Tensor | None], recorders: list[AbsMeanRecorder]) -> bool:
+    if any(b is None for b in before) or min(r.count for r in recorders) < _STATS_MIN_TOKENS:
+        return False
+    for b, r in zip(before, recorders):
+        now = r.mean()
+        keep = now > _STATS_FLOOR * now.mean()
+        change = ((now - b).abs() / now.clamp_min(1e-30))[keep]
+        if change.numel() and float(change.max()) > _STATS_RTOL:
+            return False
+    return True
+
+
 def _chunks(n: int, n_search: int) -> list[slice]:
     out = [slice(0, n_search)]
     out += [slice(i, min(i + _CHUNK, n)) for i in range(n_search, n, _CHUNK)]
@@ -204,13 +224,21 @@ def run_awq(
                 )
 
             # 1. activation statistics of every group's input, over all tokens, full precision
+            #    The pass stops once every statistic has converged (see _stats_converged); the
+            #    chunks it did not need are dropped for this and every later block, so neither the
+            #    statistics nor the propagation ever run on them.
             recorders = [AbsMeanRecorder(_stats_module(block, g)) for g in bg.groups]
             try:
-                for call, h in zip(block_calls, hiddens):
+                for ci, (call, h) in enumerate(zip(block_calls, hiddens)):
+                    before = [None if r.total is None else r.mean() for r in recorders]
                     _run(block, call, h, device)
+                    if ci + 1 < len(hiddens) and _stats_converged(before, recorders):
+                        del hiddens[ci + 1:]
+                        break
             finally:
                 for r in recorders:
                     r.remove()
+            timings["stats_samples_used"] = float(sum(int(h.shape[0]) for h in hiddens))
             clock("stats")
 
             # 2. scale search and fold, group by group (inputs recaptured after earlier folds)

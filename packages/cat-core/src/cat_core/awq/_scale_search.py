@@ -17,7 +17,7 @@ from torch import nn
 
 from cat_core.awq._capture import BlockCall, first_output
 from cat_core.config import QuantConfig
-from cat_core.quant import check_group_size, fake_quantize
+from cat_core.quant import _MIN_SCALE, check_group_size
 
 __all__ = ["ScaleResult", "search_scales", "weight_channel_mean", "search_autocast"]
 
@@ -56,6 +56,31 @@ def weight_channel_mean(weights: list[torch.Tensor], group_size: int) -> torch.T
     wg = w.abs().reshape(n, k // g, g)
     wg = wg / wg.amax(dim=-1, keepdim=True).clamp_min(1e-12)
     return wg.reshape(n, k).mean(dim=0)
+
+
+@torch.no_grad()
+def fake_quantize(w: torch.Tensor, config: QuantConfig) -> torch.Tensor:
+    """:func:`cat_core.quant.fake_quantize` of a float32 scratch ``w``, IN PLACE; returns ``w``.
+
+    The same operations in the same order (so the same values bit for bit), fused into in-place
+    steps: the search calls this once per consumer and grid point, where the temporaries of the
+    out-of-place version dominated its cost.
+    """
+    n, k = w.shape
+    g = k if config.group_size == -1 else config.group_size
+    wg = w.view(n, k // g, g)
+    if config.sym:
+        half = 2 ** (config.bits - 1)
+        absmax = wg.abs().amax(dim=-1, keepdim=True)
+        sc = (absmax / (half - 1)).clamp_min_(_MIN_SCALE).to(config.scale_torch_dtype).float()
+        wg.div_(sc).round_().clamp_(-half, half - 1).mul_(sc)  # ((q + half) - half) * s
+    else:
+        qmax = config.qmax
+        lo, hi = torch.aminmax(wg, dim=-1, keepdim=True)
+        sc = ((hi - lo) / qmax).clamp_min_(_MIN_SCALE).to(config.scale_torch_dtype).float()
+        z = torch.round(-lo / sc).clamp_(0, qmax)
+        wg.div_(sc).round_().add_(z).clamp_(0, qmax).sub_(z).mul_(sc)
+    return w
 
 
 def _candidate(x_mean: torch.Tensor, w_mean: torch.Tensor | None, alpha: float) -> torch.Tensor:
@@ -100,15 +125,17 @@ def search_scales(
     alphas: list[float | None] = [None] + [i / config.n_grid for i in range(config.n_grid)]
     losses: list[tuple[float | None, float]] = []
     best: tuple[float, float | None, torch.Tensor] | None = None
+    masters = [w.float() for w in originals]
+    bufs = [torch.empty_like(m) for m in masters]
     try:
         for alpha in alphas:
             s = torch.ones_like(x_mean) if alpha is None else _candidate(x_mean, w_mean, alpha)
             if tie is not None and alpha is not None:
                 s = tie(s).float()
             s_dev = s.to(originals[0].device)
-            for c, w in zip(consumers, originals):
-                scaled = w.float() * s_dev
-                c.weight.data.copy_(fake_quantize(scaled, config) / s_dev)
+            for c, m, buf in zip(consumers, masters, bufs):
+                torch.mul(m, s_dev, out=buf)
+                c.weight.data.copy_(fake_quantize(buf, config).div_(s_dev))
             with autocast:
                 out = first_output(inspect(*call.args, **call.kwargs)).float()
             loss = float((out - ref).pow(2).mean())
