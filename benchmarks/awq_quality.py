@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from cat_core import eval as cat_eval
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _models as M  # noqa: E402
@@ -91,7 +92,8 @@ def run_row(args, method: str, bits: int | None, calib: str | None, ids: torch.T
         print(json.dumps({"quantized": row}), flush=True)  # before the (long) evaluation
     t = time.perf_counter()
     wins = M.windows(ids, args.eval_seqlen, args.windows)
-    ppl, n_tok = M.perplexity(model, wins)
+    res = cat_eval.perplexity(model, wins.reshape(-1), args.eval_seqlen, wins.shape[0])
+    ppl, n_tok = res.ppl, res.tokens
     row.update(ppl=round(ppl, 4), tokens_scored=n_tok, windows=args.windows, eval_seqlen=args.eval_seqlen,
                eval_s=round(time.perf_counter() - t, 2), wall_s=round(time.perf_counter() - t0, 2),
                cpu_s=round(time.process_time() - c0, 2),

@@ -23,10 +23,8 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import socket
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +55,6 @@ class Loaded:
     @property
     def quantized(self) -> bool:
         return self.kind == "quantized"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("CAT_CACHE_DIR") or Path.home() / ".cache" / "caterpillar" / "models")
 
 
 def builtin_gguf() -> Path:
@@ -156,69 +150,15 @@ def recorded_source(path: str | os.PathLike) -> str | None:
 # ----------------------------------------------------------------------------- loading
 
 
-def _cache_key(path: Path) -> str:
-    st = path.stat()
-    return f"{path.stem}-{st.st_size}-{st.st_mtime_ns}"
-
-
-def _dedup_state(model: Any) -> tuple[dict, list[str]]:
-    seen: dict[int, str] = {}
-    out, tied = {}, []
-    for name, t in model.state_dict().items():
-        ptr = t.data_ptr()
-        if ptr in seen and t.numel() > 0:
-            tied.append(name)
-            continue
-        seen[ptr] = name
-        out[name] = t.contiguous()
-    return out, tied
-
-
 def _load_gguf(path: Path, bar: Any) -> tuple[Any, Any]:
-    import torch
-    from safetensors.torch import load_file, save_file
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from cat_core.gguf import GGUFCacheError, load_gguf
 
-    folder = cache_dir() / _cache_key(path)
-    done = folder / "done.json"
-    if not done.exists():
-        bar.set_description(f"converting {path.name} (first use, ~30 s; cached in {cache_dir()})")
-        t0 = time.perf_counter()
-        try:
-            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-            tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        except ImportError as e:
-            raise CLIError(f"reading GGUF files needs the 'gguf' package (pip install gguf): {e}") from e
-        try:
-            tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            model.config.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-            state, tied = _dedup_state(model)
-            save_file(state, str(tmp / "model.safetensors"))
-            (tmp / "done.json").write_text(json.dumps({"gguf": str(path), "tied": tied,
-                                                       "convert_s": time.perf_counter() - t0}))
-            shutil.rmtree(folder, ignore_errors=True)
-            os.replace(tmp, folder)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-            bar.update(1)
-            return model.eval(), tok  # cache not writable: use the converted model as is
-        del model
+    try:
+        model, tok = load_gguf(path, status=bar.set_description)
+    except (ImportError, GGUFCacheError) as e:
+        raise CLIError(str(e)) from e
     bar.update(1)
-    bar.set_description(f"loading {path.name} (cached)")
-    meta = json.loads(done.read_text())
-    config = AutoConfig.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
-    bad = [m for m in missing if m not in meta.get("tied", [])]
-    if bad or unexpected:
-        raise CLIError(f"cached model {folder} does not match its config (delete it to rebuild): "
-                       f"missing {bad[:3]}, unexpected {unexpected[:3]}")
-    model.tie_weights()
-    tok = AutoTokenizer.from_pretrained(folder)
-    return model.eval(), tok
+    return model, tok
 
 
 def _load_hf(name: str, bar: Any, local_only: bool) -> tuple[Any, Any]:
