@@ -209,3 +209,46 @@ def test_memory_ratio_3bit(group_size):
     assert rep["ratio"] <= 0.21
     assert all(v["ratio"] <= 0.21 for v in rep["layers"].values())
     assert rep["bytes"] == sum(v["bytes"] for v in rep["layers"].values())
+
+
+# --------------------------------------------------------------------------- eager fast path
+
+
+@pytest.mark.parametrize("m", [1, 5, GEMM_MAX_M + 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_eager_path_equals_the_custom_op(m, dtype):
+    # Plain inference calls the kernels directly; with a gradient to track it goes through the
+    # cat::gemm op. Both must give the same bits.
+    from cat_core import nn as cnn
+
+    _, _, mod = _layer(n=37, k=96, bits=3, gs=32)
+    x = torch.randn(m, 96).to(dtype)
+    with torch.no_grad():
+        assert cnn._eager_fast_path(x)
+        fast = mod(x)
+    xg = x.clone().requires_grad_(True)
+    assert not cnn._eager_fast_path(xg)
+    via_op = mod(xg)
+    assert torch.equal(fast, via_op.detach())
+
+
+def test_eager_path_follows_buffer_changes():
+    import copy
+
+    qt, b, mod = _layer(n=24, k=64, bits=4, gs=32)
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        y0 = mod(x)
+        # load_state_dict copies in place: same storage, new values, seen without a rebuild
+        qt2, b2, other = _layer(n=24, k=64, bits=4, gs=32, seed=5)
+        mod.load_state_dict(other.state_dict())
+        assert torch.equal(mod(x), other(x)) and not torch.equal(mod(x), y0)
+        # buffers replaced (a dtype/device round trip makes new tensors): rebuilt
+        mod.scales = mod.scales.clone() * 2
+        assert torch.allclose(mod(x) - mod.bias, 2 * (other(x) - other.bias), rtol=1e-5, atol=1e-5)
+        # deepcopy / pickling drop the native view and rebuild it
+        dup = copy.deepcopy(mod)
+        assert torch.equal(dup(x), mod(x))
+        import pickle
+
+        assert torch.equal(pickle.loads(pickle.dumps(mod))(x), mod(x))

@@ -259,6 +259,93 @@ void py_gemm(const In& x, const In& packed, const In& scales, const std::optiona
   cat::cpu::gemm(x.data(), xdt, m, w, out.data());
 }
 
+// A weight validated once and kept alive (the ndarrays hold the producers' DLPack capsules, so
+// the memory cannot go away under us). Per call only x and out are checked, which is what makes
+// a decode step (one small GEMV per linear, hundreds per token) cheap. `gemm_ptr` takes raw
+// pointers for callers that already know x's layout (cat_kernels.PackedWeight checks a torch
+// tensor through its attributes, a fraction of the cost of a DLPack export).
+struct PyWeight {
+  In packed, scales;
+  std::optional<In> zeros;
+  cat::QWeight w;
+  Device dev{};
+
+  PyWeight(const In& p, const In& s, const std::optional<In>& z, int64_t group_size, int64_t k)
+      : packed(p), scales(s), zeros(z) {
+    w = make_weight(packed, scales, zeros, group_size, k, &dev);
+  }
+
+  int64_t workspace_elems(int64_t m) const {
+    if (dev.type != kCUDA || m <= 0) return 0;
+    return cat::cuda::gemm_workspace_elems(m, w.n, w.k, w.bits, w.group_size);
+  }
+
+  void run(const void* x, cat::DType xdt, int64_t m, void* out, float* ws, int64_t ws_elems,
+           uintptr_t stream) const {
+    if (m == 0) return;
+    if (dev.type == kCUDA) {
+      const int64_t need = workspace_elems(m);
+      if (need > 0 && (ws == nullptr || ws_elems < need))
+        throw nb::value_error(("workspace: expected at least " + std::to_string(need) + " float32 elements").c_str());
+      nb::gil_scoped_release rel;
+      DeviceGuard g(dev);
+      cat::cuda::gemm(x, xdt, m, w, out, ws, reinterpret_cast<void*>(stream));
+      return;
+    }
+    nb::gil_scoped_release rel;
+    cat::cpu::gemm(x, xdt, m, w, out);
+  }
+
+  void gemm(const In& x, const Out& out, const std::optional<Out>& workspace, uintptr_t stream) const {
+    require(x.ndim() == 2, "x: expected a 2-D array [M, K]");
+    const cat::DType xdt = float_dtype(x, "x");
+    require(c_contiguous(x), "x: must be C-contiguous");
+    const int64_t m = x.shape(0);
+    require(static_cast<int64_t>(x.shape(1)) == w.k,
+            "x: expected shape[1] == K = " + std::to_string(w.k) + ", got " + std::to_string(x.shape(1)));
+    same_device(dev, device_of(x), "x");
+    check_array(out, "out", dtype_name(x.dtype()).c_str(), {m, w.n});
+    same_device(dev, device_of(out), "out");
+    float* ws = nullptr;
+    int64_t ws_elems = 0;
+    if (workspace) {
+      require(dtype_name(workspace->dtype()) == "float32" && c_contiguous(*workspace),
+              "workspace: expected a C-contiguous float32 array");
+      same_device(dev, device_of(*workspace), "workspace");
+      ws = static_cast<float*>(workspace->data());
+      ws_elems = static_cast<int64_t>(workspace->size());
+    }
+    run(x.data(), xdt, m, out.data(), ws, ws_elems, stream);
+  }
+
+  // dtype: 0 float32, 1 float16, 2 bfloat16. The caller guarantees that x ([m, k], C-contiguous)
+  // and out ([m, n], same dtype) live on (device_type, device_id); those two are re-checked here.
+  void gemm_ptr(uintptr_t x, int64_t m, int64_t k, int dtype, int device_type, int device_id,
+                uintptr_t out, uintptr_t ws, int64_t ws_elems, uintptr_t stream) const {
+    require(m >= 0, "x: M must be >= 0");
+    require(k == w.k, "x: expected shape[1] == K = " + std::to_string(w.k) + ", got " + std::to_string(k));
+    require(dtype >= 0 && dtype <= 2, "x: dtype code must be 0 (float32), 1 (float16) or 2 (bfloat16)");
+    same_device(dev, Device{device_type, device_id}, "x");
+    require(m == 0 || (x != 0 && out != 0), "x, out: null data pointer");
+    const cat::DType xdt = dtype == 0 ? cat::DType::f32 : dtype == 1 ? cat::DType::f16 : cat::DType::bf16;
+    run(reinterpret_cast<const void*>(x), xdt, m, reinterpret_cast<void*>(out),
+        reinterpret_cast<float*>(ws), ws_elems, stream);
+  }
+
+  void dequantize(const Out& out, uintptr_t stream) const {
+    const std::string odt = dtype_name(out.dtype());
+    require(odt == "float32" || odt == "float16" || odt == "bfloat16",
+            "out: expected dtype float32, float16 or bfloat16, got " + odt);
+    check_array(out, "out", odt.c_str(), {w.n, w.k});
+    same_device(dev, device_of(out), "out");
+    const cat::DType dt = odt == "float32" ? cat::DType::f32 : odt == "float16" ? cat::DType::f16 : cat::DType::bf16;
+    nb::gil_scoped_release rel;
+    DeviceGuard g(dev);
+    if (dev.type == kCUDA) cat::cuda::dequantize(w, out.data(), dt, reinterpret_cast<void*>(stream));
+    else cat::cpu::dequantize(w, out.data(), dt);
+  }
+};
+
 std::tuple<std::string, std::vector<int64_t>, bool, int, int> py_inspect(const In& a) {
   std::vector<int64_t> shape(a.ndim());
   for (size_t i = 0; i < a.ndim(); ++i) shape[i] = static_cast<int64_t>(a.shape(i));
@@ -278,6 +365,21 @@ NB_MODULE(_C, m) {
   m.def("_gemm", &py_gemm, nb::arg("x"), nb::arg("packed"), nb::arg("scales"), nb::arg("zeros").none(),
         nb::arg("group_size"), nb::arg("out"), nb::arg("workspace").none() = nb::none(),
         nb::arg("stream") = 0);
+  nb::class_<PyWeight>(m, "_Weight")
+      .def(nb::init<const In&, const In&, const std::optional<In>&, int64_t, int64_t>(), nb::arg("packed"),
+           nb::arg("scales"), nb::arg("zeros").none(), nb::arg("group_size"), nb::arg("k"))
+      .def("gemm", &PyWeight::gemm, nb::arg("x"), nb::arg("out"), nb::arg("workspace").none() = nb::none(),
+           nb::arg("stream") = 0)
+      .def("gemm_ptr", &PyWeight::gemm_ptr, nb::arg("x"), nb::arg("m"), nb::arg("k"), nb::arg("dtype"),
+           nb::arg("device_type"), nb::arg("device_id"), nb::arg("out"), nb::arg("workspace") = 0,
+           nb::arg("workspace_elems") = 0, nb::arg("stream") = 0)
+      .def("dequantize", &PyWeight::dequantize, nb::arg("out"), nb::arg("stream") = 0)
+      .def("workspace_elems", &PyWeight::workspace_elems, nb::arg("m"))
+      .def_prop_ro("n", [](const PyWeight& p) { return p.w.n; })
+      .def_prop_ro("k", [](const PyWeight& p) { return p.w.k; })
+      .def_prop_ro("bits", [](const PyWeight& p) { return p.w.bits; })
+      .def_prop_ro("device_type", [](const PyWeight& p) { return p.dev.type; })
+      .def_prop_ro("device_id", [](const PyWeight& p) { return p.dev.id; });
   m.def("_cuda_gemm_workspace_elems", [](int64_t m_, int64_t n, int64_t k, int bits, int64_t g) {
     return cat::cuda::gemm_workspace_elems(m_, n, k, bits, g);
   });

@@ -355,6 +355,45 @@ def test_gemm_cuda_graph_capture(m):
     assert_close(static_y, ref, tol, "replayed graph")
 
 
+@pytest.mark.parametrize("m", [1, 5, 64])
+@pytest.mark.parametrize("x_dtype", XDTYPES, ids=lambda d: DTYPE_NAME[d])
+def test_packed_weight_matches_gemm_on_streams_and_graphs(m, x_dtype):
+    """PackedWeight (the per-call path of cat-core's layers: raw pointers for torch tensors)
+    gives ck.gemm's bits, on the current stream, and under CUDA graph capture."""
+    n, k = 333, 1024
+    prob = Problem(n, k, 3, 64, False, torch.float16, seed_for("pw", m, str(x_dtype)))
+    packed, scales, zeros, g = prob.args(DEV)
+    pw = ck.PackedWeight(packed, scales, zeros, g)
+    assert pw.device == f"cuda:{DEV.index or 0}"
+    x = random_x(m, k, x_dtype, 5).to(DEV)
+    expect = as_torch(ck.gemm(x, packed, scales, zeros, g))
+    assert torch.equal(pw.gemm(x), expect)
+    assert torch.equal(as_torch(pw.dequantize(torch.float32)), dequant(packed, scales, zeros, g, k, torch.float32))
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        xs = torch.empty_like(x)
+        torch.cuda._sleep(50_000_000)
+        xs.copy_(x)
+        ys = pw.gemm(xs)
+    side.synchronize()
+    assert torch.equal(ys, expect)
+    static_x = x.clone()
+    with torch.cuda.stream(side):
+        pw.gemm(static_x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_y = pw.gemm(static_x)
+    x2 = random_x(m, k, x_dtype, 6).to(DEV)
+    static_x.copy_(x2)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(static_y, as_torch(ck.gemm(x2, packed, scales, zeros, g)))
+    with pytest.raises(ValueError, match="x: expected an array on cuda"):
+        pw.gemm(x.cpu())
+
+
 # ---------------------------------------------------------------- bad input
 
 

@@ -121,6 +121,25 @@ def _gemm_backward(ctx, grad):
 _gemm_op.register_autograd(_gemm_backward, setup_context=_gemm_setup_context)
 
 
+# --------------------------------------------------------------------------- eager path
+
+
+def _eager_fast_path(x: torch.Tensor) -> bool:
+    """Whether to call the kernels directly instead of through the ``cat::gemm`` op.
+
+    The op exists for ``torch.compile`` (fake tensors), autograd and dispatcher-level tooling;
+    in plain eager inference its dispatch costs several times the arithmetic of a decode-step
+    GEMV, so a real CPU/CUDA tensor that needs no gradient goes straight to the kernels (same
+    kernels, same results).
+    """
+    return (
+        type(x) is torch.Tensor
+        and not (x.requires_grad and torch.is_grad_enabled())
+        and x.device.type in ("cpu", "cuda")
+        and not torch.compiler.is_compiling()
+    )
+
+
 # --------------------------------------------------------------------------- module
 
 
@@ -236,10 +255,36 @@ class QuantLinear(nn.Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"QuantLinear: expected last dim {self.in_features}, got input shape {tuple(x.shape)}")
         lead = x.shape[:-1]
-        y = _gemm_op(x.reshape(-1, self.in_features), self.qweight, self.scales, self.qzeros, self.group_size)
+        x2 = x.reshape(-1, self.in_features)
+        if _eager_fast_path(x2):
+            pw = self._packed_weight()
+            if x2.shape[0] <= GEMM_MAX_M:
+                y = pw.gemm(x2.contiguous())
+            else:
+                y = x2 @ pw.dequantize(x2.dtype).T
+        else:
+            y = _gemm_op(x2, self.qweight, self.scales, self.qzeros, self.group_size)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.reshape(*lead, self.out_features)
+
+    def _packed_weight(self) -> Any:
+        # The kernels' validated view of the three buffers, rebuilt whenever one of them is
+        # replaced (device moves, assignment); in-place updates (load_state_dict) need no rebuild
+        # because the view reads the buffers' memory on every call.
+        qw, sc, qz = self._buffers["qweight"], self._buffers["scales"], self._buffers["qzeros"]
+        c = self.__dict__.get("_pw_cache")
+        if c is None or c[0] is not qw or c[1] is not sc or c[2] is not qz:
+            pw = _kernels().PackedWeight(qw, sc, qz, self.group_size, k=self.in_features)
+            self.__dict__["_pw_cache"] = (qw, sc, qz, pw)
+            return pw
+        return c[3]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The native view cannot be pickled or deep-copied; it is rebuilt on first use.
+        state = self.__dict__.copy()
+        state.pop("_pw_cache", None)
+        return state
 
     def _apply(self, fn, recurse=True):  # type: ignore[override]
         # Let device moves through but keep the scales' storage dtype: model.half()/.to(bf16)

