@@ -351,6 +351,17 @@ def replace_linears(model: nn.Module, quantized: dict[str, QuantizedTensor]) -> 
     for name, mod, qt in plans:
         device = mod.weight.device
         bias = mod.bias.detach() if getattr(mod, "bias", None) is not None else None
+        if device.type == "meta":
+            # offloaded by accelerate (cpu/disk): the packed layer is a quarter of the size and
+            # lives where the layer computes; the bias comes from the offload store
+            from cat_core._offload import execution_device, offloaded_tensor
+
+            device = execution_device(mod)
+            if bias is not None:
+                bias = offloaded_tensor(model, f"{name}.bias")
+                if bias is None:
+                    raise ValueError(f"replace_linears: the bias of {name!r} is on the meta device and "
+                                     "not offloaded by accelerate: the model is incomplete")
         new = QuantLinear.from_quantized_tensor(qt, bias, device=device)
         owner, _, attr = name.rpartition(".")
         setattr(model.get_submodule(owner) if owner else model, attr, new)

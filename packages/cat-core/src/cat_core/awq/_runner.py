@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cat_core._offload import Held, execution_device
 from cat_core.awq._capture import (
     BlockCall,
     capture_block_calls,
@@ -67,11 +68,6 @@ def block_linears(block: nn.Module, prefix: str, config: QuantConfig) -> list[tu
             if not matches_any(full, config.modules_to_not_convert):
                 out.append((rel, full, mod))
     return out
-
-
-def _module_device(mod: nn.Module) -> torch.device:
-    p = next(mod.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 def _run(block: nn.Module, call: BlockCall, hidden: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -184,7 +180,7 @@ def run_awq(
     blocks = list(graph.blocks)
     if not blocks:
         raise AWQError("the layer graph has no decoder blocks")
-    device = torch.device(device) if device is not None else _module_device(blocks[0].module)
+    device = torch.device(device) if device is not None else execution_device(blocks[0].module)
     # Validate every layer before spending time on the search.
     for bg in blocks:
         for _, full, mod in block_linears(bg.module, bg.path, config):
@@ -198,7 +194,7 @@ def run_awq(
     slices = _chunks(n, n_search)
     timings = {} if timings is None else timings
     clock = _Clock(timings)
-    emb_device = model.get_input_embeddings().weight.device
+    emb_device = execution_device(model.get_input_embeddings())
     clock("setup")
     calls = capture_block_calls(
         model, [bg.module for bg in blocks], [samples[s].to(emb_device) for s in slices], device
@@ -209,11 +205,11 @@ def run_awq(
     tensors: dict[str, QuantizedTensor] = {}
     reports: list[GroupReport] = []
     bar = _progress(len(blocks), progress)
+    held: Held | None = None
     try:
         for bi, bg in enumerate(blocks):
             block = bg.module
-            home = _module_device(block)
-            block.to(device)
+            held = Held(block, device)  # only this block on the compute device
             block_calls = calls[bi]
 
             def nonfinite(where: str, losses: list, group: str = "") -> None:
@@ -298,11 +294,13 @@ def run_awq(
                 if not bool(torch.isfinite(out).all()):
                     nonfinite("block output after quantization", [])
                 hiddens[ci] = out
-            block.to(home)
+            held.release()
             clock("propagate")
             if bar is not None:
                 bar.update(1)
     finally:
+        if held is not None:
+            held.release()
         if bar is not None:
             bar.close()
     return tensors, reports

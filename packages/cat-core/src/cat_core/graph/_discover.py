@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
+from cat_core._offload import Held, execution_device
+
 from ._analyze import analyze_block
 from ._types import BlockGraph, GraphError, GroupSpec, LayerGraph
 
@@ -149,7 +151,7 @@ def discover(
     first: dict[tuple, int] = {}
     for i, s in enumerate(sigs):
         first.setdefault(s, i)
-    device = next(model.parameters()).device
+    device = execution_device(model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else model)
     ids = _default_ids(model, seed) if sample_input_ids is None else sample_input_ids
     ids = ids.to(device)
     if ids.dim() == 1:
@@ -159,8 +161,12 @@ def discover(
         inputs = _capture(model, blocks, sorted(first.values()), ids)
         found: dict[tuple, tuple[list, list]] = {}
         for sig, i in first.items():
-            blk, inp = _fp32_copy(blocks[i], inputs[i])
-            found[sig] = analyze_block(blk, inp, f"{path}.{i}", specs, strict)
+            held = Held(blocks[i], execution_device(blocks[i]))  # offloaded weights made real
+            try:
+                blk, inp = _fp32_copy(blocks[i], inputs[i])
+                found[sig] = analyze_block(blk, inp, f"{path}.{i}", specs, strict)
+            finally:
+                held.release()
     out = []
     for i, (b, s) in enumerate(zip(blocks, sigs, strict=False)):
         gs, sk = found[s]

@@ -80,6 +80,24 @@ def unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def resolve_offloaded(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` with every ``meta`` entry replaced by its value from accelerate's offload store
+    (a model dispatched with cpu/disk offloading keeps those weights there). Raises ValueError
+    for a meta tensor that is not offloaded (the model has no values to save)."""
+    from cat_core._offload import offloaded_tensor
+
+    out = {}
+    for name, t in tensors.items():
+        if t.device.type == "meta":
+            real = offloaded_tensor(model, name)
+            if real is None:
+                raise ValueError(f"{name}: on the meta device and not offloaded by accelerate; "
+                                 "the model has no values to save")
+            t = real
+        out[name] = t
+    return out
+
+
 def write_shards(
     out: Path,
     tensors: dict[str, torch.Tensor],
@@ -464,7 +482,7 @@ def export_dir(
     mods = quantized_modules(model)
     converted = {name: convert(name, mod) for name, mod in mods.items()}  # errors before any IO
     tensors: dict[str, torch.Tensor] = {}
-    for key, t in unique_state(model).items():
+    for key, t in resolve_offloaded(model, unique_state(model)).items():
         owner, _, attr = key.rpartition(".")
         if owner in mods and attr in ("qweight", "scales", "qzeros"):
             if attr == "qweight":

@@ -61,7 +61,7 @@ def save_quantized(
         "activation_scales": _activation_paths(model),
         "modules_not_converted": C.unconverted_linears(model),
     }
-    tensors = C.unique_state(model)
+    tensors = C.resolve_offloaded(model, C.unique_state(model))
     meta = {"format": "pt", "quant_method": QUANT_METHOD, "format_version": str(FORMAT_VERSION)}
     with C.atomic_dir(out_dir, overwrite) as tmp:
         C.write_config(tmp, model, qcfg, tokenizer)
