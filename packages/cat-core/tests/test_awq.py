@@ -187,6 +187,17 @@ def test_group_size_checked_before_search(fp_model):
         _run(m, QuantConfig(bits=4, group_size=96), _samples(2, 16, 0))
 
 
+def test_group_size_checked_before_calibration(fp_model, monkeypatch):
+    import cat_core.calib
+
+    def never(*a, **k):
+        raise AssertionError("calibration data was prepared before the group size was checked")
+
+    monkeypatch.setattr(cat_core.calib, "calibration_samples", never)
+    with pytest.raises(ValueError, match=r"group_size=96 does not divide K=.* of layer 'model\.layers\.0\."):
+        quantize(copy.deepcopy(fp_model), None, QuantConfig(bits=4, group_size=96), calib="self", progress=False)
+
+
 def test_public_quantize_with_token_ids(fp_model, monkeypatch):
     import cat_core.graph
 

@@ -57,6 +57,7 @@ def quantize(
     from cat_core.calib import calibration_samples
 
     config = config or QuantConfig()
+    _check_layers(model, config, graph)  # seconds, before calibration takes minutes
     samples = calibration_samples(calib, tokenizer, model)
     if graph is None:
         from cat_core.graph import discover
@@ -76,6 +77,23 @@ def quantize(
     finally:
         model.train(was_training)
     return QuantizeResult(model=model, tensors=tensors, config=config, report=report, timings=timings)
+
+
+def _check_layers(model: nn.Module, config: QuantConfig, graph: Any) -> None:
+    """Every linear that will be quantized accepts ``config.group_size`` (and the block stack is
+    found), so that a bad setting fails before calibration and the search."""
+    from cat_core.awq._runner import block_linears
+
+    if graph is not None:
+        blocks = [(bg.path, bg.module) for bg in graph.blocks]
+    else:
+        from cat_core.graph import find_blocks
+
+        path, _, stack = find_blocks(model)
+        blocks = [(f"{path}.{i}", b) for i, b in enumerate(stack)]
+    for prefix, block in blocks:
+        for _, full, mod in block_linears(block, prefix, config):
+            check_group_size(mod.in_features, config.group_size, full)
 
 
 @torch.no_grad()
