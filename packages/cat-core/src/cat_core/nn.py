@@ -323,6 +323,20 @@ def _linear_shape(mod: nn.Module) -> tuple[int, int] | None:
     return None
 
 
+def _module_at(model: nn.Module, name: str) -> nn.Module | None:
+    """The submodule at dotted ``name``, or None when there is none."""
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` at dotted ``name`` (its parent must exist)."""
+    owner, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(owner) if owner else model, attr, new)
+
+
 def replace_linears(model: nn.Module, quantized: dict[str, QuantizedTensor]) -> nn.Module:
     """Swap each named ``nn.Linear`` (or GPT-2 ``Conv1D``) of ``model`` for a :class:`QuantLinear`.
 
@@ -333,10 +347,9 @@ def replace_linears(model: nn.Module, quantized: dict[str, QuantizedTensor]) -> 
     """
     plans: list[tuple[str, nn.Module, QuantizedTensor]] = []
     for name, qt in quantized.items():
-        try:
-            mod = model.get_submodule(name)
-        except AttributeError:
-            raise ValueError(f"replace_linears: model has no module named {name!r}") from None
+        mod = _module_at(model, name)
+        if mod is None:
+            raise ValueError(f"replace_linears: model has no module named {name!r}")
         shape = _linear_shape(mod)
         if shape is None:
             raise ValueError(
@@ -362,9 +375,7 @@ def replace_linears(model: nn.Module, quantized: dict[str, QuantizedTensor]) -> 
                 if bias is None:
                     raise ValueError(f"replace_linears: the bias of {name!r} is on the meta device and "
                                      "not offloaded by accelerate: the model is incomplete")
-        new = QuantLinear.from_quantized_tensor(qt, bias, device=device)
-        owner, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(owner) if owner else model, attr, new)
+        _set_module(model, name, QuantLinear.from_quantized_tensor(qt, bias, device=device))
     return model
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cat_core.nn import QuantLinear, _linear_shape
+from cat_core.nn import QuantLinear, _linear_shape, _module_at, _set_module
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -258,10 +258,9 @@ def install_quant_linears(
     """Replace each named linear of a meta skeleton by an empty (meta) QuantLinear with its
     (bits, group_size, sym, scale dtype)."""
     for name, (bits, group_size, sym, scale_dtype) in settings.items():
-        try:
-            mod = model.get_submodule(name)
-        except AttributeError:
-            raise CheckpointError(f"quantization_config names module {name!r}, which this model does not have") from None
+        mod = _module_at(model, name)
+        if mod is None:
+            raise CheckpointError(f"quantization_config names module {name!r}, which this model does not have")
         shape = _linear_shape(mod)
         if shape is None:
             raise CheckpointError(f"quantization_config names {name!r}, a {type(mod).__name__}, not a linear layer")
@@ -273,8 +272,7 @@ def install_quant_linears(
             k, n, bits, group_size, sym=sym, bias=bias is not None, scale_dtype=scale_dtype,
             bias_dtype=bias.dtype if bias is not None else torch.float32, device="meta",
         )
-        owner, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(owner) if owner else model, attr, q)
+        _set_module(model, name, q)
 
 
 def install_scaled_activations(model: nn.Module, shapes: dict[str, tuple[list[int], torch.dtype]]) -> None:
@@ -283,15 +281,12 @@ def install_scaled_activations(model: nn.Module, shapes: dict[str, tuple[list[in
     from cat_core.graph import ScaledActivation
 
     for path, (shape, dtype) in shapes.items():
-        try:
-            mod = model.get_submodule(path)
-        except AttributeError:
-            raise CheckpointError(f"activation_scales names {path!r}, which this model does not have") from None
+        mod = _module_at(model, path)
+        if mod is None:
+            raise CheckpointError(f"activation_scales names {path!r}, which this model does not have")
         if len(shape) != 1 or not dtype.is_floating_point:
             raise CheckpointError(f"tensor '{path}.scales' must be a 1-D float vector, got shape {shape} {dtype}")
-        new = ScaledActivation(mod, torch.empty(shape, dtype=dtype, device="meta"))
-        owner, _, attr = path.rpartition(".")
-        setattr(model.get_submodule(owner) if owner else model, attr, new)
+        _set_module(model, path, ScaledActivation(mod, torch.empty(shape, dtype=dtype, device="meta")))
 
 
 def read_headers(path: Path) -> dict[str, tuple[str, list[int], torch.dtype]]:
@@ -519,10 +514,9 @@ def import_dir(
     # placeholders give the linear shapes and the expected unquantized tensors
     shapes = {}
     for name in names:
-        try:
-            mod = model.get_submodule(name)
-        except AttributeError:
-            raise CheckpointError(f"{path}: tensor '{name}.qweight' belongs to no module of this model") from None
+        mod = _module_at(model, name)
+        if mod is None:
+            raise CheckpointError(f"{path}: tensor '{name}.qweight' belongs to no module of this model")
         shape = _linear_shape(mod)
         if shape is None:
             raise CheckpointError(f"{path}: '{name}' is a {type(mod).__name__}, not a linear layer")
@@ -545,9 +539,7 @@ def import_dir(
         parts = {s: raw.pop(f"{name}.{s}") for s in foreign_shapes(n, k)}
         qt = to_native(name, parts, n, k)
         bias = raw.pop(f"{name}.bias", None)
-        q = QuantLinear.from_quantized_tensor(qt, bias)
-        owner, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(owner) if owner else model, attr, q)
+        _set_module(model, name, QuantLinear.from_quantized_tensor(qt, bias))
     state.update(raw)
     finish_load(model, state, path, dtype, torch.device(device))
     tokenizer = load_generation_and_tokenizer(model, path)
