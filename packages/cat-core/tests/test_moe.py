@@ -314,6 +314,12 @@ def test_awq_and_gptq_export_round_trip_per_expert(quantized, tmp_path) -> None:
         assert "unfused_experts" in q
         back, _ = imp(path, **kw)
         assert torch.equal(_logits(back), ref)
+    # checkpoints of other tools name the experts the same way but carry no record: still unfused
+    cfg = json.loads((a / "config.json").read_text())
+    del cfg["quantization_config"]["unfused_experts"]
+    (a / "config.json").write_text(json.dumps(cfg))
+    back, _ = import_awq(a, **kw)
+    assert torch.equal(_logits(back), ref)
 
 
 def test_expert_without_calibration_tokens_falls_back_to_rtn() -> None:
@@ -350,3 +356,19 @@ def test_given_graph_of_fused_model_is_rediscovered() -> None:
     with pytest.warns(UserWarning, match="discovering it again"):
         res = quantize(model, None, CFG, calib=_ids(4, 32, 3), graph=graph, progress=False)
     assert set(_expert_linears(model)) <= set(res.tensors)
+
+
+def test_unfuse_off_leaves_experts_fused_and_unquantized() -> None:
+    """Fused experts (unfuse_experts=False, or a family no layout reproduces) keep full precision;
+    their groups are reported as skipped instead of failing the run."""
+    import dataclasses
+
+    from cat_core import quantize
+
+    model = moe_model("mixtral")
+    with pytest.warns(UserWarning, match="none of its consumers is quantized"):
+        res = quantize(model, None, dataclasses.replace(CFG, unfuse_experts=False), calib=_ids(4, 32, 3),
+                       progress=False)
+    assert len(find_fused_experts(model)) == 2 and len(res.tensors) == 8  # attention only
+    assert sum(r.skipped is not None for r in res.report) == 2 * 5
+    assert torch.isfinite(_logits(model)).all()

@@ -203,6 +203,37 @@ def unfuse_recorded(model: nn.Module, qcfg: Any, path: Path) -> None:
         raise CheckpointError(f"{path / 'config.json'}: {e}") from e
 
 
+_EXPERT_LINEAR = re.compile(r"^(.+)\.\d+\.(gate_proj|up_proj|down_proj)$")
+
+
+def _unfuse_for_names(model: nn.Module, names: list[str], path: Path) -> None:
+    """Checkpoints of other tools store MoE experts per expert (``...experts.{e}.gate_proj``) where
+    this transformers fuses them: unfuse those experts modules of the skeleton (no record needed)."""
+    from cat_core.moe import ExpertsError, _recognise, unfuse_skeleton
+
+    todo: dict[str, str] = {}
+    for n in names:
+        m = _EXPERT_LINEAR.match(n)
+        if not m or m.group(1) in todo:
+            continue
+        try:
+            model.get_submodule(n)
+            continue  # the module exists as such
+        except AttributeError:
+            pass
+        try:
+            info = _recognise(model.get_submodule(m.group(1)))
+        except AttributeError:
+            continue
+        if info is not None and not isinstance(info, str):
+            todo[m.group(1)] = info.layouts[0]
+    if todo:
+        try:
+            unfuse_skeleton(model, todo)
+        except ExpertsError as e:  # pragma: no cover - _recognise said it fits
+            raise CheckpointError(f"{path}: {e}") from e
+
+
 def unconverted_linears(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if not isinstance(m, QuantLinear) and _linear_shape(m) is not None]
 
@@ -521,6 +552,7 @@ def import_dir(
     names = sorted(k[: -len(".qweight")] for k in headers if k.endswith(".qweight"))
     if not names:
         raise CheckpointError(f"{path}: no '*.qweight' tensors: not a quantized checkpoint")
+    _unfuse_for_names(model, names, path)
     # placeholders give the linear shapes and the expected unquantized tensors
     shapes = {}
     for name in names:
