@@ -229,7 +229,6 @@ def run(args: argparse.Namespace) -> int:
     from cat_core.calib import calibration_samples
     from cat_core.config import CalibConfig, QuantConfig
     from cat_core.graph import discover
-
     from cat_core.moe import unfuse_experts
 
     base = QuantConfig()
