@@ -295,6 +295,11 @@ def test_quantize_runs_packed_saves_and_loads(name: str, quantized, tmp_path) ->
     assert tok is not None
     assert all(isinstance(loaded.get_submodule(n), QuantLinear) for n in experts)
     assert torch.equal(_logits(loaded), got)
+    # decode steps (one token: M = 1 per expert, the fused kernel) give the fake-quantized tokens
+    prompt = _ids(1, 6, 9)
+    kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        assert torch.equal(loaded.generate(prompt, **kw), quantized[name][0].generate(prompt, **kw))
 
 
 def test_awq_and_gptq_export_round_trip_per_expert(quantized, tmp_path) -> None:
