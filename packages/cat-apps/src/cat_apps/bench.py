@@ -173,10 +173,12 @@ def _variants(spec: str, args: argparse.Namespace, device: Any):
     from cat_core.awq import rtn_quantize
     from cat_core.config import QuantConfig
     from cat_core.graph import discover
+    from cat_core.moe import unfuse_experts
     from cat_core.nn import replace_linears
 
     from cat_apps.quantize import _choose_group_size, _group_size, _quantized_linears
 
+    unfuse_experts(base)  # as cat-quantize does: the experts are quantized per expert
     layers = _quantized_linears(discover(base), base, QuantConfig().modules_to_not_convert)
     gs = _choose_group_size(_group_size(args.group_size), layers)
     names = {n for n, _ in layers}

@@ -229,8 +229,10 @@ def run(args: argparse.Namespace) -> int:
     from cat_core.calib import calibration_samples
     from cat_core.config import CalibConfig, QuantConfig
     from cat_core.graph import discover
+    from cat_core.moe import unfuse_experts
 
     base = QuantConfig()
+    unfuse_experts(model)  # fused MoE experts -> per-expert linears (verified; else warned, left fused)
     graph = discover(model)  # GraphError names the block / op it cannot handle
     layers = _quantized_linears(graph, model, base.modules_to_not_convert)
     if not layers:

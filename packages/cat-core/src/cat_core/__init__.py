@@ -21,6 +21,7 @@ _EXPORTS = {
     "discover": "cat_core.graph",
     "GroupSpec": "cat_core.graph",
     "GraphError": "cat_core.graph",
+    "unfuse_experts": "cat_core.moe",
     "QuantLinear": "cat_core.nn",
     "replace_linears": "cat_core.nn",
     "save_quantized": "cat_core.io",

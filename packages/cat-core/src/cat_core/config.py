@@ -90,6 +90,10 @@ class QuantConfig:
     #: dtype in which the searches rerun modules; the folded weights keep the model's dtype.
     search_dtype: str = "float32"
     seed: int = 0
+    #: replace fused mixture-of-experts tensors by per-expert linears (``cat_core.moe``) so the
+    #: experts get quantized; each conversion is verified numerically, one that fails stays fused
+    #: (full precision) with a warning.
+    unfuse_experts: bool = True
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -103,7 +107,7 @@ class QuantConfig:
                 f"group_size must be -1 (one group per row) or a positive multiple of 32 "
                 f"(32, 64, 128 are typical), got {gs!r}"
             )
-        for flag in ("sym", "duo_scaling", "clip"):
+        for flag in ("sym", "duo_scaling", "clip", "unfuse_experts"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
         put("scale_dtype", _dtype_name(self.scale_dtype, _SCALE_DTYPES, "scale_dtype"))

@@ -7,6 +7,7 @@ reconstruct from the returned codes) and returns the codes, scales and zeros per
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any
 
 import torch
@@ -52,11 +53,24 @@ def quantize(
     ``device``: where each block is searched (default: where the first block lives); the other
     blocks stay where they are. ``graph``: a ready layer graph (default: discovered by running the
     model on one calibration sample). Raises :class:`AWQError` on non-finite values, naming the
-    block and group.
+    block and group. With ``config.unfuse_experts`` (default) fused mixture-of-experts tensors are
+    first replaced by per-expert linears (:func:`cat_core.moe.unfuse_experts`, in place), so the
+    experts are searched and quantized like any linear; a given ``graph`` of the fused model is
+    then rediscovered.
     """
     from cat_core.calib import calibration_samples
 
     config = config or QuantConfig()
+    if config.unfuse_experts:
+        from cat_core.moe import unfuse_experts
+
+        if unfuse_experts(model) and graph is not None and not _graph_fits(graph):
+            warnings.warn(
+                "quantize: the given layer graph describes the fused experts, which were just "
+                "unfused; discovering it again (call cat_core.moe.unfuse_experts before discover "
+                "to avoid this)", stacklevel=2,
+            )
+            graph = None
     _check_layers(model, config, graph)  # seconds, before calibration takes minutes
     samples = calibration_samples(calib, tokenizer, model)
     if graph is None:
@@ -96,11 +110,33 @@ def _check_layers(model: nn.Module, config: QuantConfig, graph: Any) -> None:
             check_group_size(mod.in_features, config.group_size, full)
 
 
+def _graph_fits(graph: Any) -> bool:
+    """Every weight the graph names still exists in its block."""
+    from cat_core.graph._types import get_param
+
+    try:
+        for bg in graph.blocks:
+            for g in bg.groups:
+                for r in getattr(g, "weights", ()) or ():
+                    get_param(bg.module, r.path)
+                for c in g.consumers:
+                    if not getattr(g, "weights", ()):
+                        bg.module.get_submodule(c)
+    except (AttributeError, ValueError):
+        return False
+    return True
+
+
 @torch.no_grad()
 def rtn_quantize(model: nn.Module, config: QuantConfig | None = None) -> QuantizeResult:
     """Round-to-nearest baseline: every ``nn.Linear`` not excluded by ``modules_to_not_convert``
-    (``lm_head`` and embeddings by default), no search, no clipping. In place."""
+    (``lm_head`` and embeddings by default), no search, no clipping. In place. Fused experts are
+    unfused first (``config.unfuse_experts``), as :func:`quantize` does."""
     config = config or QuantConfig()
+    if config.unfuse_experts:
+        from cat_core.moe import unfuse_experts
+
+        unfuse_experts(model)
     linears = [(name, m) for name, m in model.named_modules()
                if isinstance(m, nn.Linear) and not matches_any(name, config.modules_to_not_convert)]
     for name, m in linears:

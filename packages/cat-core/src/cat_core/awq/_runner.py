@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -47,6 +48,9 @@ class GroupReport:
     alpha: float | None
     rtn_loss: float
     best_loss: float
+    #: why the search was skipped (its consumers keep identity scales, i.e. plain round-to-nearest);
+    #: the losses are then NaN. E.g. an expert the router sent no calibration token to.
+    skipped: str | None = None
 
 
 @contextlib.contextmanager
@@ -90,6 +94,19 @@ def _weight_views(block: nn.Module, group: Any) -> list[tuple[str, torch.Tensor]
     return [(p, block.get_submodule(p).weight.data) for p in group.consumers]
 
 
+def _quantized_views(block: nn.Module, group: Any, quantized: set[int]) -> list[tuple[str, torch.Tensor]]:
+    """:func:`_weight_views` of the consumers whose weights get quantized (by parameter identity;
+    slices of stacked parameters are never quantized)."""
+    refs = getattr(group, "weights", ()) or ()
+    if not refs:
+        return [(p, v) for p, v in _weight_views(block, group)
+                if id(block.get_submodule(p).weight) in quantized]
+    from cat_core.graph._types import get_param
+
+    kept = [ref for ref in refs if ref.select is None and id(get_param(block, ref.path)) in quantized]
+    return _weight_views(block, dataclasses.replace(group, weights=tuple(kept))) if kept else []
+
+
 class _WeightsAsModules:
     """Adapter so the scale search can treat weight views like linears (``.weight.data``)."""
 
@@ -98,9 +115,28 @@ class _WeightsAsModules:
         self.data = view
 
 
+def _in_expert_list(block: nn.Module, path: str) -> bool:
+    from cat_core.moe import UnfusedExperts
+
+    parts = path.split(".")
+    for i in range(len(parts)):
+        owner = ".".join(parts[:i])
+        try:
+            if isinstance(block.get_submodule(owner) if owner else block, UnfusedExperts):
+                return True
+        except AttributeError:
+            return False
+    return False
+
+
 def _stats_module(block: nn.Module, group: Any) -> nn.Module:
-    """A module whose first input is the group's shared input."""
-    path = group.consumers[0].split("[", 1)[0]
+    """A module whose first input is the group's shared input.
+
+    Routed experts see only the tokens sent to them: a consumer outside the unfused experts (the
+    router, a shared expert) is preferred, since it sees every token of the shared input.
+    """
+    names = list(group.consumers)
+    path = next((c for c in names if not _in_expert_list(block, c)), names[0]).split("[", 1)[0]
     try:
         return block.get_submodule(path)
     except AttributeError:
@@ -204,6 +240,7 @@ def run_awq(
 
     tensors: dict[str, QuantizedTensor] = {}
     reports: list[GroupReport] = []
+    skipped: list[str] = []
     bar = _progress(len(blocks), progress)
     held: Held | None = None
     try:
@@ -224,6 +261,7 @@ def run_awq(
             #    chunks it did not need are dropped for this and every later block, so neither the
             #    statistics nor the propagation ever run on them.
             recorders = [AbsMeanRecorder(_stats_module(block, g)) for g in bg.groups]
+            quantized = {id(mod.weight) for _, _, mod in block_linears(block, bg.path, config)}
             try:
                 for ci, (call, h) in enumerate(zip(block_calls, hiddens)):
                     before = [None if r.total is None else r.mean() for r in recorders]
@@ -245,8 +283,24 @@ def run_awq(
                 if bar is not None:
                     bar.set_postfix_str(f"{g.producer} -> {', '.join(g.consumers)}", refresh=False)
                 inspect = block if not g.inspect else block.get_submodule(g.inspect)
-                icall = capture_module_call(block, inspect, search_call)
-                views = _weight_views(block, g)
+                # Only the consumers that get quantized are fake-quantized in the search: the others
+                # (a MoE router, anything in modules_to_not_convert) compute W*s/s = W exactly.
+                views = _quantized_views(block, g, quantized)
+                why = None
+                if rec.total is None:
+                    why = "no calibration token reached its input"
+                elif not views:
+                    why = "none of its consumers is quantized"
+                else:
+                    try:
+                        icall = capture_module_call(block, inspect, search_call)
+                    except RuntimeError:
+                        why = "no token of the search batch reached it"
+                if why is not None:
+                    skipped.append(f"{g.producer} -> {', '.join(g.consumers)}: {why}")
+                    nan = float("nan")
+                    reports.append(GroupReport(bg.index, label, None, nan, nan, skipped=why))
+                    continue
                 tie = getattr(g, "tie", None)
                 res = search_scales(
                     [_WeightsAsModules(v) for _, v in views], inspect, icall, rec.mean().to(device), config,
@@ -303,6 +357,12 @@ def run_awq(
             held.release()
         if bar is not None:
             bar.close()
+    if skipped:
+        head = "; ".join(skipped[:3]) + (f"; and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+        warnings.warn(
+            f"AWQ: scale search skipped for {len(skipped)} group(s), which keep identity scales "
+            f"(round-to-nearest; see QuantizeResult.report): {head}", stacklevel=3,
+        )
     return tensors, reports
 
 

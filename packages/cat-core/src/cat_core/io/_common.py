@@ -199,6 +199,59 @@ def uniform_settings(mods: dict[str, QuantLinear]) -> tuple[int, int, bool, torc
     return next(iter(seen))
 
 
+def unfused_record(model: nn.Module) -> dict[str, Any]:
+    """``{"unfused_experts": {path: layout}}`` when the model has unfused experts (else ``{}``):
+    a reader must unfuse the same modules of the skeleton before loading."""
+    from cat_core.moe import unfused_experts_layouts
+
+    lay = unfused_experts_layouts(model)
+    return {"unfused_experts": dict(sorted(lay.items()))} if lay else {}
+
+
+def unfuse_recorded(model: nn.Module, qcfg: Any, path: Path) -> None:
+    """Unfuse the experts a checkpoint's quantization_config records (see :func:`unfused_record`)."""
+    from cat_core.moe import ExpertsError, unfuse_skeleton
+
+    rec = qcfg.get("unfused_experts") if isinstance(qcfg, dict) else None
+    if not rec:
+        return
+    try:
+        unfuse_skeleton(model, rec)
+    except ExpertsError as e:
+        raise CheckpointError(f"{path / 'config.json'}: {e}") from e
+
+
+_EXPERT_LINEAR = re.compile(r"^(.+)\.\d+\.(gate_proj|up_proj|down_proj)$")
+
+
+def _unfuse_for_names(model: nn.Module, names: list[str], path: Path) -> None:
+    """Checkpoints of other tools store MoE experts per expert (``...experts.{e}.gate_proj``) where
+    this transformers fuses them: unfuse those experts modules of the skeleton (no record needed)."""
+    from cat_core.moe import ExpertsError, _recognise, unfuse_skeleton
+
+    todo: dict[str, str] = {}
+    for n in names:
+        m = _EXPERT_LINEAR.match(n)
+        if not m or m.group(1) in todo:
+            continue
+        try:
+            model.get_submodule(n)
+            continue  # the module exists as such
+        except AttributeError:
+            pass
+        try:
+            info = _recognise(model.get_submodule(m.group(1)))
+        except AttributeError:
+            continue
+        if info is not None and not isinstance(info, str):
+            todo[m.group(1)] = info.layouts[0]
+    if todo:
+        try:
+            unfuse_skeleton(model, todo)
+        except ExpertsError as e:  # pragma: no cover - _recognise said it fits
+            raise CheckpointError(f"{path}: {e}") from e
+
+
 def unconverted_linears(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if not isinstance(m, QuantLinear) and _linear_shape(m) is not None]
 
@@ -507,10 +560,12 @@ def import_dir(
     all tensors (``foreign_shapes(n, k)``: suffix -> expected shape/dtype), convert each layer with
     ``to_native(name, {suffix: tensor}, n, k) -> QuantizedTensor`` and load the rest."""
     model, _ = skeleton(cfg, model_kwargs)
+    unfuse_recorded(model, cfg.get("quantization_config"), path)
     headers = read_headers(path)
     names = sorted(k[: -len(".qweight")] for k in headers if k.endswith(".qweight"))
     if not names:
         raise CheckpointError(f"{path}: no '*.qweight' tensors: not a quantized checkpoint")
+    _unfuse_for_names(model, names, path)
     # placeholders give the linear shapes and the expected unquantized tensors
     shapes = {}
     for name in names:

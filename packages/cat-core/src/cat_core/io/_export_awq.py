@@ -105,6 +105,7 @@ def export_awq(
         "quant_method": "awq", "version": "gemm", "zero_point": True, "bits": 4, "group_size": gs,
         "w_bit": 4, "q_group_size": gs, "modules_to_not_convert": C.unconverted_linears(model) or None,
         "activation_scales": _activation_paths(model),
+        **C.unfused_record(model),
     }
     autoawq = {"zero_point": True, "q_group_size": gs, "w_bit": 4, "version": "GEMM"}
     return C.export_dir(model, out_dir, tokenizer, overwrite, max_shard_size, qcfg, _convert, progress,

@@ -94,6 +94,7 @@ def export_gptq(
         "checkpoint_format": checkpoint_format, "static_groups": False, "true_sequential": True,
         "modules_to_not_convert": C.unconverted_linears(model) or None,
         "activation_scales": _activation_paths(model),
+        **C.unfused_record(model),
     }
     side = {k: qcfg[k] for k in ("bits", "group_size", "desc_act", "sym", "checkpoint_format", "static_groups", "true_sequential")}
     return C.export_dir(model, out_dir, tokenizer, overwrite, max_shard_size, qcfg, _converter(checkpoint_format),

@@ -60,6 +60,7 @@ def save_quantized(
         "module_overrides": {n: o for n, o in sorted(overrides.items()) if o},
         "activation_scales": _activation_paths(model),
         "modules_not_converted": C.unconverted_linears(model),
+        **C.unfused_record(model),
     }
     tensors = C.resolve_offloaded(model, C.unique_state(model))
     meta = {"format": "pt", "quant_method": QUANT_METHOD, "format_version": str(FORMAT_VERSION)}
@@ -120,7 +121,8 @@ def load_quantized(
     """Load a checkpoint written by :func:`save_quantized`; returns ``(model, tokenizer or None)``.
 
     The model is built from config.json on the meta device (nothing is downloaded or
-    initialized), its quantized linears and scaled activations are inserted, and every tensor's
+    initialized), fused experts recorded as unfused (``unfused_experts``) are unfused the same
+    way, its quantized linears and scaled activations are inserted, and every tensor's
     name, shape and dtype is checked against that skeleton before any data is read.
     ``dtype`` converts the unquantized floating weights (scales keep their storage dtype);
     ``model_kwargs`` go to ``AutoModelForCausalLM.from_config`` (e.g.
@@ -131,6 +133,7 @@ def load_quantized(
     cfg = C.read_config(path)
     settings, acts = _settings(cfg.get("quantization_config"), path)
     model, _ = C.skeleton(cfg, model_kwargs)
+    C.unfuse_recorded(model, cfg["quantization_config"], path)
     C.install_quant_linears(model, settings)
     headers = C.read_headers(path)
     shapes = {}
