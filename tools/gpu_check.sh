@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (device tool): build cat-kernels for the GPU that is present,
 # run the CUDA tests (which compare every CUDA op with the CPU op), then the CUDA and CPU kernel
-# benchmarks. Everything it prints is also written under $OUT, ready to be committed under
-# benchmarks/results/<date>-<gpu>/ by the session that ran it.
-#   usage (device tool): bash tools/gpu_check.sh            [env: SKIP_BENCH=1, PYTEST_ARGS=...]
+# benchmarks, then the cat-core runtime on the GPU (QuantLinear, fp16/bf16 models, generate, CUDA
+# graphs, torch.compile) and cat-bench's decode table on a random-weight 1B Llama (fp16 vs 4-bit
+# vs 3-bit; shapes decide speed, so random weights suffice). Everything it prints is also written
+# under $OUT, ready to be committed under benchmarks/results/<date>-<gpu>/ by the session that ran it.
+#   usage (device tool): bash tools/gpu_check.sh
+#   env: SKIP_BENCH=1 (no kernel benchmarks), SKIP_E2E=1 (no cat-core/cat-bench step),
+#        BENCH_PRESET=1b|8b (model of the decode table), PYTEST_ARGS=...
 # The device image has its own python3 with torch, nanobind, scikit-build-core, cmake and ninja;
 # nothing can be installed there, hence --no-build-isolation.
 set -uo pipefail
@@ -42,5 +46,20 @@ if [ "${SKIP_BENCH:-0}" != "1" ]; then
   $PY -m pytest benchmarks/test_bench_cuda.py -p no:cacheprovider -s \
       --benchmark-json="$OUT/cuda-bench.json" > "$OUT/cuda-bench.log" 2>&1 || status=1
   tail -40 "$OUT/cuda-bench.log"
+fi
+cd ../..
+
+if [ "${SKIP_E2E:-0}" != "1" ]; then
+  # cat-core and cat-apps are pure Python: run them from the checkout on the image's torch and
+  # transformers.
+  export PYTHONPATH=$PWD/packages/cat-core/src:$PWD/packages/cat-apps/src:$PYTHONPATH
+  $PY -m pytest packages/cat-core/tests/test_cuda_runtime.py -v -p no:cacheprovider \
+      > "$OUT/core-cuda-tests.log" 2>&1 || status=1
+  tail -8 "$OUT/core-cuda-tests.log"
+  preset=${BENCH_PRESET:-1b}
+  $PY benchmarks/random_llama.py --preset "$preset" --out "/tmp/llama-$preset-random" > "$OUT/cat-bench.log" 2>&1 \
+    && $PY -m cat_apps.bench "/tmp/llama-$preset-random" --device cuda --bits 4 3 --batch-sizes 1 10 \
+         --prompt-len 128 --new-tokens 64 --out "$OUT/cat-bench" >> "$OUT/cat-bench.log" 2>&1 || status=1
+  tail -12 "$OUT/cat-bench.log"
 fi
 exit $status
