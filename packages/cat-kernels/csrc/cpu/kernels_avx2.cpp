@@ -16,6 +16,7 @@ struct Ops {
   static constexpr int kMB = 4;  // 4 x 2 accumulators leave room for decode in 16 ymm registers
   static constexpr bool kUnrollValues = true;
   static constexpr int kChains1 = 4;  // accumulator chains at one row of x
+  static constexpr bool kScalesT = false;  // scales gathered one by one
   struct VI {
     __m256i a, b;
   };

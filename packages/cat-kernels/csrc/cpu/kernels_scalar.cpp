@@ -15,6 +15,7 @@ struct Ops {
   static constexpr int kMB = 2;  // keeps the fully unrolled portable code (and its build) small
   static constexpr bool kUnrollValues = false;
   static constexpr int kChains1 = 4;  // accumulator chains at one row of x
+  static constexpr bool kScalesT = false;  // scales gathered one by one
   struct VI {
     int32_t v[16];
   };
