@@ -20,6 +20,7 @@ struct Ops {
   static constexpr bool kUnrollValues = true;
   static constexpr int kChains1 = 4;  // accumulator chains at one row of x
   static constexpr bool kScalesT = true;  // scales_t below
+  static constexpr bool kPermDecode = true;  // perm_lo / perm_hi below
   using VI = __m512i;
   using VF = __m512;
   static VI load(const int32_t* p) { return _mm512_loadu_si512(static_cast<const void*>(p)); }
@@ -49,6 +50,12 @@ struct Ops {
     return _mm512_castsi512_ps(_mm512_ternarylogic_epi32(w, mask, one, 0xEA));
   }
   static float h2f(uint16_t h) { return _cvtsh_ss(h); }
+  // table[idx & 15] per lane (vpermps).
+  static VF perm_lo(VI idx, VF table) { return _mm512_permutexvar_ps(idx, table); }
+  // Per lane: (16-bit table[(idx >> 16) & 31]) << 16 (vpermw, lower halves zeroed).
+  static VF perm_hi(VI idx, VI table) {
+    return _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(static_cast<__mmask32>(0xAAAAAAAAu), idx, table));
+  }
 
   // In-register transpose of 16 rows of 16 floats, in place pair by pair (no temporaries
   // beyond two registers). Column c ends up in r[transposed_slot(c)].

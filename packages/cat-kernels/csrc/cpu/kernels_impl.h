@@ -43,6 +43,55 @@ CAT_AI typename O::VF decode_value(const int32_t* wp, typename O::VI mask, typen
   return O::mant(w, mask, one);
 }
 
+// Table decode (O::kPermDecode, AVX-512): a lane permute indexes a 16-float table with bits 0-3
+// of each lane (vpermps), and a 16-bit permute indexes a 32-entry table of upper float halves
+// with bits 16-20 (vpermw, lower halves zeroed). One shifted word thus serves two values: the
+// one whose code sits at bit A (0 for 2/4 bits, 1 for 3 bits) and the one 16 - A bits above it,
+// i.e. 1.5 instead of 2 decode instructions per value (plus a shift on one port instead of
+// a shift and a ternary-logic op on two). The tables hold exactly 1 + q / 2^BITS, so the
+// values, and the results, are those of decode_value. Straddling 3-bit values and 8-bit
+// codes use decode_value.
+template <class O, int BITS, bool = O::kPermDecode && (BITS == 2 || BITS == 3 || BITS == 4)>
+struct Decoder {
+  typename O::VI mask, one;
+  CAT_AI Decoder() : mask(O::set1i(((1 << BITS) - 1) << (23 - BITS))), one(O::set1i(0x3F800000)) {}
+  template <int V>
+  CAT_AI typename O::VF value(const int32_t* wp) const {
+    return decode_value<O, BITS, V>(wp, mask, one);
+  }
+};
+
+template <class O, int BITS>
+struct Decoder<O, BITS, true> {
+  static constexpr int kA = BITS == 3 ? 1 : 0;  // bit of the low code in its table index
+  typename O::VI mask, one;
+  typename O::VF lo;  // lo[i] = 1 + ((i >> kA) & (2^BITS - 1)) / 2^BITS
+  typename O::VI hi;  // 16-bit words: hi[i] = upper half of 1 + (i & (2^BITS - 1)) / 2^BITS
+  CAT_AI Decoder() : mask(O::set1i(((1 << BITS) - 1) << (23 - BITS))), one(O::set1i(0x3F800000)) {
+    alignas(64) float t[16];
+    alignas(64) uint16_t h[32];
+    for (int i = 0; i < 16; ++i)
+      t[i] = 1.0f + static_cast<float>((i >> kA) & ((1 << BITS) - 1)) / static_cast<float>(1 << BITS);
+    for (int i = 0; i < 32; ++i) {
+      const float f = 1.0f + static_cast<float>(i & ((1 << BITS) - 1)) / static_cast<float>(1 << BITS);
+      h[i] = static_cast<uint16_t>(f32_to_bits(f) >> 16);  // exact: the low half is zero
+    }
+    lo = O::loadf(t);
+    hi = O::load(reinterpret_cast<const int32_t*>(h));
+  }
+  template <int V>
+  CAT_AI typename O::VF value(const int32_t* wp) const {
+    constexpr int kPos = BITS * V, kWord = kPos / 32, kOff = kPos % 32;
+    if constexpr (kOff + BITS > 32) {
+      return decode_value<O, BITS, V>(wp, mask, one);
+    } else if constexpr (kOff + kA < 16) {
+      return O::perm_lo(O::template shift<kOff - kA>(O::load(wp + kWord * 16)), lo);
+    } else {
+      return O::perm_hi(O::template shift<kOff - 16>(O::load(wp + kWord * 16)), hi);
+    }
+  }
+};
+
 // The same with a runtime v, for the portable path (O::kUnrollValues == false), where fully
 // unrolling 32 values of 16-lane array code costs far more compile time than it saves.
 template <class O, int BITS>
@@ -87,6 +136,7 @@ __attribute__((noinline)) void run_segments(const int32_t* tile_words, const Seg
   using VI = typename O::VI;
   const VI mask = O::set1i(((1 << BITS) - 1) << (23 - BITS));
   const VI one = O::set1i(0x3F800000);
+  const Decoder<O, BITS> dec;
   const VF cvec = O::set1(kDecodeScale<BITS>);
   for (int i = 0; i < nseg; ++i) {
     const Segment seg = segs[i];
@@ -100,7 +150,7 @@ __attribute__((noinline)) void run_segments(const int32_t* tile_words, const Seg
       if constexpr (O::kUnrollValues) {
         unroll<32>([&](auto vi) CAT_AIL {
           constexpr int v = CAT_CV(vi);
-          const VF c = decode_value<O, BITS, v>(wp, mask, one);
+          const VF c = dec.template value<v>(wp);
           unroll<MB>([&](auto mi) CAT_AIL {
             constexpr int m = CAT_CV(mi);
             acc[m][v % U] = O::fma(O::bcast(xb + v * MB + m), c, acc[m][v % U]);

@@ -16,6 +16,7 @@ struct Ops {
   static constexpr bool kUnrollValues = false;
   static constexpr int kChains1 = 4;  // accumulator chains at one row of x
   static constexpr bool kScalesT = false;  // scales gathered one by one
+  static constexpr bool kPermDecode = false;  // shift and and/or decode only
   struct VI {
     int32_t v[16];
   };

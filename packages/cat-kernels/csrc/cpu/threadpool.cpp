@@ -41,7 +41,7 @@ thread_local bool t_in_pool = false;
 // Workers spin this long for the next job before sleeping on the condition variable: gemm calls
 // of a decode step come back to back and a futex wake-up costs tens of microseconds in a VM,
 // more than a small gemm itself. Short enough not to matter to other work on the machine.
-constexpr auto kSpin = std::chrono::microseconds(50);
+constexpr auto kSpin = std::chrono::microseconds(30);
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
