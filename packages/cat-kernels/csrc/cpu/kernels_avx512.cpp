@@ -18,7 +18,7 @@ namespace {
 struct Ops {
   static constexpr int kMB = 8;  // 8 accumulators + decode temporaries fit the 32 zmm registers
   static constexpr bool kUnrollValues = true;
-  static constexpr int kChains1 = 4;  // accumulator chains at one row of x
+  static constexpr int kChains1 = 8;  // accumulator chains at one row of x
   static constexpr bool kScalesT = true;  // scales_t below
   static constexpr bool kPermDecode = true;  // perm_lo / perm_hi below
   using VI = __m512i;
