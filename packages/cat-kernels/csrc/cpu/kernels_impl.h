@@ -6,7 +6,9 @@
 // O provides: VI/VF (16 int32 / float32 lanes, one lane per row of a tile), Mask, kMB (rows of
 // x per register block), kUnrollValues (unroll the 32 values of a block), load/loadf/storef/zero/set1/set1i/bcast/fma/add/sub/mul/cvt,
 // shift<S> (S > 0: logical right, S < 0: left), srl/sll (runtime count), and_/or_,
-// mant(w, mask, one) = bitcast<float>((w & mask) | one), h2f(h) (one float16 as float).
+// mant(w, mask, one) = bitcast<float>((w & mask) | one), h2f(h) (one float16 as float),
+// kChains1 (accumulator chains at one row of x), kScalesT (with scales_t: vector scale gather,
+// see gather_scales) and kPermDecode (with perm_lo / perm_hi: table decode, see Decoder).
 
 #define CAT_AI inline __attribute__((always_inline))
 #define CAT_AIL __attribute__((always_inline))  // for lambdas
