@@ -107,7 +107,8 @@ const Plan& cached_plan(int64_t n, int64_t k, int64_t group_size) {
 // Per calling thread buffers, grown on demand and reused by later calls (no allocation, no
 // zero-filling per call). Work items running on pool threads write into the caller's buffers.
 struct Workspace {
-  std::vector<float> xf, xs, parts, row;
+  std::vector<float> xf, xs, parts;
+  std::vector<int64_t> block_start;
   std::unique_ptr<std::atomic<int>[]> pending;
   int64_t pending_size = 0;
 };
@@ -121,6 +122,8 @@ T* grow(std::vector<T>& v, int64_t n) {
 // Below this many weights x rows of x a call runs on the calling thread only: waking the pool
 // costs more than the second core gains (SmolLM2-135M decode: 576x576 = 0.33M).
 constexpr int64_t kParallelMinWork = int64_t(1) << 20;
+// Elements of x from which its conversion runs on the pool too (one item per row block).
+constexpr int64_t kParallelMinConvert = int64_t(1) << 18;
 
 template <class F>
 void run_items(bool parallel, int64_t n, F&& f) {
@@ -156,27 +159,37 @@ void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out) 
 
   // x as zero-padded float32 (padded columns then contribute nothing), each row block stored
   // interleaved (see detail::row_block), plus the sum of x over each segment for the
-  // zero-point term of y = sum_g s * (sum x q - z * sum x). Cheap next to the gemm: serial.
+  // zero-point term of y = sum_g s * (sum x q - z * sum x). Serial unless x is large
+  // (prefill): next to the gemm it is cheap.
   float* xf = grow(ws.xf, m * kp);
   float* xs = grow(ws.xs, m * nseg);
-  float* row = grow(ws.row, kp);
-  for (int64_t j = k; j < kp; ++j) row[j] = 0.0f;
-  for (int64_t m0 = 0, mr = 0; m0 < m; m0 += mr) {
-    mr = detail::row_block(kern.mb, m - m0);
+  auto convert_block = [&](int64_t m0, int64_t mr) {
+    thread_local std::vector<float> row_buf;
     float* dst = xf + m0 * kp;
+    float* row = mr == 1 ? dst : grow(row_buf, kp);  // a block of one row is the row itself
     for (int64_t i = 0; i < mr; ++i) {
       const int64_t r = m0 + i;
-      float* rowp = mr == 1 ? dst : row;  // a block of one row is the row itself
-      convert_row(x, x_dtype, r * k, k, rowp);
-      if (mr == 1) {
-        for (int64_t j = k; j < kp; ++j) rowp[j] = 0.0f;
-      } else {
-        for (int64_t j = 0; j < kp; ++j) dst[j * mr + i] = rowp[j];
-      }
+      convert_row(x, x_dtype, r * k, k, row);
+      for (int64_t j = k; j < kp; ++j) row[j] = 0.0f;
+      if (mr > 1)
+        for (int64_t j = 0; j < kp; ++j) dst[j * mr + i] = row[j];
       for (int64_t si = 0; si < nseg; ++si) {
         const detail::Segment& sg = plan.segments[si];
-        xs[r * nseg + si] = segment_sum(rowp, sg.b0 * kBlockK, sg.b1 * kBlockK);
+        xs[r * nseg + si] = segment_sum(row, sg.b0 * kBlockK, sg.b1 * kBlockK);
       }
+    }
+  };
+  if (parallel && m * kp >= kParallelMinConvert) {
+    std::vector<int64_t>& starts = ws.block_start;
+    starts.clear();
+    for (int64_t m0 = 0; m0 < m; m0 += detail::row_block(kern.mb, m - m0)) starts.push_back(m0);
+    starts.push_back(m);
+    parallel_for(static_cast<int64_t>(starts.size()) - 1,
+                 [&](int64_t bi) { convert_block(starts[bi], starts[bi + 1] - starts[bi]); });
+  } else {
+    for (int64_t m0 = 0, mr = 0; m0 < m; m0 += mr) {
+      mr = detail::row_block(kern.mb, m - m0);
+      convert_block(m0, mr);
     }
   }
 
