@@ -21,6 +21,7 @@ struct Ops {
   static constexpr int kChains1 = 8;  // accumulator chains at one row of x
   static constexpr bool kScalesT = true;  // scales_t below
   static constexpr bool kPermDecode = true;  // perm_lo / perm_hi below
+  static constexpr bool kPerm8Decode = false;
   using VI = __m512i;
   using VF = __m512;
   static VI load(const int32_t* p) { return _mm512_loadu_si512(static_cast<const void*>(p)); }

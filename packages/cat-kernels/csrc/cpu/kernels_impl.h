@@ -8,7 +8,8 @@
 // shift<S> (S > 0: logical right, S < 0: left), srl/sll (runtime count), and_/or_,
 // mant(w, mask, one) = bitcast<float>((w & mask) | one), h2f(h) (one float16 as float),
 // kChains1 (accumulator chains at one row of x), kScalesT (with scales_t: vector scale gather,
-// see gather_scales) and kPermDecode (with perm_lo / perm_hi: table decode, see Decoder).
+// see gather_scales), kPermDecode (with perm_lo / perm_hi: paired table decode) and kPerm8Decode
+// (with perm_lo on 8 entries: 2/3-bit table decode); see Decoder.
 
 #define CAT_AI inline __attribute__((always_inline))
 #define CAT_AIL __attribute__((always_inline))  // for lambdas
@@ -53,7 +54,14 @@ CAT_AI typename O::VF decode_value(const int32_t* wp, typename O::VI mask, typen
 // a shift and a ternary-logic op on two). The tables hold exactly 1 + q / 2^BITS, so the
 // values, and the results, are those of decode_value. Straddling 3-bit values and 8-bit
 // codes use decode_value.
-template <class O, int BITS, bool = O::kPermDecode && (BITS == 2 || BITS == 3 || BITS == 4)>
+// Decoder kinds: 0 = decode_value (shift and and/or), 1 = 8-entry lane permute (AVX2 vpermps,
+// index bits 0-2: 2/3-bit codes), 2 = the paired 16/32-entry table decode (AVX-512).
+template <class O, int BITS>
+constexpr int kDecodeKind = O::kPermDecode && (BITS == 2 || BITS == 3 || BITS == 4) ? 2
+                            : O::kPerm8Decode && (BITS == 2 || BITS == 3)          ? 1
+                                                                                   : 0;
+
+template <class O, int BITS, int KIND = kDecodeKind<O, BITS>>
 struct Decoder {
   typename O::VI mask, one;
   CAT_AI Decoder() : mask(O::set1i(((1 << BITS) - 1) << (23 - BITS))), one(O::set1i(0x3F800000)) {}
@@ -63,8 +71,31 @@ struct Decoder {
   }
 };
 
+// AVX2: vpermps with bits 0-2 of each lane as the index, so a 2/3-bit value costs a shift
+// (none at bit 0) and one permute instead of a shift, an and and an or.
 template <class O, int BITS>
-struct Decoder<O, BITS, true> {
+struct Decoder<O, BITS, 1> {
+  typename O::VI mask, one;
+  typename O::VF lo;  // lo[i] = 1 + (i & (2^BITS - 1)) / 2^BITS, i = 0..7
+  CAT_AI Decoder() : mask(O::set1i(((1 << BITS) - 1) << (23 - BITS))), one(O::set1i(0x3F800000)) {
+    alignas(64) float t[16];
+    for (int i = 0; i < 16; ++i)
+      t[i] = 1.0f + static_cast<float>(i & ((1 << BITS) - 1)) / static_cast<float>(1 << BITS);
+    lo = O::loadf(t);
+  }
+  template <int V>
+  CAT_AI typename O::VF value(const int32_t* wp) const {
+    constexpr int kPos = BITS * V, kWord = kPos / 32, kOff = kPos % 32;
+    if constexpr (kOff + BITS > 32) {
+      return decode_value<O, BITS, V>(wp, mask, one);
+    } else {
+      return O::perm_lo(O::template shift<kOff>(O::load(wp + kWord * 16)), lo);
+    }
+  }
+};
+
+template <class O, int BITS>
+struct Decoder<O, BITS, 2> {
   static constexpr int kA = BITS == 3 ? 1 : 0;  // bit of the low code in its table index
   typename O::VI mask, one;
   typename O::VF lo;  // lo[i] = 1 + ((i >> kA) & (2^BITS - 1)) / 2^BITS
