@@ -119,6 +119,18 @@ T* grow(std::vector<T>& v, int64_t n) {
   return v.data();
 }
 
+// Buffers above this many floats (a long prefill) are released when the call ends instead of
+// being kept for the next call.
+constexpr size_t kKeepFloats = size_t(1) << 22;  // 16 MB
+
+struct TrimOnExit {
+  Workspace& ws;
+  ~TrimOnExit() {
+    for (std::vector<float>* v : {&ws.xf, &ws.xs, &ws.parts})
+      if (v->size() > kKeepFloats) std::vector<float>().swap(*v);
+  }
+};
+
 // Below this many weights x rows of x a call runs on the calling thread only: waking the pool
 // costs more than the second core gains (SmolLM2-135M decode: 576x576 = 0.33M).
 constexpr int64_t kParallelMinWork = int64_t(1) << 20;
@@ -156,6 +168,7 @@ void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out) 
   const int64_t nseg = static_cast<int64_t>(plan.segments.size());
   const bool parallel = n * kp * m >= kParallelMinWork;
   thread_local Workspace ws;
+  const TrimOnExit trim{ws};
 
   // x as zero-padded float32 (padded columns then contribute nothing), each row block stored
   // interleaved (see detail::row_block), plus the sum of x over each segment for the
