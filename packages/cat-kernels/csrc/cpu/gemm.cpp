@@ -17,7 +17,7 @@
 namespace cat::cpu {
 namespace {
 
-constexpr int64_t kTargetItems = 64;   // enough work items to balance any realistic core count
+constexpr int64_t kTargetItems = 32;   // enough work items to balance any realistic core count
 constexpr int64_t kMinSplitBlocks = 4; // a split shorter than 128 columns costs more than it helps
 constexpr int32_t kMaxSegBlocks = 16;  // scale/fold at least every 512 columns (keeps the
                                        // packed data of a segment in L1 while looping over x)
@@ -84,6 +84,79 @@ void convert_row(const void* x, DType dt, int64_t offset, int64_t k, float* dst)
   }
 }
 
+// Plans depend on (n, k, group size) only; a decode step calls a handful of shapes over and over,
+// so each calling thread keeps its last few plans.
+const Plan& cached_plan(int64_t n, int64_t k, int64_t group_size) {
+  struct Entry {
+    int64_t n = -1, k = -1, g = -1;
+    Plan plan;
+  };
+  constexpr int kEntries = 16;
+  thread_local Entry cache[kEntries];
+  thread_local int next_slot = 0;
+  for (Entry& e : cache)
+    if (e.n == n && e.k == k && e.g == group_size) return e.plan;
+  Entry& e = cache[next_slot];
+  next_slot = (next_slot + 1) % kEntries;
+  e.n = -1;  // stays invalid if make_plan throws
+  e.plan = make_plan(n, k, group_size);
+  e.n = n, e.k = k, e.g = group_size;
+  return e.plan;
+}
+
+// Per calling thread buffers, grown on demand and reused by later calls (no allocation, no
+// zero-filling per call). Work items running on pool threads write into the caller's buffers.
+struct Workspace {
+  std::vector<float> xf, xs, parts;
+  std::vector<int64_t> block_start;
+  std::unique_ptr<std::atomic<int>[]> pending;
+  int64_t pending_size = 0;
+};
+
+template <class T>
+T* grow(std::vector<T>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+  return v.data();
+}
+
+// Buffers above this many floats (a long prefill) are released when the call ends instead of
+// being kept for the next call.
+constexpr size_t kKeepFloats = size_t(1) << 22;  // 16 MB
+
+struct TrimOnExit {
+  Workspace& ws;
+  ~TrimOnExit() {
+    for (std::vector<float>* v : {&ws.xf, &ws.xs, &ws.parts})
+      if (v->size() > kKeepFloats) std::vector<float>().swap(*v);
+  }
+};
+
+// Below this many weights x rows of x a call runs on the calling thread only: waking the pool
+// costs more than the second core gains (SmolLM2-135M decode: 576x576 = 0.33M).
+constexpr int64_t kParallelMinWork = int64_t(1) << 20;
+// Elements of x from which its conversion runs on the pool too (one item per row block).
+constexpr int64_t kParallelMinConvert = int64_t(1) << 18;
+
+template <class F>
+void run_items(bool parallel, int64_t n, F&& f) {
+  if (parallel) {
+    parallel_for(n, f);
+  } else {
+    for (int64_t i = 0; i < n; ++i) f(i);
+  }
+}
+
+// Sum of x[j0 .. j1) in a fixed order (8 interleaved partial sums, then a fixed tree), so the
+// result never depends on threads; 8 chains instead of one dependent chain of adds.
+float segment_sum(const float* p, int64_t j0, int64_t j1) {
+  float a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t j = j0;
+  for (; j + 8 <= j1; j += 8)
+    for (int u = 0; u < 8; ++u) a[u] += p[j + u];
+  for (int u = 0; j < j1; ++j, ++u) a[u] += p[j];
+  return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+}
+
 }  // namespace
 
 void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out) {
@@ -91,33 +164,47 @@ void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out) 
   const detail::Kernels& kern = detail::active_kernels();
   const int64_t n = w.n, k = w.k;
   const int64_t tiles = ceil_div(n, kTileN), nb = ceil_div(k, kBlockK), kp = nb * kBlockK;
-  const Plan plan = make_plan(n, k, w.group_size);
+  const Plan& plan = cached_plan(n, k, w.group_size);
   const int64_t nseg = static_cast<int64_t>(plan.segments.size());
+  const bool parallel = n * kp * m >= kParallelMinWork;
+  thread_local Workspace ws;
+  const TrimOnExit trim{ws};
 
   // x as zero-padded float32 (padded columns then contribute nothing), each row block stored
   // interleaved (see detail::row_block), plus the sum of x over each segment for the
-  // zero-point term of y = sum_g s * (sum x q - z * sum x).
-  std::vector<float> xf(static_cast<size_t>(m * kp));
-  std::vector<float> xs(static_cast<size_t>(m * nseg));
-  std::vector<int64_t> block_start;
-  for (int64_t m0 = 0; m0 < m; m0 += detail::row_block(kern.mb, m - m0)) block_start.push_back(m0);
-  block_start.push_back(m);
-  parallel_for(static_cast<int64_t>(block_start.size()) - 1, [&](int64_t bi) {
-    const int64_t m0 = block_start[bi], mr = block_start[bi + 1] - m0;
-    float* dst = xf.data() + m0 * kp;
-    std::vector<float> row(static_cast<size_t>(kp), 0.0f);
+  // zero-point term of y = sum_g s * (sum x q - z * sum x). Serial unless x is large
+  // (prefill): next to the gemm it is cheap.
+  float* xf = grow(ws.xf, m * kp);
+  float* xs = grow(ws.xs, m * nseg);
+  auto convert_block = [&](int64_t m0, int64_t mr) {
+    thread_local std::vector<float> row_buf;
+    float* dst = xf + m0 * kp;
+    float* row = mr == 1 ? dst : grow(row_buf, kp);  // a block of one row is the row itself
     for (int64_t i = 0; i < mr; ++i) {
       const int64_t r = m0 + i;
-      convert_row(x, x_dtype, r * k, k, row.data());
-      for (int64_t j = 0; j < kp; ++j) dst[j * mr + i] = row[j];
+      convert_row(x, x_dtype, r * k, k, row);
+      for (int64_t j = k; j < kp; ++j) row[j] = 0.0f;
+      if (mr > 1)
+        for (int64_t j = 0; j < kp; ++j) dst[j * mr + i] = row[j];
       for (int64_t si = 0; si < nseg; ++si) {
         const detail::Segment& sg = plan.segments[si];
-        float s = 0.0f;
-        for (int64_t j = sg.b0 * kBlockK; j < sg.b1 * kBlockK; ++j) s += row[j];
-        xs[r * nseg + si] = s;
+        xs[r * nseg + si] = segment_sum(row, sg.b0 * kBlockK, sg.b1 * kBlockK);
       }
     }
-  });
+  };
+  if (parallel && m * kp >= kParallelMinConvert) {
+    std::vector<int64_t>& starts = ws.block_start;
+    starts.clear();
+    for (int64_t m0 = 0; m0 < m; m0 += detail::row_block(kern.mb, m - m0)) starts.push_back(m0);
+    starts.push_back(m);
+    parallel_for(static_cast<int64_t>(starts.size()) - 1,
+                 [&](int64_t bi) { convert_block(starts[bi], starts[bi + 1] - starts[bi]); });
+  } else {
+    for (int64_t m0 = 0, mr = 0; m0 < m; m0 += mr) {
+      mr = detail::row_block(kern.mb, m - m0);
+      convert_block(m0, mr);
+    }
+  }
 
   detail::GemmPlan gp;
   gp.w = w;
@@ -128,13 +215,15 @@ void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out) 
   gp.nzb = ceil_div(gp.ng, 32);
   gp.splits = plan.splits;
   gp.n_segments = nseg;
-  gp.xf = xf.data();
-  gp.xs = xs.data();
+  gp.xf = xf;
+  gp.xs = xs;
   gp.segments = plan.segments.data();
   gp.split_begin = plan.split_begin.data();
 
   const int64_t S = plan.splits, mchunks = ceil_div(m, kMChunk);
-  auto finish = [&](int64_t t, int64_t m0, int64_t mc, const float* parts, int64_t stride) {
+  const int64_t mcmax = m < kMChunk ? m : kMChunk;
+  const int64_t stride = mcmax * kTileN;  // floats per (tile, m chunk, split) partial
+  auto finish = [&](int64_t t, int64_t m0, int64_t mc, const float* parts) {
     const int rows = static_cast<int>(n - t * kTileN < kTileN ? n - t * kTileN : kTileN);
     for (int64_t mi = 0; mi < mc; ++mi)
       for (int r = 0; r < rows; ++r) {
@@ -144,30 +233,32 @@ void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out) 
       }
   };
 
+  // Partials laid out [tile][m chunk][split][mc][16]; the item that completes a
+  // (tile, m chunk) adds its S partials in split order.
   if (S == 1) {
-    parallel_for(tiles * mchunks, [&](int64_t i) {
+    run_items(parallel, tiles * mchunks, [&](int64_t i) {
       const int64_t t = i / mchunks, m0 = (i % mchunks) * kMChunk;
       const int64_t mc = m - m0 < kMChunk ? m - m0 : kMChunk;
-      thread_local std::vector<float> scratch;
-      scratch.resize(static_cast<size_t>(kMChunk * kTileN));
-      kern.gemm_item(gp, t, 0, m0, mc, scratch.data());
-      finish(t, m0, mc, scratch.data(), 0);
+      alignas(64) thread_local float scratch[kMChunk * kTileN];  // stays in L1 of the runner
+      kern.gemm_item(gp, t, 0, m0, mc, scratch);
+      finish(t, m0, mc, scratch);
     });
     return;
   }
-  // Partials laid out [tile][m chunk][split][kMChunk][16]; the item that completes a
-  // (tile, m chunk) adds its S partials in split order.
-  const int64_t stride = kMChunk * kTileN;
-  std::vector<float> parts(static_cast<size_t>(tiles * mchunks * S * stride));
-  std::unique_ptr<std::atomic<int>[]> pending(new std::atomic<int>[tiles * mchunks]);
-  for (int64_t i = 0; i < tiles * mchunks; ++i) pending[i].store(static_cast<int>(S));
-  parallel_for(tiles * mchunks * S, [&](int64_t i) {
+  float* parts = grow(ws.parts, tiles * mchunks * S * stride);
+  if (ws.pending_size < tiles * mchunks) {
+    ws.pending.reset(new std::atomic<int>[tiles * mchunks]);
+    ws.pending_size = tiles * mchunks;
+  }
+  std::atomic<int>* pending = ws.pending.get();
+  for (int64_t i = 0; i < tiles * mchunks; ++i) pending[i].store(static_cast<int>(S), std::memory_order_relaxed);
+  run_items(parallel, tiles * mchunks * S, [&](int64_t i) {
     const int64_t tm = i / S, s = i % S;
     const int64_t t = tm / mchunks, m0 = (tm % mchunks) * kMChunk;
     const int64_t mc = m - m0 < kMChunk ? m - m0 : kMChunk;
-    float* base = parts.data() + tm * S * stride;
+    float* base = parts + tm * S * stride;
     kern.gemm_item(gp, t, s, m0, mc, base + s * stride);
-    if (pending[tm].fetch_sub(1, std::memory_order_acq_rel) == 1) finish(t, m0, mc, base, stride);
+    if (pending[tm].fetch_sub(1, std::memory_order_acq_rel) == 1) finish(t, m0, mc, base);
   });
 }
 

@@ -16,6 +16,9 @@ struct Ops {
   static constexpr int kMB = 4;  // 4 x 2 accumulators leave room for decode in 16 ymm registers
   static constexpr bool kUnrollValues = true;
   static constexpr int kChains1 = 4;  // accumulator chains at one row of x
+  static constexpr bool kScalesT = false;  // scales gathered one by one
+  static constexpr bool kPermDecode = false;
+  static constexpr bool kPerm8Decode = true;  // perm_lo below (2/3-bit codes)
   struct VI {
     __m256i a, b;
   };
@@ -64,6 +67,10 @@ struct Ops {
             _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(w.b, mask.b), one.b))};
   }
   static float h2f(uint16_t h) { return _cvtsh_ss(h); }
+  // table[idx & 7] per lane (vpermps; both halves use the same 8-entry table table.a).
+  static VF perm_lo(VI idx, VF table) {
+    return {_mm256_permutevar8x32_ps(table.a, idx.a), _mm256_permutevar8x32_ps(table.a, idx.b)};
+  }
 };
 
 #include "kernels_impl.h"

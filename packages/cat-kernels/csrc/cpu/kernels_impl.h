@@ -6,7 +6,10 @@
 // O provides: VI/VF (16 int32 / float32 lanes, one lane per row of a tile), Mask, kMB (rows of
 // x per register block), kUnrollValues (unroll the 32 values of a block), load/loadf/storef/zero/set1/set1i/bcast/fma/add/sub/mul/cvt,
 // shift<S> (S > 0: logical right, S < 0: left), srl/sll (runtime count), and_/or_,
-// mant(w, mask, one) = bitcast<float>((w & mask) | one), h2f(h) (one float16 as float).
+// mant(w, mask, one) = bitcast<float>((w & mask) | one), h2f(h) (one float16 as float),
+// kChains1 (accumulator chains at one row of x), kScalesT (with scales_t: vector scale gather,
+// see gather_scales), kPermDecode (with perm_lo / perm_hi: paired table decode) and kPerm8Decode
+// (with perm_lo on 8 entries: 2/3-bit table decode); see Decoder.
 
 #define CAT_AI inline __attribute__((always_inline))
 #define CAT_AIL __attribute__((always_inline))  // for lambdas
@@ -43,6 +46,85 @@ CAT_AI typename O::VF decode_value(const int32_t* wp, typename O::VI mask, typen
   return O::mant(w, mask, one);
 }
 
+// Table decode (O::kPermDecode, AVX-512): a lane permute indexes a 16-float table with bits 0-3
+// of each lane (vpermps), and a 16-bit permute indexes a 32-entry table of upper float halves
+// with bits 16-20 (vpermw, lower halves zeroed). One shifted word thus serves two values: the
+// one whose code sits at bit A (0 for 2/4 bits, 1 for 3 bits) and the one 16 - A bits above it,
+// i.e. 1.5 instead of 2 decode instructions per value (plus a shift on one port instead of
+// a shift and a ternary-logic op on two). The tables hold exactly 1 + q / 2^BITS, so the
+// values, and the results, are those of decode_value. Straddling 3-bit values and 8-bit
+// codes use decode_value.
+// Decoder kinds: 0 = decode_value (shift and and/or), 1 = 8-entry lane permute (AVX2 vpermps,
+// index bits 0-2: 2/3-bit codes), 2 = the paired 16/32-entry table decode (AVX-512).
+template <class O, int BITS>
+constexpr int kDecodeKind = O::kPermDecode && (BITS == 2 || BITS == 3 || BITS == 4) ? 2
+                            : O::kPerm8Decode && (BITS == 2 || BITS == 3)          ? 1
+                                                                                   : 0;
+
+template <class O, int BITS, int KIND = kDecodeKind<O, BITS>>
+struct Decoder {
+  typename O::VI mask, one;
+  CAT_AI Decoder() : mask(O::set1i(((1 << BITS) - 1) << (23 - BITS))), one(O::set1i(0x3F800000)) {}
+  template <int V>
+  CAT_AI typename O::VF value(const int32_t* wp) const {
+    return decode_value<O, BITS, V>(wp, mask, one);
+  }
+};
+
+// AVX2: vpermps with bits 0-2 of each lane as the index, so a 2/3-bit value costs a shift
+// (none at bit 0) and one permute instead of a shift, an and and an or.
+template <class O, int BITS>
+struct Decoder<O, BITS, 1> {
+  typename O::VI mask, one;
+  typename O::VF lo;  // lo[i] = 1 + (i & (2^BITS - 1)) / 2^BITS, i = 0..7
+  CAT_AI Decoder() : mask(O::set1i(((1 << BITS) - 1) << (23 - BITS))), one(O::set1i(0x3F800000)) {
+    alignas(64) float t[16];
+    for (int i = 0; i < 16; ++i)
+      t[i] = 1.0f + static_cast<float>(i & ((1 << BITS) - 1)) / static_cast<float>(1 << BITS);
+    lo = O::loadf(t);
+  }
+  template <int V>
+  CAT_AI typename O::VF value(const int32_t* wp) const {
+    constexpr int kPos = BITS * V, kWord = kPos / 32, kOff = kPos % 32;
+    if constexpr (kOff + BITS > 32) {
+      return decode_value<O, BITS, V>(wp, mask, one);
+    } else {
+      return O::perm_lo(O::template shift<kOff>(O::load(wp + kWord * 16)), lo);
+    }
+  }
+};
+
+template <class O, int BITS>
+struct Decoder<O, BITS, 2> {
+  static constexpr int kA = BITS == 3 ? 1 : 0;  // bit of the low code in its table index
+  typename O::VI mask, one;
+  typename O::VF lo;  // lo[i] = 1 + ((i >> kA) & (2^BITS - 1)) / 2^BITS
+  typename O::VI hi;  // 16-bit words: hi[i] = upper half of 1 + (i & (2^BITS - 1)) / 2^BITS
+  CAT_AI Decoder() : mask(O::set1i(((1 << BITS) - 1) << (23 - BITS))), one(O::set1i(0x3F800000)) {
+    alignas(64) float t[16];
+    alignas(64) uint16_t h[32];
+    for (int i = 0; i < 16; ++i)
+      t[i] = 1.0f + static_cast<float>((i >> kA) & ((1 << BITS) - 1)) / static_cast<float>(1 << BITS);
+    for (int i = 0; i < 32; ++i) {
+      const float f = 1.0f + static_cast<float>(i & ((1 << BITS) - 1)) / static_cast<float>(1 << BITS);
+      h[i] = static_cast<uint16_t>(f32_to_bits(f) >> 16);  // exact: the low half is zero
+    }
+    lo = O::loadf(t);
+    hi = O::load(reinterpret_cast<const int32_t*>(h));
+  }
+  template <int V>
+  CAT_AI typename O::VF value(const int32_t* wp) const {
+    constexpr int kPos = BITS * V, kWord = kPos / 32, kOff = kPos % 32;
+    if constexpr (kOff + BITS > 32) {
+      return decode_value<O, BITS, V>(wp, mask, one);
+    } else if constexpr (kOff + kA < 16) {
+      return O::perm_lo(O::template shift<kOff - kA>(O::load(wp + kWord * 16)), lo);
+    } else {
+      return O::perm_hi(O::template shift<kOff - 16>(O::load(wp + kWord * 16)), hi);
+    }
+  }
+};
+
 // The same with a runtime v, for the portable path (O::kUnrollValues == false), where fully
 // unrolling 32 values of 16-lane array code costs far more compile time than it saves.
 template <class O, int BITS>
@@ -73,18 +155,21 @@ CAT_AI typename O::VF zero_offsets(const GemmPlan& p, int64_t t, int64_t g) {
 // accumulate its blocks, then fold y[m] += s * (C * acc - (C + z) * xs) into y (16 rows each).
 // x is the row block's interleaved copy: x[col * MB + m] is column col of row m, so every
 // broadcast is a constant offset from one pointer (no per-row address registers).
-// sc / zc: per segment, the 16 scales and the 16 (C + z) values. xs[m * xs_stride + i]: the
+// sc / zc: per group (from the group of the first segment on), the 16 scales and the 16 (C + z)
+// values. xs[m * xs_stride + i]: the
 // sum of row m of x over segment i.
 template <class O, int BITS, int MB>
 __attribute__((noinline)) void run_segments(const int32_t* tile_words, const Segment* segs, int nseg,
                                             const float* sc, const float* zc, const float* x,
                                             const float* xs, int64_t xs_stride, float* y) {
+  const int g_lo = segs[0].g;
   // Independent accumulator chains: with one row of x an FMA chain would be latency-bound.
   constexpr int U = MB >= 4 ? 1 : (MB >= 2 ? 2 : O::kChains1);
   using VF = typename O::VF;
   using VI = typename O::VI;
   const VI mask = O::set1i(((1 << BITS) - 1) << (23 - BITS));
   const VI one = O::set1i(0x3F800000);
+  const Decoder<O, BITS> dec;
   const VF cvec = O::set1(kDecodeScale<BITS>);
   for (int i = 0; i < nseg; ++i) {
     const Segment seg = segs[i];
@@ -98,7 +183,7 @@ __attribute__((noinline)) void run_segments(const int32_t* tile_words, const Seg
       if constexpr (O::kUnrollValues) {
         unroll<32>([&](auto vi) CAT_AIL {
           constexpr int v = CAT_CV(vi);
-          const VF c = decode_value<O, BITS, v>(wp, mask, one);
+          const VF c = dec.template value<v>(wp);
           unroll<MB>([&](auto mi) CAT_AIL {
             constexpr int m = CAT_CV(mi);
             acc[m][v % U] = O::fma(O::bcast(xb + v * MB + m), c, acc[m][v % U]);
@@ -117,8 +202,8 @@ __attribute__((noinline)) void run_segments(const int32_t* tile_words, const Seg
         }
       }
     }
-    const VF scv = O::loadf(sc + i * 16);
-    const VF zcv = O::loadf(zc + i * 16);
+    const VF scv = O::loadf(sc + (seg.g - g_lo) * 16);
+    const VF zcv = O::loadf(zc + (seg.g - g_lo) * 16);
     unroll<MB>([&](auto mi) CAT_AIL {
       constexpr int m = CAT_CV(mi);
       VF a = acc[m][0];
@@ -141,37 +226,41 @@ CAT_AI void run_dispatch(int mr, const int32_t* tile_words, const Segment* segs,
   run_segments<O, BITS, MB>(tile_words, segs, nseg, sc, zc, x, xs, xs_stride, y);
 }
 
-// Scales of the 16 rows of tile t for segments [c0, c0 + nc) into sc[i * 16 + r], with the
-// dtype switch outside the loops (padded rows get 0, so they contribute nothing).
+// Scales of the 16 rows of tile t for groups [g0, g0 + ngc) into sc[gi * 16 + r], with the
+// dtype switch outside the loops (padded rows get 0, so they contribute nothing). Ops with a
+// vector transpose (O::kScalesT) convert 16 contiguous groups of a row at once.
 template <class O, DType DT>
-CAT_AI void gather_scales_t(const GemmPlan& p, int64_t t, int rows, int32_t c0, int nc, float* sc) {
-  const Segment* segs = p.segments + c0;
+CAT_AI void gather_scales_t(const GemmPlan& p, int64_t t, int rows, int64_t g0, int ngc, float* sc) {
   for (int r = 0; r < rows; ++r) {
-    const int64_t base = (t * 16 + r) * p.ng;
-    for (int i = 0; i < nc; ++i) {
-      const int64_t j = base + segs[i].g;
+    const int64_t base = (t * 16 + r) * p.ng + g0;
+    for (int i = 0; i < ngc; ++i) {
+      const int64_t j = base + i;
       if constexpr (DT == DType::f16) sc[i * 16 + r] = O::h2f(static_cast<const uint16_t*>(p.w.scales)[j]);
       else if constexpr (DT == DType::bf16) sc[i * 16 + r] = bf16_to_f32(static_cast<const uint16_t*>(p.w.scales)[j]);
       else sc[i * 16 + r] = static_cast<const float*>(p.w.scales)[j];
     }
   }
   for (int r = rows; r < 16; ++r)
-    for (int i = 0; i < nc; ++i) sc[i * 16 + r] = 0.0f;
+    for (int i = 0; i < ngc; ++i) sc[i * 16 + r] = 0.0f;
 }
 
 template <class O>
-void gather_scales(const GemmPlan& p, int64_t t, int rows, int32_t c0, int nc, float* sc) {
+void gather_scales(const GemmPlan& p, int64_t t, int rows, int64_t g0, int ngc, float* sc) {
+  if constexpr (O::kScalesT) {
+    O::scales_t(p.w.scales, p.w.scale_dtype, t * 16 * p.ng + g0, p.ng, rows, ngc, sc);
+    return;
+  }
   switch (p.w.scale_dtype) {
-    case DType::f16: gather_scales_t<O, DType::f16>(p, t, rows, c0, nc, sc); break;
-    case DType::bf16: gather_scales_t<O, DType::bf16>(p, t, rows, c0, nc, sc); break;
-    default: gather_scales_t<O, DType::f32>(p, t, rows, c0, nc, sc); break;
+    case DType::f16: gather_scales_t<O, DType::f16>(p, t, rows, g0, ngc, sc); break;
+    case DType::bf16: gather_scales_t<O, DType::bf16>(p, t, rows, g0, ngc, sc); break;
+    default: gather_scales_t<O, DType::f32>(p, t, rows, g0, ngc, sc); break;
   }
 }
 
 template <class O, int BITS>
 void gemm_item_bits(const GemmPlan& p, int64_t t, int64_t s, int64_t mbase, int64_t m, float* part) {
   constexpr int MB = O::kMB;
-  constexpr int kChunk = 64;  // segments whose scales and zero points are prepared at once
+  constexpr int kChunk = 64;  // groups whose scales and zero points are prepared at once
   const int rows = static_cast<int>(p.w.n - t * 16 < 16 ? p.w.n - t * 16 : 16);
   const int32_t* tile_words = p.w.packed + t * p.nb * BITS * 16;
   for (int64_t i = 0; i < m * 16; ++i) part[i] = 0.0f;
@@ -179,12 +268,17 @@ void gemm_item_bits(const GemmPlan& p, int64_t t, int64_t s, int64_t mbase, int6
   alignas(64) float sc[kChunk * 16];
   alignas(64) float zc[kChunk * 16];
   const int32_t seg_end = p.split_begin[s + 1];
-  for (int32_t c0 = p.split_begin[s]; c0 < seg_end; c0 += kChunk) {
-    const int nc = seg_end - c0 < kChunk ? seg_end - c0 : kChunk;
-    // Scales of 16 rows are 16 strided loads: gather them once per chunk of segments, reading
+  for (int32_t c0 = p.split_begin[s], nc = 0; c0 < seg_end; c0 += nc) {
+    // A chunk: consecutive segments spanning at most kChunk groups (segments never go back
+    // to an earlier group, and a group may span several segments).
+    const int32_t g0 = p.segments[c0].g;
+    nc = 1;
+    while (c0 + nc < seg_end && p.segments[c0 + nc].g - g0 < kChunk) ++nc;
+    const int ngc = p.segments[c0 + nc - 1].g - g0 + 1;
+    // Scales of 16 rows are 16 strided loads: gather them once per chunk of groups, reading
     // each row's consecutive groups contiguously, and reuse them for every block of x rows.
-    gather_scales<O>(p, t, rows, c0, nc, sc);
-    for (int i = 0; i < nc; ++i) O::storef(zc + i * 16, zero_offsets<O, BITS>(p, t, p.segments[c0 + i].g));
+    gather_scales<O>(p, t, rows, g0, ngc, sc);
+    for (int i = 0; i < ngc; ++i) O::storef(zc + i * 16, zero_offsets<O, BITS>(p, t, g0 + i));
     for (int64_t m0 = 0, mr = 0; m0 < m; m0 += mr) {
       mr = row_block(MB, m - m0);
       // Row block [m0, m0 + mr) is stored interleaved: [kp][mr] at xf + m0 * kp.

@@ -15,6 +15,9 @@ struct Ops {
   static constexpr int kMB = 2;  // keeps the fully unrolled portable code (and its build) small
   static constexpr bool kUnrollValues = false;
   static constexpr int kChains1 = 4;  // accumulator chains at one row of x
+  static constexpr bool kScalesT = false;  // scales gathered one by one
+  static constexpr bool kPermDecode = false;  // shift and and/or decode only
+  static constexpr bool kPerm8Decode = false;
   struct VI {
     int32_t v[16];
   };

@@ -1,6 +1,7 @@
 #include "threadpool.h"
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <exception>
@@ -37,6 +38,17 @@ int default_threads() {
 
 thread_local bool t_in_pool = false;
 
+// Workers spin this long for the next job before sleeping on the condition variable: gemm calls
+// of a decode step come back to back and a futex wake-up costs tens of microseconds in a VM,
+// more than a small gemm itself. Short enough not to matter to other work on the machine.
+constexpr auto kSpin = std::chrono::microseconds(30);
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
 class Pool {
  public:
   explicit Pool(int threads) : threads_(threads < 1 ? 1 : threads) {
@@ -46,29 +58,38 @@ class Pool {
     {
       std::lock_guard<std::mutex> lk(mu_);
       stop_ = true;
+      generation_.fetch_add(1, std::memory_order_release);
     }
     cv_.notify_all();
     for (auto& t : workers_) t.join();
   }
   int threads() const { return threads_; }
 
-  void run(int64_t n, const std::function<void(int64_t)>& fn) {
+  void run(int64_t n, void (*fn)(void*, int64_t), void* ctx) {
     // One job at a time: concurrent callers (several Python threads with the GIL released)
     // queue here instead of oversubscribing the cores.
     std::lock_guard<std::mutex> call(call_mu_);
+    bool wake;
     {
       std::lock_guard<std::mutex> lk(mu_);
-      fn_ = &fn;
+      fn_ = fn;
+      ctx_ = ctx;
       n_ = n;
       next_.store(0, std::memory_order_relaxed);
-      busy_ = static_cast<int>(workers_.size());
+      open_ = true;
+      active_ = 0;
       error_ = nullptr;
-      ++generation_;
+      generation_.fetch_add(1, std::memory_order_release);
+      wake = sleepers_ > 0;
     }
-    cv_.notify_all();
+    if (wake) cv_.notify_all();
     work();
+    // Wait only for the workers that joined this job (they may still run an item); one that
+    // wakes up later finds the job closed and goes back to waiting, so a slow wake-up never
+    // delays the caller.
     std::unique_lock<std::mutex> lk(mu_);
-    done_cv_.wait(lk, [&] { return busy_ == 0; });
+    open_ = false;
+    done_cv_.wait(lk, [&] { return active_ == 0; });
     fn_ = nullptr;
     if (error_) std::rethrow_exception(error_);
   }
@@ -80,7 +101,7 @@ class Pool {
       for (;;) {
         int64_t i = next_.fetch_add(1, std::memory_order_relaxed);
         if (i >= n_) break;
-        (*fn_)(i);
+        fn_(ctx_, i);
       }
     } catch (...) {
       std::lock_guard<std::mutex> lk(mu_);
@@ -93,15 +114,27 @@ class Pool {
   void worker() {
     uint64_t seen = 0;
     for (;;) {
+      // Spin briefly on the generation counter, then sleep.
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int it = 0; generation_.load(std::memory_order_acquire) == seen; ++it) {
+        cpu_relax();
+        if ((it & 63) == 63 && std::chrono::steady_clock::now() - t0 > kSpin) break;
+      }
       {
         std::unique_lock<std::mutex> lk(mu_);
-        cv_.wait(lk, [&] { return stop_ || generation_ != seen; });
+        if (generation_.load(std::memory_order_relaxed) == seen) {
+          ++sleepers_;
+          cv_.wait(lk, [&] { return generation_.load(std::memory_order_relaxed) != seen; });
+          --sleepers_;
+        }
         if (stop_) return;
-        seen = generation_;
+        seen = generation_.load(std::memory_order_relaxed);
+        if (!open_) continue;  // woke after the job was closed
+        ++active_;
       }
       work();
       std::lock_guard<std::mutex> lk(mu_);
-      if (--busy_ == 0) done_cv_.notify_one();
+      if (--active_ == 0 && !open_) done_cv_.notify_one();
     }
   }
 
@@ -109,11 +142,14 @@ class Pool {
   std::vector<std::thread> workers_;
   std::mutex call_mu_, mu_;
   std::condition_variable cv_, done_cv_;
-  const std::function<void(int64_t)>* fn_ = nullptr;
+  void (*fn_)(void*, int64_t) = nullptr;
+  void* ctx_ = nullptr;
   int64_t n_ = 0;
   std::atomic<int64_t> next_{0};
-  int busy_ = 0;
-  uint64_t generation_ = 0;
+  std::atomic<uint64_t> generation_{0};
+  bool open_ = false;
+  int active_ = 0;
+  int sleepers_ = 0;
   bool stop_ = false;
   std::exception_ptr error_;
 };
@@ -137,18 +173,18 @@ Pool& pool() {
 
 }  // namespace
 
-void parallel_for(int64_t n, const std::function<void(int64_t)>& fn) {
+void parallel_for_raw(int64_t n, void (*fn)(void*, int64_t), void* ctx) {
   if (n <= 0) return;
   if (n == 1 || t_in_pool) {
-    for (int64_t i = 0; i < n; ++i) fn(i);
+    for (int64_t i = 0; i < n; ++i) fn(ctx, i);
     return;
   }
   Pool& p = pool();
   if (p.threads() == 1) {
-    for (int64_t i = 0; i < n; ++i) fn(i);
+    for (int64_t i = 0; i < n; ++i) fn(ctx, i);
     return;
   }
-  p.run(n, fn);
+  p.run(n, fn, ctx);
 }
 
 int num_threads() { return pool().threads(); }
