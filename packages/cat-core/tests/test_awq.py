@@ -7,6 +7,7 @@ graph discovery; the fold is the graph's own fold rule plus the consumer-side mu
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -229,3 +230,21 @@ def test_quantize_on_discovered_graph(fp_model):
     rtn = rtn_quantize(copy.deepcopy(fp_model), CFG).model
     held_out = _samples(4, 32, 123)
     assert _err(m, fp_model, held_out) < _err(rtn, fp_model, held_out)
+
+
+def test_clip_refine_never_worse_and_moves_ends_independently():
+    from cat_core.awq._clip_search import search_clip
+
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(24, 128, generator=g)
+    w[:, 5] = 6.0  # one far outlier at the top of every row's first group: only hi should shrink
+    x = torch.randn(256, 128, generator=g)
+    base = QuantConfig(bits=3, group_size=64, clip_refine=False)
+    lo0, hi0, e0 = search_clip(w, x, base)
+    lo1, hi1, e1 = search_clip(w, x, dataclasses.replace(base, clip_refine=True))
+    assert (e1 <= e0).all() and (e1 < e0).any()
+    assert (hi1 / hi0 != lo1 / lo0).any()  # some ends moved by different factors
+    # symmetric quantization has one bound: refine is a no-op there
+    sym = QuantConfig(bits=3, group_size=64, sym=True)
+    a, b = search_clip(w, x, sym), search_clip(w, x, dataclasses.replace(sym, clip_refine=False))
+    assert all(torch.equal(p, q) for p, q in zip(a, b))

@@ -79,6 +79,9 @@ class QuantConfig:
     #: the clip search shrinks each group's range by factors in [max_shrink, 1).
     max_shrink: float = 0.5
     n_clip_grid: int = 20
+    #: after the shared shrink, search each end of the range alone (asymmetric only; ~3x the
+    #: clip search's arithmetic, which is small next to the scale search).
+    clip_refine: bool = True
     #: linears whose range is never clipped: query/key errors are amplified by the softmax.
     skip_clip: tuple[str, ...] = ("*q_proj", "*k_proj", "*query*", "*key*", "*qkv*", "*Wqkv*")
     #: modules never quantized (only linears inside decoder blocks are ever candidates).
@@ -107,7 +110,7 @@ class QuantConfig:
                 f"group_size must be -1 (one group per row) or a positive multiple of 32 "
                 f"(32, 64, 128 are typical), got {gs!r}"
             )
-        for flag in ("sym", "duo_scaling", "clip", "unfuse_experts"):
+        for flag in ("sym", "duo_scaling", "clip", "clip_refine", "unfuse_experts"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
         put("scale_dtype", _dtype_name(self.scale_dtype, _SCALE_DTYPES, "scale_dtype"))

@@ -2,7 +2,8 @@
 
 Each group's [min, max] is shrunk by factors from 1 down to ``max_shrink``; per output row and
 group, the factor whose quantized weights best reproduce that group's partial output
-``x_g . w_g`` on sampled tokens wins. The search runs in float32 whatever ``search_dtype`` says:
+``x_g . w_g`` on sampled tokens wins. With ``clip_refine`` (asymmetric quantization only), each
+end is then moved alone over the same factors, the other end held at its best. The search runs in float32 whatever ``search_dtype`` says:
 with the Gram form below it costs little next to the scale search.
 """
 
@@ -66,8 +67,9 @@ def search_clip(
             hi0 = wg.amax(dim=-1, keepdim=True)
         best_err = torch.full(wg.shape[:2], float("inf"), device=wg.device)
         best_lo, best_hi = lo0.clone(), hi0.clone()
-        for f in factors:
-            lo, hi = lo0 * f, hi0 * f
+
+        def consider(lo: torch.Tensor, hi: torch.Tensor) -> None:
+            nonlocal best_err, best_lo, best_hi
             diff = _clipped_error(wg, lo, hi, config).transpose(0, 1)  # [ng, rows, g]
             # partial-output error per (row, group), averaged over the sampled tokens
             err = (torch.bmm(diff, gram) * diff).sum(dim=-1).transpose(0, 1)  # [rows, ng]
@@ -75,6 +77,16 @@ def search_clip(
             best_err = torch.where(better, err, best_err)
             best_lo = torch.where(better.unsqueeze(-1), lo, best_lo)
             best_hi = torch.where(better.unsqueeze(-1), hi, best_hi)
+
+        for f in factors:
+            consider(lo0 * f, hi0 * f)
+        if config.clip_refine and not config.sym:
+            # The two ends of a group rarely deserve the same shrink: move each end alone,
+            # the other held at its best so far (two sweeps instead of a 2-D grid).
+            for f in factors[1:]:
+                consider(lo0 * f, best_hi.clone())
+            for f in factors[1:]:
+                consider(best_lo.clone(), hi0 * f)
         lo_out.append(best_lo)
         hi_out.append(best_hi)
         err_out.append(best_err)
