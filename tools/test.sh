@@ -4,6 +4,8 @@
 # a suite that collects no test (pytest exit code 5).
 #   tools/test.sh          everything but the tests marked `slow` (real models, minutes each)
 #   tools/test.sh --slow   everything, the slow tests too
+# Last, the speed regression checks (benchmarks/regression: kernel suite and SmolLM2 decode as
+# ratios against an fp32 baseline timed in the same run, compared with reference.json).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
@@ -29,4 +31,5 @@ run packages/cat-kernels/tests
 run packages/cat-core/tests
 run packages/cat-apps/tests
 run tests
+run benchmarks/regression -p no:cacheprovider --benchmark-disable-gc --benchmark-columns=median,rounds
 exit $status

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 REFERENCE = Path(__file__).with_name("reference.json")
-DEFAULT_MARGIN = 0.35
+DEFAULT_MARGIN = 0.5  # a shared 2-core machine swings single ratios by +-30%; halving is a real regression
 
 _MEASURED: dict[str, dict[str, Any]] = {}
 
