@@ -211,54 +211,6 @@ void py_unpack(const In& packed, int64_t n, int64_t k, const Out& out, uintptr_t
     cat::cpu::unpack(static_cast<const int32_t*>(packed.data()), n, k, bits, static_cast<uint8_t*>(out.data()));
 }
 
-void py_dequantize(const In& packed, const In& scales, const std::optional<In>& zeros, int64_t group_size,
-                   int64_t k, const Out& out, uintptr_t stream) {
-  Device d;
-  const cat::QWeight w = make_weight(packed, scales, zeros, group_size, k, &d);
-  const std::string odt = dtype_name(out.dtype());
-  require(odt == "float32" || odt == "float16" || odt == "bfloat16",
-          "out: expected dtype float32, float16 or bfloat16, got " + odt);
-  check_array(out, "out", odt.c_str(), {w.n, w.k});
-  same_device(d, device_of(out), "out");
-  const cat::DType dt = odt == "float32" ? cat::DType::f32 : odt == "float16" ? cat::DType::f16 : cat::DType::bf16;
-  nb::gil_scoped_release rel;
-  DeviceGuard g(d);
-  if (d.type == kCUDA) cat::cuda::dequantize(w, out.data(), dt, reinterpret_cast<void*>(stream));
-  else cat::cpu::dequantize(w, out.data(), dt);
-}
-
-void py_gemm(const In& x, const In& packed, const In& scales, const std::optional<In>& zeros,
-             int64_t group_size, const Out& out, const std::optional<Out>& workspace, uintptr_t stream) {
-  require(x.ndim() == 2, "x: expected a 2-D array [M, K]");
-  const cat::DType xdt = float_dtype(x, "x");
-  require(c_contiguous(x), "x: must be C-contiguous");
-  const int64_t m = x.shape(0), k = x.shape(1);
-  Device d;
-  const cat::QWeight w = make_weight(packed, scales, zeros, group_size, k, &d);
-  same_device(d, device_of(x), "x");
-  check_array(out, "out", dtype_name(x.dtype()).c_str(), {m, w.n});
-  same_device(d, device_of(out), "out");
-  if (m == 0) return;
-  if (d.type == kCUDA) {
-    float* ws = nullptr;
-    if (workspace) {
-      require(dtype_name(workspace->dtype()) == "float32" && c_contiguous(*workspace),
-              "workspace: expected a C-contiguous float32 array");
-      same_device(d, device_of(*workspace), "workspace");
-      ws = static_cast<float*>(workspace->data());
-    }
-    nb::gil_scoped_release rel;
-    DeviceGuard g(d);
-    const int64_t need = cat::cuda::gemm_workspace_elems(m, w.n, w.k, w.bits, w.group_size);
-    if (need > 0 && (!workspace || static_cast<int64_t>(workspace->size()) < need))
-      throw nb::value_error(("workspace: expected at least " + std::to_string(need) + " float32 elements").c_str());
-    cat::cuda::gemm(x.data(), xdt, m, w, out.data(), ws, reinterpret_cast<void*>(stream));
-    return;
-  }
-  nb::gil_scoped_release rel;
-  cat::cpu::gemm(x.data(), xdt, m, w, out.data());
-}
-
 // A weight validated once and kept alive (the ndarrays hold the producers' DLPack capsules, so
 // the memory cannot go away under us). Per call only x and out are checked, which is what makes
 // a decode step (one small GEMV per linear, hundreds per token) cheap. `gemm_ptr` takes raw
@@ -345,6 +297,18 @@ struct PyWeight {
     else cat::cpu::dequantize(w, out.data(), dt);
   }
 };
+
+// The one-off entry points validate a PyWeight and use it once.
+void py_dequantize(const In& packed, const In& scales, const std::optional<In>& zeros, int64_t group_size,
+                   int64_t k, const Out& out, uintptr_t stream) {
+  PyWeight(packed, scales, zeros, group_size, k).dequantize(out, stream);
+}
+
+void py_gemm(const In& x, const In& packed, const In& scales, const std::optional<In>& zeros,
+             int64_t group_size, const Out& out, const std::optional<Out>& workspace, uintptr_t stream) {
+  require(x.ndim() == 2, "x: expected a 2-D array [M, K]");
+  PyWeight(packed, scales, zeros, group_size, static_cast<int64_t>(x.shape(1))).gemm(x, out, workspace, stream);
+}
 
 std::tuple<std::string, std::vector<int64_t>, bool, int, int> py_inspect(const In& a) {
   std::vector<int64_t> shape(a.ndim());
