@@ -46,11 +46,17 @@ def llama(seed: int = 0, hidden: int = 128, inter: int = 256, vocab: int = 128) 
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                       bos_token_id=1, eos_token_id=2, pad_token_id=0)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="eager").eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
-            else:
-                p.add_(0.3 * torch.randn(p.shape, generator=g))
+    return randomize(model, seed + 1)
+
+
+@torch.no_grad()
+def randomize(model: nn.Module, seed: int) -> nn.Module:
+    """N(0, 1/K) matrices and perturbed vectors (norms away from 1, biases away from 0), so that
+    every fold and scale actually changes something."""
+    g = torch.Generator().manual_seed(seed)
+    for p in model.parameters():
+        if p.dim() >= 2:
+            p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
+        else:
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
     return model

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _quantized_models import randomize  # noqa: E402
 from cat_core.config import CalibConfig, QuantConfig  # noqa: E402
 from cat_core.graph import apply_scales, discover  # noqa: E402
 from cat_core.moe import (  # noqa: E402
@@ -54,14 +55,7 @@ def moe_model(name: str, seed: int = 0) -> nn.Module:
     model = AutoModelForCausalLM.from_config(
         _config(name), dtype=torch.float32, attn_implementation="eager", experts_implementation="eager"
     ).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
-            else:
-                p.add_(0.3 * torch.randn(p.shape, generator=g))
-    return model
+    return randomize(model, seed + 1)
 
 
 def _ids(n: int = 2, t: int = 16, seed: int = 0) -> torch.Tensor:
