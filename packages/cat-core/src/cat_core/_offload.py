@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-__all__ = ["Held", "execution_device", "offloaded_tensor"]
+__all__ = ["Held", "execution_device", "offload_index", "offloaded_tensor"]
 
 
 def _hooks(module: nn.Module) -> list[Any]:
@@ -54,17 +54,22 @@ def execution_device(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def offloaded_tensor(model: nn.Module, name: str) -> torch.Tensor | None:
-    """The stored value (on the CPU) of the offloaded parameter or buffer ``name`` of ``model``,
-    or None when it is not offloaded."""
-    owner_name = name.rpartition(".")[0]
+def offload_index(model: nn.Module) -> dict[str, tuple[Any, str]]:
+    """``{full tensor name: (weights_map, name inside it)}`` of every offloaded parameter and
+    buffer of ``model``; build it once when resolving many names."""
+    index: dict[str, tuple[Any, str]] = {}
     for prefix, m, h in _offload_hooks(model):
-        if prefix and not (owner_name == prefix or owner_name.startswith(prefix + ".")):
-            continue
-        rel = name[len(prefix) + 1:] if prefix else name
-        if rel in _hook_tensor_names(m, h):
-            return h.weights_map[rel].to("cpu")
-    return None
+        for rel in _hook_tensor_names(m, h):
+            index[f"{prefix}.{rel}" if prefix else rel] = (h.weights_map, rel)
+    return index
+
+
+def offloaded_tensor(model: nn.Module, name: str,
+                     index: dict[str, tuple[Any, str]] | None = None) -> torch.Tensor | None:
+    """The stored value (on the CPU) of the offloaded parameter or buffer ``name`` of ``model``,
+    or None when it is not offloaded. ``index``: a prebuilt :func:`offload_index`."""
+    entry = (offload_index(model) if index is None else index).get(name)
+    return None if entry is None else entry[0][entry[1]].to("cpu")
 
 
 def _write_back(weights_map: Any, name: str, value: torch.Tensor) -> None:
@@ -99,7 +104,6 @@ class Held:
 
     def __init__(self, module: nn.Module, device: torch.device) -> None:
         from_hooks = list(_offload_hooks(module))
-        self._module = module
         self._offloaded: list[tuple[nn.Module, Any, list[str]]] = []
         if from_hooks:
             from accelerate.utils import set_module_tensor_to_device

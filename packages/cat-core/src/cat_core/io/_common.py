@@ -84,12 +84,13 @@ def resolve_offloaded(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dic
     """``tensors`` with every ``meta`` entry replaced by its value from accelerate's offload store
     (a model dispatched with cpu/disk offloading keeps those weights there). Raises ValueError
     for a meta tensor that is not offloaded (the model has no values to save)."""
-    from cat_core._offload import offloaded_tensor
+    from cat_core._offload import offload_index, offloaded_tensor
 
+    index = offload_index(model) if any(t.device.type == "meta" for t in tensors.values()) else {}
     out = {}
     for name, t in tensors.items():
         if t.device.type == "meta":
-            real = offloaded_tensor(model, name)
+            real = offloaded_tensor(model, name, index)
             if real is None:
                 raise ValueError(f"{name}: on the meta device and not offloaded by accelerate; "
                                  "the model has no values to save")
