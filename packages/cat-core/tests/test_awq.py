@@ -86,13 +86,7 @@ CFG = QuantConfig(bits=3, group_size=32, n_grid=10, n_clip_grid=8, loss_token_su
                   clip_token_subsample=128)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors on shared cores: a second OpenMP thread only adds contention stalls.
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
