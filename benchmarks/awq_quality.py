@@ -141,7 +141,9 @@ def write_results(path_json: Path, rows: list[dict], meta: dict) -> None:
     md = [f"# AWQ quality, {meta['date']}", "",
           f"Machine: {meta['machine'].get('cpu')}, {meta['machine'].get('cores')} cores, torch "
           f"{meta['machine'].get('torch')}, {meta['machine'].get('torch_threads')} threads, on a CPU shared with other "
-          "jobs (wall times depend on the load averages listed; rows without clip_refine predate that option).", "",
+          "jobs (wall times depend on the load averages listed; rows without clip_refine predate that option; "
+          "rows without clip_all_tokens searched clips on 512 sampled tokens, the default before 2026-11-22 "
+          "session 3, which could miss the massive-activation first tokens).", "",
           "Perplexity: WikiText-2 raw test, rows joined with \"\\n\\n\", first N windows of the eval "
           "length, non-overlapping. \"fp\" = the dequantized GGUF of the test package (Q4_1 SmolLM2, "
           "Q4_K_M Gemma-3), float32.", "",
@@ -154,7 +156,8 @@ def write_results(path_json: Path, rows: list[dict], meta: dict) -> None:
         cal = f"{r.get('n_samples')}x{r.get('seqlen')}" if r["method"] == "awq" else ""
         md.append(f"| {r['model']} | {r.get('blocks') or 'all'} | {r['method']} | {r.get('bits') or ''} | "
                   f"{r.get('group_size') or ''} | {r.get('calib') or ''} | {cal}{' ' + json.dumps(r['overrides']) if r.get('overrides') else ''}"
-                  f"{' clip_refine' if r['method'] == 'awq' and r.get('quant_config', {}).get('clip_refine') else ''} | "
+                  f"{' clip_refine' if r['method'] == 'awq' and r.get('quant_config', {}).get('clip_refine') else ''}"
+                  f"{' clip_all_tokens' if r['method'] == 'awq' and r.get('quant_config', {}).get('clip_token_subsample', 512) is None else ''} | "
                   f"{r['windows']}x{r['eval_seqlen']} ({r['tokens_scored']}) | {r['ppl']:.3f} | "
                   f"{r.get('quant_s', '')}{' (' + str(r['quant_cpu_s']) + ')' if 'quant_cpu_s' in r else ''} | {r['wall_s']} | {r['peak_rss_mib']} | {la} |")
     bars = data["bars"]

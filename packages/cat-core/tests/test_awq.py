@@ -227,12 +227,14 @@ def test_quantize_on_discovered_graph(fp_model):
 
 
 def test_clip_refine_never_worse_and_moves_ends_independently():
-    from cat_core.awq._clip_search import search_clip
+    from cat_core.awq._clip_search import GramAccumulator, search_clip
 
     g = torch.Generator().manual_seed(3)
     w = torch.randn(24, 128, generator=g)
     w[:, 5] = 6.0  # one far outlier at the top of every row's first group: only hi should shrink
-    x = torch.randn(256, 128, generator=g)
+    acc = GramAccumulator(128, 64)
+    acc.add(torch.randn(256, 128, generator=g))
+    x = acc.mean()
     base = QuantConfig(bits=3, group_size=64, clip_refine=False)
     lo0, hi0, e0 = search_clip(w, x, base)
     lo1, hi1, e1 = search_clip(w, x, dataclasses.replace(base, clip_refine=True))
@@ -242,3 +244,57 @@ def test_clip_refine_never_worse_and_moves_ends_independently():
     sym = QuantConfig(bits=3, group_size=64, sym=True)
     a, b = search_clip(w, x, sym), search_clip(w, x, dataclasses.replace(sym, clip_refine=False))
     assert all(torch.equal(p, q) for p, q in zip(a, b))
+
+
+def test_gram_accumulates_in_batches_and_checks_shapes():
+    from cat_core.awq._clip_search import GramAccumulator, search_clip
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(77, 96, generator=g)
+    acc = GramAccumulator(96, 32)
+    for part in (x[:30], x[30:31], x[31:]):
+        acc.add(part)
+    xg = x.reshape(77, 3, 32)
+    want = torch.stack([xg[:, i].T @ xg[:, i] for i in range(3)]) / 77
+    assert acc.tokens == 77
+    torch.testing.assert_close(acc.mean(), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="no input"):
+        GramAccumulator(96, 32).mean()
+    with pytest.raises(ValueError, match=r"gram of w must have shape \(3, 32, 32\)"):
+        search_clip(torch.randn(5, 96), acc.mean()[:2], QuantConfig(bits=4, group_size=32), name="w")
+
+
+def test_clip_grams_cover_every_token_of_the_search_batch(fp_model):
+    """By default the clip search sees every token (a subsample can miss the rare massive-activation
+    tokens and pick clips that ruin them); q, k and v share one Gram of their common input."""
+    from cat_core.awq._capture import capture_block_calls, hidden_of
+    from cat_core.awq._runner import _capture_linear_grams, block_linears
+
+    assert QuantConfig().clip_token_subsample is None
+    model = copy.deepcopy(fp_model)
+    block = model.model.layers[0]
+    samples = _samples(3, 17, 7)
+    call = capture_block_calls(model, list(model.model.layers), [samples], torch.device("cpu"))[0][0]
+    linears = block_linears(block, "model.layers.0", QuantConfig())
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(rel):
+        def hook(mod, args):
+            seen.setdefault(rel, args[0].reshape(-1, args[0].shape[-1]))
+        return hook
+
+    hooks = [m.register_forward_pre_hook(keep(rel)) for rel, _, m in linears]
+    with torch.no_grad():
+        block(*call.args, **call.kwargs)
+    for h in hooks:
+        h.remove()
+    grams = _capture_linear_grams(block, linears, call, hidden_of(call), torch.device("cpu"), 32, None, 0)
+    assert set(grams) == {rel for rel, _, _ in linears}
+    for rel, x in seen.items():
+        assert x.shape[0] == 3 * 17
+        xg = x.float().reshape(x.shape[0], -1, 32)
+        want = torch.stack([xg[:, i].T @ xg[:, i] for i in range(xg.shape[1])]) / x.shape[0]
+        torch.testing.assert_close(grams[rel], want, rtol=1e-4, atol=1e-5)
+    assert torch.equal(grams["self_attn.q_proj"], grams["self_attn.v_proj"])
+    sub = _capture_linear_grams(block, linears, call, hidden_of(call), torch.device("cpu"), 32, 10, 0)
+    assert not torch.allclose(sub["mlp.down_proj"], grams["mlp.down_proj"])

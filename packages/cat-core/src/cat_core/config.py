@@ -88,8 +88,10 @@ class QuantConfig:
     modules_to_not_convert: tuple[str, ...] = ("lm_head", "*embed*", "*wte", "*wpe")
     #: tokens used for the scale-search losses (whole sequences); None: every sample.
     loss_token_subsample: int | None = 4096
-    #: tokens used for the clip-search losses; None: every token of the search batch.
-    clip_token_subsample: int | None = 512
+    #: tokens used for the clip-search losses; None: every token of the search batch. Tokens cost
+    #: little there (a Gram matrix per group), and a subsample that misses the rare tokens with
+    #: massive activations (a sequence's first, in late blocks) picks clips that ruin them.
+    clip_token_subsample: int | None = None
     #: dtype in which the searches rerun modules; the folded weights keep the model's dtype.
     search_dtype: str = "float32"
     seed: int = 0

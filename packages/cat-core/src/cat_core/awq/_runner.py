@@ -28,7 +28,7 @@ from cat_core.awq._capture import (
     replace_hidden,
     to_device,
 )
-from cat_core.awq._clip_search import apply_clip, search_clip
+from cat_core.awq._clip_search import GramAccumulator, apply_clip, search_clip
 from cat_core.awq._errors import AWQError
 from cat_core.awq._scale_search import search_scales
 from cat_core.awq._stats import AbsMeanRecorder
@@ -153,17 +153,29 @@ def _sample_rows(x: torch.Tensor, n: int | None, gen: torch.Generator) -> torch.
     return x[idx.to(x.device)]
 
 
-def _capture_linear_inputs(
+def _capture_linear_grams(
     block: nn.Module, linears: list[tuple[str, str, nn.Linear]], call: BlockCall, hidden: torch.Tensor,
-    device: torch.device, n_tokens: int | None, seed: int,
+    device: torch.device, group_size: int, n_tokens: int | None, seed: int,
 ) -> dict[str, torch.Tensor]:
+    """Per-group input Gram matrices of ``linears`` over one run of the block (see
+    :class:`GramAccumulator`); linears never called on the data are absent."""
     gen = torch.Generator().manual_seed(seed)
-    got: dict[str, torch.Tensor] = {}
+    accs = {rel: GramAccumulator(mod.in_features, group_size, full) for rel, full, mod in linears}
+    # Linears sharing an input (q, k, v) are called back to back with the same tensor: its rows
+    # are sampled and its Gram formed once.
+    last: list[Any] = [None, None, None]  # input, sampled rows, Gram of one call
 
     def hook(rel: str):
         def fn(module: nn.Module, args: tuple) -> None:
-            if rel not in got:
-                got[rel] = _sample_rows(args[0].detach(), n_tokens, gen).float()
+            x = args[0]
+            if last[0] is not x:
+                rows = _sample_rows(x.detach(), n_tokens, gen)
+                acc = GramAccumulator(x.shape[-1], group_size)
+                acc.add(rows)
+                last[:] = [x, rows.shape[0], acc.sum]
+            a = accs[rel]
+            a.sum = last[2].clone() if a.sum is None else a.sum.add_(last[2])
+            a.tokens += last[1]
         return fn
 
     handles = [m.register_forward_pre_hook(hook(rel)) for rel, _, m in linears]
@@ -172,7 +184,8 @@ def _capture_linear_inputs(
     finally:
         for h in handles:
             h.remove()
-    return got
+        last.clear()
+    return {rel: a.mean() for rel, a in accs.items() if a.tokens}
 
 
 # Early stop of the statistics pass: after at least _STATS_MIN_TOKENS tokens, stop when the last
@@ -318,18 +331,18 @@ def run_awq(
                 if bar is not None:
                     bar.set_postfix_str("clip search", refresh=False)
                 to_clip = [l for l in linears if not matches_any(l[1], config.skip_clip)]
-                xs = _capture_linear_inputs(
-                    block, to_clip, block_calls[0], hiddens[0], device, config.clip_token_subsample,
-                    config.seed + bi,
+                grams = _capture_linear_grams(
+                    block, to_clip, block_calls[0], hiddens[0], device, config.group_size,
+                    config.clip_token_subsample, config.seed + bi,
                 )
                 for rel, full, mod in to_clip:
-                    if rel not in xs:
+                    if rel not in grams:
                         continue  # never called on the calibration data (e.g. an unused expert)
-                    lo, hi, err = search_clip(mod.weight.data, xs[rel], config, name=full)
+                    lo, hi, err = search_clip(mod.weight.data, grams[rel], config, name=full)
                     if not bool(torch.isfinite(err).all()):
                         nonfinite(f"clip-search error of {rel}", [], rel)
                     apply_clip(mod.weight, lo, hi)
-                del xs
+                del grams
             clock("clip_search")
 
             # 4. quantize; the model keeps exactly what the kernels will reconstruct
