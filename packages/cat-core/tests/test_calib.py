@@ -167,3 +167,24 @@ def test_real_text_file():
     cfg = CalibConfig(source=str(SHARED / "lee-background.txt"), n_samples=16, seqlen=128)
     ids = calibration_samples(cfg, tok)
     assert ids.shape == (16, 128) and int((ids == 0).sum()) < ids.numel() // 4
+
+
+def test_self_sampling_batches_fit_the_kv_budget(tok, monkeypatch):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import cat_core.calib as calib
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    model = LlamaForCausalLM(cfg).eval()
+    per_seq = 2 * 3 * 1 * 16 * 12 * 4  # K and V, layers, kv heads, head dim, tokens, fp32 bytes
+    assert calib._self_batch(model, 12, torch.float32) == calib._SELF_MAX_BATCH
+    monkeypatch.setattr(calib, "_SELF_KV_BUDGET", 2 * per_seq + 1)
+    assert calib._self_batch(model, 12, torch.float32) == 2
+    assert calib._self_batch(model, 12, torch.bfloat16) == 4
+    assert calib._self_batch(torch.nn.Linear(2, 2), 12, torch.float32) == calib._SELF_FALLBACK_BATCH
+    c = CalibConfig(source="self", n_samples=5, seqlen=12, seed=1)
+    a = calibration_samples(c, tok, model)  # batches of 2, 2, 1
+    assert a.shape == (5, 12) and bool((a[:, 0] == tok.bos_token_id).all())
+    assert torch.equal(a, calibration_samples(c, tok, model))
