@@ -2,7 +2,7 @@
 # One call on a lent GPU machine (device tool): build cat-kernels for the GPU that is present,
 # run the CUDA tests (which compare every CUDA op with the CPU op), then the CUDA and CPU kernel
 # benchmarks, then the cat-core runtime on the GPU (QuantLinear, fp16/bf16 models, generate, CUDA
-# graphs, torch.compile) and cat-bench's decode table on a random-weight 1B Llama (fp16 vs 4-bit
+# graphs, torch.compile, AWQ searched on the GPU) and cat-bench's decode table on a random-weight 1B Llama (fp16 vs 4-bit
 # vs 3-bit; shapes decide speed, so random weights suffice). Everything it prints is also written
 # under $OUT, ready to be committed under benchmarks/results/<date>-<gpu>/ by the session that ran it.
 #   usage (device tool): bash tools/gpu_check.sh
@@ -53,7 +53,7 @@ if [ "${SKIP_E2E:-0}" != "1" ]; then
   # cat-core and cat-apps are pure Python: run them from the checkout on the image's torch and
   # transformers.
   export PYTHONPATH=$PWD/packages/cat-core/src:$PWD/packages/cat-apps/src:$PYTHONPATH
-  $PY -m pytest packages/cat-core/tests/test_cuda_runtime.py -v -p no:cacheprovider \
+  $PY -m pytest packages/cat-core/tests/test_cuda_runtime.py packages/cat-core/tests/test_awq_devices.py -v -p no:cacheprovider \
       > "$OUT/core-cuda-tests.log" 2>&1 || status=1
   tail -8 "$OUT/core-cuda-tests.log"
   preset=${BENCH_PRESET:-1b}
