@@ -298,3 +298,20 @@ def test_clip_grams_cover_every_token_of_the_search_batch(fp_model):
     assert torch.equal(grams["self_attn.q_proj"], grams["self_attn.v_proj"])
     sub = _capture_linear_grams(block, linears, call, hidden_of(call), torch.device("cpu"), 32, 10, 0)
     assert not torch.allclose(sub["mlp.down_proj"], grams["mlp.down_proj"])
+
+
+def test_loss_scope_block_scores_the_block_output(fp_model):
+    """With loss_scope="block" every group's losses are MSEs of the decoder block's output (so the
+    identity's loss differs from the per-module one), and the result still beats RTN."""
+    cfg = dataclasses.replace(CFG, loss_scope="block")
+    samples = _samples(8, 32, 0)
+    m_block, m_mod = copy.deepcopy(fp_model), copy.deepcopy(fp_model)
+    _, rep_block = _run(m_block, cfg, samples)
+    _, rep_mod = _run(m_mod, CFG, samples)
+    assert len(rep_block) == len(rep_mod) == 8
+    # block 0 sees the same inputs in both runs: the first group's RTN loss differs only by scope
+    assert rep_block[0].rtn_loss != rep_mod[0].rtn_loss
+    assert all(r.best_loss <= r.rtn_loss for r in rep_block)
+    rtn = rtn_quantize(copy.deepcopy(fp_model), CFG).model
+    held_out = _samples(4, 32, 123)
+    assert _err(m_block, fp_model, held_out) < _err(rtn, fp_model, held_out)

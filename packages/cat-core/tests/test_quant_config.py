@@ -22,6 +22,8 @@ from cat_core.config import CalibConfig, QuantConfig, matches_any
     ({"loss_token_subsample": 0}, "loss_token_subsample"),
     ({"sym": "yes"}, "sym"),
     ({"seed": 1.0}, "seed"),
+    ({"loss_scope": "layer"}, "loss_scope"),
+    ({"clip_token_subsample": 0}, "clip_token_subsample"),
 ])
 def test_quant_config_rejects(kwargs, field):
     with pytest.raises(ValueError, match=field):

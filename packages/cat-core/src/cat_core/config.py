@@ -94,6 +94,11 @@ class QuantConfig:
     clip_token_subsample: int | None = None
     #: dtype in which the searches rerun modules; the folded weights keep the model's dtype.
     search_dtype: str = "float32"
+    #: where the scale search measures its loss: "module", the smallest module holding the group's
+    #: consumers (the reference's choice; cheapest), or "block", the decoder block's output (each
+    #: grid point reruns the whole block; sees what follows the module, e.g. the norms Gemma-2/3
+    #: apply to the attention and MLP outputs before the residual add).
+    loss_scope: str = "module"
     seed: int = 0
     #: replace fused mixture-of-experts tensors by per-expert linears (``cat_core.moe``) so the
     #: experts get quantized; each conversion is verified numerically, one that fails stays fused
@@ -132,6 +137,8 @@ class QuantConfig:
                 raise ValueError(f"{name} must be None or an int >= 1, got {v!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
+        if self.loss_scope not in ("module", "block"):
+            raise ValueError(f"loss_scope must be 'module' or 'block', got {self.loss_scope!r}")
 
     @property
     def scale_torch_dtype(self) -> torch.dtype:

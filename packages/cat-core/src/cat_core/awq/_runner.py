@@ -295,7 +295,7 @@ def run_awq(
                 label = g.describe()
                 if bar is not None:
                     bar.set_postfix_str(f"{g.producer} -> {', '.join(g.consumers)}", refresh=False)
-                inspect = block if not g.inspect else block.get_submodule(g.inspect)
+                inspect = block if config.loss_scope == "block" or not g.inspect else block.get_submodule(g.inspect)
                 # Only the consumers that get quantized are fake-quantized in the search: the others
                 # (a MoE router, anything in modules_to_not_convert) compute W*s/s = W exactly.
                 views = _quantized_views(block, g, quantized)
