@@ -188,3 +188,19 @@ def test_self_sampling_batches_fit_the_kv_budget(tok, monkeypatch):
     a = calibration_samples(c, tok, model)  # batches of 2, 2, 1
     assert a.shape == (5, 12) and bool((a[:, 0] == tok.bos_token_id).all())
     assert torch.equal(a, calibration_samples(c, tok, model))
+
+
+def test_self_sampling_shows_progress(tok, capsys):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    model = LlamaForCausalLM(cfg).eval()
+    c = CalibConfig(source="self", n_samples=3, seqlen=12, seed=5)
+    quiet = calibration_samples(c, tok, model)
+    assert "sampling" not in capsys.readouterr().err
+    loud = calibration_samples(c, tok, model, progress=True)
+    err = capsys.readouterr().err
+    assert "sampling 3 x 12 tokens" in err and "11/11" in err
+    assert torch.equal(quiet, loud)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import sys
@@ -115,37 +114,6 @@ def _choose_group_size(requested: int | str, layers: list[tuple[str, int]]) -> i
     return int(requested)
 
 
-class _CalibBar:
-    """A progress bar over calibration: for 'self', one tick per generated token step."""
-
-    def __init__(self, model: Any, source: Any, n: int, seqlen: int, quiet: bool) -> None:
-        self.handle = None
-        if source == "self":
-            try:
-                from cat_core import calib as _c
-
-                batch = int(getattr(_c, "_SELF_BATCH", 16))
-            except Exception:  # noqa: BLE001
-                batch = 16
-            total = math.ceil(n / batch) * max(1, seqlen - 1)
-            self.bar = _cli.progress(total, f"calibration: sampling {n} x {seqlen} tokens", quiet, unit="step")
-
-            def tick(*_: Any) -> None:  # a forward hook must return None (else it replaces the output)
-                if self.bar.n < total:
-                    self.bar.update(1)
-
-            self.handle = model.register_forward_hook(tick)
-        else:
-            self.bar = _cli.progress(1, f"calibration: {n} x {seqlen} tokens from {source}", quiet)
-
-    def close(self) -> None:
-        if self.handle is not None:
-            self.handle.remove()
-        if self.bar.total and self.bar.n < self.bar.total:
-            self.bar.update(self.bar.total - self.bar.n)
-        self.bar.close()
-
-
 def save_staged(model: Any, tokenizer: Any, out: Path, fmt: str, overwrite: bool, record: dict, quiet: bool) -> str:
     """Write with cat-core's saver into a hidden sibling, add ``record`` to
     config.json's quantization_config, then move into place. Nothing is left on failure.
@@ -254,11 +222,13 @@ def run(args: argparse.Namespace) -> int:
         stage("quality reference")
 
     calib_cfg = CalibConfig(source=args.calib, n_samples=args.n_samples, seqlen=args.seqlen, seed=args.seed)
-    cbar = _CalibBar(model, args.calib, args.n_samples, args.seqlen, args.quiet)
-    try:
+    if args.calib == "self":  # minutes: cat-core shows a bar per sampling step
+        samples = calibration_samples(calib_cfg, tok, model, progress=not args.quiet)
+    else:
+        bar = _cli.progress(1, f"calibration: {args.n_samples} x {args.seqlen} tokens from {args.calib}", args.quiet)
         samples = calibration_samples(calib_cfg, tok, model)
-    finally:
-        cbar.close()
+        bar.update(1)
+        bar.close()
     stage("calibration")
 
     result = quantize(model, tok, qcfg, calib=samples, device=device, graph=graph, progress=not args.quiet)

@@ -6,6 +6,7 @@ seeded permutation picks which windows, so the samples depend only on the inputs
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import threading
@@ -40,12 +41,15 @@ def calibration_samples(
     calib: CalibConfig | str | os.PathLike | Sequence[str] | Any,
     tokenizer: Any = None,
     model: torch.nn.Module | None = None,
+    *,
+    progress: bool = False,
 ) -> torch.Tensor:
     """Token ids ``[n_samples, seqlen]`` (int64, CPU) for calibration.
 
     ``calib`` is a :class:`CalibConfig`, or anything accepted as its ``source`` (then the default
     counts apply), or an already tokenized ``[n, seqlen]`` integer tensor (returned as is).
-    ``model`` is only needed for ``source="self"``.
+    ``model`` is only needed for ``source="self"``, whose sampling (minutes on a CPU) shows a
+    progress bar with ``progress``.
     """
     if isinstance(calib, torch.Tensor):
         if calib.dim() != 2 or calib.is_floating_point() or calib.numel() == 0:
@@ -55,7 +59,7 @@ def calibration_samples(
     if isinstance(cfg.source, str) and cfg.source == "self":
         if model is None or tokenizer is None:
             raise CalibError("source='self' samples text from the model: pass model= and tokenizer=")
-        return _sample_from_model(model, tokenizer, cfg)
+        return _sample_from_model(model, tokenizer, cfg, progress)
     if tokenizer is None:
         raise CalibError(f"a tokenizer is needed to turn {_describe(cfg.source)} into token ids")
     docs, label = _documents(cfg)
@@ -224,7 +228,7 @@ def _windows(docs: Iterable[str], label: str, tokenizer: Any, cfg: CalibConfig) 
 
 
 @torch.no_grad()
-def _sample_from_model(model: torch.nn.Module, tokenizer: Any, cfg: CalibConfig) -> torch.Tensor:
+def _sample_from_model(model: torch.nn.Module, tokenizer: Any, cfg: CalibConfig, progress: bool = False) -> torch.Tensor:
     """Top-k sampled sequences, each starting at BOS (or EOS), drawn with a CPU generator.
 
     Sampling happens on the CPU so the same seed gives the same text on any device.
@@ -241,6 +245,11 @@ def _sample_from_model(model: torch.nn.Module, tokenizer: Any, cfg: CalibConfig)
     was_training = model.training
     model.eval()
     out_rows: list[torch.Tensor] = []
+    from tqdm.auto import tqdm
+
+    steps = math.ceil(cfg.n_samples / batch) * max(cfg.seqlen - 1, 0)
+    bar = tqdm(total=steps, desc=f"sampling {cfg.n_samples} x {cfg.seqlen} tokens (batches of {batch})",
+               unit="step", disable=not progress)
     try:
         for b0 in range(0, cfg.n_samples, batch):
             b = min(batch, cfg.n_samples - b0)
@@ -257,8 +266,10 @@ def _sample_from_model(model: torch.nn.Module, tokenizer: Any, cfg: CalibConfig)
                 choice = torch.multinomial(probs, 1, generator=gen)
                 step_in = idx.gather(-1, choice)
                 seq = torch.cat([seq, step_in], dim=1)
+                bar.update(1)
             out_rows.append(seq)
     finally:
+        bar.close()
         model.train(was_training)
     return torch.cat(out_rows, 0)
 

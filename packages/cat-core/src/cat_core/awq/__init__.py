@@ -72,7 +72,7 @@ def quantize(
             )
             graph = None
     _check_layers(model, config, graph)  # seconds, before calibration takes minutes
-    samples = calibration_samples(calib, tokenizer, model)
+    samples = calibration_samples(calib, tokenizer, model, progress=progress)
     if graph is None:
         from cat_core.graph import discover
 
