@@ -53,3 +53,16 @@ def test_patterns():
 def test_calib_config_rejects(kwargs, field):
     with pytest.raises(ValueError, match=field):
         CalibConfig(**kwargs)
+
+
+def test_auto_search_dtype():
+    from pathlib import Path
+
+    from cat_core.config import auto_search_dtype
+
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    want = "bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
+    assert auto_search_dtype("cpu") == want
+    assert QuantConfig(search_dtype=auto_search_dtype("cpu")).search_dtype == want
+    if torch.cuda.is_available():
+        assert auto_search_dtype("cuda") == ("bfloat16" if torch.cuda.is_bf16_supported() else "float32")

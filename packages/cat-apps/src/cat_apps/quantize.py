@@ -66,6 +66,10 @@ def build() -> argparse.ArgumentParser:
                         "of the native Caterpillar format (all load with cat-generate/cat-eval)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (atomically)")
     p.add_argument("--seed", type=int, default=0, help="seed of calibration sampling and search (default: 0)")
+    p.add_argument("--search-dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="dtype of the AWQ search's reruns (stored weights are unaffected): 'auto' takes "
+                        "bfloat16 where the device computes it natively (CUDA with bf16, a CPU with "
+                        "AVX512-BF16/AMX), else float32. Default: auto")
     p.add_argument("--quality-samples", type=int, default=QUALITY_SAMPLES,
                    help="sequences sampled from the unquantized model for the closing quality figure "
                         f"(mean KL and top-1 agreement, as cat-eval's data-free figure; default: {QUALITY_SAMPLES})")
@@ -195,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
 
     from cat_core.awq import quantize
     from cat_core.calib import calibration_samples
-    from cat_core.config import CalibConfig, QuantConfig
+    from cat_core.config import CalibConfig, QuantConfig, auto_search_dtype
     from cat_core.graph import discover
     from cat_core.moe import unfuse_experts
 
@@ -206,7 +210,8 @@ def run(args: argparse.Namespace) -> int:
     if not layers:
         raise CLIError("no linear layer inside the decoder blocks to quantize")
     gs = _choose_group_size(gs_req, layers)
-    qcfg = QuantConfig(bits=args.bits, group_size=gs, sym=args.sym, seed=args.seed)
+    search = auto_search_dtype(device) if args.search_dtype == "auto" else args.search_dtype
+    qcfg = QuantConfig(bits=args.bits, group_size=gs, sym=args.sym, seed=args.seed, search_dtype=search)
     stage("graph")
 
     quality_ids = ref = None
@@ -260,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {out} ({fmt} format)",
         f"  model            {loaded.source}",
         f"  quantization     AWQ {args.bits}-bit, group size {gs}{' (auto)' if gs_req == 'auto' else ''}, "
-        f"{'symmetric' if args.sym else 'asymmetric'}, {len(result.tensors)} linears",
+        f"{'symmetric' if args.sym else 'asymmetric'}, {len(result.tensors)} linears, {qcfg.search_dtype} search",
         f"  calibration      {args.calib}: {args.n_samples} x {args.seqlen} tokens",
         f"  time             {_cli.fmt_seconds(timer.elapsed)} total: "
         + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items())

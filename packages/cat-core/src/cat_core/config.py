@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["QuantConfig", "CalibConfig", "matches_any"]
+__all__ = ["QuantConfig", "CalibConfig", "matches_any", "auto_search_dtype"]
 
 _BITS = (2, 3, 4, 8)
 _SCALE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -47,6 +47,25 @@ def _patterns(value: Any, field: str) -> tuple[str, ...]:
         if not isinstance(p, str) or not p:
             raise ValueError(f"{field} must hold non-empty strings (glob patterns), got {p!r}")
     return items
+
+
+def auto_search_dtype(device: torch.device | str) -> str:
+    """``"bfloat16"`` where ``device`` runs bfloat16 matmuls natively (a CUDA device that supports
+    it; a CPU with AVX512-BF16 or AMX), else ``"float32"``.
+
+    The searches only rank candidates, and bf16 ranks them as float32 does on SmolLM2 (identical
+    alphas and weights, measured) at about half the time; emulated bf16 would be slower.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    if device.type == "cpu":
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return "float32"
+        return "bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
+    return "float32"
 
 
 def matches_any(name: str, patterns: Sequence[str]) -> bool:
