@@ -106,6 +106,17 @@ def _key(r: dict) -> tuple:
     return (r["model"], r.get("blocks"), r["windows"], r["eval_seqlen"])
 
 
+def _setting(r: dict) -> str:
+    """The AWQ settings that tell rows of one model and bit width apart."""
+    qc = r.get("quant_config", {})
+    parts = [f"{k}={v}" for k, v in (r.get("overrides") or {}).items()
+             if k not in ("clip_refine", "clip_token_subsample")]
+    parts.append("refine" if qc.get("clip_refine") else "no refine")
+    parts.append("clip: all tokens" if qc.get("clip_token_subsample", 512) is None
+                 else f"clip: {qc.get('clip_token_subsample', 512)} tokens")
+    return ", ".join(parts)
+
+
 def evaluate_bars(rows: list[dict]) -> list[dict]:
     """One verdict per AWQ row for which the same setting has an fp and an RTN row."""
     out = []
@@ -123,7 +134,7 @@ def evaluate_bars(rows: list[dict]) -> list[dict]:
         verdict = {"model": a["model"], "bits": a["bits"], "calib": a.get("calib"),
                    "n_samples": a.get("n_samples"), "seqlen": a.get("seqlen"), "blocks": a.get("blocks"),
                    "fp": f, "rtn": r, "awq": q, "gap_closed": round(closed, 4), "bar": bar,
-                   "awq_over_fp": round(q / f, 4),
+                   "awq_over_fp": round(q / f, 4), "setting": _setting(a),
                    "rtn_collapsed": r > COLLAPSE_FACTOR * f}
         ok = bar is not None and closed >= bar
         if verdict["rtn_collapsed"]:
@@ -163,11 +174,11 @@ def write_results(path_json: Path, rows: list[dict], meta: dict) -> None:
     bars = data["bars"]
     if bars:
         md += ["", "## Bars (gap closed = (RTN - AWQ) / (RTN - fp))", "",
-               "| model | bits | calib | samples x len | fp | RTN | AWQ | gap closed | bar | AWQ/fp | issue setting | pass |",
-               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+               "| model | bits | calib | samples x len | AWQ settings | fp | RTN | AWQ | gap closed | bar | AWQ/fp | issue setting | pass |",
+               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for b in bars:
             md.append(f"| {b['model']}{'' if not b['blocks'] else ' (' + str(b['blocks']) + ' blocks)'} | "
-                      f"{b['bits']} | {b['calib']} | {b['n_samples']}x{b['seqlen']} | {b['fp']:.3f} | "
+                      f"{b['bits']} | {b['calib']} | {b['n_samples']}x{b['seqlen']} | {b.get('setting', '')} | {b['fp']:.3f} | "
                       f"{b['rtn']:.3f} | {b['awq']:.3f} | {b['gap_closed']:.1%} | {b['bar']:.0%} | "
                       f"{b['awq_over_fp']:.2f} | {'yes' if b['issue_setting'] else 'no (reduced)'} | "
                       f"{'PASS' if b['pass'] else 'FAIL'} |")
