@@ -241,7 +241,7 @@ def _sample_from_model(model: torch.nn.Module, tokenizer: Any, cfg: CalibConfig,
     emb = model.get_input_embeddings()
     device = emb.weight.device
     gen = torch.Generator().manual_seed(cfg.seed)
-    batch = _self_batch(model, cfg.seqlen, emb.weight.dtype)
+    batch = min(cfg.n_samples, _self_batch(model, cfg.seqlen, emb.weight.dtype))
     was_training = model.training
     model.eval()
     out_rows: list[torch.Tensor] = []
