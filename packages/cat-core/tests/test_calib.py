@@ -145,12 +145,7 @@ def test_pretokenized_tensor_passes_through():
 
 
 def test_self_samples_from_model(tok):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
-    model = LlamaForCausalLM(cfg).eval()
+    model = _tiny_lm(tok, layers=1)
     c = CalibConfig(source="self", n_samples=3, seqlen=12, seed=5)
     a = calibration_samples(c, tok, model)
     assert a.shape == (3, 12) and bool((a[:, 0] == tok.bos_token_id).all())
@@ -170,14 +165,9 @@ def test_real_text_file():
 
 
 def test_self_sampling_batches_fit_the_kv_budget(tok, monkeypatch):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     import cat_core.calib as calib
 
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
-    model = LlamaForCausalLM(cfg).eval()
+    model = _tiny_lm(tok, layers=3)
     per_seq = 2 * 3 * 1 * 16 * 12 * 4  # K and V, layers, kv heads, head dim, tokens, fp32 bytes
     assert calib._self_batch(model, 12, torch.float32) == calib._SELF_MAX_BATCH
     monkeypatch.setattr(calib, "_SELF_KV_BUDGET", 2 * per_seq + 1)
@@ -191,12 +181,7 @@ def test_self_sampling_batches_fit_the_kv_budget(tok, monkeypatch):
 
 
 def test_self_sampling_shows_progress(tok, capsys):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
-    model = LlamaForCausalLM(cfg).eval()
+    model = _tiny_lm(tok, layers=1)
     c = CalibConfig(source="self", n_samples=3, seqlen=12, seed=5)
     quiet = calibration_samples(c, tok, model)
     assert "sampling" not in capsys.readouterr().err
@@ -204,3 +189,13 @@ def test_self_sampling_shows_progress(tok, capsys):
     err = capsys.readouterr().err
     assert "sampling 3 x 12 tokens" in err and "11/11" in err
     assert torch.equal(quiet, loud)
+
+
+def _tiny_lm(tok, layers: int):
+    """A random Llama over ``tok``'s vocabulary: 1 KV head of dim 16 per layer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    return LlamaForCausalLM(cfg).eval()
