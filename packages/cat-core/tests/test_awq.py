@@ -258,6 +258,16 @@ def test_gram_accumulates_in_batches_and_checks_shapes():
     want = torch.stack([xg[:, i].T @ xg[:, i] for i in range(3)]) / 77
     assert acc.tokens == 77
     torch.testing.assert_close(acc.mean(), want, rtol=1e-5, atol=1e-5)
+    merged, part = GramAccumulator(96, 32), GramAccumulator(96, 32)
+    merged.merge(part)  # an empty accumulator adds nothing
+    part.add(x[:30])
+    merged.merge(part)
+    part.add(x[30:])
+    merged.merge(part)  # merged has x[:30] twice, then x[30:]
+    assert merged.tokens == 30 + 77
+    xx = torch.cat([x[:30], x]).reshape(-1, 3, 32)
+    torch.testing.assert_close(merged.mean(), torch.stack([xx[:, i].T @ xx[:, i] for i in range(3)]) / 107,
+                               rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="no input"):
         GramAccumulator(96, 32).mean()
     with pytest.raises(ValueError, match=r"gram of w must have shape \(3, 32, 32\)"):

@@ -62,6 +62,13 @@ class GramAccumulator:
         self.sum = part if self.sum is None else self.sum.add_(part)
         self.tokens += xg.shape[1]
 
+    def merge(self, other: GramAccumulator) -> None:
+        """Add ``other``'s tokens (same layout); ``other`` is left as it was."""
+        if other.sum is None:
+            return
+        self.sum = other.sum.clone() if self.sum is None else self.sum.add_(other.sum)
+        self.tokens += other.tokens
+
     def mean(self) -> torch.Tensor:
         """``H_g``, ``[n_groups, g, g]`` float32."""
         if self.sum is None:

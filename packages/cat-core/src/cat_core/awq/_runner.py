@@ -163,19 +163,16 @@ def _capture_linear_grams(
     accs = {rel: GramAccumulator(mod.in_features, group_size, full) for rel, full, mod in linears}
     # Linears sharing an input (q, k, v) are called back to back with the same tensor: its rows
     # are sampled and its Gram formed once.
-    last: list[Any] = [None, None, None]  # input, sampled rows, Gram of one call
+    last: list[Any] = [None, None]  # the input of the latest call, and its Gram
 
     def hook(rel: str):
         def fn(module: nn.Module, args: tuple) -> None:
             x = args[0]
             if last[0] is not x:
-                rows = _sample_rows(x.detach(), n_tokens, gen)
-                acc = GramAccumulator(x.shape[-1], group_size)
-                acc.add(rows)
-                last[:] = [x, rows.shape[0], acc.sum]
-            a = accs[rel]
-            a.sum = last[2].clone() if a.sum is None else a.sum.add_(last[2])
-            a.tokens += last[1]
+                part = GramAccumulator(x.shape[-1], group_size)
+                part.add(_sample_rows(x.detach(), n_tokens, gen))
+                last[:] = [x, part]
+            accs[rel].merge(last[1])
         return fn
 
     handles = [m.register_forward_pre_hook(hook(rel)) for rel, _, m in linears]
