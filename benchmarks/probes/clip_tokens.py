@@ -5,30 +5,14 @@ tokens) and scored on the other half (which holds first-of-sequence tokens).
     python benchmarks/probes/clip_tokens.py BITS GROUP MODEL NCLIP    # e.g. 4 64 smollm2 512
 """
 import sys, torch, time
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
-import _models as M
-from cat_core.calib import calibration_samples
-from cat_core.config import CalibConfig, QuantConfig
+from _inputs import linear_inputs
+from cat_core.config import QuantConfig
 from cat_core.awq._clip_search import GramAccumulator, search_clip, apply_clip
 from cat_core.quant import quantize_tensor, dequantize
 torch.set_num_threads(2)
 bits = int(sys.argv[1]); gs = int(sys.argv[2]); key = sys.argv[3]
-model, tok = M.load_model(key)
-samples = calibration_samples(CalibConfig(source=str(M.DEFAULT_DATA_DIR / "wikitext2-valid.txt"), n_samples=8, seqlen=512), tok, model)
 blocks = [1, 8, 16] if key == "gemma3" else [2, 10, 20, 28]
-got = {}
-hooks = []
-for name, m in model.named_modules():
-    if isinstance(m, torch.nn.Linear) and ".layers." in name and int(name.split(".layers.")[1].split(".")[0]) in blocks:
-        def mk(n):
-            def f(mod, args):
-                got.setdefault(n, []).append(args[0].detach().reshape(-1, args[0].shape[-1]).float())
-            return f
-        hooks.append(m.register_forward_pre_hook(mk(name)))
-with torch.no_grad():
-    for i in range(0, 8, 2):
-        model(input_ids=samples[i:i+2])
-for h in hooks: h.remove()
+model, got = linear_inputs(key, 8, blocks)
 cfg = QuantConfig(bits=bits, group_size=gs)
 
 def err(w, wq, x):
@@ -72,8 +56,7 @@ def ls_refine(w, x, lo, hi, cfg, iters=4):
 
 NCLIP = int(sys.argv[4]) if len(sys.argv) > 4 else 512
 tot = {"rtn": 0, "clip": 0, "ls": 0}
-for name, xs in got.items():
-    x = torch.cat(xs)
+for name, x in got.items():
     half = x.shape[0] // 2
     perm = torch.randperm(half, generator=torch.Generator().manual_seed(0))
     xc, xe = x[:half][perm[:NCLIP]], x[half:]
