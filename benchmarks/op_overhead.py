@@ -42,7 +42,7 @@ def main() -> None:
         qt = quantize_tensor(lin.weight.data, bits=4, group_size=64)
         ql = QuantLinear.from_quantized_tensor(qt, None)
         x = torch.randn(1, k)
-        p, z = ck.pack(qt.codes, 4), ck.pack(qt.zeros, 4)
+        p, z = ck.pack(qt.codes, 4), ck.pack_zeros(qt.zeros, 4)
         pn, zn, sn, xn = (np.asarray(t) for t in (p, z, qt.scales.numpy(), x.numpy()))
         with torch.no_grad():
             row = [_median_us(lambda: lin(x)),

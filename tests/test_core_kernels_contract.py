@@ -18,7 +18,7 @@ from cat_core.quant import fake_quantize, quantize_tensor
 
 def _pack_all(qt):
     packed = ck.pack(qt.codes.contiguous(), qt.bits)
-    zeros = None if qt.zeros is None else ck.pack(qt.zeros.contiguous(), qt.bits)
+    zeros = None if qt.zeros is None else ck.pack_zeros(qt.zeros.contiguous(), qt.bits)
     return packed, zeros
 
 

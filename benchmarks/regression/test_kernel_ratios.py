@@ -28,7 +28,7 @@ def _weight(n: int, k: int, bits: int) -> ck.PackedWeight:
         rng = np.random.default_rng(0)
         packed = ck.pack(rng.integers(0, 1 << bits, (n, k), dtype=np.uint8), bits)
         scales = (rng.random((n, k // GROUP), dtype=np.float32) * 0.01).astype(np.float16)
-        zeros = ck.pack(rng.integers(0, 1 << bits, (n, k // GROUP), dtype=np.uint8), bits)
+        zeros = ck.pack_zeros(rng.integers(0, 1 << bits, (n, k // GROUP), dtype=np.uint8), bits)
         _cache[key] = ck.PackedWeight(torch.from_numpy(packed), torch.from_numpy(scales),
                                       torch.from_numpy(zeros), GROUP)
     return _cache[key]

@@ -59,7 +59,7 @@ def test_fresh_process_reload_generates_the_same_tokens(qmodel, tmp_path):
         before = qmodel.generate(ids, max_new_tokens=16, do_sample=False, pad_token_id=0)[0].tolist()
     out = save_quantized(qmodel, tmp_path / "ckpt", tok, progress=False)
     cfg = json.loads((out / "config.json").read_text())["quantization_config"]
-    assert cfg["quant_method"] == "caterpillar" and cfg["format_version"] == 1
+    assert cfg["quant_method"] == "caterpillar" and cfg["format_version"] == 2
     assert (cfg["bits"], cfg["group_size"], cfg["sym"], cfg["scale_dtype"]) == (3, 32, False, "float16")
     assert len(cfg["modules"]) == 14 and cfg["modules_not_converted"] == ["lm_head"]
     assert not list(out.glob("*.bin")) and not list(out.glob("*.pt"))  # no pickle
@@ -235,7 +235,8 @@ def _edit_config(ckpt: Path, **changes):
     ({"bits": 5}, "unsupported bits=5"),
     ({"group_size": 48}, "invalid group_size=48"),
     ({"quant_method": "awq"}, "quant_method is 'awq', not 'caterpillar': not a native Caterpillar checkpoint.*import_awq"),
-    ({"format_version": 2}, "format_version 2 is not supported"),
+    ({"format_version": 1}, "format_version 1 is not supported.*quantize the model again"),
+    ({"format_version": 3}, "format_version 3 is not supported"),
     ({"modules": ["model.layers.0.nope"]}, "names module 'model.layers.0.nope'"),
 ])
 def test_bad_quantization_config(saved, changes, message):

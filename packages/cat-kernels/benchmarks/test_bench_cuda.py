@@ -50,7 +50,7 @@ def _weights(n, k, bits):
     packed = ck.pack(codes.cuda(), bits)
     scales = (torch.rand(n, k // GROUP, generator=g) * 0.01 + 0.001).half().cuda()
     zcodes = torch.randint(0, 2**bits, (n, k // GROUP), dtype=torch.uint8, generator=g)
-    zeros = ck.pack(zcodes.cuda(), bits)
+    zeros = ck.pack_zeros(zcodes.cuda(), bits)
     return packed, scales, zeros
 
 

@@ -48,7 +48,7 @@ def _quantized(n, k, bits, group=GROUP):
         rng = np.random.default_rng(0)
         packed = ck.pack(rng.integers(0, 1 << bits, (n, k), dtype=np.uint8), bits)
         scales = (rng.random((n, k // group), dtype=np.float32) * 0.01).astype(np.float16)
-        zeros = ck.pack(rng.integers(0, 1 << bits, (n, k // group)).astype(np.int32), bits)
+        zeros = ck.pack_zeros(rng.integers(0, 1 << bits, (n, k // group)).astype(np.int32), bits)
         _weights.clear()  # keep one weight set alive at a time (memory)
         _weights[key] = (packed, scales, zeros)
     return _weights[key]

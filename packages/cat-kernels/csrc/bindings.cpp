@@ -138,6 +138,10 @@ std::vector<int64_t> packed_shape(int64_t n, int64_t k, int bits) {
   return {cat::ceil_div(n, cat::kTileN), cat::ceil_div(k, cat::kBlockK), bits, cat::kTileN};
 }
 
+std::vector<int64_t> zeros_shape(int64_t n, int64_t n_groups, int bits) {
+  return {cat::ceil_div(n, cat::kTileN), cat::zero_row_words(n_groups, bits), cat::kTileN};
+}
+
 // Validates packed/scales/zeros against each other and builds the QWeight.
 cat::QWeight make_weight(const In& packed, const In& scales, const std::optional<In>& zeros,
                          int64_t group_size, int64_t k, Device* dev) {
@@ -163,22 +167,25 @@ cat::QWeight make_weight(const In& packed, const In& scales, const std::optional
   w.packed = static_cast<const int32_t*>(packed.data());
   w.scales = scales.data();
   if (zeros) {
-    check_array(*zeros, "zeros", "int32", packed_shape(w.n, ng, w.bits));
+    check_array(*zeros, "zeros", "int32", zeros_shape(w.n, ng, w.bits));
     same_device(*dev, device_of(*zeros), "zeros");
     w.zeros = static_cast<const int32_t*>(zeros->data());
   }
   return w;
 }
 
+// pack and unpack serve both arrays: `zero_layout` selects the zero points' shorter streams
+// ([ceil(n/16), ceil(k*bits/32), 16]) over the weights' ([ceil(n/16), ceil(k/32), bits, 16]).
 std::tuple<bool, int64_t, int64_t, int64_t> py_pack(const In& codes, int bits, const Out& out,
-                                                    uintptr_t stream) {
+                                                    uintptr_t stream, bool zero_layout) {
   require(bits == 2 || bits == 3 || bits == 4 || bits == 8, "bits must be 2, 3, 4 or 8");
   require(codes.ndim() == 2, "codes: expected a 2-D array [N, K]");
   const std::string dt = dtype_name(codes.dtype());
   require(dt == "uint8" || dt == "int32", "codes: expected dtype uint8 or int32, got " + dt);
   require(c_contiguous(codes), "codes: must be C-contiguous");
   const int64_t n = codes.shape(0), k = codes.shape(1);
-  check_array(out, "out", "int32", packed_shape(n, k, bits));
+  check_array(out, "out", "int32", zero_layout ? zeros_shape(n, k, bits) : packed_shape(n, k, bits));
+  const int64_t row_words = zero_layout ? cat::zero_row_words(k, bits) : cat::weight_row_words(k, bits);
   const Device d = device_of(codes);
   check_device_type(d);
   same_device(d, device_of(out), "out");
@@ -187,28 +194,37 @@ std::tuple<bool, int64_t, int64_t, int64_t> py_pack(const In& codes, int bits, c
   if (n > 0 && k > 0) {
     nb::gil_scoped_release rel;
     DeviceGuard g(d);
-    st = d.type == kCUDA ? cat::cuda::pack(codes.data(), cb, n, k, bits, static_cast<int32_t*>(out.data()),
-                                           reinterpret_cast<void*>(stream))
-                         : cat::cpu::pack(codes.data(), cb, n, k, bits, static_cast<int32_t*>(out.data()));
+    int32_t* dst = static_cast<int32_t*>(out.data());
+    st = d.type == kCUDA ? cat::cuda::pack(codes.data(), cb, n, k, bits, row_words, dst, reinterpret_cast<void*>(stream))
+                         : cat::cpu::pack(codes.data(), cb, n, k, bits, row_words, dst);
   }
   return {st.ok, st.row, st.col, st.value};
 }
 
-void py_unpack(const In& packed, int64_t n, int64_t k, const Out& out, uintptr_t stream) {
-  const int bits = bits_of(packed, "packed");
+// bits < 0: read it from packed.shape[2] (weights); the zero layout has no bits dimension.
+void py_unpack(const In& packed, int64_t n, int64_t k, int bits, const Out& out, uintptr_t stream,
+               bool zero_layout) {
   require(n > 0 && k > 0, "n and k must be positive");
-  check_array(packed, "packed", "int32", packed_shape(n, k, bits));
+  if (zero_layout) {
+    require(bits == 2 || bits == 3 || bits == 4 || bits == 8, "bits must be 2, 3, 4 or 8");
+    check_array(packed, "zeros", "int32", zeros_shape(n, k, bits));
+  } else {
+    bits = bits_of(packed, "packed");
+    check_array(packed, "packed", "int32", packed_shape(n, k, bits));
+  }
+  const int64_t row_words = zero_layout ? cat::zero_row_words(k, bits) : cat::weight_row_words(k, bits);
   check_array(out, "out", "uint8", {n, k});
   const Device d = device_of(packed);
   check_device_type(d);
   same_device(d, device_of(out), "out");
   nb::gil_scoped_release rel;
   DeviceGuard g(d);
+  const int32_t* src = static_cast<const int32_t*>(packed.data());
+  uint8_t* dst = static_cast<uint8_t*>(out.data());
   if (d.type == kCUDA)
-    cat::cuda::unpack(static_cast<const int32_t*>(packed.data()), n, k, bits,
-                      static_cast<uint8_t*>(out.data()), reinterpret_cast<void*>(stream));
+    cat::cuda::unpack(src, n, k, bits, row_words, dst, reinterpret_cast<void*>(stream));
   else
-    cat::cpu::unpack(static_cast<const int32_t*>(packed.data()), n, k, bits, static_cast<uint8_t*>(out.data()));
+    cat::cpu::unpack(src, n, k, bits, row_words, dst);
 }
 
 // A weight validated once and kept alive (the ndarrays hold the producers' DLPack capsules, so
@@ -321,9 +337,10 @@ std::tuple<std::string, std::vector<int64_t>, bool, int, int> py_inspect(const I
 NB_MODULE(_C, m) {
   m.doc() = "cat-kernels native module (private: use the cat_kernels package)";
   m.def("_inspect", &py_inspect, nb::arg("array"));
-  m.def("_pack", &py_pack, nb::arg("codes"), nb::arg("bits"), nb::arg("out"), nb::arg("stream") = 0);
-  m.def("_unpack", &py_unpack, nb::arg("packed"), nb::arg("n"), nb::arg("k"), nb::arg("out"),
-        nb::arg("stream") = 0);
+  m.def("_pack", &py_pack, nb::arg("codes"), nb::arg("bits"), nb::arg("out"), nb::arg("stream") = 0,
+        nb::arg("zero_layout") = false);
+  m.def("_unpack", &py_unpack, nb::arg("packed"), nb::arg("n"), nb::arg("k"), nb::arg("bits"), nb::arg("out"),
+        nb::arg("stream") = 0, nb::arg("zero_layout") = false);
   m.def("_dequantize", &py_dequantize, nb::arg("packed"), nb::arg("scales"), nb::arg("zeros").none(),
         nb::arg("group_size"), nb::arg("k"), nb::arg("out"), nb::arg("stream") = 0);
   m.def("_gemm", &py_gemm, nb::arg("x"), nb::arg("packed"), nb::arg("scales"), nb::arg("zeros").none(),

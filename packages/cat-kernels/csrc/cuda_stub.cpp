@@ -16,8 +16,8 @@ namespace {
 bool available() { return false; }
 void set_device(int) { no_cuda(); }
 int get_device() { no_cuda(); }
-PackStatus pack(const void*, int, int64_t, int64_t, int, int32_t*, void*) { no_cuda(); }
-void unpack(const int32_t*, int64_t, int64_t, int, uint8_t*, void*) { no_cuda(); }
+PackStatus pack(const void*, int, int64_t, int64_t, int, int64_t, int32_t*, void*) { no_cuda(); }
+void unpack(const int32_t*, int64_t, int64_t, int, int64_t, uint8_t*, void*) { no_cuda(); }
 void dequantize(const QWeight&, void*, DType, void*) { no_cuda(); }
 int gemm_splits(int64_t, int64_t, int64_t, int, int64_t) { no_cuda(); }
 int64_t gemm_workspace_elems(int64_t, int64_t, int64_t, int, int64_t) { no_cuda(); }

@@ -46,6 +46,6 @@ def make_case(rng, n, k, bits, group_size, symmetric, scale_dtype="float32") -> 
     mask = rng.random(codes.shape) < 0.3
     codes = np.where(mask, rng.integers(0, 1 << bits, size=codes.shape), codes).astype(np.uint8)
     packed = ck.pack(codes, bits)
-    zp = None if zeros is None else ck.pack(zeros, bits)
+    zp = None if zeros is None else ck.pack_zeros(zeros, bits)
     return Case(bits, group_size, codes, scales, zeros, scale_dtype, packed, zp,
                 dequantize_ref(codes, scales, zeros, bits, group_size))

@@ -117,7 +117,7 @@ class Problem:
         self.scales_f32 = self.scales_t.float().numpy()
         self.zero_codes = None if sym else rng.integers(0, 2**bits, size=(n, ng), dtype=np.uint8)
         self.packed_cpu = as_torch(ck.pack(self.codes, bits))
-        self.zeros_cpu = None if sym else as_torch(ck.pack(self.zero_codes, bits))
+        self.zeros_cpu = None if sym else as_torch(ck.pack_zeros(self.zero_codes, bits))
         self.w32 = ref_dequant(self.codes, self.scales_f32, self.zero_codes, group_size, bits)
 
     def args(self, device):
@@ -176,6 +176,37 @@ def test_pack_unpack_match_cpu_and_reference(bits, shape, code_dtype):
     back = as_torch(ck.unpack(gpu, *shape))
     assert back.is_cuda and back.dtype == torch.uint8
     np.testing.assert_array_equal(back.cpu().numpy(), codes.astype(np.uint8))
+
+
+def ref_pack_zeros(z: np.ndarray, bits: int) -> np.ndarray:
+    """Independent zero-point packer from docs/format.md: each row one dense stream of
+    ceil(n_groups * bits / 32) words, zero point g at stream bits [bits g, bits g + bits)."""
+    n, ng = z.shape
+    t, nw = -(-n // 16), -(-(ng * bits) // 32)
+    out = np.zeros((t, nw, 16), dtype=np.uint32)
+    for row in range(n):
+        s = 0
+        for g in range(ng):
+            s |= int(z[row, g]) << (bits * g)
+        for w in range(nw):
+            out[row // 16, w, row % 16] = (s >> (32 * w)) & 0xFFFFFFFF
+    return out.view(np.int32)
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("shape", [(1, 1), (16, 9), (37, 11), (300, 24), (5, 200)])
+def test_pack_unpack_zeros_match_cpu_and_reference(bits, shape):
+    rng = np.random.default_rng(seed_for("pack_zeros", bits, shape))
+    z = rng.integers(0, 2**bits, size=shape).astype(np.uint8)
+    expect = ref_pack_zeros(z, bits)
+    cpu = as_torch(ck.pack_zeros(z, bits)).numpy()
+    gpu = as_torch(ck.pack_zeros(torch.from_numpy(z).to(DEV), bits))
+    assert gpu.is_cuda and gpu.dtype == torch.int32
+    np.testing.assert_array_equal(cpu, expect)
+    np.testing.assert_array_equal(gpu.cpu().numpy(), expect)
+    back = as_torch(ck.unpack_zeros(gpu, *shape, bits))
+    assert back.is_cuda and back.dtype == torch.uint8
+    np.testing.assert_array_equal(back.cpu().numpy(), z)
 
 
 @pytest.mark.parametrize("bits", BITS)

@@ -41,6 +41,26 @@ def test_pack_value_range(bits):
             ck.pack(np.full((2, 2), 255, np.uint8), bits)
 
 
+def test_pack_zeros_checks():
+    z = np.zeros((20, 9), np.uint8)
+    with pytest.raises(ValueError, match=r"bits: expected one of 2, 3, 4, 8"):
+        ck.pack_zeros(z, 5)
+    z[4, 8] = 8
+    with pytest.raises(ValueError, match=r"zeros\[4, 8\] = 8 is out of range for bits=3"):
+        ck.pack_zeros(z, 3)
+    with pytest.raises(ValueError, match=r"zeros: expected a 2-D array"):
+        ck.pack_zeros(np.zeros((9,), np.uint8), 3)
+    with pytest.raises(TypeError, match=r"zeros: expected dtype uint8 or int32"):
+        ck.pack_zeros(np.zeros((2, 9), np.float32), 3)
+    p = ck.pack_zeros(np.zeros((20, 9), np.uint8), 3)
+    with pytest.raises(ValueError, match=r"packed_zeros: expected shape \(2, 2, 16\)"):
+        ck.unpack_zeros(p, 20, 11, 3)  # 33 bits need two words
+    with pytest.raises(ValueError, match=r"bits: expected one of"):
+        ck.unpack_zeros(p, 20, 9, 7)
+    with pytest.raises(ValueError, match=r"n, n_groups: must be positive"):
+        ck.unpack_zeros(p, 0, 9, 3)
+
+
 def test_pack_dtype_shape_contiguity():
     with pytest.raises(TypeError, match="codes: expected dtype uint8 or int32, got int64"):
         ck.pack(np.zeros((16, 32), np.int64), 4)
@@ -99,10 +119,12 @@ def test_gemm_shapes(case, rng):
                 np.ones((40, 5), np.float32), None, 64)
     with pytest.raises(ValueError, match=r"packed: expected shape"):
         ck.gemm(x, p[:2].copy(), s, z, 64)
-    with pytest.raises(ValueError, match=r"zeros: expected shape \(3, 1, 4, 16\)"):
+    with pytest.raises(ValueError, match=r"zeros: expected shape \(3, 1, 16\)"):
         ck.gemm(x, p, s, z[:, :, :3].copy(), 64)
+    with pytest.raises(ValueError, match=r"zeros: expected a 3-D array .* from pack_zeros"):
+        ck.gemm(x, p, s, ck.pack(np.zeros((40, 4), np.int32), 4), 64)  # format v1 zeros: the weight layout
     with pytest.raises(ValueError, match=r"zeros: expected shape"):
-        ck.gemm(x, p, s, ck.pack(np.zeros((40, 4), np.int32), 3), 64)
+        ck.gemm(x, p, s, ck.pack_zeros(np.zeros((40, 9), np.int32), 4), 64)  # 9 groups, not 4
     with pytest.raises(ValueError, match="x: expected a 2-D array"):
         ck.gemm(x[0], p, s, z, 64)
     with pytest.raises(ValueError, match="scales: expected a 2-D array"):
@@ -162,6 +184,10 @@ def test_private_module_rechecks(case):
         _C._dequantize(case.packed, case.scales, None, 64, 256, np.empty((40, 255), np.float32))
     with pytest.raises(ValueError):
         _C._pack(np.zeros((16, 32), np.uint8), 4, np.empty((1, 1, 3, 16), np.int32))
+    with pytest.raises(ValueError):  # the zero layout is [1, ceil(32*4/32), 16] = [1, 4, 16]
+        _C._pack(np.zeros((16, 32), np.uint8), 4, np.empty((1, 3, 16), np.int32), 0, True)
+    with pytest.raises(ValueError):  # zero layout: bits must be given and valid
+        _C._unpack(np.zeros((1, 4, 16), np.int32), 16, 32, 5, np.empty((16, 32), np.uint8), 0, True)
 
 
 def test_device_mismatch_torch_cpu_vs_numpy_ok(case):

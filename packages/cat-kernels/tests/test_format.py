@@ -80,9 +80,58 @@ def test_known_words():
     np.testing.assert_array_equal(back, codes)
 
 
-def test_zero_points_use_weight_rule(rng):
-    """Zero points are the [N, n_groups] matrix packed by the same rule."""
-    z = rng.integers(0, 8, size=(20, 40)).astype(np.int32)
-    p = ck.pack(z, 3)
-    assert p.shape == (2, 2, 3, 16)
-    np.testing.assert_array_equal(doc_unpack(p, 20, 40)[:20, :40], z)
+def doc_unpack_zeros(packed: np.ndarray, n: int, n_groups: int, bits: int) -> np.ndarray:
+    """Independent reading of docs/format.md "Zero points": zeros[t, w, r] = word w of row
+    16t + r's stream S = sum_w word_w << 32w; zero point g is at stream bits [bits g, bits g + bits).
+    Returns the whole padded stream decoded, [16 * tiles, 32 * words / bits] (rounded down)."""
+    tiles, n_words, lanes = packed.shape
+    assert lanes == 16 and tiles == -(-n // 16) and n_words == -(-(n_groups * bits) // 32)
+    words = (packed.astype(np.int64) & 0xFFFFFFFF).astype(object)
+    rows = []
+    for t in range(tiles):
+        for r in range(16):
+            s = sum(int(words[t, w, r]) << (32 * w) for w in range(n_words))
+            rows.append([(s >> (bits * g)) & ((1 << bits) - 1) for g in range(32 * n_words // bits)])
+    return np.array(rows, dtype=np.int64)
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("shape", [(1, 1), (17, 9), (20, 40), (40, 33), (3, 64)])
+def test_zero_points_match_document(rng, bits, shape):
+    n, ng = shape
+    z = rng.integers(0, 1 << bits, size=shape).astype(np.int32)
+    p = ck.pack_zeros(z, bits)
+    assert p.dtype == np.int32 and p.shape == (-(-n // 16), -(-(ng * bits) // 32), 16)
+    full = doc_unpack_zeros(p, n, ng, bits)
+    np.testing.assert_array_equal(full[:n, :ng], z)
+    assert not full[n:, :].any() and not full[:, ng:].any()  # padding is 0
+    back = ck.unpack_zeros(p, n, ng, bits)
+    assert back.dtype == np.uint8 and back.shape == (n, ng)
+    np.testing.assert_array_equal(back, z)
+
+
+def test_zero_points_known_words():
+    """Dense: 9 groups of 3-bit zeros take one word per row (27 bits), 11 groups two words, the
+    11th (stream bits 30..32) straddling them."""
+    z = np.zeros((16, 9), np.uint8)
+    z[2, 0], z[2, 8] = 0b101, 0b111
+    p = ck.pack_zeros(z, 3)
+    assert p.shape == (1, 1, 16)
+    assert p[0, 0, 2] == 0b101 | (0b111 << 24)
+    z = np.zeros((16, 11), np.uint8)
+    z[0, 10] = 0b110
+    p = ck.pack_zeros(z, 3)
+    assert p.shape == (1, 2, 16)
+    assert p[0, 0, 0] == (0b10 << 30) - (1 << 32) and p[0, 1, 0] == 0b1
+    z = np.zeros((16, 3), np.uint8)
+    z[15, :] = [1, 2, 3]
+    p = ck.pack_zeros(z, 4)  # 12 bits: one word
+    assert p.shape == (1, 1, 16) and p[0, 0, 15] == 0x321
+
+
+def test_weight_and_zero_streams_agree(rng):
+    """Both layouts are the same row stream: for a multiple of 32 values, the weight layout read
+    as [tiles, blocks * bits, 16] is exactly the zero layout."""
+    for bits in BITS:
+        q = rng.integers(0, 1 << bits, size=(19, 64)).astype(np.uint8)
+        np.testing.assert_array_equal(ck.pack(q, bits).reshape(2, -1, 16), ck.pack_zeros(q, bits))

@@ -126,7 +126,7 @@ def test_half_conversion_rounding(rng):
     vals = np.resize(vals, 16 * (vals.size // 16 + 1)).reshape(16, -1)  # [16 rows, ng groups]
     n, ng = vals.shape
     codes = ck.pack(np.ones((n, ng * 32), np.uint8), 8)
-    zeros = ck.pack(np.zeros((n, ng), np.int32), 8)
+    zeros = ck.pack_zeros(np.zeros((n, ng), np.int32), 8)
     w16 = ck.dequantize(codes, vals, zeros, 32, dtype="float16")
     with np.errstate(over="ignore"):  # 1e6 -> inf is one of the cases
         want = np.repeat(vals, 32, axis=1).astype(np.float16)

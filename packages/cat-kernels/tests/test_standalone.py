@@ -26,7 +26,7 @@ def test_numpy_only_gemm_without_torch() -> None:
         zeros = rng.integers(0, 8, (n, k // g), dtype=np.uint8)
         scales = (rng.random((n, k // g)) * 0.01 + 1e-3).astype(np.float16)
         x = rng.standard_normal((3, k)).astype(np.float32)
-        y = ck.gemm(x, ck.pack(codes, 3), scales, ck.pack(zeros, 3), g)
+        y = ck.gemm(x, ck.pack(codes, 3), scales, ck.pack_zeros(zeros, 3), g)
         w = (codes.reshape(n, k // g, g).astype(np.float64) - zeros[..., None]) * scales.astype(
             np.float64)[..., None]
         ref = x.astype(np.float64) @ w.reshape(n, k).T

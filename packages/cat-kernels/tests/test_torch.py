@@ -77,6 +77,6 @@ def test_half_and_bf16_outputs_match_torch_rounding(rng):
     vals = (rng.standard_normal(16 * 64).astype(np.float32) * 10.0 ** rng.integers(-20, 20, 16 * 64)).astype(np.float32)
     s = torch.from_numpy(vals.reshape(16, 64))
     codes = torch.from_numpy(ck.pack(np.ones((16, 64 * 32), np.uint8), 8))
-    zeros = torch.from_numpy(ck.pack(np.zeros((16, 64), np.int32), 8))
+    zeros = torch.from_numpy(ck.pack_zeros(np.zeros((16, 64), np.int32), 8))
     w = ck.dequantize(codes, s, zeros, 32, dtype=torch.bfloat16)
     assert torch.equal(w, s.repeat_interleave(32, dim=1).to(torch.bfloat16))

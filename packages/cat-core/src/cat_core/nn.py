@@ -147,12 +147,16 @@ def _packed_shape(n: int, k: int, bits: int) -> tuple[int, int, int, int]:
     return (-(-n // 16), -(-k // 32), bits, 16)
 
 
+def _zeros_shape(n: int, n_groups: int, bits: int) -> tuple[int, int, int]:
+    return (-(-n // 16), -(-(n_groups * bits) // 32), 16)
+
+
 class QuantLinear(nn.Module):
     """``y = x @ W.T + b`` with ``W`` stored packed (``bits`` in {2, 3, 4, 8}).
 
     Buffers (the state dict of a quantized checkpoint): ``qweight`` int32
     ``[ceil(N/16), ceil(K/32), bits, 16]``; ``scales`` ``[N, K/G]`` (float16, bfloat16 or
-    float32); ``qzeros`` int32 ``[ceil(N/16), ceil((K/G)/32), bits, 16]`` for asymmetric weights
+    float32); ``qzeros`` int32 ``[ceil(N/16), ceil((K/G)*bits/32), 16]`` for asymmetric weights
     (absent when symmetric); ``bias`` ``[N]`` when present.
 
     ``model.to(dtype)`` converts the bias but never the scales: re-rounding them would change the
@@ -196,7 +200,7 @@ class QuantLinear(nn.Module):
         if sym:
             self.register_buffer("qzeros", None)
         else:
-            self.register_buffer("qzeros", torch.zeros(_packed_shape(out_features, n_groups, bits), **i32))
+            self.register_buffer("qzeros", torch.zeros(_zeros_shape(out_features, n_groups, bits), **i32))
         if bias:
             self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device))
         else:
@@ -228,7 +232,7 @@ class QuantLinear(nn.Module):
         mod.qweight = ck.pack(qt.codes.detach().to("cpu", torch.uint8).contiguous(), qt.bits).to(device)
         mod.scales = qt.scales.detach().to(device).contiguous().clone()
         if qt.zeros is not None:
-            mod.qzeros = ck.pack(qt.zeros.detach().to("cpu", torch.uint8).contiguous(), qt.bits).to(device)
+            mod.qzeros = ck.pack_zeros(qt.zeros.detach().to("cpu", torch.uint8).contiguous(), qt.bits).to(device)
         if bias is not None:
             mod.bias = bias.detach().to(device).clone()
         return mod
@@ -238,7 +242,8 @@ class QuantLinear(nn.Module):
         ck = _kernels()
         n, k = self.out_features, self.in_features
         codes = ck.unpack(self.qweight.cpu().contiguous(), n, k)
-        zeros = None if self.qzeros is None else ck.unpack(self.qzeros.cpu().contiguous(), n, self.n_groups)
+        zeros = (None if self.qzeros is None
+                 else ck.unpack_zeros(self.qzeros.cpu().contiguous(), n, self.n_groups, self.bits))
         return QuantizedTensor(codes=codes, scales=self.scales.detach().cpu().clone(), zeros=zeros,
                                bits=self.bits, group_size=self.group_size)
 

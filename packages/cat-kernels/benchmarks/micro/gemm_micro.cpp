@@ -25,14 +25,14 @@ int main(int argc, char** argv) {
   std::vector<uint8_t> codes(n * k);
   for (auto& c : codes) c = rng() & ((1 << bits) - 1);
   std::vector<int32_t> packed(packed_words(n, k, bits));
-  cpu::pack(codes.data(), 1, n, k, bits, packed.data());
+  cpu::pack(codes.data(), 1, n, k, bits, weight_row_words(k, bits), packed.data());
   int64_t ng = k / G;
   std::vector<uint16_t> scales(n * ng);
   std::vector<uint8_t> zc(n * ng);
   for (auto& s : scales) s = cpu::detail::f32_to_f16((rng() % 1000) * 1e-5f);
   for (auto& z : zc) z = rng() & ((1 << bits) - 1);
-  std::vector<int32_t> zeros(packed_words(n, ng, bits));
-  cpu::pack(zc.data(), 1, n, ng, bits, zeros.data());
+  std::vector<int32_t> zeros(ceil_div(n, kTileN) * zero_row_words(ng, bits) * kTileN);
+  cpu::pack(zc.data(), 1, n, ng, bits, zero_row_words(ng, bits), zeros.data());
   QWeight w; w.packed = packed.data(); w.scales = scales.data(); w.scale_dtype = DType::f16;
   w.zeros = zeros.data(); w.bits = bits; w.n = n; w.k = k; w.group_size = G;
   std::vector<float> x(m * k), y(m * n);

@@ -75,27 +75,22 @@ static inline void store_from_f32(void* p, DType dt, int64_t i, float v) {
   }
 }
 
-// Code of value v (0..31) of one row of one block. `words` points at word 0 of that row
-// (packed[t, b, 0, r]); successive words of the block are 16 int32 apart (docs/format.md).
-static inline uint32_t decode_code(const int32_t* words, int v, int bits) {
-  if (bits == 3) {
-    // One 96-bit stream: value v at stream bits [3v, 3v + 3); values 10 and 21 straddle words.
-    const int pos = 3 * v, wi = pos >> 5, off = pos & 31;
-    uint32_t q = static_cast<uint32_t>(words[wi * 16]) >> off;
-    if (off > 29) q |= static_cast<uint32_t>(words[(wi + 1) * 16]) << (32 - off);
-    return q & 7u;
-  }
-  const int per_word = 32 / bits;
-  const uint32_t w = static_cast<uint32_t>(words[(v / per_word) * 16]);
-  return (w >> (bits * (v % per_word))) & ((1u << bits) - 1u);
+// Value v of one row's stream (any length): `row` points at word 0 of that row (packed[t, 0, r]
+// in the [tiles, row_words, 16] view); successive words are 16 int32 apart. Reads the next word
+// only when the value straddles into it, so it never reads past the stream's last word.
+static inline uint32_t decode_stream(const int32_t* row, int64_t v, int bits) {
+  const int64_t pos = int64_t{bits} * v, wi = pos >> 5;
+  const int off = static_cast<int>(pos & 31);
+  uint32_t q = static_cast<uint32_t>(row[wi * 16]) >> off;
+  if (off + bits > 32) q |= static_cast<uint32_t>(row[(wi + 1) * 16]) << (32 - off);
+  return q & ((1u << bits) - 1u);
 }
 
-// Zero point of row r (0..15) of tile t for group g; `zeros` is the packed [n, ng] matrix.
-static inline uint32_t zero_point(const int32_t* zeros, int64_t nzb, int64_t t, int64_t g, int r,
+// Zero point of row r (0..15) of tile t for group g; `zeros` is [tiles, zero_words, 16].
+static inline uint32_t zero_point(const int32_t* zeros, int64_t zero_words, int64_t t, int64_t g, int r,
                                   int bits) {
   if (!zeros) return 1u << (bits - 1);
-  const int32_t* words = zeros + ((t * nzb + (g >> 5)) * bits) * 16 + r;
-  return decode_code(words, static_cast<int>(g & 31), bits);
+  return decode_stream(zeros + t * zero_words * 16 + r, g, bits);
 }
 
 }  // namespace cat::cpu::detail

@@ -212,7 +212,7 @@ void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out) 
   gp.nb = nb;
   gp.kp = kp;
   gp.ng = k / w.group_size;
-  gp.nzb = ceil_div(gp.ng, 32);
+  gp.zw = zero_row_words(gp.ng, w.bits);
   gp.splits = plan.splits;
   gp.n_segments = nseg;
   gp.xf = xf;

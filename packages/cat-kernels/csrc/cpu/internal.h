@@ -25,7 +25,7 @@ struct GemmPlan {
   int64_t nb = 0;        // blocks of 32 columns per row = ceil(k / 32)
   int64_t kp = 0;        // padded row length of xf = 32 * nb
   int64_t ng = 0;        // groups per row
-  int64_t nzb = 0;       // blocks of 32 groups in the packed zero points = ceil(ng / 32)
+  int64_t zw = 0;        // words per row of the packed zero points = ceil(ng * bits / 32)
   int64_t splits = 1;
   int64_t n_segments = 0;
   const float* xf = nullptr;        // [m, kp] x as float32, zero-padded

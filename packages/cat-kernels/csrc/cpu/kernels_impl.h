@@ -143,10 +143,12 @@ template <class O, int BITS>
 CAT_AI typename O::VF zero_offsets(const GemmPlan& p, int64_t t, int64_t g) {
   constexpr float C = kDecodeScale<BITS>;
   if (!p.w.zeros) return O::set1(C + static_cast<float>(1 << (BITS - 1)));
-  const int32_t* zw = p.w.zeros + (t * p.nzb + (g >> 5)) * BITS * 16;
-  const int pos = BITS * static_cast<int>(g & 31), wi = pos >> 5, off = pos & 31;
-  typename O::VI z = O::srl(O::load(zw + wi * 16), off);
-  if (off + BITS > 32) z = O::or_(z, O::sll(O::load(zw + (wi + 1) * 16), 32 - off));
+  // One word (two when a 3-bit zero straddles) holds group g of all 16 rows of the tile.
+  const int64_t pos = int64_t{BITS} * g;
+  const int32_t* zw = p.w.zeros + (t * p.zw + (pos >> 5)) * 16;
+  const int off = static_cast<int>(pos & 31);
+  typename O::VI z = O::srl(O::load(zw), off);
+  if (off + BITS > 32) z = O::or_(z, O::sll(O::load(zw + 16), 32 - off));
   z = O::and_(z, O::set1i((1 << BITS) - 1));
   return O::add(O::cvt(z), O::set1(C));
 }
@@ -303,14 +305,14 @@ void gemm_item(const GemmPlan& p, int64_t t, int64_t s, int64_t m0, int64_t mc, 
 // that the compiler vectorizes with this file's ISA flags are enough to saturate memory.
 template <int BITS, DType OUT>
 void dequant_tile_t(const QWeight& w, int64_t t, void* out) {
-  const int64_t nb = (w.k + 31) / 32, ng = w.k / w.group_size, nzb = (ng + 31) / 32;
+  const int64_t nb = (w.k + 31) / 32, ng = w.n_groups(), zw = w.zero_words();
   const int rows = static_cast<int>(w.n - t * 16 < 16 ? w.n - t * 16 : 16);
   for (int r = 0; r < rows; ++r) {
     const int64_t row = t * 16 + r;
     for (int64_t b = 0; b < nb; ++b) {
       const int64_t g = (b * 32) / w.group_size;  // a block never straddles two groups
       const float s = load_as_f32(w.scales, w.scale_dtype, row * ng + g);
-      const float z = static_cast<float>(zero_point(w.zeros, nzb, t, g, r, BITS));
+      const float z = static_cast<float>(zero_point(w.zeros, zw, t, g, r, BITS));
       const int32_t* words = w.packed + (t * nb + b) * BITS * 16 + r;
       uint32_t wd[BITS];
       for (int i = 0; i < BITS; ++i) wd[i] = static_cast<uint32_t>(words[i * 16]);

@@ -1,5 +1,7 @@
-// pack / unpack: pure bit shuffling, done per (tile, block) so each packed word is written once.
+// pack / unpack: pure bit shuffling, one row's stream at a time (each packed word written once).
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "cat/ops.h"
 #include "common.h"
@@ -7,7 +9,8 @@
 
 namespace cat::cpu {
 
-PackStatus pack(const void* codes, int code_bytes, int64_t n, int64_t k, int bits, int32_t* packed) {
+PackStatus pack(const void* codes, int code_bytes, int64_t n, int64_t k, int bits, int64_t row_words,
+                int32_t* packed) {
   PackStatus st;
   const uint8_t* c8 = static_cast<const uint8_t*>(codes);
   const int32_t* c32 = static_cast<const int32_t*>(codes);
@@ -28,50 +31,38 @@ PackStatus pack(const void* codes, int code_bytes, int64_t n, int64_t k, int bit
       }
     }
   }
-  const int64_t tiles = ceil_div(n, kTileN), nb = ceil_div(k, kBlockK);
+  const int64_t tiles = ceil_div(n, kTileN);
   parallel_for(tiles, [&](int64_t t) {
-    for (int64_t b = 0; b < nb; ++b) {
-      int32_t* out = packed + (t * nb + b) * bits * kTileN;
-      for (int r = 0; r < kTileN; ++r) {
-        const int64_t row = t * kTileN + r;
-        uint32_t q[32] = {0};
-        if (row < n) {
-          const int64_t base = row * k + b * 32;
-          const int64_t kc = k - b * 32 < 32 ? k - b * 32 : 32;
-          for (int64_t v = 0; v < kc; ++v)
-            q[v] = code_bytes == 1 ? uint32_t{c8[base + v]} : static_cast<uint32_t>(c32[base + v]);
+    std::vector<uint32_t> w(static_cast<size_t>(row_words));
+    for (int r = 0; r < kTileN; ++r) {
+      const int64_t row = t * kTileN + r;
+      std::fill(w.begin(), w.end(), 0u);
+      if (row < n) {
+        // The row's stream: value v at bits [bits v, bits v + bits); a 3-bit value whose
+        // position is 30 or 31 mod 32 straddles two words.
+        for (int64_t v = 0; v < k; ++v) {
+          const uint32_t q = code_bytes == 1 ? uint32_t{c8[row * k + v]} : static_cast<uint32_t>(c32[row * k + v]);
+          const int64_t pos = int64_t{bits} * v, wi = pos >> 5;
+          const int off = static_cast<int>(pos & 31);
+          w[wi] |= q << off;
+          if (off + bits > 32) w[wi + 1] |= q >> (32 - off);
         }
-        uint32_t w[8] = {0};
-        if (bits == 3) {
-          // One 96-bit little-endian stream, value v at stream bits [3v, 3v + 3).
-          for (int v = 0; v < 32; ++v) {
-            const int pos = 3 * v, wi = pos >> 5, off = pos & 31;
-            w[wi] |= q[v] << off;
-            if (off > 29) w[wi + 1] |= q[v] >> (32 - off);  // values 10 and 21 straddle
-          }
-        } else {
-          const int f = 32 / bits;
-          for (int v = 0; v < 32; ++v) w[v / f] |= q[v] << (bits * (v % f));
-        }
-        for (int i = 0; i < bits; ++i) out[i * kTileN + r] = static_cast<int32_t>(w[i]);
       }
+      int32_t* out = packed + t * row_words * kTileN + r;
+      for (int64_t i = 0; i < row_words; ++i) out[i * kTileN] = static_cast<int32_t>(w[i]);
     }
   });
   return st;
 }
 
-void unpack(const int32_t* packed, int64_t n, int64_t k, int bits, uint8_t* codes) {
-  const int64_t tiles = ceil_div(n, kTileN), nb = ceil_div(k, kBlockK);
+void unpack(const int32_t* packed, int64_t n, int64_t k, int bits, int64_t row_words, uint8_t* codes) {
+  const int64_t tiles = ceil_div(n, kTileN);
   parallel_for(tiles, [&](int64_t t) {
     const int rows = static_cast<int>(n - t * kTileN < kTileN ? n - t * kTileN : kTileN);
     for (int r = 0; r < rows; ++r) {
       uint8_t* dst = codes + (t * kTileN + r) * k;
-      for (int64_t b = 0; b < nb; ++b) {
-        const int32_t* words = packed + (t * nb + b) * bits * kTileN + r;
-        const int64_t kc = k - b * 32 < 32 ? k - b * 32 : 32;
-        for (int64_t v = 0; v < kc; ++v)
-          dst[b * 32 + v] = static_cast<uint8_t>(detail::decode_code(words, static_cast<int>(v), bits));
-      }
+      const int32_t* row = packed + t * row_words * kTileN + r;
+      for (int64_t v = 0; v < k; ++v) dst[v] = static_cast<uint8_t>(detail::decode_stream(row, v, bits));
     }
   });
 }

@@ -159,19 +159,24 @@ __device__ __forceinline__ uint32_t code_at(const uint32_t (&w)[BITS], int v) {
   }
 }
 
+// Value v of one row's bit stream (docs/format.md): `row` points at word 0 of the row (the
+// [tiles, row_words, 16] view), successive words 16 int32 apart. The next word is read only
+// when the value straddles into it, so the stream's last word is never overrun.
+__device__ __forceinline__ uint32_t stream_value(const int32_t* row, int64_t v, int bits) {
+  const int64_t pos = int64_t(bits) * v, wi = pos >> 5;
+  const int off = static_cast<int>(pos & 31);
+  const uint32_t lo = static_cast<uint32_t>(__ldg(row + wi * kTileN));
+  const uint32_t hi = off + bits > 32 ? static_cast<uint32_t>(__ldg(row + (wi + 1) * kTileN)) : 0u;
+  return __funnelshift_r(lo, hi, off) & ((1u << bits) - 1u);
+}
+
 // Zero point of (row n, group g): 2**(bits-1) when symmetric, else decoded from the packed
-// [n, n_groups] matrix (tiles of 16 rows, blocks of 32 groups, format.md "Zero points").
+// zero points, [ceil(n/16), ceil(n_groups * bits / 32), 16] (format.md "Zero points").
 __device__ __forceinline__ uint32_t zero_point(const int32_t* zeros, int bits, int64_t n, int64_t g,
                                                int64_t n_groups) {
   if (zeros == nullptr) return 1u << (bits - 1);
-  const int64_t zb = ceil_div_dev(n_groups, kBlockK);
-  uint32_t w[8];
-  const int64_t base = word_index(n / kTileN, g / kBlockK, 0, static_cast<int>(n % kTileN), zb, bits);
-#pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    w[i] = i < bits ? static_cast<uint32_t>(__ldg(zeros + base + int64_t(i) * kTileN)) : 0u;
-  }
-  return code_of(w, bits, static_cast<int>(g % kBlockK));
+  const int64_t zw = ceil_div_dev(n_groups * bits, 32);
+  return stream_value(zeros + (n / kTileN) * zw * kTileN + n % kTileN, g, bits);
 }
 
 // float(q - z) without an integer-to-float conversion instruction (quarter rate on most GPUs):

@@ -8,6 +8,22 @@ namespace {
 
 // ------------------------------------------------------------------ GEMV path
 
+// One word of four consecutive rows (p = &word[4j] of a tile's 16): a 128-bit load when the
+// array is 16-byte aligned (then so is p: 16-row words are 64 bytes, 4j words 16j bytes).
+__device__ __forceinline__ void load_row_quad(uint32_t (&out)[4], const int32_t* __restrict__ p,
+                                              bool aligned16) {
+  if (aligned16) {
+    const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
+    out[0] = v.x;
+    out[1] = v.y;
+    out[2] = v.z;
+    out[3] = v.w;
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) out[i] = static_cast<uint32_t>(__ldg(p + i));
+  }
+}
+
 // Words w = 0..BITS-1 of block b for the four rows 4j..4j+3 of tile t: out[i][w] is row 4j+i.
 template <int BITS>
 __device__ __forceinline__ void load_quad(uint32_t (&out)[4][BITS], const int32_t* __restrict__ base,
@@ -15,17 +31,10 @@ __device__ __forceinline__ void load_quad(uint32_t (&out)[4][BITS], const int32_
                                           bool aligned16) {
 #pragma unroll
   for (int w = 0; w < BITS; ++w) {
-    const int64_t idx = detail::word_index(t, b, w, 4 * j, n_blocks, BITS);
-    if (aligned16) {
-      const uint4 v = __ldg(reinterpret_cast<const uint4*>(base + idx));
-      out[0][w] = v.x;
-      out[1][w] = v.y;
-      out[2][w] = v.z;
-      out[3][w] = v.w;
-    } else {
+    uint32_t v[4];
+    load_row_quad(v, base + detail::word_index(t, b, w, 4 * j, n_blocks, BITS), aligned16);
 #pragma unroll
-      for (int i = 0; i < 4; ++i) out[i][w] = static_cast<uint32_t>(__ldg(base + idx + i));
-    }
+    for (int i = 0; i < 4; ++i) out[i][w] = v[i];
   }
 }
 
@@ -84,12 +93,17 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const Args a) {
       g_prev = g;
       uint32_t zq[4] = {1u << (BITS - 1), 1u << (BITS - 1), 1u << (BITS - 1), 1u << (BITS - 1)};
       if (a.zeros != nullptr) {
-        // Zero points are packed like the weights: the same 128-bit quad load, in [N, n_groups].
-        uint32_t zw[4][BITS];
-        load_quad<BITS>(zw, a.zeros, t, g / kBlockK, j, ceil_div_dev(a.n_groups, kBlockK),
-                        a.aligned16);
+        // Group g's zero point of rows 4j..4j+3: one 128-bit load of word (BITS g) / 32 of the
+        // rows' zero streams, plus the next word when a 3-bit zero straddles two words.
+        const int64_t pos = g * BITS;
+        const int off = static_cast<int>(pos & 31);
+        const int64_t zw = ceil_div_dev(a.n_groups * BITS, 32);
+        const int32_t* zp = a.zeros + (t * zw + (pos >> 5)) * kTileN + 4 * j;
+        uint32_t lo[4], hi[4] = {0u, 0u, 0u, 0u};
+        load_row_quad(lo, zp, a.aligned16);
+        if (off + BITS > 32) load_row_quad(hi, zp + kTileN, a.aligned16);
 #pragma unroll
-        for (int i = 0; i < 4; ++i) zq[i] = detail::code_at<BITS>(zw[i], static_cast<int>(g % kBlockK));
+        for (int i = 0; i < 4; ++i) zq[i] = __funnelshift_r(lo[i], hi[i], off) & ((1u << BITS) - 1u);
       }
 #pragma unroll
       for (int i = 0; i < 4; ++i) {

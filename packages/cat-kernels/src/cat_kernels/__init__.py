@@ -5,6 +5,8 @@ Weights are stored in the packed format of docs/format.md. The operations accept
 results in the framework and on the device of their input:
 
 - :func:`pack` / :func:`unpack`: integer codes <-> packed int32 words;
+- :func:`pack_zeros` / :func:`unpack_zeros`: the same for the zero points (their own, denser
+  layout);
 - :func:`dequantize`: packed weights -> dense ``[N, K]`` matrix;
 - :func:`gemm`: ``x @ W.T`` straight from the packed weights;
 - :class:`PackedWeight`: a weight validated once for repeated ``gemm``/``dequantize`` calls
@@ -20,12 +22,23 @@ from __future__ import annotations
 from typing import Any
 
 from . import _C
-from ._api import dequantize, gemm, pack, unpack
+from ._api import dequantize, gemm, pack, pack_zeros, unpack, unpack_zeros
 from ._weight import PackedWeight
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-__all__ = ["pack", "unpack", "dequantize", "gemm", "PackedWeight", "build_info", "cuda_available", "__version__"]
+__all__ = [
+    "pack",
+    "unpack",
+    "pack_zeros",
+    "unpack_zeros",
+    "dequantize",
+    "gemm",
+    "PackedWeight",
+    "build_info",
+    "cuda_available",
+    "__version__",
+]
 
 
 def build_info() -> dict[str, Any]:

@@ -19,6 +19,7 @@ from ._checks import (
     _int,
     _packed_shape,
     _resolve_group_size,
+    _zeros_shape,
 )
 
 #: Any array type: numpy.ndarray on the CPU; torch.Tensor, cupy.ndarray (or any DLPack
@@ -50,12 +51,7 @@ def pack(codes: Array, bits: int) -> Array:
     _check_same_device({"codes": ci})
     n, k = ci.shape
     out = _empty(codes, ci, _packed_shape(n, k, bits), "int32", "pack")
-    ok, row, col, value = _C._pack(codes, bits, out, _stream(codes, ci))
-    if not ok:
-        raise ValueError(
-            f"codes: codes[{row}, {col}] = {value} is out of range for bits={bits} "
-            f"(expected 0 <= code < {1 << bits})"
-        )
+    _pack_into(codes, ci, bits, out, zero_layout=False)
     return out
 
 
@@ -79,7 +75,71 @@ def unpack(packed: Array, n: int, k: int) -> Array:
     _check_packed(pi, n, k)
     _check_same_device({"packed": pi})
     out = _empty(packed, pi, (n, k), "uint8", "unpack")
-    _C._unpack(packed, n, k, out, _stream(packed, pi))
+    _C._unpack(packed, n, k, -1, out, _stream(packed, pi))
+    return out
+
+
+def _pack_into(codes: Any, ci: _Info, bits: int, out: Any, *, zero_layout: bool) -> None:
+    ok, row, col, value = _C._pack(codes, bits, out, _stream(codes, ci), zero_layout)
+    if not ok:
+        what = "zeros" if zero_layout else "codes"
+        raise ValueError(
+            f"{what}: {what}[{row}, {col}] = {value} is out of range for bits={bits} "
+            f"(expected 0 <= value < {1 << bits})"
+        )
+
+
+def pack_zeros(zeros: Array, bits: int) -> Array:
+    """Pack integer zero points into the cat-kernels zero-point format.
+
+    Each row's ``n_groups`` zero points form one dense bit stream (``bits`` bits each, no padding
+    between groups), so a zero point costs exactly ``bits`` bits (docs/format.md "Zero points").
+
+    Args:
+        zeros: ``[N, n_groups]`` uint8 or int32, C-contiguous, every value in ``0 <= z < 2**bits``.
+        bits: 2, 3, 4 or 8 (the bit width of the weights they belong to).
+
+    Returns:
+        ``[ceil(N/16), ceil(n_groups*bits/32), 16]`` int32, same framework and device as ``zeros``.
+
+    Raises:
+        ValueError: bad ``bits``, shape, contiguity, or a value out of range (with its position).
+        TypeError: ``zeros`` is not an array or not uint8/int32.
+    """
+    bits = _check_bits(bits)
+    zeros, zi = _inspect(zeros, "zeros")
+    _check_ndim(zi, 2, "zeros", "[N, n_groups]")
+    _check_dtype(zi, ("uint8", "int32"), "zeros")
+    _check_contiguous(zi, "zeros")
+    _check_same_device({"zeros": zi})
+    n, ng = zi.shape
+    out = _empty(zeros, zi, _zeros_shape(n, ng, bits), "int32", "pack_zeros")
+    _pack_into(zeros, zi, bits, out, zero_layout=True)
+    return out
+
+
+def unpack_zeros(packed_zeros: Array, n: int, n_groups: int, bits: int) -> Array:
+    """Inverse of :func:`pack_zeros`.
+
+    Args:
+        packed_zeros: ``[ceil(n/16), ceil(n_groups*bits/32), 16]`` int32, C-contiguous.
+        n: number of rows N (> 0).
+        n_groups: zero points per row (> 0).
+        bits: 2, 3, 4 or 8 (not recoverable from the shape).
+
+    Returns:
+        ``[n, n_groups]`` uint8, same framework and device as ``packed_zeros``.
+    """
+    bits = _check_bits(bits)
+    n = _int(n, "n")
+    ng = _int(n_groups, "n_groups")
+    if n <= 0 or ng <= 0:
+        raise ValueError(f"n, n_groups: must be positive, got n={n}, n_groups={ng}")
+    packed_zeros, zi = _inspect(packed_zeros, "packed_zeros")
+    _check_zeros(zi, n, ng, bits, "packed_zeros")
+    _check_same_device({"packed_zeros": zi})
+    out = _empty(packed_zeros, zi, (n, ng), "uint8", "unpack_zeros")
+    _C._unpack(packed_zeros, n, ng, bits, out, _stream(packed_zeros, zi), True)
     return out
 
 
@@ -145,8 +205,8 @@ def dequantize(
     Args:
         packed: ``[ceil(N/16), ceil(K/32), bits, 16]`` int32 codes (bits = ``shape[2]``).
         scales: ``[N, n_groups]`` float32, float16 or bfloat16, ``n_groups = K / G``.
-        zeros: ``[ceil(N/16), ceil(n_groups/32), bits, 16]`` int32 packed zero points, or None
-            for symmetric quantization (zero point ``2**(bits-1)``).
+        zeros: ``[ceil(N/16), ceil(n_groups*bits/32), 16]`` int32 zero points from
+            :func:`pack_zeros`, or None for symmetric quantization (zero point ``2**(bits-1)``).
         group_size: G, a multiple of 32 that divides K, or -1 (one group per row).
         k: the true K. Required when ``group_size == -1`` (the packed array only knows K rounded
             up to 32); otherwise optional and must equal ``n_groups * group_size``.
@@ -181,8 +241,8 @@ def gemm(
         x: ``[M, K]`` float32, float16 or bfloat16, C-contiguous (M may be 0).
         packed: ``[ceil(N/16), ceil(K/32), bits, 16]`` int32 packed codes (bits = ``shape[2]``).
         scales: ``[N, n_groups]`` float32, float16 or bfloat16, ``n_groups = K / G``.
-        zeros: ``[ceil(N/16), ceil(n_groups/32), bits, 16]`` int32 packed zero points, or None
-            (symmetric).
+        zeros: ``[ceil(N/16), ceil(n_groups*bits/32), 16]`` int32 zero points from
+            :func:`pack_zeros`, or None (symmetric).
         group_size: G, a multiple of 32 that divides K, or -1 (one group per row; K may then be
             any positive integer).
         out: optional ``[M, N]`` C-contiguous array of x's dtype on x's device to write into.

@@ -124,15 +124,20 @@ def _check_scales(info: _Info, name: str = "scales") -> tuple[int, int]:
     return n, ng
 
 
-def _check_zeros(info: _Info | None, n: int, n_groups: int, bits: int) -> None:
+def _zeros_shape(n: int, n_groups: int, bits: int) -> tuple[int, int, int]:
+    return (_ceil_div(n, TILE_N), _ceil_div(n_groups * bits, 32), TILE_N)
+
+
+def _check_zeros(info: _Info | None, n: int, n_groups: int, bits: int, name: str = "zeros") -> None:
     if info is None:
         return
-    _check_ndim(info, 4, "zeros", "[ceil(N/16), ceil(n_groups/32), bits, 16] (or None)")
-    _check_dtype(info, ("int32",), "zeros")
-    want = _packed_shape(n, n_groups, bits)
+    _check_ndim(info, 3, name, "[ceil(N/16), ceil(n_groups*bits/32), 16] from pack_zeros (or None)")
+    _check_dtype(info, ("int32",), name)
+    want = _zeros_shape(n, n_groups, bits)
     if info.shape != want:
         raise ValueError(
-            f"zeros: expected shape {want} (the [N={n}, n_groups={n_groups}] zero points packed "
-            f"with bits={bits}), got {info.shape}"
+            f"{name}: expected shape {want} (the [N={n}, n_groups={n_groups}] zero points packed "
+            f"by pack_zeros with bits={bits}: [ceil(N/16), ceil(n_groups*bits/32), 16]), "
+            f"got {info.shape}"
         )
-    _check_contiguous(info, "zeros")
+    _check_contiguous(info, name)

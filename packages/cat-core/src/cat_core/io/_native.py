@@ -16,7 +16,7 @@ from cat_core.io._common import CheckpointError
 from cat_core.nn import QuantLinear
 
 QUANT_METHOD = "caterpillar"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: zero points in cat-kernels format v2 (dense rows)
 
 
 def _activation_paths(model: nn.Module) -> list[str]:
@@ -83,7 +83,9 @@ def _settings(qcfg: Any, path: Path) -> tuple[dict[str, tuple[int, int, bool, to
         )
     if qcfg.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
-            f"{where}: format_version {qcfg.get('format_version')!r} is not supported (this version reads {FORMAT_VERSION})"
+            f"{where}: format_version {qcfg.get('format_version')!r} is not supported (this version reads "
+            f"{FORMAT_VERSION}; version 1 came from cat-core 0.1, whose zero-point layout has since changed: "
+            "quantize the model again)"
         )
     try:
         glob = {k: qcfg[k] for k in ("bits", "group_size", "sym", "scale_dtype")}

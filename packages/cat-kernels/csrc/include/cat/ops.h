@@ -19,9 +19,17 @@ enum class DType : int { f32 = 0, f16 = 1, bf16 = 2 };
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Number of int32 words in a packed [n, k] matrix.
+// Both packed arrays are one little-endian bit stream per row (value v at stream bits
+// [bits v, bits v + bits)), cut into int32 words, word w of the 16 rows of a tile side by side
+// (docs/format.md). They differ only in the stream's length in words:
+// weights: `bits` words per block of 32 columns, so blocks of 32 codes start on a word boundary;
+inline int64_t weight_row_words(int64_t k, int bits) { return ceil_div(k, kBlockK) * bits; }
+// zero points: as few words as hold the row (a 3-bit row of 9 groups takes one word, not three).
+inline int64_t zero_row_words(int64_t n_groups, int bits) { return ceil_div(n_groups * bits, 32); }
+
+// Number of int32 words in a packed [n, k] weight matrix.
 inline int64_t packed_words(int64_t n, int64_t k, int bits) {
-  return ceil_div(n, kTileN) * ceil_div(k, kBlockK) * bits * kTileN;
+  return ceil_div(n, kTileN) * weight_row_words(k, bits) * kTileN;
 }
 
 // Result of pack: the first code that was out of range, if any.
@@ -36,18 +44,21 @@ struct QWeight {
   const int32_t* packed = nullptr;  // [ceil(n/16), ceil(k/32), bits, 16]
   const void* scales = nullptr;     // [n, n_groups], dtype scale_dtype
   DType scale_dtype = DType::f32;
-  const int32_t* zeros = nullptr;   // packed [n, n_groups] zero points; nullptr = symmetric
+  const int32_t* zeros = nullptr;   // [ceil(n/16), zero_words(), 16]; nullptr = symmetric
   int bits = 4;
   int64_t n = 0, k = 0;
   int64_t group_size = 0;           // resolved: k when the user passed -1
   int64_t n_groups() const { return k / group_size; }
+  int64_t zero_words() const { return zero_row_words(n_groups(), bits); }
 };
 
 // ---------------------------------------------------------------- CPU
 namespace cpu {
-// codes: [n, k] row-major; code_bytes = 1 (uint8) or 4 (int32).
-PackStatus pack(const void* codes, int code_bytes, int64_t n, int64_t k, int bits, int32_t* packed);
-void unpack(const int32_t* packed, int64_t n, int64_t k, int bits, uint8_t* codes);
+// codes: [n, k] row-major; code_bytes = 1 (uint8) or 4 (int32). packed: [ceil(n/16), row_words,
+// 16] (row_words = weight_row_words or zero_row_words: the same rule serves both arrays).
+PackStatus pack(const void* codes, int code_bytes, int64_t n, int64_t k, int bits, int64_t row_words,
+                int32_t* packed);
+void unpack(const int32_t* packed, int64_t n, int64_t k, int bits, int64_t row_words, uint8_t* codes);
 // out: [n, k] row-major, dtype out_dtype.
 void dequantize(const QWeight& w, void* out, DType out_dtype);
 // x: [m, k] row-major, dtype x_dtype; out: [m, n] row-major, dtype x_dtype.
@@ -71,9 +82,10 @@ void set_device(int device);
 int get_device();
 // Pack on the device; returns the first out-of-range code (this synchronizes the stream,
 // since the answer must reach the host).
-PackStatus pack(const void* codes, int code_bytes, int64_t n, int64_t k, int bits, int32_t* packed,
-                void* stream);
-void unpack(const int32_t* packed, int64_t n, int64_t k, int bits, uint8_t* codes, void* stream);
+PackStatus pack(const void* codes, int code_bytes, int64_t n, int64_t k, int bits, int64_t row_words,
+                int32_t* packed, void* stream);
+void unpack(const int32_t* packed, int64_t n, int64_t k, int bits, int64_t row_words, uint8_t* codes,
+            void* stream);
 void dequantize(const QWeight& w, void* out, DType out_dtype, void* stream);
 // How many K partitions gemm uses for this problem, and the float32 workspace it needs
 // (elements; 0 when splits == 1). Depends only on the shapes, so results are reproducible.
