@@ -19,6 +19,7 @@ __all__ = ["QuantConfig", "CalibConfig", "matches_any", "auto_search_dtype"]
 _BITS = (2, 3, 4, 8)
 _SCALE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 _SEARCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+_ROUNDINGS = ("nearest", "gptq")
 
 
 def _dtype_name(value: Any, allowed: dict[str, torch.dtype], field: str) -> str:
@@ -123,6 +124,22 @@ class QuantConfig:
     #: experts get quantized; each conversion is verified numerically, one that fails stays fused
     #: (full precision) with a warning.
     unfuse_experts: bool = True
+    #: how each linear's integer codes are chosen once the scales and clips are fixed: "nearest",
+    #: plain round-to-nearest (the default; what AWQ itself does), or "gptq", GPTQ's error feedback
+    #: (Frantar et al. 2022): columns are rounded in order and each one's error is pushed onto the
+    #: columns not yet rounded through the inverse input Gram, so errors cancel on correlated
+    #: inputs. Scales and zeros are round-to-nearest's on the clipped weight either way (the clip
+    #: search chose the ranges); GPTQ's codes reproduce the unclipped weight, so the clipping error
+    #: is fed back too. Costs a K x K Gram per distinct input and a Cholesky per linear.
+    rounding: str = "nearest"
+    #: GPTQ only: dampening added to the Gram's diagonal, as a fraction of its mean diagonal; keeps
+    #: the Cholesky well conditioned when inputs are collinear or few tokens were seen (raised 10x
+    #: on a failed factorization).
+    gptq_damp: float = 0.01
+    #: GPTQ only: columns per lazy block: an error moves the rest of its block at once and the
+    #: columns after the block once per block (one matmul, not a rank-1 update per column); only
+    #: the speed depends on it, the codes agree up to float rounding.
+    gptq_block: int = 128
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -158,6 +175,17 @@ class QuantConfig:
             raise ValueError(f"seed must be an int, got {self.seed!r}")
         if self.loss_scope not in ("module", "block"):
             raise ValueError(f"loss_scope must be 'module' or 'block', got {self.loss_scope!r}")
+        if self.rounding not in _ROUNDINGS:
+            raise ValueError(f"rounding must be one of {_ROUNDINGS}, got {self.rounding!r}")
+        d = self.gptq_damp
+        if not isinstance(d, (int, float)) or isinstance(d, bool) or not 0.0 < float(d) < 1.0:
+            raise ValueError(
+                f"gptq_damp must be a float in (0, 1) (a fraction of the mean Gram diagonal), got {d!r}"
+            )
+        put("gptq_damp", float(d))
+        b = self.gptq_block
+        if not isinstance(b, int) or isinstance(b, bool) or b < 1:
+            raise ValueError(f"gptq_block must be an int >= 1, got {b!r}")
 
     @property
     def scale_torch_dtype(self) -> torch.dtype:

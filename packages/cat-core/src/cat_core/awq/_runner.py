@@ -30,6 +30,7 @@ from cat_core.awq._capture import (
 )
 from cat_core.awq._clip_search import GramAccumulator, apply_clip, search_clip
 from cat_core.awq._errors import AWQError
+from cat_core.awq._gptq import gptq_quantize
 from cat_core.awq._scale_search import search_scales
 from cat_core.awq._stats import AbsMeanRecorder
 from cat_core.config import QuantConfig, matches_any
@@ -185,6 +186,66 @@ def _capture_linear_grams(
     return {rel: a.mean() for rel, a in accs.items() if a.tokens}
 
 
+def _capture_full_grams(
+    block: nn.Module, linears: list[tuple[str, str, nn.Linear]], call: BlockCall, hidden: torch.Tensor,
+    device: torch.device, n_tokens: int | None, seed: int,
+) -> dict[str, torch.Tensor]:
+    """Full ``[K, K]`` input Gram (``mean_t x x^T``, float32) of each of ``linears`` over one run of
+    the block, for GPTQ; linears never called on the data are absent.
+
+    Tokens are sampled as :func:`_capture_linear_grams` samples them (same seed, same order), and
+    linears fed one tensor (q, k, v) share one Gram tensor, not copies: full Grams are large.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    parts: dict[str, list[GramAccumulator]] = {rel: [] for rel, _, _ in linears}
+    last: list[Any] = [None, None]  # the input of the latest call, and its Gram
+
+    def hook(rel: str):
+        def fn(module: nn.Module, args: tuple) -> None:
+            x = args[0]
+            if last[0] is not x:
+                part = GramAccumulator(x.shape[-1], -1)
+                part.add(_sample_rows(x.detach(), n_tokens, gen))
+                last[:] = [x, part]
+            parts[rel].append(last[1])
+        return fn
+
+    handles = [m.register_forward_pre_hook(hook(rel)) for rel, _, m in linears]
+    try:
+        _run(block, call, hidden, device)
+    finally:
+        for h in handles:
+            h.remove()
+        last.clear()
+    out: dict[str, torch.Tensor] = {}
+    means: dict[tuple[int, ...], torch.Tensor] = {}
+    for rel, ps in parts.items():
+        ps = [p for p in ps if p.tokens]
+        if not ps:
+            continue
+        key = tuple(id(p) for p in ps)
+        if key not in means:
+            acc = ps[0]
+            if len(ps) > 1:  # called more than once: a Gram of its own over every call
+                acc = GramAccumulator(ps[0].sum.shape[-1], -1)
+                for p in ps:
+                    acc.merge(p)
+            means[key] = acc.sum.div_(acc.tokens)[0]  # in place: the sums are not needed again
+        out[rel] = means[key]
+    return out
+
+
+def _diagonal_blocks(gram: torch.Tensor, group_size: int) -> torch.Tensor:
+    """The per-group Grams ``[n_groups, g, g]`` (as :meth:`GramAccumulator.mean`) of a full
+    ``[K, K]`` Gram: its diagonal blocks."""
+    k = gram.shape[0]
+    g = k if group_size == -1 else group_size
+    ng = k // g
+    if ng == 1:
+        return gram.unsqueeze(0)
+    return gram.reshape(ng, g, ng, g).diagonal(dim1=0, dim2=2).permute(2, 0, 1).contiguous()
+
+
 # Early stop of the statistics pass: after at least _STATS_MIN_TOKENS tokens, stop when the last
 # chunk moved no channel's mean |x| by more than _STATS_RTOL of its value (channels whose mean is
 # below _STATS_FLOOR of the average channel are ignored: their scales are clamped anyway).
@@ -324,30 +385,69 @@ def run_awq(
 
             # 3. clip search on the folded weights
             linears = block_linears(block, bg.path, config)
+            gptq = config.rounding == "gptq"
+            full_grams: dict[str, torch.Tensor] = {}
+            clips: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+            if gptq:
+                # One capture after the folds serves both the clip search (the diagonal blocks)
+                # and GPTQ (the clip changes weights, not the inputs the Grams are made of).
+                if bar is not None:
+                    bar.set_postfix_str("gptq: input grams", refresh=False)
+                full_grams = _capture_full_grams(
+                    block, linears, block_calls[0], hiddens[0], device,
+                    config.clip_token_subsample, config.seed + bi,
+                )
+                checked: set[int] = set()
+                for rel, h in full_grams.items():
+                    if id(h) not in checked and not bool(torch.isfinite(h).all()):
+                        nonfinite(f"input Gram of {rel}", [], rel)
+                    checked.add(id(h))
+                clock("grams")
             if config.clip:
                 if bar is not None:
                     bar.set_postfix_str("clip search", refresh=False)
                 to_clip = [l for l in linears if not matches_any(l[1], config.skip_clip)]
-                grams = _capture_linear_grams(
-                    block, to_clip, block_calls[0], hiddens[0], device, config.group_size,
-                    config.clip_token_subsample, config.seed + bi,
-                )
+                if gptq:
+                    grams = {rel: _diagonal_blocks(full_grams[rel], config.group_size)
+                             for rel, _, _ in to_clip if rel in full_grams}
+                else:
+                    grams = _capture_linear_grams(
+                        block, to_clip, block_calls[0], hiddens[0], device, config.group_size,
+                        config.clip_token_subsample, config.seed + bi,
+                    )
                 for rel, full, mod in to_clip:
                     if rel not in grams:
                         continue  # never called on the calibration data (e.g. an unused expert)
                     lo, hi, err = search_clip(mod.weight.data, grams[rel], config, name=full)
                     if not bool(torch.isfinite(err).all()):
                         nonfinite(f"clip-search error of {rel}", [], rel)
-                    apply_clip(mod.weight, lo, hi)
+                    if gptq:
+                        clips[rel] = (lo, hi)  # applied in step 4: GPTQ also needs the unclipped weight
+                    else:
+                        apply_clip(mod.weight, lo, hi)
                 del grams
             clock("clip_search")
 
             # 4. quantize; the model keeps exactly what the kernels will reconstruct
+            if gptq and bar is not None:
+                bar.set_postfix_str(f"gptq: {len(full_grams)}/{len(linears)} linears", refresh=False)
             for rel, full, mod in linears:
                 w = mod.weight.data
                 if not bool(torch.isfinite(w).all()):
                     nonfinite(f"weight of {rel}", [], rel)
-                qt = quantize_tensor(w, config, name=full)
+                # a linear no calibration token reached has no Gram: round to nearest
+                gram = full_grams.pop(rel, None)  # dropped once used: q, k, v share one
+                if gram is not None:
+                    # The clipped weight sets the grid (scales, zeros); the codes reproduce the
+                    # unclipped one, so GPTQ feeds the clipping error back with the rounding error.
+                    grid = w
+                    if rel in clips:
+                        grid = w.clone()
+                        apply_clip(grid, *clips.pop(rel))
+                    qt = gptq_quantize(grid, gram, config, name=full, target=w)
+                    del gram, grid
+                else:
+                    qt = quantize_tensor(w, config, name=full)
                 w.copy_(dequantize(qt, w.dtype))
                 tensors[full] = qt.to("cpu")
             clock("quantize")
