@@ -248,6 +248,20 @@ def test_export_gptq_and_eval_reference_flag(tiny_dir, tmp_path, capsys):
     assert "top-1 agreement" in cap.out
 
 
+def test_gptq_rounding_option(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "r3"
+    rc = quantize.main([str(tiny_dir), "--bits", "3", "--n-samples", "2", "--seqlen", "16", "--rounding", "gptq",
+                        "--no-quality", "--out", str(out)])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "GPTQ rounding" in cap.out and "grams" in cap.out
+    with pytest.raises(SystemExit) as e:
+        quantize.main([str(tiny_dir), "--rounding", "best", "--out", str(tmp_path / "x")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--rounding" in err[0]
+
+
 def test_awq_export_needs_4_bits(tiny_dir, tmp_path, capsys):
     rc = quantize.main([str(tiny_dir), "--bits", "3", "--export", "awq", "--out", str(tmp_path / "o")])
     _one_line_error(capsys, rc, 1, "4-bit")

@@ -27,7 +27,7 @@ QUALITY_SAMPLES = 4
 QUALITY_SEQLEN = 128
 QUALITY_SEED = 1234
 #: the phases of QuantizeResult.timings shown in the summary (seconds)
-AWQ_PHASES = ("capture", "stats", "scale_search", "clip_search", "quantize", "propagate")
+AWQ_PHASES = ("capture", "stats", "scale_search", "grams", "clip_search", "quantize", "propagate")
 
 _EPILOG = """\
 MODEL is a Hugging Face hub id (needs the network), a local model directory or a .gguf file;
@@ -70,6 +70,10 @@ def build() -> argparse.ArgumentParser:
                    help="dtype of the AWQ search's reruns (stored weights are unaffected): 'auto' takes "
                         "bfloat16 where the device computes it natively (CUDA with bf16, a CPU with "
                         "AVX512-BF16/AMX), else float32. Default: auto")
+    p.add_argument("--rounding", choices=("nearest", "gptq"), default="nearest",
+                   help="how codes are chosen once AWQ has fixed scales and clipping ranges: 'nearest' "
+                        "(AWQ's round-to-nearest) or 'gptq' (error feedback through the inputs' Gram "
+                        "matrix, column by column: lower error at a few seconds per block). Default: nearest")
     p.add_argument("--quality-samples", type=int, default=QUALITY_SAMPLES,
                    help="sequences sampled from the unquantized model for the closing quality figure "
                         f"(mean KL and top-1 agreement, as cat-eval's data-free figure; default: {QUALITY_SAMPLES})")
@@ -211,7 +215,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("no linear layer inside the decoder blocks to quantize")
     gs = _choose_group_size(gs_req, layers)
     search = auto_search_dtype(device) if args.search_dtype == "auto" else args.search_dtype
-    qcfg = QuantConfig(bits=args.bits, group_size=gs, sym=args.sym, seed=args.seed, search_dtype=search)
+    qcfg = QuantConfig(bits=args.bits, group_size=gs, sym=args.sym, seed=args.seed, search_dtype=search,
+                       rounding=args.rounding)
     stage("graph")
 
     quality_ids = ref = None
@@ -265,7 +270,8 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {out} ({fmt} format)",
         f"  model            {loaded.source}",
         f"  quantization     AWQ {args.bits}-bit, group size {gs}{' (auto)' if gs_req == 'auto' else ''}, "
-        f"{'symmetric' if args.sym else 'asymmetric'}, {len(result.tensors)} linears, {qcfg.search_dtype} search",
+        f"{'symmetric' if args.sym else 'asymmetric'}, {len(result.tensors)} linears, {qcfg.search_dtype} search"
+        + (", GPTQ rounding" if qcfg.rounding == "gptq" else ""),
         f"  calibration      {args.calib}: {args.n_samples} x {args.seqlen} tokens",
         f"  time             {_cli.fmt_seconds(timer.elapsed)} total: "
         + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items())
