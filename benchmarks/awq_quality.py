@@ -23,6 +23,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -63,7 +64,7 @@ def run_row(args, method: str, bits: int | None, calib: str | None, ids: torch.T
     if args.blocks:
         M.truncate_blocks(model, args.blocks)
     row: dict = {"model": args.model, "method": method, "bits": bits, "group_size": group if bits else None,
-                 "blocks": args.blocks or None, "load_s": round(time.perf_counter() - t0, 2)}
+                 "blocks": args.blocks or None, "threads": torch.get_num_threads(), "load_s": round(time.perf_counter() - t0, 2)}
     qcfg = None
     if method != "fp":
         qcfg = QuantConfig(bits=bits, group_size=group, **json.loads(args.quant_overrides or "{}"))
@@ -100,6 +101,14 @@ def run_row(args, method: str, bits: int | None, calib: str | None, ids: torch.T
                peak_rss_mib=round(M.peak_rss_mib(), 1), loadavg_before=load0, loadavg_after=os.getloadavg(),
                finished=dt.datetime.now().isoformat(timespec="seconds"))
     return row
+
+
+def _threads(r: dict) -> int:
+    """torch threads of a row (rows before the field existed: from their command line, else 2)."""
+    if "threads" in r:
+        return r["threads"]
+    m = re.search(r"--threads[ =](\d+)", r.get("command", ""))
+    return int(m.group(1)) if m else 2
 
 
 def _key(r: dict) -> tuple:
@@ -151,7 +160,7 @@ def write_results(path_json: Path, rows: list[dict], meta: dict) -> None:
     path_json.write_text(json.dumps(data, indent=1))
     md = [f"# AWQ quality, {meta['date']}", "",
           f"Machine: {meta['machine'].get('cpu')}, {meta['machine'].get('cores')} cores, torch "
-          f"{meta['machine'].get('torch')}, {meta['machine'].get('torch_threads')} threads, on a CPU shared with other "
+          f"{meta['machine'].get('torch')}, 2 torch threads unless the quant column says otherwise, on a CPU shared with other "
           "jobs (wall times depend on the load averages listed; rows without clip_refine predate that option; "
           "rows without clip_all_tokens searched clips on 512 sampled tokens, the default before 2026-11-22 "
           "session 3, which could miss the massive-activation first tokens).", "",
@@ -170,7 +179,8 @@ def write_results(path_json: Path, rows: list[dict], meta: dict) -> None:
                   f"{' clip_refine' if r['method'] == 'awq' and r.get('quant_config', {}).get('clip_refine') else ''}"
                   f"{' clip_all_tokens' if r['method'] == 'awq' and r.get('quant_config', {}).get('clip_token_subsample', 512) is None else ''} | "
                   f"{r['windows']}x{r['eval_seqlen']} ({r['tokens_scored']}) | {r['ppl']:.3f} | "
-                  f"{r.get('quant_s', '')}{' (' + str(r['quant_cpu_s']) + ')' if 'quant_cpu_s' in r else ''} | {r['wall_s']} | {r['peak_rss_mib']} | {la} |")
+                  f"{r.get('quant_s', '')}{' (' + str(r['quant_cpu_s']) + ')' if 'quant_cpu_s' in r else ''}"
+                  f"{'' if _threads(r) == 2 else f' [{_threads(r)} thread(s)]'} | {r['wall_s']} | {r['peak_rss_mib']} | {la} |")
     bars = data["bars"]
     if bars:
         md += ["", "## Bars (gap closed = (RTN - AWQ) / (RTN - fp))", "",
