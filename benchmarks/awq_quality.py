@@ -119,7 +119,11 @@ def _setting(r: dict) -> str:
     """The AWQ settings that tell rows of one model and bit width apart."""
     qc = r.get("quant_config", {})
     parts = [f"{k}={v}" for k, v in (r.get("overrides") or {}).items()
-             if k not in ("clip_refine", "clip_token_subsample")]
+             if k not in ("clip_refine", "clip_token_subsample", "rounding", "gptq_damp")]
+    # From the stored config, not the overrides: the default rounding changed (rows without the
+    # key predate GPTQ rounding and rounded to nearest).
+    rounding = qc.get("rounding", "nearest")
+    parts.append(f"rounding={rounding}" + (f" (damp {qc.get('gptq_damp', 0.01)})" if rounding == "gptq" else ""))
     parts.append("refine" if qc.get("clip_refine") else "no refine")
     parts.append("clip: all tokens" if qc.get("clip_token_subsample", 512) is None
                  else f"clip: {qc.get('clip_token_subsample', 512)} tokens")

@@ -164,8 +164,8 @@ def test_config_rejects(kwargs, match):
 
 def test_config_defaults_and_normalizes():
     c = QuantConfig()
-    assert (c.rounding, c.gptq_damp, c.gptq_block) == ("nearest", 0.01, 128)
-    c = QuantConfig(rounding="gptq", gptq_damp=0.1, gptq_block=1)
-    assert c.rounding == "gptq" and c.gptq_block == 1
+    assert (c.rounding, c.gptq_damp, c.gptq_block) == ("gptq", 0.1, 128)
+    c = QuantConfig(rounding="nearest", gptq_damp=0.1, gptq_block=1)
+    assert c.rounding == "nearest" and c.gptq_block == 1
     d = QuantConfig(gptq_damp=1e-3)
     assert isinstance(d.gptq_damp, float)

@@ -70,10 +70,10 @@ def build() -> argparse.ArgumentParser:
                    help="dtype of the AWQ search's reruns (stored weights are unaffected): 'auto' takes "
                         "bfloat16 where the device computes it natively (CUDA with bf16, a CPU with "
                         "AVX512-BF16/AMX), else float32. Default: auto")
-    p.add_argument("--rounding", choices=("nearest", "gptq"), default="nearest",
+    p.add_argument("--rounding", choices=("nearest", "gptq"), default=None,
                    help="how codes are chosen once AWQ has fixed scales and clipping ranges: 'nearest' "
                         "(AWQ's round-to-nearest) or 'gptq' (error feedback through the inputs' Gram "
-                        "matrix, column by column: lower error at a few seconds per block). Default: nearest")
+                        "matrix, column by column: lower error at a few seconds per block). Default: gptq")
     p.add_argument("--quality-samples", type=int, default=QUALITY_SAMPLES,
                    help="sequences sampled from the unquantized model for the closing quality figure "
                         f"(mean KL and top-1 agreement, as cat-eval's data-free figure; default: {QUALITY_SAMPLES})")
@@ -216,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
     gs = _choose_group_size(gs_req, layers)
     search = auto_search_dtype(device) if args.search_dtype == "auto" else args.search_dtype
     qcfg = QuantConfig(bits=args.bits, group_size=gs, sym=args.sym, seed=args.seed, search_dtype=search,
-                       rounding=args.rounding)
+                       rounding=args.rounding or base.rounding)
     stage("graph")
 
     quality_ids = ref = None

@@ -154,36 +154,55 @@ def _sample_rows(x: torch.Tensor, n: int | None, gen: torch.Generator) -> torch.
     return x[idx.to(x.device)]
 
 
-def _capture_linear_grams(
+def _input_gram_parts(
     block: nn.Module, linears: list[tuple[str, str, nn.Linear]], call: BlockCall, hidden: torch.Tensor,
     device: torch.device, group_size: int, n_tokens: int | None, seed: int,
-) -> dict[str, torch.Tensor]:
-    """Per-group input Gram matrices of ``linears`` over one run of the block (see
-    :class:`GramAccumulator`); linears never called on the data are absent."""
+) -> dict[str, list[GramAccumulator]]:
+    """One run of the block; for each of ``linears``, the Gram of the input of each of its calls.
+
+    Linears sharing an input (q, k, v) are called back to back with the same tensor: its rows
+    are sampled and its Gram formed once, and those linears hold the same accumulator object.
+    """
     gen = torch.Generator().manual_seed(seed)
-    accs = {rel: GramAccumulator(mod.in_features, group_size, full) for rel, full, mod in linears}
-    # Linears sharing an input (q, k, v) are called back to back with the same tensor: its rows
-    # are sampled and its Gram formed once.
+    parts: dict[str, list[GramAccumulator]] = {rel: [] for rel, _, _ in linears}
     last: list[Any] = [None, None]  # the input of the latest call, and its Gram
 
-    def hook(rel: str):
+    def hook(rel: str, full: str):
         def fn(module: nn.Module, args: tuple) -> None:
             x = args[0]
             if last[0] is not x:
-                part = GramAccumulator(x.shape[-1], group_size)
+                part = GramAccumulator(x.shape[-1], group_size, full)  # the name is for its size check
                 part.add(_sample_rows(x.detach(), n_tokens, gen))
                 last[:] = [x, part]
-            accs[rel].merge(last[1])
+            parts[rel].append(last[1])
         return fn
 
-    handles = [m.register_forward_pre_hook(hook(rel)) for rel, _, m in linears]
+    handles = [m.register_forward_pre_hook(hook(rel, full)) for rel, full, m in linears]
     try:
         _run(block, call, hidden, device)
     finally:
         for h in handles:
             h.remove()
         last.clear()
-    return {rel: a.mean() for rel, a in accs.items() if a.tokens}
+    return {rel: [p for p in ps if p.tokens] for rel, ps in parts.items()}
+
+
+def _capture_linear_grams(
+    block: nn.Module, linears: list[tuple[str, str, nn.Linear]], call: BlockCall, hidden: torch.Tensor,
+    device: torch.device, group_size: int, n_tokens: int | None, seed: int,
+) -> dict[str, torch.Tensor]:
+    """Per-group input Gram matrices of ``linears`` over one run of the block (see
+    :class:`GramAccumulator`); linears never called on the data are absent."""
+    full = {rel: f for rel, f, _ in linears}
+    mods = {rel: m for rel, _, m in linears}
+    out: dict[str, torch.Tensor] = {}
+    for rel, ps in _input_gram_parts(block, linears, call, hidden, device, group_size, n_tokens, seed).items():
+        if ps:
+            acc = GramAccumulator(mods[rel].in_features, group_size, full[rel])
+            for p in ps:
+                acc.merge(p)
+            out[rel] = acc.mean()
+    return out
 
 
 def _capture_full_grams(
@@ -196,31 +215,9 @@ def _capture_full_grams(
     Tokens are sampled as :func:`_capture_linear_grams` samples them (same seed, same order), and
     linears fed one tensor (q, k, v) share one Gram tensor, not copies: full Grams are large.
     """
-    gen = torch.Generator().manual_seed(seed)
-    parts: dict[str, list[GramAccumulator]] = {rel: [] for rel, _, _ in linears}
-    last: list[Any] = [None, None]  # the input of the latest call, and its Gram
-
-    def hook(rel: str):
-        def fn(module: nn.Module, args: tuple) -> None:
-            x = args[0]
-            if last[0] is not x:
-                part = GramAccumulator(x.shape[-1], -1)
-                part.add(_sample_rows(x.detach(), n_tokens, gen))
-                last[:] = [x, part]
-            parts[rel].append(last[1])
-        return fn
-
-    handles = [m.register_forward_pre_hook(hook(rel)) for rel, _, m in linears]
-    try:
-        _run(block, call, hidden, device)
-    finally:
-        for h in handles:
-            h.remove()
-        last.clear()
     out: dict[str, torch.Tensor] = {}
     means: dict[tuple[int, ...], torch.Tensor] = {}
-    for rel, ps in parts.items():
-        ps = [p for p in ps if p.tokens]
+    for rel, ps in _input_gram_parts(block, linears, call, hidden, device, -1, n_tokens, seed).items():
         if not ps:
             continue
         key = tuple(id(p) for p in ps)
