@@ -15,6 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _ratios import interleaved  # noqa: E402
+from cat_core.decode import cached_forward  # noqa: E402
 
 NEW_TOKENS = 16
 
@@ -34,12 +35,10 @@ def fp_model():
 def _generate(model) -> None:
     ids = torch.tensor([[1, 504, 3458, 282]])
     with torch.no_grad():
-        out = model(input_ids=ids, use_cache=True)
-        past = out.past_key_values
+        logits, cache = cached_forward(model, ids)
         for _ in range(NEW_TOKENS):
-            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-            out = model(input_ids=nxt, past_key_values=past, use_cache=True)
-            past = out.past_key_values
+            nxt = logits[:, -1].argmax(-1, keepdim=True)
+            logits, cache = cached_forward(model, nxt, cache)
 
 
 @pytest.mark.parametrize("bits", [4, 3])

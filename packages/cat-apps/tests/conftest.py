@@ -40,8 +40,8 @@ def tiny_llama(seed: int = 0, hidden: int = 128, inter: int = 256):
     return model
 
 
-def save_tiny(path: Path, **kw) -> Path:
-    model = tiny_llama(**kw)
+def save_tiny(path: Path, dtype: torch.dtype = torch.float32, **kw) -> Path:
+    model = tiny_llama(**kw).to(dtype)
     model.save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
     return path
@@ -55,6 +55,12 @@ def make_tiny():
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     return save_tiny(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_bf16_dir(tmp_path_factory) -> Path:
+    """The tiny Llama stored in bfloat16 (config.json says so), as many hub models are."""
+    return save_tiny(tmp_path_factory.mktemp("models") / "tiny-llama-bf16", dtype=torch.bfloat16, seed=4)
 
 
 @pytest.fixture(scope="session")

@@ -210,6 +210,26 @@ def test_export_import_same_logits(tmp_path, kind):
         assert all(back.get_submodule(n).qzeros is None for n in q)
 
 
+@pytest.mark.parametrize("kind", ["awq", "gptq"])
+def test_export_storage_dtype(tmp_path, kind):
+    model, q = _qmodel(4, 32, seed=2)
+    if kind == "awq":
+        out = export_awq(model, tmp_path / kind, progress=False, dtype=torch.float16)
+        back, _ = import_awq(out, dtype=torch.float32, model_kwargs=EAGER)
+    else:
+        out = export_gptq(model, tmp_path / kind, checkpoint_format="gptq_v2", progress=False, dtype=torch.bfloat16)
+        back, _ = import_gptq(out, dtype=torch.float32, model_kwargs=EAGER)
+    want = torch.float16 if kind == "awq" else torch.bfloat16
+    t = _read(out) if kind == "awq" else None
+    if t is not None:
+        assert t["model.embed_tokens.weight"].dtype == np.float16 and t["lm_head.weight"].dtype == np.float16
+    assert json.loads((out / "config.json").read_text())["dtype"] == str(want).removeprefix("torch.")
+    for name, qt in q.items():  # the quantized layers are untouched by the storage dtype
+        got = back.get_submodule(name).to_quantized_tensor()
+        assert torch.equal(got.codes, qt.codes) and torch.equal(got.scales, qt.scales)
+    assert torch.equal(back.model.embed_tokens.weight, model.model.embed_tokens.weight.to(want).float())
+
+
 def test_native_and_foreign_readers_refuse_each_other(tmp_path):
     model, _ = _qmodel(4, 32)
     native = save_quantized(model, tmp_path / "n", progress=False)

@@ -97,6 +97,47 @@ def test_load_dtype_keeps_scales(qmodel, tmp_path):
     assert (_logits(model).float() - ref).abs().max() < 0.1 * ref.abs().max()
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_storage_dtype_converts_unquantized_tensors_only(tmp_path, dtype):
+    import copy
+
+    from safetensors import safe_open
+
+    model = llama(3)
+    replace_linears(model, rtn_all(model, bits=4, group_size=32, scale_dtype="float32"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = save_quantized(model, tmp_path / "d", progress=False, dtype=dtype)
+    assert all(torch.equal(v, before[k]) and v.dtype == before[k].dtype for k, v in model.state_dict().items())
+    assert json.loads((out / "config.json").read_text())["dtype"] == str(dtype).removeprefix("torch.")
+    quantized = {n for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+    st = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "I32": torch.int32}
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        stored = {k: st[f.get_slice(k).get_dtype()] for k in f.keys()}
+    assert stored["lm_head.weight"] == stored["model.embed_tokens.weight"] == stored["model.norm.weight"] == dtype
+    for k, dt in stored.items():
+        owner, _, attr = k.rpartition(".")
+        if owner in quantized:
+            assert dt == {"scales": torch.float32}.get(attr, torch.int32), k  # scales keep their dtype
+        else:
+            assert dt == dtype, k
+    # loaded back in float32: the stored model is the original with its unquantized tensors
+    # rounded once to ``dtype``
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for n, p in ref.named_parameters():
+            if n.rpartition(".")[0] not in quantized:
+                p.copy_(p.to(dtype).float())
+    loaded, _ = load_quantized(out, dtype=torch.float32, model_kwargs=EAGER)
+    assert loaded.model.layers[0].mlp.down_proj.scales.dtype == torch.float32
+    assert torch.equal(_logits(loaded), _logits(ref))
+
+
+def test_storage_dtype_must_be_a_float_dtype(qmodel, tmp_path):
+    with pytest.raises(ValueError, match="dtype must be"):
+        save_quantized(qmodel, tmp_path / "x", progress=False, dtype=torch.int8)
+    assert not (tmp_path / "x").exists()
+
+
 def test_gpt2_conv1d_tied_embeddings_scaled_activation_and_mixed_groups(tmp_path):
     from cat_core.graph import ScaledActivation
 

@@ -100,6 +100,42 @@ def quiet_libraries() -> None:
 
 # ----------------------------------------------------------------------------- devices & memory
 
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+_HALF = ("float16", "bfloat16")
+
+
+def add_dtype(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", choices=DTYPES, default="auto",
+                   help="dtype the model computes in (a quantized layer's packed weights and scales are "
+                        "kept as stored): 'auto' is float32 on a CPU and, on a GPU, the model's own 16-bit "
+                        "dtype (bfloat16 or float16), else float16. Default: auto")
+
+
+def compute_dtype(arg: str, device: Any, declared: str | None) -> Any:
+    """The torch dtype to run in: ``arg`` unless 'auto' (see :func:`add_dtype`). ``declared`` is
+    the dtype the model's own config names (its checkpoint's storage dtype), if any."""
+    import torch
+
+    if arg != "auto":
+        return getattr(torch, arg)
+    if getattr(device, "type", str(device)) != "cuda":
+        return torch.float32  # half-precision matmuls on a CPU are slower, and not everywhere exact
+    return getattr(torch, declared if declared in _HALF else "float16")
+
+
+def storage_dtype(arg: str, declared: str | None) -> Any:
+    """The torch dtype to store unquantized tensors in: ``arg`` unless 'auto', which keeps a
+    16-bit source as it was (lossless) and stores anything else (float32, GGUF) as float16."""
+    import torch
+
+    if arg != "auto":
+        return getattr(torch, arg)
+    return getattr(torch, declared if declared in _HALF else "float16")
+
+
+def dtype_name(dtype: Any) -> str:
+    return str(dtype).removeprefix("torch.")
+
 
 def resolve_device(name: str) -> Any:
     import torch

@@ -51,6 +51,9 @@ class Loaded:
     #: for quantized dirs: the unquantized model it was made from, when recorded
     source_model: str | None = None
     quant_config: dict | None = None
+    #: the dtype the model's own config names ("bfloat16", "float16", ...): its checkpoint's
+    #: storage dtype, whatever it was loaded in; None where it names none (GGUF)
+    declared_dtype: str | None = None
 
     @property
     def quantized(self) -> bool:
@@ -161,12 +164,20 @@ def _load_gguf(path: Path, bar: Any) -> tuple[Any, Any]:
     return model, tok
 
 
-def _load_hf(name: str, bar: Any, local_only: bool) -> tuple[Any, Any]:
+def _declared_dtype(cfg: dict) -> str | None:
+    name = cfg.get("dtype", cfg.get("torch_dtype"))
+    return str(name).removeprefix("torch.") if isinstance(name, str) and name not in ("auto", "") else None
+
+
+def _load_hf(name: str, bar: Any, local_only: bool) -> tuple[Any, Any, str | None]:
+    """(model in float32, tokenizer, the dtype its config declares)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
     kw = {"local_files_only": True} if local_only else {}
     try:
+        # loading in float32 rewrites config.dtype: read what the checkpoint declares first
+        declared = _declared_dtype(PretrainedConfig.get_config_dict(name, **kw)[0])
         model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kw)
     except ValueError as e:
         if "Unrecognized" in str(e) or "model_type" in str(e) or "does not recognize" in str(e):
@@ -177,12 +188,15 @@ def _load_hf(name: str, bar: Any, local_only: bool) -> tuple[Any, Any]:
         tok = AutoTokenizer.from_pretrained(name, **kw)
     except Exception as e:  # noqa: BLE001 - a model without a tokenizer is still usable by some commands
         raise CLIError(f"{name}: no usable tokenizer ({' '.join(str(e).split())[:200]})") from e
-    return model.eval(), tok
+    return model.eval(), tok, declared
 
 
-def load(spec: str | None, *, quiet: bool = False, device: Any = "cpu") -> Loaded:
-    """Load the model of ``spec`` (see the module docstring) in eval mode on ``device``."""
-    from cat_apps._cli import progress
+def load(spec: str | None, *, quiet: bool = False, device: Any = "cpu", dtype: str | None = None) -> Loaded:
+    """Load the model of ``spec`` (see the module docstring) in eval mode on ``device``.
+
+    ``dtype``: None keeps what loading gives (float32 for unquantized models, the stored dtype
+    for quantized checkpoints); else a ``--dtype`` choice, resolved by :func:`_cli.compute_dtype`."""
+    from cat_apps._cli import compute_dtype, progress
 
     kind, norm = classify(spec)
     bar = progress(2, f"loading {norm}", quiet, unit="step")
@@ -194,8 +208,8 @@ def load(spec: str | None, *, quiet: bool = False, device: Any = "cpu") -> Loade
             model, tok = _load_gguf(Path(norm), bar)
             out = Loaded(model, tok, norm, "gguf")
         elif kind == "hf-dir":
-            model, tok = _load_hf(norm, bar, local_only=True)
-            out = Loaded(model, tok, norm, "hf-dir")
+            model, tok, declared = _load_hf(norm, bar, local_only=True)
+            out = Loaded(model, tok, norm, "hf-dir", declared_dtype=declared)
         elif kind == "quantized":
             out = _load_quantized(Path(norm), bar)
         else:
@@ -203,7 +217,10 @@ def load(spec: str | None, *, quiet: bool = False, device: Any = "cpu") -> Loade
         bar.update(bar.total - bar.n)
     finally:
         bar.close()
-    out.model.to(device)
+    if dtype is None:
+        out.model.to(device)
+    else:  # a QuantLinear keeps its packed weight and its scales' dtype through this
+        out.model.to(device, compute_dtype(dtype, device, out.declared_dtype))
     return out
 
 
@@ -222,26 +239,17 @@ def _load_quantized(path: Path, bar: Any) -> Loaded:
     if tok is None:
         raise CLIError(f"{path}: the checkpoint holds no tokenizer files")
     return Loaded(model, tok, str(path), "quantized", quant_format=fmt,
-                  source_model=q.get("source_model"), quant_config=q)
+                  source_model=q.get("source_model"), quant_config=q,
+                  declared_dtype=_declared_dtype(json.loads((path / "config.json").read_text())))
 
 
 def _load_hub(name: str, bar: Any) -> Loaded:
     if _offline_env():
         try:
-            model, tok = _load_hf(name, bar, local_only=True)
+            model, tok, declared = _load_hf(name, bar, local_only=True)
         except OSError as e:
             raise CLIError(f"hub model {name!r} is not in the local cache and HF_HUB_OFFLINE is set") from e
-        return Loaded(model, tok, name, "hub")
+        return Loaded(model, tok, name, "hub", declared_dtype=declared)
     _require_network(name)
-    model, tok = _load_hf(name, bar, local_only=False)
-    return Loaded(model, tok, name, "hub")
-
-
-def load_reference(loaded: Loaded, *, quiet: bool = False, device: Any = "cpu") -> Loaded:
-    """The unquantized model behind a quantized ``loaded`` (from the recorded source)."""
-    if not loaded.quantized:
-        raise CLIError("internal: load_reference needs a quantized model")
-    if not loaded.source_model:
-        raise CLIError(f"{loaded.source}: the checkpoint does not record its source model "
-                       f"(quantization_config.source_model); pass --reference MODEL")
-    return load(loaded.source_model, quiet=quiet, device=device)
+    model, tok, declared = _load_hf(name, bar, local_only=False)
+    return Loaded(model, tok, name, "hub", declared_dtype=declared)

@@ -23,9 +23,10 @@ PROG = "cat-bench"
 _EPILOG = """\
 Each MODEL_OR_DIR is an unquantized model (HF dir, .gguf file, hub id or 'builtin:smollm2', the
 embedded SmolLM2-135M-Instruct) or a quantized checkpoint dir. An unquantized model is measured as
-is (fp32 on CPU, fp16 on GPU) and RTN-quantized on the fly to each --bits (round-to-nearest, no
-calibration: the same kernels and memory as an AWQ checkpoint, not its quality); the table says
-so. A quantized dir is measured as given.
+is and RTN-quantized on the fly to each --bits (round-to-nearest, no calibration: the same kernels
+and memory as an AWQ checkpoint, not its quality); the table says so. A quantized dir is measured
+as given. Every model computes in --dtype (auto: fp32 on a CPU, the model's 16-bit dtype or fp16
+on a GPU); a quantized layer keeps its packed weights and scales.
 
 Timing method: a random prompt of --prompt-len tokens per sequence; prefill = one forward pass
 over the batch's prompts (tokens/s = batch x prompt-len / time); decode = --new-tokens greedy
@@ -59,6 +60,7 @@ def build() -> argparse.ArgumentParser:
     p.add_argument("--max-runs", type=int, default=10, help="timed runs at most (default: 10)")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="write bench.md, bench.json and bench.png (plot) into DIR")
+    _cli.add_dtype(p)
     _cli.add_common(p)
     return p
 
@@ -99,19 +101,18 @@ class _RssSampler:
 def _one_run(model: Any, ids: Any, new_tokens: int, device: Any) -> tuple[float, float]:
     """(prefill seconds, decode seconds excluding the first token)."""
     import torch
+    from cat_core.decode import cached_forward
 
     with torch.no_grad():
         _cli.sync(device)
         t0 = time.perf_counter()
-        out = model(input_ids=ids, use_cache=True)
-        nxt = out.logits[:, -1].argmax(-1, keepdim=True)  # the first new token
+        logits, cache = cached_forward(model, ids)
+        nxt = logits[:, -1].argmax(-1, keepdim=True)  # the first new token
         _cli.sync(device)
         t1 = time.perf_counter()
-        past = out.past_key_values
         for _ in range(new_tokens - 1):
-            out = model(input_ids=nxt, past_key_values=past, use_cache=True)
-            past = out.past_key_values
-            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+            logits, cache = cached_forward(model, nxt, cache)
+            nxt = logits[:, -1].argmax(-1, keepdim=True)
         _cli.sync(device)
         t2 = time.perf_counter()
     return t1 - t0, t2 - t1
@@ -154,6 +155,11 @@ def measure(model: Any, batch: int, prompt_len: int, new_tokens: int, device: An
 # ----------------------------------------------------------------------------- variants
 
 
+def _short(dtype: Any) -> str:
+    name = _cli.dtype_name(dtype)
+    return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(name, name)
+
+
 def _variants(spec: str, args: argparse.Namespace, device: Any):
     """Yield (label, how, model) for one command-line model; models are freed by the caller."""
     import torch
@@ -162,14 +168,14 @@ def _variants(spec: str, args: argparse.Namespace, device: Any):
 
     loaded = load(spec, quiet=args.quiet, device="cpu")
     name = Path(loaded.source).name if loaded.kind not in ("builtin", "hub") else loaded.source
+    fp = _cli.compute_dtype(args.dtype, device, loaded.declared_dtype)
     if loaded.quantized:
         q = loaded.quant_config or {}
-        how = f"given checkpoint ({loaded.quant_format}, group {q.get('group_size', '?')})"
-        yield name, f"{q.get('bits', '?')}-bit", how, loaded.model.to(device)
+        how = f"given checkpoint ({loaded.quant_format}, group {q.get('group_size', '?')}, {_short(fp)} compute)"
+        yield name, f"{q.get('bits', '?')}-bit", how, loaded.model.to(device, fp)
         return
     base = loaded.model
-    fp = torch.float16 if device.type == "cuda" else torch.float32
-    yield name, "fp16" if fp == torch.float16 else "fp32", "unquantized", copy.deepcopy(base).to(device, fp)
+    yield name, _short(fp), "unquantized", copy.deepcopy(base).to(device, fp)
     from cat_core.awq import rtn_quantize
     from cat_core.config import QuantConfig
     from cat_core.graph import discover
@@ -189,7 +195,7 @@ def _variants(spec: str, args: argparse.Namespace, device: Any):
         # as AWQ does, so the two are comparable
         res = rtn_quantize(m, cfg)
         replace_linears(m, {k: v for k, v in res.tensors.items() if k in names})
-        yield name, f"{bits}-bit", f"RTN on the fly (group {gs})", m.to(device, fp)
+        yield name, f"{bits}-bit", f"RTN on the fly (group {gs}, {_short(fp)} compute)", m.to(device, fp)
     del base
 
 

@@ -55,6 +55,7 @@ def build() -> argparse.ArgumentParser:
     p.add_argument("--kl-seqlen", type=int, default=128, help="tokens per such sequence (default: 128)")
     p.add_argument("--no-kl", action="store_true", help="skip the data-free figure")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the results as JSON to FILE")
+    _cli.add_dtype(p)
     _cli.add_common(p)
     return p
 
@@ -128,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_kl and reference is not None:
         from cat_core.eval import reference_logprobs, sample_texts
 
-        ref_loaded = load(reference, quiet=args.quiet, device=device)
+        ref_loaded = load(reference, quiet=args.quiet, device=device, dtype=args.dtype)
         if ref_loaded.quantized:
             raise CLIError(f"reference {ref_loaded.source} is itself quantized; give the unquantized model")
         bar = _cli.progress(2, f"sampling {args.kl_samples} x {args.kl_seqlen} tokens from the reference",
@@ -144,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     elif not args.no_kl and kind != "quantized":
         print("note: unquantized model and no --reference: data-free figure skipped")
 
-    loaded = load(args.model, quiet=args.quiet, device=device)
+    loaded = load(args.model, quiet=args.quiet, device=device, dtype=args.dtype)
     model, tok = loaded.model, loaded.tokenizer
     lines = [f"model: {loaded.source}" + (f" ({loaded.quant_format} quantized checkpoint)" if loaded.quantized else "")]
 

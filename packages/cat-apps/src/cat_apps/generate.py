@@ -35,6 +35,7 @@ def build() -> argparse.ArgumentParser:
     p.add_argument("--chat", action="store_true",
                    help="wrap the prompt as a user message with the tokenizer's chat template")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    _cli.add_dtype(p)
     _cli.add_common(p)
     return p
 
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.top_p <= 1:
         raise CLIError("--top-p must be in (0, 1]")
     device = _cli.resolve_device(args.device)
-    loaded = load(args.model, quiet=args.quiet, device=device)
+    loaded = load(args.model, quiet=args.quiet, device=device, dtype=args.dtype)
     model, tok = loaded.model, loaded.tokenizer
     if args.chat:
         if not getattr(tok, "chat_template", None):

@@ -64,6 +64,10 @@ def build() -> argparse.ArgumentParser:
     p.add_argument("--export", choices=("awq", "gptq"), default=None,
                    help="write the checkpoint as an AutoAWQ GEMM (4-bit only) or GPTQ directory instead "
                         "of the native Caterpillar format (all load with cat-generate/cat-eval)")
+    p.add_argument("--save-dtype", choices=("auto", "float16", "bfloat16", "float32"), default="auto",
+                   help="dtype of the tensors stored unquantized (embeddings, norms, biases, lm_head; the "
+                        "model is searched in float32 whatever this says): 'auto' keeps a float16/bfloat16 "
+                        "source as it was and stores any other (float32, GGUF) as float16. Default: auto")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (atomically)")
     p.add_argument("--seed", type=int, default=0, help="seed of calibration sampling and search (default: 0)")
     p.add_argument("--search-dtype", choices=("auto", "float32", "bfloat16"), default="auto",
@@ -122,10 +126,11 @@ def _choose_group_size(requested: int | str, layers: list[tuple[str, int]]) -> i
     return int(requested)
 
 
-def save_staged(model: Any, tokenizer: Any, out: Path, fmt: str, overwrite: bool, record: dict, quiet: bool) -> str:
-    """Write with cat-core's saver into a hidden sibling, add ``record`` to
-    config.json's quantization_config, then move into place. Nothing is left on failure.
-    Returns the format actually written."""
+def save_staged(model: Any, tokenizer: Any, out: Path, fmt: str, overwrite: bool, record: dict, quiet: bool,
+                dtype: Any = None) -> str:
+    """Write with cat-core's saver (unquantized tensors in ``dtype``) into a hidden sibling, add
+    ``record`` to config.json's quantization_config, then move into place. Nothing is left on
+    failure. Returns the format actually written."""
     from cat_core.io import export_awq, export_gptq, save_quantized
 
     out = out.absolute()
@@ -136,17 +141,17 @@ def save_staged(model: Any, tokenizer: Any, out: Path, fmt: str, overwrite: bool
     written = fmt
     try:
         if fmt == "native":
-            save_quantized(model, stage, tokenizer, progress=not quiet)
+            save_quantized(model, stage, tokenizer, progress=not quiet, dtype=dtype)
         elif fmt == "awq":
-            export_awq(model, stage, tokenizer, progress=not quiet)
+            export_awq(model, stage, tokenizer, progress=not quiet, dtype=dtype)
         else:
             try:
-                export_gptq(model, stage, tokenizer, progress=not quiet)
+                export_gptq(model, stage, tokenizer, progress=not quiet, dtype=dtype)
             except ValueError as e:
                 if "zero" not in str(e).lower():
                     raise
                 print(f"note: GPTQ v1 cannot store zero points of 0 ({e}); writing gptq_v2", file=sys.stderr)
-                export_gptq(model, stage, tokenizer, checkpoint_format="gptq_v2", progress=not quiet)
+                export_gptq(model, stage, tokenizer, checkpoint_format="gptq_v2", progress=not quiet, dtype=dtype)
                 written = "gptq_v2"
         cfg_path = stage / "config.json"
         cfg = json.loads(cfg_path.read_text())
@@ -261,7 +266,8 @@ def run(args: argparse.Namespace) -> int:
                         "seed": args.seed},
         "created_by": "cat-quantize",
     }
-    fmt = save_staged(model, tok, out, args.export or "native", args.overwrite, record, args.quiet)
+    save_dtype = _cli.storage_dtype(args.save_dtype, loaded.declared_dtype)
+    fmt = save_staged(model, tok, out, args.export or "native", args.overwrite, record, args.quiet, save_dtype)
     stage("save")
     peak, peak_what = _cli.peak_memory(device)
     disk = _cli.dir_bytes(out)
@@ -277,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
         + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items())
         + f" (AWQ: {', '.join(f'{k} {result.timings[k]:.1f} s' for k in AWQ_PHASES if k in result.timings)})",
         f"  peak memory      {peak:.0f} MB ({peak_what})",
-        f"  on disk          {_cli.fmt_bytes(disk)}",
+        f"  on disk          {_cli.fmt_bytes(disk)} (unquantized tensors in {_cli.dtype_name(save_dtype)})",
         f"  bits per weight  {mem['bits_per_weight']:.2f} (quantized linears, incl. scales and zero points; "
         f"{mem['bytes'] / 1e6:.1f} MB vs {mem['fp16_bytes'] / 1e6:.1f} MB in fp16)",
     ]

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from cat_core.config import CalibConfig
+from cat_core.decode import cached_forward
 
 __all__ = ["CalibError", "calibration_samples"]
 
@@ -257,9 +258,8 @@ def _sample_from_model(model: torch.nn.Module, tokenizer: Any, cfg: CalibConfig,
             past = None
             step_in = seq
             for _ in range(cfg.seqlen - 1):
-                out = model(input_ids=step_in.to(device), past_key_values=past, use_cache=True)
-                past = out.past_key_values
-                logits = out.logits[:, -1, :].float().cpu()
+                logits, past = cached_forward(model, step_in.to(device), past)
+                logits = logits[:, -1, :].float().cpu()
                 k = min(_SELF_TOP_K, logits.shape[-1])
                 top, idx = logits.topk(k, dim=-1)
                 probs = torch.softmax(top, dim=-1)

@@ -173,9 +173,37 @@ def atomic_dir(out_dir: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_config(out: Path, model: nn.Module, quantization_config: dict[str, Any], tokenizer: Any) -> None:
-    """config.json (with ``quantization_config``), generation_config.json, tokenizer files."""
+_STORAGE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def check_storage_dtype(dtype: torch.dtype | None) -> None:
+    if dtype is not None and dtype not in _STORAGE_DTYPES:
+        raise ValueError(f"dtype must be torch.float16, torch.bfloat16, torch.float32 or None, got {dtype!r}")
+
+
+def cast_unquantized(tensors: dict[str, torch.Tensor], dtype: torch.dtype | None,
+                     keep: set[str]) -> dict[str, torch.Tensor]:
+    """``tensors`` with every floating tensor not named in ``keep`` converted to ``dtype``.
+
+    The skeleton a reader builds from config.json has one dtype for all its floating tensors, so
+    the writer stores them in one dtype and records it; the quantized layers' own arrays (codes,
+    scales in their storage dtype, foreign layouts) are listed in ``keep``."""
+    if dtype is None:
+        return tensors
+    return {k: (t.to(dtype) if t.is_floating_point() and k not in keep and t.dtype != dtype else t)
+            for k, t in tensors.items()}
+
+
+def write_config(out: Path, model: nn.Module, quantization_config: dict[str, Any], tokenizer: Any,
+                 dtype: torch.dtype | None = None) -> None:
+    """config.json (with ``quantization_config``), generation_config.json, tokenizer files.
+    ``dtype``: the dtype the unquantized tensors were stored in, when converted."""
     cfg = model.config.to_dict()
+    if dtype is not None:
+        name = str(dtype).removeprefix("torch.")
+        cfg["dtype"] = name
+        if "torch_dtype" in cfg:
+            cfg["torch_dtype"] = name
     cfg["quantization_config"] = quantization_config
     (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n")
     gen = getattr(model, "generation_config", None)
@@ -525,9 +553,12 @@ def export_dir(
     convert: Callable[[str, QuantLinear], dict[str, torch.Tensor]],
     progress: bool,
     extra_json: dict[str, dict[str, Any]] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Path:
     """Write ``model`` with each QuantLinear's native buffers replaced by ``convert(name, mod)``
-    (suffix -> tensor; the bias stays under its own name)."""
+    (suffix -> tensor; the bias stays under its own name); the other floating tensors in
+    ``dtype`` when given."""
+    check_storage_dtype(dtype)
     mods = quantized_modules(model)
     converted = {name: convert(name, mod) for name, mod in mods.items()}  # errors before any IO
     tensors: dict[str, torch.Tensor] = {}
@@ -538,9 +569,11 @@ def export_dir(
                 tensors.update({f"{owner}.{s}": v for s, v in converted[owner].items()})
             continue
         tensors[key] = t
+    foreign = {f"{owner}.{s}" for owner, parts in converted.items() for s in parts}
+    tensors = cast_unquantized(tensors, dtype, keep=foreign)
     meta = {"format": "pt", "quant_method": str(qcfg["quant_method"])}
     with atomic_dir(out_dir, overwrite) as tmp:
-        write_config(tmp, model, qcfg, tokenizer)
+        write_config(tmp, model, qcfg, tokenizer, dtype)
         for fname, content in (extra_json or {}).items():
             (tmp / fname).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
         write_shards(tmp, tensors, max_shard_size, meta, progress)

@@ -84,13 +84,14 @@ def export_awq(
     overwrite: bool = False,
     max_shard_size: int | str = C.DEFAULT_MAX_SHARD_SIZE,
     progress: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> Path:
     """Write a 4-bit quantized model in the AWQ GEMM layout (``quant_method: "awq"``).
 
     Symmetric layers are stored with zero point 8; non-float16 scales are rounded to float16
     (with a warning when that changes them). Raises ``ValueError`` for other bit widths,
-    ``group_size=-1`` or out_features not a multiple of 8. Same directory semantics as
-    :func:`cat_core.io.save_quantized`.
+    ``group_size=-1`` or out_features not a multiple of 8. Same directory semantics and ``dtype``
+    as :func:`cat_core.io.save_quantized`.
     """
     mods = C.quantized_modules(model)
     bits, gs, _, _ = C.uniform_settings(mods)
@@ -109,7 +110,7 @@ def export_awq(
     }
     autoawq = {"zero_point": True, "q_group_size": gs, "w_bit": 4, "version": "GEMM"}
     return C.export_dir(model, out_dir, tokenizer, overwrite, max_shard_size, qcfg, _convert, progress,
-                        extra_json={"quant_config.json": autoawq})
+                        extra_json={"quant_config.json": autoawq}, dtype=dtype)
 
 
 def import_awq(

@@ -75,13 +75,14 @@ def export_gptq(
     overwrite: bool = False,
     max_shard_size: int | str = C.DEFAULT_MAX_SHARD_SIZE,
     progress: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> Path:
     """Write a quantized model in the GPTQ layout (``quant_method: "gptq"``, ``desc_act: false``).
 
     ``checkpoint_format="gptq"`` (v1) stores zero points minus one and raises ``ValueError`` if a
     zero point is 0; ``"gptq_v2"`` stores them unshifted. Requires K (and N) such that the packed
-    words are whole: multiples of 32 for 3-bit, of 8 for 4-bit. Same directory semantics as
-    :func:`cat_core.io.save_quantized`.
+    words are whole: multiples of 32 for 3-bit, of 8 for 4-bit. Same directory semantics and
+    ``dtype`` as :func:`cat_core.io.save_quantized`.
     """
     if checkpoint_format not in _FORMATS:
         raise ValueError(f"checkpoint_format must be one of {_FORMATS}, got {checkpoint_format!r}")
@@ -98,7 +99,7 @@ def export_gptq(
     }
     side = {k: qcfg[k] for k in ("bits", "group_size", "desc_act", "sym", "checkpoint_format", "static_groups", "true_sequential")}
     return C.export_dir(model, out_dir, tokenizer, overwrite, max_shard_size, qcfg, _converter(checkpoint_format),
-                        progress, extra_json={"quantize_config.json": {**side, "quant_method": "gptq"}})
+                        progress, extra_json={"quantize_config.json": {**side, "quant_method": "gptq"}}, dtype=dtype)
 
 
 def import_gptq(

@@ -38,13 +38,19 @@ def save_quantized(
     overwrite: bool = False,
     max_shard_size: int | str = C.DEFAULT_MAX_SHARD_SIZE,
     progress: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> Path:
     """Write ``model`` (with :class:`~cat_core.nn.QuantLinear` layers) to ``out_dir``.
 
+    ``dtype`` (float16, bfloat16 or float32) stores the unquantized floating tensors (embeddings,
+    norms, biases, an unquantized lm_head) in that dtype and records it in config.json, so a
+    model searched in float32 need not be stored in float32; the quantized layers' scales keep
+    their own dtype. Default: as they are in memory. The model itself is not changed.
     The directory appears only once complete (written to a temporary sibling, then renamed).
     Raises ``FileExistsError`` if ``out_dir`` exists and ``overwrite`` is False.
     Returns the directory path.
     """
+    C.check_storage_dtype(dtype)
     mods = C.quantized_modules(model)
     per = {n: _module_settings(m) for n, m in mods.items()}
     # the most common settings are global; layers that differ (e.g. group_size -1 where K is
@@ -63,9 +69,10 @@ def save_quantized(
         **C.unfused_record(model),
     }
     tensors = C.resolve_offloaded(model, C.unique_state(model))
+    tensors = C.cast_unquantized(tensors, dtype, keep={f"{n}.scales" for n in mods})
     meta = {"format": "pt", "quant_method": QUANT_METHOD, "format_version": str(FORMAT_VERSION)}
     with C.atomic_dir(out_dir, overwrite) as tmp:
-        C.write_config(tmp, model, qcfg, tokenizer)
+        C.write_config(tmp, model, qcfg, tokenizer, dtype)
         C.write_shards(tmp, tensors, max_shard_size, meta, progress)
     return Path(out_dir).absolute()
 
