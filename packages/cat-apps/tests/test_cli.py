@@ -230,6 +230,8 @@ def test_end_to_end_quantize_generate_eval_bench(tiny_dir, text_file, tmp_path, 
     fp, q4 = data["rows"][0], data["rows"][2]
     assert q4["weight_mb"] < fp["weight_mb"]
     assert all(r["runs"] == 3 and r["decode_tok_s"] > 0 and r["prefill_tok_s"] > 0 for r in data["rows"])
+    # peak = weights + what the runs added (the runtime and the other models are not counted)
+    assert all(r["weight_mb"] <= r["peak_mb"] < r["weight_mb"] + 500 for r in data["rows"])
     assert "RTN on the fly" in cap.out and "excludes the first" in cap.out
     assert (bdir / "bench.md").is_file() and (bdir / "bench.png").stat().st_size > 1000
 

@@ -35,8 +35,10 @@ steps with the KV cache, the first token (produced by the prefill) excluded from
 region. After one warm-up run, runs repeat until at least --min-runs are done and the relative
 spread (max - min) / median of the decode times is below 5%, or --max-runs is reached; the
 median is reported with the spread. Weight memory: bytes of all parameters and buffers. Peak
-memory: on a GPU the CUDA peak allocated during the runs; on a CPU the process's resident set
-size sampled every 20 ms during the runs (it includes the Python/torch runtime).
+memory: on a GPU the CUDA peak allocated during the runs (weights, activations, KV cache); on a
+CPU the weight memory plus the largest rise of the process's resident set size (sampled every
+20 ms) during the runs over its level just before them, so that neither the Python/torch runtime
+nor the other models this process holds are counted.
 
 example:
   cat-bench builtin:smollm2 smollm2-awq4 --out bench/
@@ -78,9 +80,23 @@ def weight_bytes(model: Any) -> int:
     return total
 
 
+def _release_free_memory() -> None:
+    """Hand the heap's free pages back to the OS (glibc), so that memory freed by an earlier
+    model is not silently reused by the next one's runs and hidden from their RSS rise."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the rise may then be an underestimate
+        pass
+
+
 class _RssSampler:
     def __init__(self, period: float = 0.02) -> None:
-        self.period, self.peak, self._stop = period, _cli.rss_mb(), threading.Event()
+        _release_free_memory()
+        self.period, self._stop = period, threading.Event()
+        self.start = self.peak = _cli.rss_mb()
         self._t = threading.Thread(target=self._loop, daemon=True)
 
     def _loop(self) -> None:
@@ -119,7 +135,9 @@ def _one_run(model: Any, ids: Any, new_tokens: int, device: Any) -> tuple[float,
 
 
 def measure(model: Any, batch: int, prompt_len: int, new_tokens: int, device: Any,
-            min_runs: int = 3, max_runs: int = 10, rel_spread: float = 0.05) -> dict[str, Any]:
+            min_runs: int = 3, max_runs: int = 10, rel_spread: float = 0.05,
+            on_run: Any = None) -> dict[str, Any]:
+    """Time ``model`` (see the module's --help for the method); ``on_run()`` after each timed run."""
     import torch
 
     vocab = model.get_input_embeddings().num_embeddings
@@ -134,11 +152,16 @@ def measure(model: Any, batch: int, prompt_len: int, new_tokens: int, device: An
             p, d = _one_run(model, ids, new_tokens, device)
             pre.append(p)
             dec.append(d)
+            if on_run is not None:
+                on_run()
             med = statistics.median(dec)
             spread = (max(dec) - min(dec)) / med if med > 0 else 0.0
             if len(dec) >= max_runs or (len(dec) >= min_runs and spread < rel_spread):
                 break
-    peak = torch.cuda.max_memory_allocated(device) / 1e6 if device.type == "cuda" else rss.peak
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 1e6
+    else:
+        peak = weight_bytes(model) / 1e6 + max(0.0, rss.peak - rss.start)
     med_p = statistics.median(pre)
     return {
         "batch": batch,
@@ -222,22 +245,29 @@ def _plot(rows: list[dict], path: Path) -> bool:
         return False
     batches = sorted({r["batch"] for r in rows})
     labels = list(dict.fromkeys(f"{r['model']}\n{r['weights']}" for r in rows))
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    width = 0.8 / max(1, len(batches))
-    for ax, key, title in ((axes[0], "decode_tok_s", "decode tokens/s"),
-                           (axes[1], "prefill_tok_s", "prefill tokens/s"),
-                           (axes[2], "weight_mb", "weight memory (MB)")):
-        for bi, b in enumerate(batches):
-            vals = []
-            for lab in labels:
-                hit = [r[key] for r in rows if f"{r['model']}\n{r['weights']}" == lab and r["batch"] == b]
-                vals.append(hit[0] if hit else 0.0)
+
+    def value(lab: str, batch: int, key: str) -> float:
+        hit = [r[key] for r in rows if f"{r['model']}\n{r['weights']}" == lab and r["batch"] == batch]
+        return hit[0] if hit else 0.0
+
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.8))
+    # weight memory does not depend on the batch: one bar per model; the rest one per batch size
+    panels = (("decode_tok_s", "decode tokens/s (higher is better)", batches),
+              ("prefill_tok_s", "prefill tokens/s (higher is better)", batches),
+              ("weight_mb", "weight memory, MB (lower is better)", batches[:1]),
+              ("peak_mb", "peak memory, MB (lower is better)", batches))
+    for ax, (key, title, bs) in zip(axes, panels, strict=True):
+        width = 0.8 / len(bs)
+        for bi, b in enumerate(bs):
             xs = [i + bi * width for i in range(len(labels))]
-            ax.bar(xs, vals, width, label=f"batch {b}")
-        ax.set_xticks([i + width * (len(batches) - 1) / 2 for i in range(len(labels))])
+            bars = ax.bar(xs, [value(lab, b, key) for lab in labels], width,
+                          label=f"batch {b}" if len(bs) > 1 else None)
+            ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=1)
+        ax.set_xticks([i + width * (len(bs) - 1) / 2 for i in range(len(labels))])
         ax.set_xticklabels(labels, fontsize=8)
-        ax.set_title(title)
-        if key != "weight_mb":
+        ax.set_title(title, fontsize=10)
+        ax.margins(y=0.12)
+        if len(bs) > 1:
             ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -265,7 +295,8 @@ def run(args: argparse.Namespace) -> int:
             wb = weight_bytes(model)
             for b in args.batch_sizes:
                 bar = _cli.progress(None, f"bench {name} {weights} batch {b}", args.quiet, unit="run")
-                r = measure(model, b, args.prompt_len, args.new_tokens, device, args.min_runs, args.max_runs)
+                r = measure(model, b, args.prompt_len, args.new_tokens, device, args.min_runs, args.max_runs,
+                            on_run=lambda: bar.update(1))
                 bar.close()
                 rows.append({"model": name, "weights": weights, "how": how, "weight_mb": wb / 1e6, **r})
             del model
@@ -275,7 +306,8 @@ def run(args: argparse.Namespace) -> int:
     method = (f"prompt {args.prompt_len} random tokens, {args.new_tokens} greedy new tokens (decode timing "
               f"excludes the first); device synchronized; median of >= {args.min_runs} timed runs after a warm-up, "
               f"until the decode spread (max-min)/median < 5% or {args.max_runs} runs; peak memory = "
-              + ("CUDA max allocated" if device.type == "cuda" else "process RSS sampled every 20 ms"))
+              + ("CUDA max allocated" if device.type == "cuda" else
+                 "weight memory + the peak rise of the process RSS (sampled every 20 ms) during the runs"))
     machine = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
                "cpu": platform.processor() or platform.machine(), "host": platform.node(),
                "date": dt.datetime.now().isoformat(timespec="seconds"), "loadavg": os.getloadavg()}
