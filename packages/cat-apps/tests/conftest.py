@@ -48,6 +48,11 @@ def save_tiny(path: Path, dtype: torch.dtype = torch.float32, **kw) -> Path:
 
 
 @pytest.fixture
+def tiny_tok():
+    return tiny_tokenizer()
+
+
+@pytest.fixture
 def make_tiny():
     return save_tiny
 

@@ -209,12 +209,15 @@ def run(args: argparse.Namespace) -> int:
     from cat_core.awq import quantize
     from cat_core.calib import calibration_samples
     from cat_core.config import CalibConfig, QuantConfig, auto_search_dtype
-    from cat_core.graph import discover
+    from cat_core.graph import GraphError, discover
     from cat_core.moe import unfuse_experts
 
     base = QuantConfig()
     unfuse_experts(model)  # fused MoE experts -> per-expert linears (verified; else warned, left fused)
-    graph = discover(model)  # GraphError names the block / op it cannot handle
+    try:
+        graph = discover(model)
+    except GraphError as e:  # it names the block and the op it cannot handle
+        raise CLIError(f"{loaded.source}: the layer graph cannot handle this {type(model).__name__}: {e}") from e
     layers = _quantized_linears(graph, model, base.modules_to_not_convert)
     if not layers:
         raise CLIError("no linear layer inside the decoder blocks to quantize")
