@@ -10,7 +10,11 @@
 namespace cat::cuda {
 
 static void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
+  if (e == cudaSuccess) return;
+  // Clear the runtime's last-error slot, or the next kernel's launch check would report this
+  // failure as its own.
+  (void)cudaGetLastError();
+  throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
 }
 
 void set_device(int device) { check(cudaSetDevice(device), "cudaSetDevice"); }

@@ -7,14 +7,15 @@
 #   JOBS=2 tools/check_cuda_compile.sh          # files compiled in parallel (default 1)
 #   NVCC=/usr/local/cuda/bin/nvcc OUT=/tmp/x tools/check_cuda_compile.sh
 #
-# Archs: sm_75 (Turing), 80 (A100), 86 (RTX 30), 89 (L4/RTX 40), 90 (H100), 120 (RTX 50 /
-# Blackwell client) as SASS, plus compute_120 PTX so newer GPUs can JIT. nvcc 13 has dropped
-# everything below sm_75.
+# Archs: sm_75 (Turing), 80 (A100), 86 (RTX 30), 89 (L4/RTX 40), 90 (H100), 100 (B200; its
+# code also runs on B300's sm_103), 120 (RTX 50 / Blackwell client) as SASS, plus compute_90
+# PTX, which every GPU from Hopper on can JIT (compute_120 PTX would not load on sm_100/110).
+# nvcc 13 has dropped everything below sm_75. Keep in step with CMakeLists.txt.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 NVCC="${NVCC:-nvcc}"
-ARCHS="${ARCHS:-75 80 86 89 90 120}"
-PTX_ARCH="${PTX_ARCH-120}"
+ARCHS="${ARCHS:-75 80 86 89 90 100 120}"
+PTX_ARCH="${PTX_ARCH-90}"
 OUT="${OUT:-$(mktemp -d /tmp/cat_cuda_compile.XXXXXX)}"
 JOBS="${JOBS:-1}"
 mkdir -p "$OUT"

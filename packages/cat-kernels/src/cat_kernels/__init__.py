@@ -46,7 +46,7 @@ def build_info() -> dict[str, Any]:
 
     Returns:
         dict with keys ``version`` (str), ``cuda`` (bool: built with CUDA), ``cuda_archs``
-        (list[str], e.g. ``["75-real", ..., "120-virtual"]``; empty without CUDA),
+        (list[str], e.g. ``["75-real", ..., "120-real", "90-virtual"]``; empty without CUDA),
         ``cuda_available`` (bool: CUDA built and a device visible), ``cpu_isa`` (str: the CPU
         kernel path in use, ``"scalar"``, ``"avx2"`` or ``"avx512"``), ``cpu_isas`` (list[str]:
         paths this CPU supports) and ``num_threads`` (int: CPU threads used).
