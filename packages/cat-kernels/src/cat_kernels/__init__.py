@@ -25,7 +25,7 @@ from . import _C
 from ._api import dequantize, gemm, pack, pack_zeros, unpack, unpack_zeros
 from ._weight import PackedWeight
 
-__version__ = "0.2.0"
+__version__ = "0.2.1"
 
 __all__ = [
     "pack",
