@@ -5,15 +5,29 @@
 # graphs, torch.compile, AWQ searched on the GPU) and cat-bench's decode table on a random-weight 1B Llama (fp16 vs 4-bit
 # vs 3-bit; shapes decide speed, so random weights suffice). Everything it prints is also written
 # under $OUT, ready to be committed under benchmarks/results/<date>-<gpu>/ by the session that ran it.
+# The device tool returns at most 8 files from $OUT, so the logs are written to a work folder and
+# $OUT receives gpu_check.tar.gz (all of them, re-packed after every step, so a run cut short
+# still returns what it finished) plus env.txt and the CUDA test log for a first look.
 #   usage (device tool): bash tools/gpu_check.sh
 #   env: SKIP_BENCH=1 (no kernel benchmarks), SKIP_E2E=1 (no cat-core/cat-bench step),
-#        BENCH_PRESET=1b|8b (model of the decode table), PYTEST_ARGS=...
+#        BENCH_PRESET=1b|8b (model of the decode table), PYTEST_ARGS=...,
+#        SANITIZE=1 (also run the odd-shape CUDA tests under compute-sanitizer memcheck and
+#        racecheck: out-of-bounds accesses and shared-memory races that a correct-looking
+#        result would hide; each tool slows the kernels 10-100x, so only a subset runs)
 # The device image has its own python3 with torch, nanobind, scikit-build-core, cmake and ninja;
 # nothing can be installed there, hence --no-build-isolation.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/cat-gpu-out}
-mkdir -p "$OUT"
+FINAL=${OUT:-/tmp/cat-gpu-out}
+OUT=$(mktemp -d /tmp/cat-gpu-work.XXXXXX)
+mkdir -p "$FINAL"
+pack() {
+  tar czf "$FINAL/gpu_check.tar.gz.part" -C "$OUT" . 2>/dev/null && mv "$FINAL/gpu_check.tar.gz.part" "$FINAL/gpu_check.tar.gz"
+  for f in env.txt cuda-tests.log; do [ -f "$OUT/$f" ] && cp "$OUT/$f" "$FINAL/"; done
+  return 0
+}
+trap pack EXIT
+trap 'pack; exit 124' TERM INT
 export PYTHONUNBUFFERED=1
 PY=${PY:-python3}
 status=0
@@ -39,13 +53,29 @@ $PY -c "import cat_kernels, json; print(json.dumps(cat_kernels.build_info()))" |
 cd packages/cat-kernels
 $PY -m pytest tests/test_cuda.py -v -p no:cacheprovider ${PYTEST_ARGS:-} > "$OUT/cuda-tests.log" 2>&1 || status=1
 tail -15 "$OUT/cuda-tests.log"
+pack
 $PY -m pytest tests -q -p no:cacheprovider --deselect tests/test_cuda.py > "$OUT/cpu-tests.log" 2>&1 || status=1
 tail -3 "$OUT/cpu-tests.log"
+pack
+
+if [ "${SANITIZE:-0}" = "1" ]; then
+  # odd N/K/M, unaligned views, the v2 zero stream: where an index slip would read past an end
+  subset="test_gemm_shapes or test_gemm_unaligned_views or test_pack_unpack_zeros or test_dequantize_bit_exact"
+  for tool in memcheck racecheck; do
+    # without torch's caching allocator every tensor is its own cudaMalloc, so memcheck sees
+    # the true end of each array rather than of a pooled block
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 99 --print-limit 20 \
+        $PY -m pytest tests/test_cuda.py -q -x -p no:cacheprovider -k "$subset" \
+        > "$OUT/sanitize-$tool.log" 2>&1 || status=1
+    echo "compute-sanitizer $tool: $(grep -E 'ERROR SUMMARY|passed|failed' "$OUT/sanitize-$tool.log" | tr '\n' ' ')"
+  done
+fi
 
 if [ "${SKIP_BENCH:-0}" != "1" ]; then
   $PY -m pytest benchmarks/test_bench_cuda.py -p no:cacheprovider -s \
       --benchmark-json="$OUT/cuda-bench.json" > "$OUT/cuda-bench.log" 2>&1 || status=1
   tail -40 "$OUT/cuda-bench.log"
+  pack
 fi
 cd ../..
 
@@ -56,6 +86,7 @@ if [ "${SKIP_E2E:-0}" != "1" ]; then
   $PY -m pytest packages/cat-core/tests/test_cuda_runtime.py packages/cat-core/tests/test_awq_devices.py -v -p no:cacheprovider \
       > "$OUT/core-cuda-tests.log" 2>&1 || status=1
   tail -8 "$OUT/core-cuda-tests.log"
+  pack
   preset=${BENCH_PRESET:-1b}
   $PY benchmarks/random_llama.py --preset "$preset" --out "/tmp/llama-$preset-random" > "$OUT/cat-bench.log" 2>&1 \
     && $PY -m cat_apps.bench "/tmp/llama-$preset-random" --device cuda --bits 4 3 --batch-sizes 1 10 \
