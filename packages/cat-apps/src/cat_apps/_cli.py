@@ -120,7 +120,7 @@ def compute_dtype(arg: str, device: Any, declared: str | None) -> Any:
         return getattr(torch, arg)
     if getattr(device, "type", str(device)) != "cuda":
         return torch.float32  # half-precision matmuls on a CPU are slower, and not everywhere exact
-    return getattr(torch, declared if declared in _HALF else "float16")
+    return _own_half(declared)
 
 
 def storage_dtype(arg: str, declared: str | None) -> Any:
@@ -128,8 +128,13 @@ def storage_dtype(arg: str, declared: str | None) -> Any:
     16-bit source as it was (lossless) and stores anything else (float32, GGUF) as float16."""
     import torch
 
-    if arg != "auto":
-        return getattr(torch, arg)
+    return getattr(torch, arg) if arg != "auto" else _own_half(declared)
+
+
+def _own_half(declared: str | None) -> Any:
+    """The model's own 16-bit dtype where its config declares one, else float16."""
+    import torch
+
     return getattr(torch, declared if declared in _HALF else "float16")
 
 

@@ -185,8 +185,6 @@ def _short(dtype: Any) -> str:
 
 def _variants(spec: str, args: argparse.Namespace, device: Any):
     """Yield (label, how, model) for one command-line model; models are freed by the caller."""
-    import torch
-
     from cat_apps._models import load
 
     loaded = load(spec, quiet=args.quiet, device="cpu")
@@ -296,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
             for b in args.batch_sizes:
                 bar = _cli.progress(None, f"bench {name} {weights} batch {b}", args.quiet, unit="run")
                 r = measure(model, b, args.prompt_len, args.new_tokens, device, args.min_runs, args.max_runs,
-                            on_run=lambda: bar.update(1))
+                            on_run=bar.update)
                 bar.close()
                 rows.append({"model": name, "weights": weights, "how": how, "weight_mb": wb / 1e6, **r})
             del model
