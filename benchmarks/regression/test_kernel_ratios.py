@@ -12,7 +12,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _ratios import interleaved  # noqa: E402
+from _ratios import interleaved, paired  # noqa: E402
 
 SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]
 GROUP = 128
@@ -45,6 +45,7 @@ def test_gemm_vs_fp32(benchmark, check_ratio, shape, bits, m):
     w = torch.randn(n, k, generator=g)
     out, dense_out = torch.empty(m, n), torch.empty(m, n)
     benchmark.group = f"{n}x{k} M={m}"
-    ratio = interleaved(benchmark, lambda: pw.gemm(x, out=out), lambda: torch.matmul(x, w.T, out=dense_out),
-                        rounds=ROUNDS[m], warmup=2)
-    check_ratio(f"gemm {n}x{k} {bits}-bit M={m}", ratio)
+    subject, baseline = lambda: pw.gemm(x, out=out), lambda: torch.matmul(x, w.T, out=dense_out)
+    ratio = interleaved(benchmark, subject, baseline, rounds=ROUNDS[m], warmup=2)
+    check_ratio(f"gemm {n}x{k} {bits}-bit M={m}", ratio,
+                remeasure=lambda: paired(subject, baseline, rounds=ROUNDS[m], warmup=2))
