@@ -68,6 +68,7 @@ if [ "${SANITIZE:-0}" = "1" ]; then
         $PY -m pytest tests/test_cuda.py -q -x -p no:cacheprovider -k "$subset" \
         > "$OUT/sanitize-$tool.log" 2>&1 || status=1
     echo "compute-sanitizer $tool: $(grep -E 'ERROR SUMMARY|passed|failed' "$OUT/sanitize-$tool.log" | tr '\n' ' ')"
+    pack
   done
 fi
 

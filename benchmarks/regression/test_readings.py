@@ -3,7 +3,6 @@ regression still fails."""
 
 from __future__ import annotations
 
-import itertools
 import sys
 from pathlib import Path
 
@@ -21,8 +20,7 @@ def test_a_low_reading_is_remeasured_until_one_reaches_the_floor():
 
 
 def test_a_lasting_regression_fails_every_try():
-    calls = itertools.count()
-    tries = readings(0.4, 1.5, lambda: 0.4 + 0 * next(calls))
+    tries = readings(0.4, 1.5, lambda: 0.4)
     assert tries == [0.4] * (RETRIES + 1) and max(tries) < 1.5
 
 

@@ -135,13 +135,20 @@ def _require_network(name: str) -> None:
                        f"give a local model directory or .gguf file (or set HF_HUB_OFFLINE=1 to use a cached copy)")
 
 
-def _quant_config(path: Path) -> dict | None:
+def _config(path: Path) -> dict:
     try:
-        cfg = json.loads((path / "config.json").read_text())
+        return json.loads((path / "config.json").read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CLIError(f"{path / 'config.json'}: not readable JSON ({e})") from e
+
+
+def _quant_part(cfg: dict) -> dict | None:
     q = cfg.get("quantization_config")
     return q if isinstance(q, dict) and q.get("quant_method") else None
+
+
+def _quant_config(path: Path) -> dict | None:
+    return _quant_part(_config(path))
 
 
 def recorded_source(path: str | os.PathLike) -> str | None:
@@ -227,7 +234,8 @@ def load(spec: str | None, *, quiet: bool = False, device: Any = "cpu", dtype: s
 def _load_quantized(path: Path, bar: Any) -> Loaded:
     from cat_core.io import import_awq, import_gptq, load_quantized
 
-    q = _quant_config(path) or {}
+    cfg = _config(path)
+    q = _quant_part(cfg) or {}
     method = str(q.get("quant_method", "")).lower()
     fmt = QUANT_METHODS.get(method)
     if fmt is None:
@@ -240,7 +248,7 @@ def _load_quantized(path: Path, bar: Any) -> Loaded:
         raise CLIError(f"{path}: the checkpoint holds no tokenizer files")
     return Loaded(model, tok, str(path), "quantized", quant_format=fmt,
                   source_model=q.get("source_model"), quant_config=q,
-                  declared_dtype=_declared_dtype(json.loads((path / "config.json").read_text())))
+                  declared_dtype=_declared_dtype(cfg))
 
 
 def _load_hub(name: str, bar: Any) -> Loaded:
