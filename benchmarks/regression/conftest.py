@@ -10,13 +10,14 @@ low reading is re-measured, a lost fast path (several times slower) fails every 
 libgomp's spin: after each multi-threaded torch op, torch's OpenMP workers spin before they sleep
 (GOMP_SPINCOUNT, 300000 pauses by default: milliseconds on this CPU). A kernel timed right after
 torch's matmul then shares the second core with that spin and often runs at one thread's speed.
-On the quiet 2-core VM (2026-11-27) the 4096x11008 4-bit M=1 kernel took 1.7-1.9 ms in some
-processes and 3.3-3.5 ms in others at the default, and 1.7-1.8 ms in all six processes with
+On the quiet 2-core VM (2026-11-27, benchmarks/probes/omp_spin.sh, output in
+benchmarks/results/omp_spin_2026-11-27.txt) the 4096x11008 4-bit M=1 kernel took ~2 ms in one
+process of six and ~3.5 ms in the other five at the default, and 1.8 ms in all six with
 GOMP_SPINCOUNT=10000; CI ratios of 4096x11008 3-bit M=1 read 2.56, 3.32, 3.26, 1.73 and 1.72
 (three times in one process) against a reference of 3.50. These checks therefore run with
 GOMP_SPINCOUNT=10000 unless it is set: the kernel gets both cores, as the reference assumed. In
-a whole model it made no measurable difference (SmolLM2 4-bit decode 34-37 tok/s either way),
-so the product leaves the setting to the user.
+a whole model it made no consistent difference (SmolLM2 4-bit decode 34-40 tok/s either way,
+over several runs), so the product leaves the setting to the user.
 
     pytest benchmarks/regression                      # check (what CI runs)
     pytest benchmarks/regression --update-reference   # re-measure and rewrite reference.json
