@@ -158,12 +158,12 @@ def test_ctrl_c_mid_quantization_leaves_nothing(tiny_dir, tmp_path, capsys, monk
 
 
 def test_ctrl_c_while_saving_leaves_nothing(tiny_dir, tmp_path, capsys, monkeypatch):
-    from cat_core.io import _common
+    from cat_core.io import _shards
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_common, "_write_shard", interrupted)
+    monkeypatch.setattr(_shards, "_write_shard", interrupted)
     out = tmp_path / "o"
     rc = quantize.main([str(tiny_dir), "--out", str(out), "--n-samples", "2", "--seqlen", "16", "--no-quality",
                         "--quiet"])

@@ -19,7 +19,7 @@ from _quantized_models import llama, rtn_all  # noqa: E402
 from _tiny_models import sample_ids, tiny_model  # noqa: E402
 from cat_core.io import (  # noqa: E402
     CheckpointError,
-    _common,  # noqa: E402
+    _shards,  # noqa: E402
     load_quantized,
     save_quantized,
 )
@@ -167,7 +167,7 @@ def test_existing_directory_and_overwrite(qmodel, tmp_path):
 
 
 def test_disk_full_mid_save_leaves_nothing(qmodel, tmp_path, monkeypatch):
-    real = _common._write_shard
+    real = _shards._write_shard
     calls = []
 
     def writer(tensors, path, metadata):
@@ -176,7 +176,7 @@ def test_disk_full_mid_save_leaves_nothing(qmodel, tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real(tensors, path, metadata)
 
-    monkeypatch.setattr(_common, "_write_shard", writer)
+    monkeypatch.setattr(_shards, "_write_shard", writer)
     with pytest.raises(OSError) as e:
         save_quantized(qmodel, tmp_path / "full", max_shard_size="60KB", progress=False)
     assert e.value.errno == errno.ENOSPC and len(calls) == 2

@@ -8,7 +8,7 @@ All formats are safetensors + JSON (no pickle). Readers check every tensor's nam
 dtype and raise :class:`CheckpointError` naming the file and tensor.
 """
 
-from cat_core.io._common import CheckpointError
+from cat_core.io._errors import CheckpointError
 from cat_core.io._export_awq import export_awq, import_awq
 from cat_core.io._export_gptq import export_gptq, import_gptq
 from cat_core.io._native import load_quantized, save_quantized

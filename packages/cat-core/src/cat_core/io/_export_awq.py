@@ -19,8 +19,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from cat_core.io import _common as C
-from cat_core.io._common import CheckpointError
+from cat_core.io._bitstream import pack_stream, unpack_stream
+from cat_core.io._config import read_config
+from cat_core.io._errors import CheckpointError
+from cat_core.io._experts import unfused_record
+from cat_core.io._foreign import export_dir, import_dir
+from cat_core.io._shards import DEFAULT_MAX_SHARD_SIZE
+from cat_core.io._state import quantized_modules, unconverted_linears, uniform_settings
 from cat_core.nn import QuantLinear
 from cat_core.quant import QuantizedTensor
 
@@ -36,11 +41,11 @@ def _perm(n: int) -> torch.Tensor:
 
 def _pack_rows(m: torch.Tensor) -> torch.Tensor:
     """``[R, N]`` 4-bit codes -> ``[R, N/8]`` int32 in the AWQ nibble order."""
-    return C.pack_stream(m[:, _perm(m.shape[1])].T.contiguous(), 4).T.contiguous()
+    return pack_stream(m[:, _perm(m.shape[1])].T.contiguous(), 4).T.contiguous()
 
 
 def _unpack_rows(words: torch.Tensor, n: int) -> torch.Tensor:
-    permuted = C.unpack_stream(words.T.contiguous(), 4, n).T
+    permuted = unpack_stream(words.T.contiguous(), 4, n).T
     out = torch.empty_like(permuted)
     out[:, _perm(n)] = permuted
     return out
@@ -82,7 +87,7 @@ def export_awq(
     tokenizer: Any = None,
     *,
     overwrite: bool = False,
-    max_shard_size: int | str = C.DEFAULT_MAX_SHARD_SIZE,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     progress: bool = True,
     dtype: torch.dtype | None = None,
 ) -> Path:
@@ -93,8 +98,8 @@ def export_awq(
     ``group_size=-1`` or out_features not a multiple of 8. Same directory semantics and ``dtype``
     as :func:`cat_core.io.save_quantized`.
     """
-    mods = C.quantized_modules(model)
-    bits, gs, _, _ = C.uniform_settings(mods)
+    mods = quantized_modules(model)
+    bits, gs, _, _ = uniform_settings(mods)
     if bits != 4:
         raise ValueError(
             f"the AWQ GEMM format cannot hold {bits}-bit weights (4-bit only); use "
@@ -104,12 +109,12 @@ def export_awq(
 
     qcfg = {
         "quant_method": "awq", "version": "gemm", "zero_point": True, "bits": 4, "group_size": gs,
-        "w_bit": 4, "q_group_size": gs, "modules_to_not_convert": C.unconverted_linears(model) or None,
+        "w_bit": 4, "q_group_size": gs, "modules_to_not_convert": unconverted_linears(model) or None,
         "activation_scales": _activation_paths(model),
-        **C.unfused_record(model),
+        **unfused_record(model),
     }
     autoawq = {"zero_point": True, "q_group_size": gs, "w_bit": 4, "version": "GEMM"}
-    return C.export_dir(model, out_dir, tokenizer, overwrite, max_shard_size, qcfg, _convert, progress,
+    return export_dir(model, out_dir, tokenizer, overwrite, max_shard_size, qcfg, _convert, progress,
                         extra_json={"quant_config.json": autoawq}, dtype=dtype)
 
 
@@ -123,7 +128,7 @@ def import_awq(
     """Read an AWQ GEMM checkpoint (4-bit, zero point) into :class:`~cat_core.nn.QuantLinear`
     layers; returns ``(model, tokenizer or None)``. Raises :class:`CheckpointError`."""
     path = Path(path)
-    cfg = C.read_config(path)
+    cfg = read_config(path)
     q = cfg.get("quantization_config")
     if not isinstance(q, dict) or str(q.get("quant_method", "")).lower() != "awq":
         got = q.get("quant_method") if isinstance(q, dict) else None
@@ -154,5 +159,5 @@ def import_awq(
             bits=4, group_size=gs,
         )
 
-    return C.import_dir(path, cfg, shapes, to_native, device, dtype, hint=f"AWQ GEMM, bits=4, group_size={gs}",
+    return import_dir(path, cfg, shapes, to_native, device, dtype, hint=f"AWQ GEMM, bits=4, group_size={gs}",
                         model_kwargs=model_kwargs)

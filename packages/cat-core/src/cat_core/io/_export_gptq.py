@@ -23,9 +23,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from cat_core.io import _common as C
-from cat_core.io._common import CheckpointError
+from cat_core.io._bitstream import pack_stream, unpack_stream
+from cat_core.io._config import read_config
+from cat_core.io._errors import CheckpointError
+from cat_core.io._experts import unfused_record
 from cat_core.io._export_awq import _scales_fp16
+from cat_core.io._foreign import export_dir, import_dir
+from cat_core.io._shards import DEFAULT_MAX_SHARD_SIZE
+from cat_core.io._state import quantized_modules, unconverted_linears, uniform_settings
 from cat_core.nn import QuantLinear
 from cat_core.quant import QuantizedTensor
 
@@ -57,8 +62,8 @@ def _converter(fmt: str):
                 )
         stored = zeros - _shift(fmt)
         return {
-            "qweight": C.pack_stream(qt.codes.T.contiguous(), bits),
-            "qzeros": C.pack_stream(stored.contiguous(), bits).T.contiguous(),
+            "qweight": pack_stream(qt.codes.T.contiguous(), bits),
+            "qzeros": pack_stream(stored.contiguous(), bits).T.contiguous(),
             "scales": _scales_fp16(name, qt.scales.T.contiguous()),
             "g_idx": (torch.arange(k, dtype=torch.int32) // g),
         }
@@ -73,7 +78,7 @@ def export_gptq(
     *,
     checkpoint_format: Literal["gptq", "gptq_v2"] = "gptq",
     overwrite: bool = False,
-    max_shard_size: int | str = C.DEFAULT_MAX_SHARD_SIZE,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     progress: bool = True,
     dtype: torch.dtype | None = None,
 ) -> Path:
@@ -86,19 +91,19 @@ def export_gptq(
     """
     if checkpoint_format not in _FORMATS:
         raise ValueError(f"checkpoint_format must be one of {_FORMATS}, got {checkpoint_format!r}")
-    mods = C.quantized_modules(model)
-    bits, gs, sym, _ = C.uniform_settings(mods)
+    mods = quantized_modules(model)
+    bits, gs, sym, _ = uniform_settings(mods)
     from cat_core.io._native import _activation_paths
 
     qcfg = {
         "quant_method": "gptq", "bits": bits, "group_size": gs, "desc_act": False, "sym": sym,
         "checkpoint_format": checkpoint_format, "static_groups": False, "true_sequential": True,
-        "modules_to_not_convert": C.unconverted_linears(model) or None,
+        "modules_to_not_convert": unconverted_linears(model) or None,
         "activation_scales": _activation_paths(model),
-        **C.unfused_record(model),
+        **unfused_record(model),
     }
     side = {k: qcfg[k] for k in ("bits", "group_size", "desc_act", "sym", "checkpoint_format", "static_groups", "true_sequential")}
-    return C.export_dir(model, out_dir, tokenizer, overwrite, max_shard_size, qcfg, _converter(checkpoint_format),
+    return export_dir(model, out_dir, tokenizer, overwrite, max_shard_size, qcfg, _converter(checkpoint_format),
                         progress, extra_json={"quantize_config.json": {**side, "quant_method": "gptq"}}, dtype=dtype)
 
 
@@ -115,7 +120,7 @@ def import_gptq(
     Symmetric checkpoints whose zero points are all ``2**(bits-1)`` load as symmetric layers (no
     zero-point buffer). Raises :class:`CheckpointError`."""
     path = Path(path)
-    cfg = C.read_config(path)
+    cfg = read_config(path)
     q = cfg.get("quantization_config")
     if not isinstance(q, dict) or str(q.get("quant_method", "")).lower() != "gptq":
         got = q.get("quant_method") if isinstance(q, dict) else None
@@ -141,16 +146,16 @@ def import_gptq(
         g = k if gs == -1 else gs
         if not torch.equal(t["g_idx"], torch.arange(k, dtype=torch.int32) // g):
             raise CheckpointError(f"{path}: {name}.g_idx is not k // group_size (act-order / desc_act checkpoints are not supported)")
-        zeros = C.unpack_stream(t["qzeros"].T.contiguous(), bits, n).to(torch.int64) + _shift(fmt)
+        zeros = unpack_stream(t["qzeros"].T.contiguous(), bits, n).to(torch.int64) + _shift(fmt)
         if zeros.max() >= 2**bits:
             raise CheckpointError(f"{path}: {name}.qzeros holds a zero point of {int(zeros.max())}, beyond {bits}-bit")
         as_sym = sym and bool((zeros == 2 ** (bits - 1)).all())
         return QuantizedTensor(
-            codes=C.unpack_stream(t["qweight"], bits, k).T.contiguous(),
+            codes=unpack_stream(t["qweight"], bits, k).T.contiguous(),
             scales=t["scales"].T.contiguous(),
             zeros=None if as_sym else zeros.to(torch.uint8).contiguous(),
             bits=bits, group_size=gs,
         )
 
-    return C.import_dir(path, cfg, shapes, to_native, device, dtype, hint=f"GPTQ {fmt}, bits={bits}, group_size={gs}",
+    return import_dir(path, cfg, shapes, to_native, device, dtype, hint=f"GPTQ {fmt}, bits={bits}, group_size={gs}",
                         model_kwargs=model_kwargs)

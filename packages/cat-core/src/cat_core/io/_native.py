@@ -11,8 +11,27 @@ from typing import Any
 import torch
 from torch import nn
 
-from cat_core.io import _common as C
-from cat_core.io._common import CheckpointError
+from cat_core.io._atomic import atomic_dir
+from cat_core.io._config import load_generation_and_tokenizer, read_config, write_config
+from cat_core.io._errors import CheckpointError
+from cat_core.io._experts import unfuse_recorded, unfused_record
+from cat_core.io._shards import DEFAULT_MAX_SHARD_SIZE, load_tensors, read_headers, write_shards
+from cat_core.io._skeleton import (
+    check_tensors,
+    expected_from,
+    finish_load,
+    install_quant_linears,
+    install_scaled_activations,
+    skeleton,
+)
+from cat_core.io._state import (
+    cast_unquantized,
+    check_storage_dtype,
+    quantized_modules,
+    resolve_offloaded,
+    unconverted_linears,
+    unique_state,
+)
 from cat_core.nn import QuantLinear
 
 QUANT_METHOD = "caterpillar"
@@ -36,7 +55,7 @@ def save_quantized(
     tokenizer: Any = None,
     *,
     overwrite: bool = False,
-    max_shard_size: int | str = C.DEFAULT_MAX_SHARD_SIZE,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     progress: bool = True,
     dtype: torch.dtype | None = None,
 ) -> Path:
@@ -50,8 +69,8 @@ def save_quantized(
     Raises ``FileExistsError`` if ``out_dir`` exists and ``overwrite`` is False.
     Returns the directory path.
     """
-    C.check_storage_dtype(dtype)
-    mods = C.quantized_modules(model)
+    check_storage_dtype(dtype)
+    mods = quantized_modules(model)
     per = {n: _module_settings(m) for n, m in mods.items()}
     # the most common settings are global; layers that differ (e.g. group_size -1 where K is
     # not a multiple of the group size) are listed in module_overrides
@@ -65,15 +84,15 @@ def save_quantized(
         "modules": sorted(mods),
         "module_overrides": {n: o for n, o in sorted(overrides.items()) if o},
         "activation_scales": _activation_paths(model),
-        "modules_not_converted": C.unconverted_linears(model),
-        **C.unfused_record(model),
+        "modules_not_converted": unconverted_linears(model),
+        **unfused_record(model),
     }
-    tensors = C.resolve_offloaded(model, C.unique_state(model))
-    tensors = C.cast_unquantized(tensors, dtype, keep={f"{n}.scales" for n in mods})
+    tensors = resolve_offloaded(model, unique_state(model))
+    tensors = cast_unquantized(tensors, dtype, keep={f"{n}.scales" for n in mods})
     meta = {"format": "pt", "quant_method": QUANT_METHOD, "format_version": str(FORMAT_VERSION)}
-    with C.atomic_dir(out_dir, overwrite) as tmp:
-        C.write_config(tmp, model, qcfg, tokenizer, dtype)
-        C.write_shards(tmp, tensors, max_shard_size, meta, progress)
+    with atomic_dir(out_dir, overwrite) as tmp:
+        write_config(tmp, model, qcfg, tokenizer, dtype)
+        write_shards(tmp, tensors, max_shard_size, meta, progress)
     return Path(out_dir).absolute()
 
 
@@ -139,21 +158,21 @@ def load_quantized(
     Raises :class:`CheckpointError` naming the file and tensor on any mismatch.
     """
     path = Path(path)
-    cfg = C.read_config(path)
+    cfg = read_config(path)
     settings, acts = _settings(cfg.get("quantization_config"), path)
-    model, _ = C.skeleton(cfg, model_kwargs)
-    C.unfuse_recorded(model, cfg["quantization_config"], path)
-    C.install_quant_linears(model, settings)
-    headers = C.read_headers(path)
+    model, _ = skeleton(cfg, model_kwargs)
+    unfuse_recorded(model, cfg["quantization_config"], path)
+    install_quant_linears(model, settings)
+    headers = read_headers(path)
     shapes = {}
     for p in acts:
         if f"{p}.scales" not in headers:
             raise CheckpointError(f"{path}: missing tensor '{p}.scales' (activation_scales in config.json)")
         _, shape, dt = headers[f"{p}.scales"]
         shapes[p] = (shape, dt)
-    C.install_scaled_activations(model, shapes)
-    C.check_tensors(path, headers, C.expected_from(model), hint=_hint(cfg["quantization_config"]))
-    state = C.load_tensors(path, headers, torch.device(device))
-    C.finish_load(model, state, path, dtype, torch.device(device))
-    tokenizer = C.load_generation_and_tokenizer(model, path)
+    install_scaled_activations(model, shapes)
+    check_tensors(path, headers, expected_from(model), hint=_hint(cfg["quantization_config"]))
+    state = load_tensors(path, headers, torch.device(device))
+    finish_load(model, state, path, dtype, torch.device(device))
+    tokenizer = load_generation_and_tokenizer(model, path)
     return model, tokenizer
