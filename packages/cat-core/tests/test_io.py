@@ -154,6 +154,24 @@ def test_gpt2_conv1d_tied_embeddings_scaled_activation_and_mixed_groups(tmp_path
     assert torch.equal(_logits(loaded), _logits(model))
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_every_file_follows_the_umask(qmodel, tmp_path, umask):
+    # safetensors alone would create the weight files 0600: unreadable to the other users of a
+    # shared server while config.json beside them is readable
+    from cat_core.io import export_gptq
+
+    old = os.umask(umask)
+    try:
+        dirs = [save_quantized(qmodel, tmp_path / "one", _tokenizer(), progress=False),
+                save_quantized(qmodel, tmp_path / "sharded", max_shard_size="60KB", progress=False),
+                export_gptq(qmodel, tmp_path / "gptq", checkpoint_format="gptq_v2", progress=False)]
+    finally:
+        os.umask(old)
+    files = [f for d in dirs for f in d.iterdir()]
+    assert any(f.name.startswith("model-00002") for f in files)
+    assert {str(f): oct(f.stat().st_mode & 0o777) for f in files} == {str(f): oct(0o666 & ~umask) for f in files}
+
+
 def test_existing_directory_and_overwrite(qmodel, tmp_path):
     target = tmp_path / "x"
     target.mkdir()

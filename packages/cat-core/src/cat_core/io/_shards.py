@@ -4,6 +4,7 @@ their headers and data back, with every defect reported as :class:`CheckpointErr
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +47,22 @@ def _write_shard(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
     from safetensors.torch import save_file
 
     save_file(tensors, str(path), metadata=metadata)
+    # safetensors creates its file 0600; give it the mode every other file of the directory gets
+    os.chmod(path, 0o666 & ~_umask())
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it (os.umask sets it, which
+    another thread creating a file at that instant would see)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_shards(
