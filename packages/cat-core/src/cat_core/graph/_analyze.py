@@ -17,12 +17,12 @@ from dataclasses import replace
 
 from torch import nn
 
-from ._candidates import candidates
+from ._candidates import candidates, why_no_fold
 from ._channels import find_root
 from ._groups import consumer_name, make_group
 from ._replicate import replicate_experts, replicate_siblings
 from ._specs import spec_group
-from ._types import GraphError, GroupSpec, ScaleGroup
+from ._types import GraphError, GroupSpec, ScaleGroup, UnscaledGroup
 from ._uses import Use, find_uses, linear_like
 from ._verify import VERIFY_TOL, rel_err, run_block, trace_block, verify
 
@@ -32,23 +32,33 @@ def analyze_block(
     inputs: tuple[tuple, dict],
     block_name: str,
     specs: list[GroupSpec] | None = None,
-    strict: bool = True,
-) -> tuple[list[ScaleGroup], list[tuple[str, str]]]:
-    """Scale groups of `block` (paths relative to it), and consumers skipped with reasons."""
+    strict: bool | None = None,
+) -> tuple[list[ScaleGroup], list[UnscaledGroup]]:
+    """Scale groups of `block` (paths relative to it), and the consumers left without input
+    scaling, with reasons. Which of those raise GraphError instead: with `strict=None` those
+    not reading the residual stream, with `True` all, with `False` none (see `discover`)."""
     baseline = run_block(block, inputs)
     tr = trace_block(block, inputs)
     if rel_err(baseline, tr.output) > 1e-5:
-        raise GraphError(f"block {block_name}: output is not deterministic; cannot analyse it")
+        raise GraphError(
+            f"block {block_name}: two runs on the same input give different outputs, so no fold"
+            " can be checked; make the block deterministic in eval mode (no dropout or router"
+            " noise left on) to quantize it"
+        )
     uses = find_uses(block, tr)
     uses_by_op = {u.op: u for u in uses}
     label = f"block '{block_name}' ({type(block).__name__})"
     groups: list[tuple[int, ScaleGroup]] = []
-    skipped: list[tuple[str, str]] = []
+    unscaled: list[UnscaledGroup] = []
 
-    def fail(what: str, why: str) -> None:
+    def leave_unscaled(consumers: tuple[str, ...], reason: str, hint: str, kind: str) -> None:
+        u = UnscaledGroup(consumers, reason, hint, kind)
         if strict:
-            raise GraphError(f"{label}: {what}: {why}. Pass its groups explicitly with GroupSpec.")
-        skipped.append((what, why))
+            raise GraphError(f"{label}: {u.describe()} (strict: every consumer needs input scales)")
+        if strict is None and kind != "residual":
+            # not the well-understood post-norm case: the analysis may have missed a producer
+            raise GraphError(f"{label}: {u.describe()}; or strict=False quantizes them without input scaling")
+        unscaled.append(u)
 
     # user groups first; their consumers leave automatic discovery
     covered: set[str] = set()
@@ -81,7 +91,12 @@ def analyze_block(
         for _sel, su in per_sel.items():
             rts = {find_root(tr, u.x) for u in su}
             if len(rts) != 1:
-                fail(su[0].ref.name, "it is applied to several different inputs")
+                leave_unscaled(
+                    (consumer_name(block, su[0].ref),),
+                    "it is applied to several different inputs, which one scale cannot serve",
+                    "",
+                    "shared",
+                )
                 continue
             by_root.setdefault(rts.pop(), []).append(su[0])
 
@@ -89,7 +104,6 @@ def analyze_block(
         us.sort(key=lambda u: u.op)
         refs = tuple(u.ref for u in us)
         channels = tr.nodes[root].tensor.shape[-1]
-        names = ", ".join(consumer_name(block, r) for r in refs)
         folds, notes = candidates(block, tr, root, uses_by_op, channels)
         chosen = None
         for f in folds:
@@ -103,17 +117,23 @@ def analyze_block(
                 f" (rel. error {err:.1e})"
             )
         if chosen is None:
-            fail(names, "no producer can absorb 1/s: " + "; ".join(notes or ["no candidate"]))
+            names = tuple(consumer_name(block, r) for r in refs)
+            leave_unscaled(names, *why_no_fold(tr, root, notes))
             continue
         groups.append((us[0].op, chosen))
 
     result = replicate_experts(block, [g for _, g in sorted(groups, key=lambda og: og[0])])
     result = replicate_siblings(block, result)
-    done = {r.path for g in result for r in g.weights} | {n for n, _ in skipped}
+    done = {r.path for g in result for r in g.weights} | {c for u in unscaled for c in u.consumers}
     for n in linear_like(block):
         if f"{n}.weight" not in done and n not in done:
-            fail(n, "it did not run during discovery (or not as a linear layer)")
-    return result, skipped
+            leave_unscaled(
+                (n,),
+                "it did not run as a linear layer on the discovery sample",
+                "if a sample that reaches it exists, pass it as sample_input_ids",
+                "not-run",
+            )
+    return result, unscaled
 
 
 __all__ = ["analyze_block", "verify"]

@@ -15,6 +15,7 @@ from torch import nn
 
 from ._channels import channel_map
 from ._groups import consumer_name
+from ._ops import BINARY
 from ._trace import Trace
 from ._types import ActivationFold, FoldRule, LinearFold, NormFold, get_submodule
 from ._uses import Use
@@ -112,14 +113,28 @@ def candidates(
     for m in mods:
         if m and tr.module_calls.get(m) == 1 and _param_free(get_submodule(block, m)):
             folds.append(ActivationFold(m))
-    if not folds:
-        src = tr.nodes[root]
-        if src.op is None:
-            notes.append("the input comes from outside the block")
-        else:
-            where = tr.ops[src.op].modules
-            notes.append(
-                f"no norm, linear or activation module produces it (op '{tr.ops[src.op].name}'"
-                f" in '{where[-1] if where else '<block>'}')"
-            )
     return folds, notes
+
+
+def why_no_fold(tr: Trace, root: int, notes: list[str]) -> tuple[str, str, str]:
+    """Why no producer can absorb 1/s for `root`, what the user can do ("" if nothing) and the
+    UnscaledGroup kind; `notes` are the rejected candidates of `candidates`."""
+    src = tr.nodes[root]
+    tried = f" ({'; '.join(notes)})" if notes else ""
+    if src.op is None:
+        # post-norm-only blocks: q/k/v read the block input itself
+        reason = "its input is the block's input, the residual stream, which no op of the block produces"
+        return reason + tried, "", "residual"
+    op = tr.ops[src.op]
+    where = op.modules[-1] if op.modules else "<block>"
+    if BINARY.get(op.name) == "add":
+        # h = x + norm(attn(x)) feeding the MLP: a sum, no single producer of its channels
+        return (
+            f"its input is a sum (op '{op.name}' in '{where}'), the residual stream, which no"
+            f" single producer can absorb 1/s for{tried}",
+            "",
+            "residual",
+        )
+    reason = f"no norm, linear or activation module produces it (op '{op.name}' in '{where}')"
+    hint = "if some module in front of them can absorb 1/s, name it with a GroupSpec"
+    return reason + tried, hint, "other"
