@@ -40,6 +40,26 @@ def tiny_llama(seed: int = 0, hidden: int = 128, inter: int = 256):
     return model
 
 
+def tiny_olmo2(seed: int = 0, hidden: int = 128, inter: int = 256):
+    """A post-norm-only decoder (h = x + norm(attn(x)); h = h + norm(mlp(h))): no producer can
+    absorb the input scales of its q/k/v and gate/up."""
+    from transformers import AutoModelForCausalLM, Olmo2Config
+
+    torch.manual_seed(seed)
+    cfg = Olmo2Config(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
+            else:
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+    return model
+
+
 def save_tiny(path: Path, dtype: torch.dtype = torch.float32, **kw) -> Path:
     model = tiny_llama(**kw).to(dtype)
     model.save_pretrained(path)
@@ -66,6 +86,14 @@ def tiny_dir(tmp_path_factory) -> Path:
 def tiny_bf16_dir(tmp_path_factory) -> Path:
     """The tiny Llama stored in bfloat16 (config.json says so), as many hub models are."""
     return save_tiny(tmp_path_factory.mktemp("models") / "tiny-llama-bf16", dtype=torch.bfloat16, seed=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_olmo2_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "tiny-olmo2"
+    tiny_olmo2().save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -238,6 +238,38 @@ def test_end_to_end_quantize_generate_eval_bench(tiny_dir, text_file, tmp_path, 
     assert (bdir / "bench.md").is_file() and (bdir / "bench.png").stat().st_size > 1000
 
 
+def test_post_norm_only_model_quantizes_reloads_and_generates(tiny_olmo2_dir, text_file, tmp_path, capsys):
+    # OLMo-2: q/k/v and gate/up read the residual stream; they are quantized without input scales
+    out = tmp_path / "olmo2-q4"
+    rc = quantize.main([str(tiny_olmo2_dir), "--bits", "4", "--group-size", "64", "--calib", str(text_file),
+                        "--n-samples", "4", "--seqlen", "32", "--quality-samples", "2", "--quality-seqlen", "16",
+                        "--out", str(out), "--quiet"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    line = next(x for x in cap.out.splitlines() if x.strip().startswith("input scaling"))
+    assert "4 groups searched (folded into: 4 linear), 4 without input scaling" in line, line
+    assert "4 read the residual stream" in line, line
+    assert "14 linears" in cap.out  # the unscaled ones are quantized too
+
+    from cat_core.io import load_quantized
+    from cat_core.nn import QuantLinear
+
+    model, _ = load_quantized(out)
+    assert isinstance(model.model.layers[0].self_attn.q_proj, QuantLinear)
+    assert isinstance(model.model.layers[1].mlp.gate_proj, QuantLinear)
+    rc = generate.main([str(out), "--prompt", "w5 w6 w7", "--max-new-tokens", "5", "--quiet"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert cap.out.startswith("w5") and len(cap.out.split()) >= 4
+
+    # --strict-graph: the old behaviour, one line naming the block and the consumers
+    rc = quantize.main([str(tiny_olmo2_dir), "--strict-graph", "--n-samples", "2", "--seqlen", "16",
+                        "--out", str(tmp_path / "strict"), "--quiet"])
+    line = _one_line_error(capsys, rc, 1, "residual stream")
+    assert "model.layers.0" in line and "self_attn.q_proj" in line and "GroupSpec" not in line
+    assert not (tmp_path / "strict").exists()
+
+
 def test_export_gptq_and_eval_reference_flag(tiny_dir, tmp_path, capsys):
     out = tmp_path / "g4"
     rc = quantize.main([str(tiny_dir), "--bits", "4", "--sym", "--n-samples", "2", "--seqlen", "16", "--export", "gptq",

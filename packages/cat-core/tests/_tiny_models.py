@@ -17,6 +17,7 @@ FF = 100
 def _cfg(name: str) -> object:
     from transformers import (
         BloomConfig,
+        Exaone4Config,
         FalconConfig,
         Gemma3TextConfig,
         GemmaConfig,
@@ -27,6 +28,8 @@ def _cfg(name: str) -> object:
         MistralConfig,
         MixtralConfig,
         MptConfig,
+        Olmo2Config,
+        Olmo3Config,
         OPTConfig,
         Phi3Config,
         PhiConfig,
@@ -44,6 +47,8 @@ def _cfg(name: str) -> object:
         num_key_value_heads=2,
         max_position_embeddings=64,
     )
+    ids_in_vocab = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    mixed = ["sliding_attention", "full_attention"]
     table: dict[str, Callable[[], object]] = {
         "opt": lambda: OPTConfig(
             vocab_size=VOCAB,
@@ -119,6 +124,13 @@ def _cfg(name: str) -> object:
         "gpt2": lambda: GPT2Config(
             vocab_size=VOCAB, n_embd=H, n_head=HEADS, n_layer=2, n_inner=FF, n_positions=64
         ),
+        # post-norm only (h = x + norm(attn(x)); h = h + norm(mlp(h))): q/k/v and gate/up read
+        # the residual stream, so no producer can absorb their input scales
+        "olmo2": lambda: Olmo2Config(**llama_like, **ids_in_vocab),
+        "olmo3": lambda: Olmo3Config(**llama_like, **ids_in_vocab, sliding_window=8, layer_types=mixed),
+        "exaone4": lambda: Exaone4Config(
+            **llama_like, **ids_in_vocab, head_dim=HEAD_DIM, sliding_window=8, layer_types=mixed
+        ),
         "mixtral": lambda: MixtralConfig(
             **{**llama_like, "intermediate_size": 50}, num_local_experts=4, num_experts_per_tok=2
         ),
@@ -151,6 +163,9 @@ NAMES = [
     "gptj",
     "gpt_neox",
     "gpt2",
+    "olmo2",
+    "olmo3",
+    "exaone4",
     "mixtral",
     "qwen2_moe",
 ]

@@ -1,7 +1,8 @@
 """Layer-graph discovery on tiny random models of many architectures.
 
 Each model: discover the groups, check the structure, fold random scales into every group of
-every block and check that the logits do not move.
+every block and check that the logits do not move. Post-norm-only models (OLMo-2/3, EXAONE-4)
+also go through AWQ at 3 and 4 bits, save and reload.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _tiny_models import NAMES, sample_ids, tiny_model  # noqa: E402
 from cat_core.graph import (  # noqa: E402
     ActivationFold,
+    GraphError,
     LinearFold,
     NormFold,
     ScaledActivation,
@@ -31,6 +33,12 @@ LLAMA = [
     ("post_attention_layernorm", "norm", ("mlp.gate_proj", "mlp.up_proj")),
     ("mlp.up_proj", "linear", ("mlp.down_proj",)),
 ]
+
+
+# post-norm only: h = x + norm(attn(x)); h = h + norm(mlp(h)). Only v -> o and up -> down fold.
+POST_NORM = [LLAMA[1], LLAMA[3]]
+POST_NORM_UNSCALED = [(QKV, "residual"), (("mlp.gate_proj", "mlp.up_proj"), "residual")]
+POST_NORM_NAMES = ["olmo2", "olmo3", "exaone4"]
 
 
 def _experts(n: int) -> list:
@@ -104,6 +112,9 @@ EXPECTED = {
         ("ln_2", "norm", ("mlp.c_fc",)),
         ("mlp.act", "activation", ("mlp.c_proj",)),
     ],
+    "olmo2": POST_NORM,
+    "olmo3": POST_NORM,
+    "exaone4": POST_NORM,
     "mixtral": [
         LLAMA[0],
         LLAMA[1],
@@ -148,6 +159,9 @@ def test_discover_and_fold_preserves_logits(name: str) -> None:
     for blk in graph.blocks:
         got = [(g.producer, g.fold.kind, g.consumers) for g in blk.groups]
         assert got == EXPECTED[name], f"{name} block {blk.index}:\n{blk.describe()}"
+        unscaled = [(u.consumers, u.kind) for u in blk.unscaled]
+        want = POST_NORM_UNSCALED if name in POST_NORM_NAMES else []
+        assert unscaled == want, f"{name} block {blk.index}:\n{blk.describe()}"
         assert blk.module is blocks[blk.index] and blk.path == f"{path}.{blk.index}"
 
     gen = torch.Generator().manual_seed(1)
@@ -199,3 +213,57 @@ def test_low_precision_model_is_analysed_in_fp32() -> None:
     g = discover(model)
     assert [(x.producer, x.fold.kind, x.consumers) for x in g.blocks[1].groups] == LLAMA
     assert next(model.parameters()).dtype == torch.bfloat16
+
+
+# ----------------------------------------------------------------------------- post-norm only
+
+
+def test_post_norm_groups_are_named_with_reason_and_strict_raises() -> None:
+    graph = discover(tiny_model("olmo2"))
+    u = graph.blocks[0].unscaled
+    assert "residual stream" in u[0].reason and u[0].hint == ""
+    assert "did not run" not in graph.describe()  # they ran; they just have no producer
+    assert graph.blocks[0].skipped[0] == (", ".join(QKV), u[0].reason)
+    with pytest.raises(GraphError) as e:
+        discover(tiny_model("olmo2"), strict=True)
+    msg = str(e.value)
+    assert "\n" not in msg and "model.layers.0" in msg and "self_attn.q_proj" in msg
+    assert "residual stream" in msg and "GroupSpec" not in msg  # no GroupSpec can help here
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+@pytest.mark.parametrize("name", POST_NORM_NAMES)
+def test_post_norm_awq_save_reload_same_logits(name: str, bits: int, tmp_path: Path) -> None:
+    pytest.importorskip("cat_kernels")
+    from cat_core.awq import quantize
+    from cat_core.config import QuantConfig
+    from cat_core.io import load_quantized, save_quantized
+    from cat_core.nn import QuantLinear, replace_linears
+
+    model = tiny_model(name)
+    ids = sample_ids(2, 24, seed=5)
+    with torch.no_grad():
+        ref = model(ids).logits
+    cfg = QuantConfig(bits=bits, group_size=-1, n_grid=5, n_clip_grid=5)  # K = 72 / 100: per-row groups
+    res = quantize(model, config=cfg, calib=sample_ids(4, 32, seed=1), progress=False)
+    # which groups got which treatment: v->o and up->down searched, q/k/v and gate/up without scales
+    kinds = [(r.block, r.fold, r.unscaled) for r in res.report]
+    assert kinds == [(b, k, u) for b in (0, 1) for k, u in
+                     (("linear", None), ("linear", None), (None, "residual"), (None, "residual"))]
+    assert res.scaling_summary().startswith("4 groups searched (folded into: 4 linear), 4 without input scaling")
+    assert len(res.tensors) == 2 * 7  # every linear of both blocks is quantized, unscaled ones too
+    with torch.no_grad():
+        fake = model(ids).logits
+    err = _rel(ref, fake)
+    assert 1e-4 < err < 1.0, err  # quantized, not destroyed (random weights, one group per row)
+
+    replace_linears(model, res.tensors)
+    assert isinstance(model.model.layers[1].self_attn.q_proj, QuantLinear)
+    with torch.no_grad():
+        packed = model(ids).logits
+    assert _rel(fake, packed) < 1e-3  # the kernels compute what the fake-quantized model did
+    out = save_quantized(model, tmp_path / "ckpt", progress=False)
+    loaded, _ = load_quantized(out, model_kwargs={"attn_implementation": "eager"})
+    with torch.no_grad():
+        again = loaded(ids).logits
+    assert torch.equal(again, packed)

@@ -44,20 +44,43 @@ class _ToyLM(nn.Module):
         return self.head(h)
 
 
-def test_unsupported_block_raises_naming_block_and_module() -> None:
+@pytest.mark.parametrize("strict", [None, True])
+def test_unsupported_block_raises_naming_block_and_module(strict) -> None:
     with pytest.raises(GraphError) as e:
-        discover(_ToyLM())
+        discover(_ToyLM(), strict=strict)
     msg = str(e.value)
     print(msg)
     assert "layers.0" in msg and "_Block" in msg and "mlp_out" in msg and "sin" in msg
+    # one line with what to do: a producer the analysis missed could be named
+    assert "\n" not in msg and "GroupSpec" in msg
+    assert ("strict=False" in msg) == (strict is None)
 
 
-def test_non_strict_lists_skipped_consumers() -> None:
+def test_non_strict_lists_unscaled_consumers_with_reason_and_hint() -> None:
     g = discover(_ToyLM(), strict=False)
     print(g.describe())
     blk = g.blocks[2]
     assert [(x.producer, x.consumers) for x in blk.groups] == [("norm", ("mlp_in",))]
+    assert [(u.consumers, u.kind) for u in blk.unscaled] == [(("mlp_out",), "other")]
+    assert "sin" in blk.unscaled[0].reason and "GroupSpec" in blk.unscaled[0].hint
     assert [name for name, _ in blk.skipped] == ["mlp_out"]
+    assert "did not run" not in g.describe()
+
+
+def test_quantize_passes_strict_to_discovery() -> None:
+    from cat_core.awq import quantize
+    from cat_core.config import QuantConfig
+
+    ids = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(0))
+    cfg = QuantConfig(group_size=-1)
+    with pytest.raises(GraphError, match="mlp_out"):
+        quantize(_ToyLM(), config=cfg, calib=ids, progress=False)
+    lenient = discover(_ToyLM(), strict=False)
+    with pytest.raises(GraphError, match="strict"):  # a given graph is checked too
+        quantize(_ToyLM(), config=cfg, calib=ids, graph=lenient, strict=True, progress=False)
+    res = quantize(_ToyLM(), config=cfg, calib=ids, strict=False, progress=False)
+    assert [r.unscaled for r in res.report if r.unscaled] == ["other"] * 3 and len(res.tensors) == 6
+    assert "3 without input scaling" in res.scaling_summary()
 
 
 def test_explicit_groups_replace_discovery() -> None:

@@ -85,6 +85,10 @@ def build() -> argparse.ArgumentParser:
                    help=f"tokens per such sequence (default: {QUALITY_SEQLEN})")
     p.add_argument("--no-quality", action="store_true",
                    help="skip the closing data-free quality figure (KL / top-1 vs the unquantized model)")
+    p.add_argument("--strict-graph", action="store_const", const=True, default=None,
+                   help="fail when some linears' input cannot get AWQ scales because nothing in front can "
+                        "absorb them, as q/k/v and gate/up of post-norm-only blocks (they read the residual "
+                        "stream); default: quantize those without input scaling (clip search and GPTQ still apply)")
     _cli.add_common(p)
     return p
 
@@ -215,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
     base = QuantConfig()
     unfuse_experts(model)  # fused MoE experts -> per-expert linears (verified; else warned, left fused)
     try:
-        graph = discover(model)
+        graph = discover(model, strict=args.strict_graph)
     except GraphError as e:  # it names the block and the op it cannot handle
         raise CLIError(f"{loaded.source}: the layer graph cannot handle this {type(model).__name__}: {e}") from e
     layers = _quantized_linears(graph, model, base.modules_to_not_convert)
@@ -249,7 +253,8 @@ def run(args: argparse.Namespace) -> int:
         bar.close()
     stage("calibration")
 
-    result = quantize(model, tok, qcfg, calib=samples, device=device, graph=graph, progress=not args.quiet)
+    result = quantize(model, tok, qcfg, calib=samples, device=device, graph=graph, progress=not args.quiet,
+                      strict=args.strict_graph)
     stage("AWQ")
 
     from cat_core.nn import memory_report, replace_linears
@@ -281,6 +286,7 @@ def run(args: argparse.Namespace) -> int:
         f"  quantization     AWQ {args.bits}-bit, group size {gs}{' (auto)' if gs_req == 'auto' else ''}, "
         f"{'symmetric' if args.sym else 'asymmetric'}, {len(result.tensors)} linears, {qcfg.search_dtype} search"
         + (", GPTQ rounding" if qcfg.rounding == "gptq" else ""),
+        f"  input scaling    {result.scaling_summary()}",
         f"  calibration      {args.calib}: {args.n_samples} x {args.seqlen} tokens",
         f"  time             {_cli.fmt_seconds(timer.elapsed)} total: "
         + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items())

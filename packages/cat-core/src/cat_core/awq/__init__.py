@@ -28,12 +28,41 @@ class QuantizeResult:
     model: nn.Module
     tensors: dict[str, QuantizedTensor]
     config: QuantConfig
-    #: one entry per searched scale group (empty for RTN).
+    #: one entry per scale group (empty for RTN): searched ones (``fold`` says into what) and
+    #: those without input scaling (``unscaled`` says why).
     report: list[GroupReport] = dataclasses.field(default_factory=list)
     #: wall seconds per phase of the search (capture, stats, scale_search, clip_search, ...), plus
     #: ``stats_samples_used``: calibration samples the statistics pass of the last block needed
     #: (it stops early once the statistics converge; not a duration).
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def scaling_summary(self) -> str:
+        """One line: how many groups got searched input scales, by the kind of producer they fold
+        into, and how many have none (no producer can absorb them), by reason."""
+        searched: dict[str, int] = {}
+        unscaled: dict[str, int] = {}
+        for r in self.report:
+            if r.unscaled is not None:
+                unscaled[r.unscaled] = unscaled.get(r.unscaled, 0) + 1
+            else:
+                key = r.fold or "other"
+                searched[key] = searched.get(key, 0) + 1
+        if not searched and not unscaled:
+            return "none searched (round-to-nearest)"
+
+        def counts(d: dict[str, int], names: dict[str, str]) -> str:
+            return ", ".join(f"{n} {names.get(k, k)}" for k, n in sorted(d.items(), key=lambda kv: -kv[1]))
+
+        out = f"{sum(searched.values())} groups searched"
+        if searched:
+            out += f" (folded into: {counts(searched, {})})"
+        if unscaled:
+            why = {"residual": "read the residual stream", "shared": "weight shared by several inputs",
+                   "not-run": "not run on the discovery sample", "other": "no foldable producer"}
+            rounding = "GPTQ rounding" if self.config.rounding == "gptq" else "round-to-nearest"
+            out += (f", {sum(unscaled.values())} without input scaling, clip search and {rounding} only "
+                    f"({counts(unscaled, why)}; see QuantizeResult.report)")
+        return out
 
 
 def quantize(
@@ -45,6 +74,7 @@ def quantize(
     device: torch.device | str | None = None,
     graph: Any = None,
     progress: bool = True,
+    strict: bool | None = None,
 ) -> QuantizeResult:
     """AWQ-quantize the decoder blocks of ``model`` in place.
 
@@ -52,11 +82,17 @@ def quantize(
     name, file or folder, list of strings, ``"self"``), or token ids ``[n, seqlen]``.
     ``device``: where each block is searched (default: where the first block lives); the other
     blocks stay where they are. ``graph``: a ready layer graph (default: discovered by running the
-    model on one calibration sample). Raises :class:`AWQError` on non-finite values, naming the
-    block and group. With ``config.unfuse_experts`` (default) fused mixture-of-experts tensors are
-    first replaced by per-expert linears (:func:`cat_core.moe.unfuse_experts`, in place), so the
-    experts are searched and quantized like any linear; a given ``graph`` of the fused model is
-    then rediscovered.
+    model on one calibration sample). Consumers whose input no producer can absorb scales for (q/k/v
+    and gate/up of post-norm-only blocks, which read the residual stream) are quantized without
+    input scaling, with the clip search and GPTQ rounding; ``report`` lists them and
+    :meth:`QuantizeResult.scaling_summary` counts them. ``strict`` is passed to
+    :func:`~cat_core.graph.discover`: ``True`` raises :class:`~cat_core.graph.GraphError` for such
+    groups too (and for a given ``graph`` that has some), ``False`` also leaves unscaled the groups
+    whose producer the analysis does not recognize (by default those raise). Raises
+    :class:`AWQError` on non-finite values, naming the block and group. With
+    ``config.unfuse_experts`` (default) fused mixture-of-experts tensors are first replaced by
+    per-expert linears (:func:`cat_core.moe.unfuse_experts`, in place), so the experts are searched
+    and quantized like any linear; a given ``graph`` of the fused model is then rediscovered.
     """
     from cat_core.calib import calibration_samples
 
@@ -72,11 +108,13 @@ def quantize(
             )
             graph = None
     _check_layers(model, config, graph)  # seconds, before calibration takes minutes
+    if strict and graph is not None:
+        _check_strict(graph)
     samples = calibration_samples(calib, tokenizer, model, progress=progress)
     if graph is None:
         from cat_core.graph import discover
 
-        graph = discover(model, sample_input_ids=samples[:1, :64])
+        graph = discover(model, sample_input_ids=samples[:1, :64], strict=strict)
     from cat_core.graph import apply_scales
 
     was_training = model.training
@@ -108,6 +146,15 @@ def _check_layers(model: nn.Module, config: QuantConfig, graph: Any) -> None:
     for prefix, block in blocks:
         for _, full, mod in block_linears(block, prefix, config):
             check_group_size(mod.in_features, config.group_size, full)
+
+
+def _check_strict(graph: Any) -> None:
+    """``strict``: a given graph must scale every consumer (as ``discover(strict=True)`` checks)."""
+    from cat_core.graph import GraphError
+
+    for bg in graph.blocks:
+        for u in getattr(bg, "unscaled", ()):
+            raise GraphError(f"block '{bg.path}': {u.describe()} (strict: every consumer must get input scales)")
 
 
 def _graph_fits(graph: Any) -> bool:

@@ -52,6 +52,13 @@ class GroupReport:
     #: why the search was skipped (its consumers keep identity scales, i.e. plain round-to-nearest);
     #: the losses are then NaN. E.g. an expert the router sent no calibration token to.
     skipped: str | None = None
+    #: kind of the producer the scales fold into ("norm", "linear", "activation"); None for a
+    #: group without one (see ``unscaled``)
+    fold: str | None = None
+    #: why the group has no input scaling at all (``cat_core.graph.UnscaledGroup``: no producer can
+    #: absorb 1/s, e.g. q/k/v of a post-norm-only block reading the residual stream); its
+    #: consumers are still clipped and rounded (GPTQ) like every other linear.
+    unscaled: str | None = None
 
 
 @contextlib.contextmanager
@@ -106,6 +113,10 @@ def _quantized_views(block: nn.Module, group: Any, quantized: set[int]) -> list[
 
     kept = [ref for ref in refs if ref.select is None and id(get_param(block, ref.path)) in quantized]
     return _weight_views(block, dataclasses.replace(group, weights=tuple(kept))) if kept else []
+
+
+def _fold_kind(group: Any) -> str | None:
+    return getattr(getattr(group, "fold", None), "kind", None)
 
 
 class _WeightsAsModules:
@@ -367,7 +378,7 @@ def run_awq(
                 if why is not None:
                     skipped.append(f"{g.producer} -> {', '.join(g.consumers)}: {why}")
                     nan = float("nan")
-                    reports.append(GroupReport(bg.index, label, None, nan, nan, skipped=why))
+                    reports.append(GroupReport(bg.index, label, None, nan, nan, skipped=why, fold=_fold_kind(g)))
                     continue
                 tie = getattr(g, "tie", None)
                 res = search_scales(
@@ -375,9 +386,12 @@ def run_awq(
                     on_nonfinite=lambda what, losses, _l=label: nonfinite(what, losses, _l),
                     tie=tie,
                 )
-                reports.append(GroupReport(bg.index, label, res.alpha, res.rtn_loss, res.best_loss))
+                reports.append(GroupReport(bg.index, label, res.alpha, res.rtn_loss, res.best_loss, fold=_fold_kind(g)))
                 if res.alpha is not None:
                     fold(block, g, res.scales.to(device))
+            for u in getattr(bg, "unscaled", ()):
+                nan = float("nan")
+                reports.append(GroupReport(bg.index, u.describe(), None, nan, nan, unscaled=u.kind))
             clock("scale_search")
 
             # 3. clip search on the folded weights

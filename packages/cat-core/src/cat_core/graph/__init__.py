@@ -18,6 +18,11 @@ Fold rules (a closed set): `NormFold` (LayerNorm/RMSNorm, with bias or `(offset 
 scaling), `LinearFold` (rows of a preceding linear, possibly a slice of a fused qkv or
 gate_up, through attention, a gate or a positively homogeneous activation),
 `ActivationFold` (wraps a non-homogeneous activation in `ScaledActivation`).
+
+Consumers no producer can absorb 1/s for (post-norm-only blocks, `h = x + norm(attn(x))`, whose
+q/k/v and gate/up read the residual stream) are listed per block as `UnscaledGroup`s with the
+reason; AWQ quantizes them without input scaling. Other consumers without a producer raise
+GraphError unless `discover(..., strict=False)`; `strict=True` raises for every one.
 """
 
 from ._apply import apply_scales
@@ -33,6 +38,7 @@ from ._types import (
     NormFold,
     ScaledActivation,
     ScaleGroup,
+    UnscaledGroup,
     WeightRef,
 )
 
@@ -47,6 +53,7 @@ __all__ = [
     "NormFold",
     "ScaleGroup",
     "ScaledActivation",
+    "UnscaledGroup",
     "WeightRef",
     "apply_scales",
     "discover",

@@ -134,7 +134,7 @@ def discover(
     sample_input_ids: torch.Tensor | None = None,
     groups: Sequence[GroupSpec] | None = None,
     *,
-    strict: bool = True,
+    strict: bool | None = None,
     seed: int = 0,
 ) -> LayerGraph:
     """Discover the scale groups of every decoder block of a causal LM.
@@ -143,8 +143,14 @@ def discover(
     inputs of the first block of each distinct block structure, then runs those blocks
     under a trace and checks every proposed fold numerically. Blocks of identical structure
     share the groups found for the first. `groups` are user GroupSpecs applied to every
-    block (they take over the consumers they name). With `strict=False`, consumers without
-    a foldable producer are listed in `BlockGraph.skipped` instead of raising GraphError.
+    block (they take over the consumers they name).
+
+    Consumers whose input no producer can absorb 1/s for are listed in `BlockGraph.unscaled`, with
+    the reason; AWQ quantizes them without input scaling (clip search and GPTQ rounding still
+    apply). By default (`strict=None`) only consumers reading the residual stream (q/k/v and
+    gate/up of post-norm-only blocks, where nothing can absorb it) are left so; any other raises
+    GraphError, naming the consumers, the reason and what to do. `strict=False` leaves every such
+    consumer unscaled; `strict=True` raises for all of them.
     """
     path, _, blocks = find_blocks(model)
     sigs = [_signature(b) for b in blocks]

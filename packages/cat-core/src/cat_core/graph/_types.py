@@ -263,18 +263,46 @@ class GroupSpec:
     inspect: str | None = None
 
 
+@dataclass(frozen=True)
+class UnscaledGroup:
+    """Weights sharing one input that no producer can absorb 1/s for.
+
+    AWQ leaves their input unscaled; they are still quantized with the clip search and GPTQ
+    rounding. The usual case is a post-norm-only block (`h = x + norm(attn(x))`), whose q/k/v
+    and gate/up read the residual stream itself. `reason` says why no fold exists, `hint` what the
+    user can do about it ("" when nothing needs doing), `kind` the case in one word: "residual"
+    (the input is the residual stream), "shared" (one weight applied to several inputs),
+    "not-run" (not called as a linear on the discovery sample) or "other".
+    """
+
+    consumers: tuple[str, ...]
+    reason: str
+    hint: str = ""
+    kind: str = "other"
+
+    def describe(self) -> str:
+        hint = f"; {self.hint}" if self.hint else ""
+        return f"{', '.join(self.consumers)}: no input scaling: {self.reason}{hint}"
+
+
 @dataclass
 class BlockGraph:
     index: int
     path: str
     module: nn.Module
     groups: list[ScaleGroup]
-    skipped: list[tuple[str, str]] = field(default_factory=list)
+    #: consumers quantized without input scaling (see UnscaledGroup), one entry per shared input
+    unscaled: list[UnscaledGroup] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """`(consumers, reason)` of each unscaled group (the consumers comma-joined)."""
+        return [(", ".join(u.consumers), u.reason) for u in self.unscaled]
 
     def describe(self) -> str:
         lines = [f"block {self.index} ({self.path}, {type(self.module).__name__}):"]
         lines += [f"  {g.describe()}" for g in self.groups]
-        lines += [f"  SKIPPED {name}: {why}" for name, why in self.skipped]
+        lines += [f"  {u.describe()}" for u in self.unscaled]
         return "\n".join(lines)
 
 
