@@ -1,4 +1,9 @@
-"""What every command shares: one-line errors, exit codes, --debug, devices, memory, sizes."""
+"""What every command shares: one-line errors, exit codes, --debug, devices, memory, sizes.
+
+Exit codes, the same for every front-end: 0 success; 2 a usage error, the command line is wrong as
+written (argparse's own checks and the tools' range checks alike: ``--n-samples 0``, a malformed
+``--group-size``); 1 any other failure (a missing or unreadable file, an output path that cannot be
+written, a model that does not fit the arguments, an error during the work); 130 Ctrl-C."""
 
 from __future__ import annotations
 
@@ -16,7 +21,12 @@ EXIT_INTERRUPTED = 130
 
 
 class CLIError(Exception):
-    """A user-facing error: its message is printed as one line, no traceback."""
+    """A user-facing error: its message is printed as one line, no traceback; exit code 1."""
+
+
+class UsageError(CLIError):
+    """The command line is wrong as written (a value out of range, options that conflict): exit
+    code 2, as for the errors argparse finds itself."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -72,6 +82,11 @@ def main_wrapper(prog: str, build: Callable[[], argparse.ArgumentParser],
         return EXIT_INTERRUPTED
     except SystemExit:
         raise
+    except UsageError as e:
+        if debug:
+            raise
+        sys.stderr.write(f"{prog}: error: {_one_line(e)} (see {prog} --help)\n")
+        return EXIT_USAGE
     except BaseException as e:  # noqa: BLE001 - the point is one line for anything
         if debug:
             raise

@@ -157,6 +157,28 @@ def recorded_source(path: str | os.PathLike) -> str | None:
     return q.get("source_model")
 
 
+def model_config(kind: str, norm: str) -> dict | None:
+    """The model's config as a dict, read without its weights (None where that is not possible
+    offline, e.g. a hub id not yet cached): lets the front-ends check lengths against
+    ``max_position_embeddings`` before the weights load."""
+    try:
+        if kind in ("hf-dir", "quantized"):
+            return _config(Path(norm))
+        if kind in ("builtin", "gguf"):
+            from cat_core.gguf import gguf_config
+
+            return gguf_config(builtin_gguf() if kind == "builtin" else Path(norm))
+        if kind == "hub":
+            from transformers import PretrainedConfig
+
+            return PretrainedConfig.get_config_dict(norm, local_files_only=True)[0]
+    except CLIError:
+        raise
+    except Exception:  # noqa: BLE001 - no config now: the checks run after loading instead
+        return None
+    return None
+
+
 # ----------------------------------------------------------------------------- loading
 
 

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cat_apps import _cli
-from cat_apps._cli import CLIError
+from cat_apps import _checks, _cli
+from cat_apps._cli import UsageError
 
 PROG = "cat-bench"
 
@@ -196,7 +196,6 @@ def _variants(spec: str, args: argparse.Namespace, device: Any):
         yield name, f"{q.get('bits', '?')}-bit", how, loaded.model.to(device, fp)
         return
     base = loaded.model
-    yield name, _short(fp), "unquantized", copy.deepcopy(base).to(device, fp)
     from cat_core.awq import rtn_quantize
     from cat_core.config import QuantConfig
     from cat_core.graph import discover
@@ -205,9 +204,13 @@ def _variants(spec: str, args: argparse.Namespace, device: Any):
 
     from cat_apps.quantize import _choose_group_size, _group_size, _quantized_linears
 
+    unquantized = copy.deepcopy(base)  # as loaded (fused experts stay fused)
+    # the group size must fit every layer before anything is timed (a misfit fails in seconds)
     unfuse_experts(base)  # as cat-quantize does: the experts are quantized per expert
     layers = _quantized_linears(discover(base), base, QuantConfig().modules_to_not_convert)
     gs = _choose_group_size(_group_size(args.group_size), layers)
+    yield name, _short(fp), "unquantized", unquantized.to(device, fp)
+    del unquantized
     names = {n for n, _ in layers}
     for bits in args.bits:
         m = copy.deepcopy(base)
@@ -274,19 +277,23 @@ def _plot(rows: list[dict], path: Path) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cat_apps._models import BUILTIN, preflight
+    from cat_apps._models import BUILTIN, model_config, preflight
 
-    if min(args.batch_sizes) < 1 or args.prompt_len < 1 or args.new_tokens < 2:
-        raise CLIError("--batch-sizes and --prompt-len must be >= 1, --new-tokens >= 2")
-    if args.min_runs < 1 or args.max_runs < args.min_runs:
-        raise CLIError("need 1 <= --min-runs <= --max-runs")
+    _checks.at_least(min(args.batch_sizes), 1, "--batch-sizes")
+    _checks.at_least(args.prompt_len, 1, "--prompt-len")
+    _checks.at_least(args.new_tokens, 2, "--new-tokens")
+    _checks.at_least(args.min_runs, 1, "--min-runs")
+    if args.max_runs < args.min_runs:
+        raise UsageError(f"--max-runs ({args.max_runs}) must be >= --min-runs ({args.min_runs})")
+    _checks.group_size(args.group_size)
+    out_dir = _checks.output_dir(args.out, "--out", replace=False) if args.out else None
     specs = args.models or [BUILTIN]
-    for s in specs:
-        preflight(s)  # a missing path / no network fails before any import or measurement
+    for s in specs:  # a missing path / no network fails before any import or measurement
+        _checks.fits_context(model_config(*preflight(s)), args.prompt_len + args.new_tokens,
+                             "--prompt-len + --new-tokens")
     import torch
 
     device = _cli.resolve_device(args.device)
-    out_dir = Path(args.out) if args.out else None
     rows: list[dict] = []
     for spec in specs:
         for name, weights, how, model in _variants(spec, args, device):

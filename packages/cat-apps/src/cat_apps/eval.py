@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cat_apps import _cli
+from cat_apps import _checks, _cli
 from cat_apps._cli import CLIError
 
 PROG = "cat-eval"
@@ -101,18 +101,37 @@ def _read_text(spec: str, column: str) -> tuple[str, str]:
     return "\n\n".join(rows), f"{name}{':' + subset if subset else ''} ({split})"
 
 
-def run(args: argparse.Namespace) -> int:
-    from cat_apps._models import load, preflight, recorded_source
+def _preflight(args: argparse.Namespace) -> tuple[str, str]:
+    """Every check that needs no weights (arguments, --text, --json, the models' paths, the
+    lengths against their configs), before anything loads. Returns the model's (kind, spec)."""
+    from cat_apps._models import model_config, preflight, recorded_source
 
-    if args.seqlen < 2:
-        raise CLIError("--seqlen must be >= 2")
-    if args.max_windows is not None and args.max_windows < 1:
-        raise CLIError("--max-windows must be >= 1")
-    if args.kl_samples < 1 or args.kl_seqlen < 2:
-        raise CLIError("--kl-samples must be >= 1 and --kl-seqlen >= 2")
+    _checks.at_least(args.seqlen, 2, "--seqlen")
+    _checks.at_least(args.max_windows, 1, "--max-windows")
+    _checks.at_least(args.kl_samples, 1, "--kl-samples")
+    _checks.at_least(args.kl_seqlen, 2, "--kl-seqlen")
+    if args.json:
+        _checks.output_file(args.json, "--json")
+    if args.text and _checks.text_source(args.text, "--text", folders=False, plain_text_fallback=True) == "dataset":
+        _checks.dataset_network(args.text, "--text")
     kind, norm = preflight(args.model)  # missing path / no network: fail before the heavy imports
-    if args.reference:
-        preflight(args.reference)
+    if args.text:
+        _checks.fits_context(model_config(kind, norm), args.seqlen, "--seqlen")
+    reference = args.reference
+    if reference is None and kind == "quantized":
+        reference = recorded_source(norm)
+    if reference is not None and not args.no_kl:
+        rkind, rnorm = preflight(reference)
+        if args.reference and rkind == "quantized":
+            raise CLIError(f"--reference {rnorm} is itself quantized; give the unquantized model")
+        _checks.fits_context(model_config(rkind, rnorm), args.kl_seqlen, "--kl-seqlen")
+    return kind, norm
+
+
+def run(args: argparse.Namespace) -> int:
+    from cat_apps._models import load, recorded_source
+
+    kind, norm = _preflight(args)
     import torch
 
     device = _cli.resolve_device(args.device)

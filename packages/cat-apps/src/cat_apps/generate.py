@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cat_apps import _cli
-from cat_apps._cli import CLIError
+from cat_apps import _checks, _cli
+from cat_apps._cli import CLIError, UsageError
 
 PROG = "cat-generate"
 
@@ -41,18 +41,18 @@ def build() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cat_apps._models import load, preflight
+    from cat_apps._models import load, model_config, preflight
 
-    preflight(args.model)  # missing path / no network: fail before the heavy imports
+    _checks.at_least(args.max_new_tokens, 1, "--max-new-tokens")
+    if not args.temperature >= 0:  # NaN too
+        raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        raise UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
+    kind, norm = preflight(args.model)  # missing path / no network: fail before the heavy imports
+    _checks.fits_context(model_config(kind, norm), args.max_new_tokens, "--max-new-tokens")
     import torch
     from transformers import TextStreamer
 
-    if args.max_new_tokens < 1:
-        raise CLIError("--max-new-tokens must be >= 1")
-    if args.temperature < 0:
-        raise CLIError("--temperature must be >= 0")
-    if not 0 < args.top_p <= 1:
-        raise CLIError("--top-p must be in (0, 1]")
     device = _cli.resolve_device(args.device)
     loaded = load(args.model, quiet=args.quiet, device=device, dtype=args.dtype)
     model, tok = loaded.model, loaded.tokenizer

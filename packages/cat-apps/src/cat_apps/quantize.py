@@ -11,8 +11,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from cat_apps import _cli
-from cat_apps._cli import CLIError
+from cat_apps import _checks, _cli
+from cat_apps._cli import CLIError, UsageError
 
 PROG = "cat-quantize"
 
@@ -94,12 +94,7 @@ def build() -> argparse.ArgumentParser:
 
 
 def _group_size(arg: str) -> int | str:
-    if arg == "auto":
-        return "auto"
-    try:
-        return int(arg)
-    except ValueError:
-        raise CLIError(f"--group-size must be an integer, -1 or 'auto', got {arg!r}") from None
+    return _checks.group_size(arg)
 
 
 def _quantized_linears(graph: Any, model: Any, qcfg_patterns: tuple[str, ...]) -> list[tuple[str, int]]:
@@ -175,23 +170,38 @@ def save_staged(model: Any, tokenizer: Any, out: Path, fmt: str, overwrite: bool
     return written
 
 
+def _preflight(args: argparse.Namespace) -> tuple[Path, int | str]:
+    """Every check that needs no weights, in a fraction of a second: arguments, --out, --calib,
+    the model's path (and network), then the lengths against the model's config. Returns the
+    output path and the requested group size."""
+    from cat_apps._models import model_config, preflight
+
+    _checks.at_least(args.n_samples, 1, "--n-samples")
+    _checks.at_least(args.seqlen, 2, "--seqlen")
+    _checks.at_least(args.quality_samples, 1, "--quality-samples")
+    _checks.at_least(args.quality_seqlen, 2, "--quality-seqlen")
+    gs_req = _checks.group_size(args.group_size)
+    if args.export == "awq" and args.bits != 4:
+        raise UsageError(f"--export awq holds 4-bit weights only (got --bits {args.bits}); "
+                         f"use --export gptq or the native format")
+    out = _checks.output_dir(args.out, "--out", overwrite=args.overwrite)
+    if args.calib != "self" and _checks.text_source(args.calib, "--calib") == "dataset":
+        _checks.dataset_network(args.calib, "--calib")
+    kind, norm = preflight(args.model)  # missing path / no network: fail before the heavy imports
+    if kind == "quantized":
+        raise CLIError(f"{norm} is already quantized; give the unquantized model")
+    cfg = model_config(kind, norm)
+    _checks.fits_context(cfg, args.seqlen, "--seqlen")
+    if not args.no_quality:
+        _checks.fits_context(cfg, args.quality_seqlen, "--quality-seqlen")
+    return out, gs_req
+
+
 def run(args: argparse.Namespace) -> int:
-    from cat_apps._models import load, preflight
+    from cat_apps._models import load
 
     timer = _cli.Timer()
-    out = Path(args.out).expanduser()
-    if out.exists() and not args.overwrite:
-        raise CLIError(f"output directory {out} already exists; pass --overwrite to replace it")
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"output path {out} exists and is not a directory")
-    gs_req = _group_size(args.group_size)
-    if args.n_samples < 1 or args.seqlen < 2:
-        raise CLIError("--n-samples must be >= 1 and --seqlen >= 2")
-    if args.quality_samples < 1 or args.quality_seqlen < 2:
-        raise CLIError("--quality-samples must be >= 1 and --quality-seqlen >= 2")
-    if args.export == "awq" and args.bits != 4:
-        raise CLIError(f"--export awq holds 4-bit weights only (got --bits {args.bits}); use --export gptq or the native format")
-    preflight(args.model)  # missing path / no network: fail before the heavy imports
+    out, gs_req = _preflight(args)
     import torch
 
     device = _cli.resolve_device(args.device)
@@ -231,6 +241,15 @@ def run(args: argparse.Namespace) -> int:
                        rounding=args.rounding or base.rounding)
     stage("graph")
 
+    calib_cfg = CalibConfig(source=args.calib, n_samples=args.n_samples, seqlen=args.seqlen, seed=args.seed)
+    samples = None
+    if args.calib != "self":  # text that is too short fails here, before the sampling below
+        bar = _cli.progress(1, f"calibration: {args.n_samples} x {args.seqlen} tokens from {args.calib}", args.quiet)
+        samples = calibration_samples(calib_cfg, tok, model)
+        bar.update(1)
+        bar.close()
+        stage("calibration")
+
     quality_ids = ref = None
     if not args.no_quality:
         from cat_core.eval import reference_logprobs, sample_texts
@@ -243,15 +262,9 @@ def run(args: argparse.Namespace) -> int:
         bar.close()
         stage("quality reference")
 
-    calib_cfg = CalibConfig(source=args.calib, n_samples=args.n_samples, seqlen=args.seqlen, seed=args.seed)
-    if args.calib == "self":  # minutes: cat-core shows a bar per sampling step
+    if samples is None:  # minutes: cat-core shows a bar per sampling step
         samples = calibration_samples(calib_cfg, tok, model, progress=not args.quiet)
-    else:
-        bar = _cli.progress(1, f"calibration: {args.n_samples} x {args.seqlen} tokens from {args.calib}", args.quiet)
-        samples = calibration_samples(calib_cfg, tok, model)
-        bar.update(1)
-        bar.close()
-    stage("calibration")
+        stage("calibration")
 
     result = quantize(model, tok, qcfg, calib=samples, device=device, graph=graph, progress=not args.quiet,
                       strict=args.strict_graph)

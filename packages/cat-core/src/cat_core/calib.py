@@ -131,10 +131,13 @@ def _local_documents(path: Path, cfg: CalibConfig) -> Iterable[str]:
 def _text_lines(files: list[Path]) -> Iterator[str]:
     for p in files:
         with open(p, encoding="utf-8") as f:
-            for line in f:
-                line = line.rstrip("\n")
-                if line.strip():
-                    yield line
+            try:
+                for line in f:
+                    line = line.rstrip("\n")
+                    if line.strip():
+                        yield line
+            except UnicodeDecodeError as e:
+                raise CalibError(f"calibration file {str(p)!r} is not UTF-8 text ({e.reason})") from None
 
 
 def _column(ds: Any, column: str, label: str) -> Iterable[str]:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["GGUFCacheError", "default_cache_dir", "load_gguf"]
+__all__ = ["GGUFCacheError", "default_cache_dir", "gguf_config", "load_gguf"]
 
 
 class GGUFCacheError(RuntimeError):
@@ -31,6 +31,25 @@ def default_cache_dir() -> Path:
 def _cache_key(path: Path) -> str:
     st = path.stat()
     return f"{path.stem}-{st.st_size}-{st.st_mtime_ns}"
+
+
+def gguf_config(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None) -> dict:
+    """The model's config without loading its weights: the cached conversion's ``config.json``
+    when there is one, else the few keys the GGUF's metadata gives directly (``model_type``,
+    ``max_position_embeddings``), read in a second or two."""
+    path = Path(path)
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cached = cache / _cache_key(path) / "config.json"
+    if (cached.parent / "done.json").exists() and cached.is_file():
+        return json.loads(cached.read_text())
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(path)).fields
+    arch = str(fields["general.architecture"].contents())
+    out: dict = {"model_type": arch}
+    if f"{arch}.context_length" in fields:
+        out["max_position_embeddings"] = int(fields[f"{arch}.context_length"].contents())
+    return out
 
 
 def _dedup_state(model: Any) -> tuple[dict, list[str]]:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from cat_core.awq._errors import AWQError
+from cat_core.awq._inputs import check_finite, check_model_finite, check_token_ids
 from cat_core.awq._runner import GroupReport, deterministic, run_awq
 from cat_core.config import CalibConfig, QuantConfig, matches_any
 from cat_core.quant import QuantizedTensor, check_group_size, dequantize, quantize_tensor
@@ -89,7 +90,9 @@ def quantize(
     :func:`~cat_core.graph.discover`: ``True`` raises :class:`~cat_core.graph.GraphError` for such
     groups too (and for a given ``graph`` that has some), ``False`` also leaves unscaled the groups
     whose producer the analysis does not recognize (by default those raise). Raises
-    :class:`AWQError` on non-finite values, naming the block and group. With
+    :class:`AWQError` on non-finite values, naming the block and group, and before any work when a
+    weight already holds NaN/inf, naming the tensor; ``ValueError`` when a token id of ``calib`` is
+    outside the vocabulary. With
     ``config.unfuse_experts`` (default) fused mixture-of-experts tensors are first replaced by
     per-expert linears (:func:`cat_core.moe.unfuse_experts`, in place), so the experts are searched
     and quantized like any linear; a given ``graph`` of the fused model is then rediscovered.
@@ -110,7 +113,11 @@ def quantize(
     _check_layers(model, config, graph)  # seconds, before calibration takes minutes
     if strict and graph is not None:
         _check_strict(graph)
+    check_model_finite(model)
+    if isinstance(calib, torch.Tensor):
+        check_token_ids(calibration_samples(calib), model)
     samples = calibration_samples(calib, tokenizer, model, progress=progress)
+    check_token_ids(samples, model)
     if graph is None:
         from cat_core.graph import discover
 
@@ -178,7 +185,8 @@ def _graph_fits(graph: Any) -> bool:
 def rtn_quantize(model: nn.Module, config: QuantConfig | None = None) -> QuantizeResult:
     """Round-to-nearest baseline: every ``nn.Linear`` not excluded by ``modules_to_not_convert``
     (``lm_head`` and embeddings by default), no search, no clipping. In place. Fused experts are
-    unfused first (``config.unfuse_experts``), as :func:`quantize` does."""
+    unfused first (``config.unfuse_experts``), as :func:`quantize` does. Raises :class:`AWQError`
+    naming the first such weight that holds NaN/inf, before anything is changed."""
     config = config or QuantConfig()
     if config.unfuse_experts:
         from cat_core.moe import unfuse_experts
@@ -188,6 +196,7 @@ def rtn_quantize(model: nn.Module, config: QuantConfig | None = None) -> Quantiz
                if isinstance(m, nn.Linear) and not matches_any(name, config.modules_to_not_convert)]
     for name, m in linears:
         check_group_size(m.in_features, config.group_size, name)
+    check_finite((f"{name}.weight", m.weight.detach()) for name, m in linears)
     tensors = {}
     for name, m in linears:
         qt = quantize_tensor(m.weight.data, config, name=name)
