@@ -1,19 +1,18 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine (device tool): build cat-kernels for the GPU that is present,
-# run the CUDA tests (which compare every CUDA op with the CPU op), then the CUDA and CPU kernel
-# benchmarks, then the cat-core runtime on the GPU (QuantLinear, fp16/bf16 models, generate, CUDA
-# graphs, torch.compile, AWQ searched on the GPU) and cat-bench's decode table on a random-weight 1B Llama (fp16 vs 4-bit
-# vs 3-bit; shapes decide speed, so random weights suffice). Everything it prints is also written
-# under $OUT, ready to be committed under benchmarks/results/<date>-<gpu>/ by the session that ran it.
+# One call on a lent GPU machine (device tool), sized for a 15-minute lease (~8 minutes of
+# work): build cat-kernels for the GPU that is present, run the CUDA tests (which compare every
+# CUDA op with the CPU op and a float64 reference; the v2 and the legacy gemm kernels), the CPU
+# tests, compute-sanitizer memcheck on the odd-shape matrix, and the HBM gemm benchmark against
+# cuBLAS fp16. E2E=1 adds the cat-core runtime on the GPU and cat-bench's decode table (minutes
+# more). Everything it prints is also written under $OUT, ready to be committed under
+# benchmarks/results/<date>-<gpu>/ by the session that ran it.
 # The device tool returns at most 8 files from $OUT, so the logs are written to a work folder and
 # $OUT receives gpu_check.tar.gz (all of them, re-packed after every step, so a run cut short
 # still returns what it finished) plus env.txt and the CUDA test log for a first look.
-#   usage (device tool): bash tools/gpu_check.sh
-#   env: SKIP_BENCH=1 (no kernel benchmarks), SKIP_E2E=1 (no cat-core/cat-bench step),
-#        BENCH_PRESET=1b|8b (model of the decode table), PYTEST_ARGS=...,
-#        SANITIZE=1 (also run the odd-shape CUDA tests under compute-sanitizer memcheck and
-#        racecheck: out-of-bounds accesses and shared-memory races that a correct-looking
-#        result would hide; each tool slows the kernels 10-100x, so only a subset runs)
+#   usage (device tool): bash tools/gpu_check.sh      (timeout_s 600)
+#   env: SKIP_BENCH=1 (no benchmark), E2E=1 (cat-core/cat-bench step), BENCH_PRESET=1b|8b (model
+#        of the decode table), PYTEST_ARGS=..., SANITIZE=1 (racecheck too),
+#        SANITIZE_TIMEOUT=150 (seconds per sanitizer tool)
 # The device image has its own python3 with torch, nanobind, scikit-build-core, cmake and ninja;
 # nothing can be installed there, hence --no-build-isolation.
 set -uo pipefail
@@ -51,36 +50,46 @@ export PYTHONPATH=/tmp/cat-kernels-site${PYTHONPATH:+:$PYTHONPATH}
 $PY -c "import cat_kernels, json; print(json.dumps(cat_kernels.build_info()))" | tee -a "$OUT/env.txt"
 
 cd packages/cat-kernels
+# CUDA tests, v2 (the default): the whole file; its v2-era tests run both kernel sets themselves.
 $PY -m pytest tests/test_cuda.py -v -p no:cacheprovider ${PYTEST_ARGS:-} > "$OUT/cuda-tests.log" 2>&1 || status=1
 tail -15 "$OUT/cuda-tests.log"
+pack
+# the older gemm tests once more on the legacy kernels (CAT_KERNELS_CUDA_IMPL=legacy)
+CAT_KERNELS_CUDA_IMPL=legacy $PY -m pytest tests/test_cuda.py -q -p no:cacheprovider \
+    -k "test_gemm_matches_cpu_and_reference or test_gemm_shapes or test_gemm_unaligned_views or test_gemm_deterministic or test_gemm_cuda_graph_capture or test_packed_weight" \
+    > "$OUT/cuda-tests-legacy.log" 2>&1 || status=1
+echo "legacy: $(tail -1 "$OUT/cuda-tests-legacy.log")" | tee -a "$OUT/env.txt"
 pack
 $PY -m pytest tests -q -p no:cacheprovider --deselect tests/test_cuda.py > "$OUT/cpu-tests.log" 2>&1 || status=1
 tail -3 "$OUT/cpu-tests.log"
 pack
 
-if [ "${SANITIZE:-0}" = "1" ]; then
-  # odd N/K/M, unaligned views, the v2 zero stream: where an index slip would read past an end
-  subset="test_gemm_shapes or test_gemm_unaligned_views or test_pack_unpack_zeros or test_dequantize_bit_exact"
-  for tool in memcheck racecheck; do
-    # without torch's caching allocator every tensor is its own cudaMalloc, so memcheck sees
-    # the true end of each array rather than of a pooled block
-    PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 99 --print-limit 20 \
-        $PY -m pytest tests/test_cuda.py -q -x -p no:cacheprovider -k "$subset" \
-        > "$OUT/sanitize-$tool.log" 2>&1 || status=1
-    echo "compute-sanitizer $tool: $(grep -E 'ERROR SUMMARY|passed|failed' "$OUT/sanitize-$tool.log" | tr '\n' ' ')"
-    pack
-  done
-fi
+# compute-sanitizer memcheck on the odd-shape matrix, always on the first runs of new kernels:
+# odd N/K/M, split-K with uneven chunks, unaligned views, the zero-point stream.
+# without torch's caching allocator every tensor is its own cudaMalloc, so memcheck sees the
+# true end of each array rather than of a pooled block. SANITIZE=1 adds racecheck.
+subset="test_gemm_odd_shapes_split_k or test_gemm_shapes or test_gemm_unaligned_views or test_pack_unpack_zeros"
+tools=(memcheck)
+if [ "${SANITIZE:-0}" = "1" ]; then tools+=(racecheck); fi
+for tool in "${tools[@]}"; do
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "${SANITIZE_TIMEOUT:-150}" compute-sanitizer --tool "$tool" --error-exitcode 99 --print-limit 20 \
+      $PY -m pytest tests/test_cuda.py -q -x -p no:cacheprovider -k "$subset" \
+      > "$OUT/sanitize-$tool.log" 2>&1 || status=1
+  echo "compute-sanitizer $tool: $(grep -E 'ERROR SUMMARY|passed|failed' "$OUT/sanitize-$tool.log" | tr '\n' ' ')" | tee -a "$OUT/env.txt"
+  pack
+done
 
 if [ "${SKIP_BENCH:-0}" != "1" ]; then
-  $PY -m pytest benchmarks/test_bench_cuda.py -p no:cacheprovider -s \
-      --benchmark-json="$OUT/cuda-bench.json" > "$OUT/cuda-bench.log" 2>&1 || status=1
-  tail -40 "$OUT/cuda-bench.log"
+  # HBM-bound gemm vs cuBLAS fp16 (benchmarks/test_bench_cuda.py: weights rotated past L2,
+  # CUDA graphs, CUDA events, output checks, the device's copy bandwidth)
+  CAT_BENCH_JSON="$OUT/cuda-bench.json" $PY -m pytest benchmarks/test_bench_cuda.py -p no:cacheprovider -s -q \
+      > "$OUT/cuda-bench.log" 2>&1 || status=1
+  tail -60 "$OUT/cuda-bench.log"
   pack
 fi
 cd ../..
 
-if [ "${SKIP_E2E:-0}" != "1" ]; then
+if [ "${E2E:-0}" = "1" ]; then
   # cat-core and cat-apps are pure Python: run them from the checkout on the image's torch and
   # transformers.
   export PYTHONPATH=$PWD/packages/cat-core/src:$PWD/packages/cat-apps/src:$PYTHONPATH

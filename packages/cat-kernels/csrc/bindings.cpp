@@ -365,6 +365,11 @@ NB_MODULE(_C, m) {
     return cat::cuda::gemm_workspace_elems(m_, n, k, bits, g);
   });
   m.def("_cuda_available", [] { return cat::cuda::available(); });
+  m.def("_cuda_impl", [] { return cat::cuda::impl() == cat::cuda::Impl::legacy ? std::string("legacy") : std::string("v2"); });
+  m.def("_set_cuda_impl", [](const std::string& name) {
+    if (name.empty()) cat::cuda::set_impl(cat::cuda::Impl::from_env);
+    else cat::cuda::set_impl(cat::cuda::parse_impl(name.c_str(), "impl"));
+  }, nb::arg("name"));
   m.def("_isa", [] { return cat::cpu::isa(); });
   m.def("_set_isa", [](const std::string& name) { cat::cpu::detail::set_isa(name.c_str()); },
         nb::arg("name"), "Force a CPU kernel path ('scalar', 'avx2', 'avx512'); '' restores the default.");
@@ -380,6 +385,11 @@ NB_MODULE(_C, m) {
   m.attr("_cuda_built") = true;
 #else
   m.attr("_cuda_built") = false;
+#endif
+#if defined(CAT_HAVE_TILED_V2)
+  m.attr("_cuda_tiled_v2") = true;
+#else
+  m.attr("_cuda_tiled_v2") = false;
 #endif
   m.attr("_version") = CAT_KERNELS_VERSION;
   m.attr("_cuda_archs") = CAT_KERNELS_CUDA_ARCHS;

@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "cat/ops.h"
 
@@ -46,9 +47,50 @@ inline void check(cudaError_t err, const char* what) {
   }
 }
 
-// To be called right after every <<<...>>> launch: catches bad configurations and earlier
-// asynchronous faults. It does not synchronize (so it is legal under CUDA-graph capture).
-inline void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
+// Launches `kernel` and reports only what this launch itself returns. cudaLaunchKernelEx hands
+// back the launch's own status (bad configuration, no image for this GPU, too many resources),
+// so an error that another library left pending in the runtime's last-error slot is neither
+// reported as ours nor consumed: the slot is cleared only when it holds our own failure and
+// was clean before. An asynchronous fault of an earlier kernel (sticky: the context is lost)
+// surfaces from any later call, ours included; its message says so. Never synchronizes (legal
+// under CUDA-graph capture).
+template <typename... Params, typename... Actual>
+inline void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                   cudaStream_t s, Actual&&... args) {
+  const cudaError_t before = cudaPeekAtLastError();
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  const cudaError_t err = cudaLaunchKernelEx(&cfg, kernel, std::forward<Actual>(args)...);
+  if (err == cudaSuccess) return;
+  if (before == cudaSuccess) (void)cudaGetLastError();  // our own failure: do not leave it behind
+  throw std::runtime_error(std::string("cat_kernels CUDA error launching ") + name + ": " +
+                           cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")" +
+                           (before != cudaSuccess ? " [an earlier error was already pending: " +
+                                                        std::string(cudaGetErrorName(before)) + "]"
+                                                  : std::string()));
+}
+
+// For <<<...>>> launches (kept for code not yet on detail::launch): reports a pending error
+// only when it is a launch error a <<<>>> launch can cause, and leaves any other pending error
+// (another library's) where it is. Prefer detail::launch, which knows whose error it is.
+inline void check_launch(const char* kernel) {
+  const cudaError_t e = cudaPeekAtLastError();
+  switch (e) {
+    case cudaErrorInvalidConfiguration:
+    case cudaErrorLaunchOutOfResources:
+    case cudaErrorInvalidDeviceFunction:
+    case cudaErrorNoKernelImageForDevice:
+    case cudaErrorInvalidPtx:
+    case cudaErrorUnsupportedPtxVersion:
+      check(e, kernel);
+      break;
+    default:
+      break;
+  }
+}
 
 inline cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
 

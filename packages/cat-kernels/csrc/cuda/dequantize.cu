@@ -51,24 +51,17 @@ void dequantize(const QWeight& w, void* out, DType out_dtype, void* stream) {
   cudaStream_t s = detail::as_stream(stream);
   switch (out_dtype) {
     case DType::f32:
-      dequantize_kernel<DType::f32><<<grid, kThreads, 0, s>>>(w.packed, w.scales, w.scale_dtype,
-                                                              w.zeros, w.bits, w.n, w.k,
-                                                              w.group_size, out);
+      detail::launch("dequantize_kernel", dequantize_kernel<DType::f32>, grid, kThreads, 0, s, w.packed, w.scales, w.scale_dtype, w.zeros, w.bits, w.n, w.k, w.group_size, out);
       break;
     case DType::f16:
-      dequantize_kernel<DType::f16><<<grid, kThreads, 0, s>>>(w.packed, w.scales, w.scale_dtype,
-                                                              w.zeros, w.bits, w.n, w.k,
-                                                              w.group_size, out);
+      detail::launch("dequantize_kernel", dequantize_kernel<DType::f16>, grid, kThreads, 0, s, w.packed, w.scales, w.scale_dtype, w.zeros, w.bits, w.n, w.k, w.group_size, out);
       break;
     case DType::bf16:
-      dequantize_kernel<DType::bf16><<<grid, kThreads, 0, s>>>(w.packed, w.scales, w.scale_dtype,
-                                                               w.zeros, w.bits, w.n, w.k,
-                                                               w.group_size, out);
+      detail::launch("dequantize_kernel", dequantize_kernel<DType::bf16>, grid, kThreads, 0, s, w.packed, w.scales, w.scale_dtype, w.zeros, w.bits, w.n, w.k, w.group_size, out);
       break;
     default:
       throw std::runtime_error("cat_kernels CUDA dequantize: unknown output dtype");
   }
-  detail::check_launch("dequantize_kernel");
 }
 
 }  // namespace cuda

@@ -38,6 +38,7 @@
 // gemm_tiled.cu (tiled kernels), gemm_common.cuh (what they share). The kernels live in separate
 // translation units so that a parallel build compiles them concurrently.
 #include <algorithm>
+#include <atomic>
 
 #include "gemm_common.cuh"
 
@@ -54,21 +55,11 @@ struct Plan {
 };
 
 Plan gemv_plan(int64_t m, int64_t n, int64_t k) {
-  const int64_t n_blocks = ceil_div(k, kBlockK);
-  const int64_t tiles = ceil_div(n, kTileN);
-  // Blocks per split: a multiple of 8 (a warp covers 8 blocks per step), at most what fits in
-  // 48 KB of staged x for this M bucket.
-  int64_t cap = kGemvSmemFloats / (kXStride * gemv_bucket(m));
-  cap = cap / 8 * 8;
-  int64_t want = ceil_div(kGemvTargetWarps, tiles);
-  want = std::min<int64_t>(want, std::max<int64_t>(1, n_blocks / 8));
-  want = std::min<int64_t>(want, kMaxSplits);
-  want = std::max<int64_t>(want, 1);
-  int64_t bps = ceil_div(ceil_div(n_blocks, want), 8) * 8;
-  bps = std::min(bps, cap);
+  // gemv_arith.h holds the arithmetic (host-tested, including the shared-memory cap).
+  const gemv::LegacyPlan lp = gemv::legacy_plan(m, n, k);
   Plan p;
-  p.per_split = bps;
-  p.splits = static_cast<int>(ceil_div(n_blocks, bps));
+  p.per_split = lp.per_split;
+  p.splits = lp.splits;
   return p;
 }
 
@@ -104,18 +95,48 @@ __global__ void reduce_kernel(const float* __restrict__ ws, int splits, int64_t 
 }
 
 
+// Compute capability major of the current device, cached per device.
+int device_cc_major() {
+  static std::atomic<int> cache[64];  // major + 1; 0 = not looked up yet
+  int dev = 0;
+  detail::check(cudaGetDevice(&dev), "gemm (cudaGetDevice)");
+  if (dev >= 0 && dev < 64) {
+    const int v = cache[dev].load(std::memory_order_relaxed);
+    if (v > 0) return v - 1;
+  }
+  int major = 0;
+  detail::check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev),
+                "gemm (cudaDeviceGetAttribute)");
+  if (dev >= 0 && dev < 64) cache[dev].store(major + 1, std::memory_order_relaxed);
+  return major;
+}
+
+// The v2 GEMV's workspace: [splits, m, n] fp32 partials, then one uint32 counter per tile.
+int64_t v2_workspace_elems(int64_t m, int64_t n, int64_t k, int64_t group_size) {
+  const gemv::Plan p = gemv::plan(n, k, group_size);
+  return p.splits > 1 ? int64_t(p.splits) * m * n + ceil_div(n, kTileN) : 0;
+}
+
+bool aligned8(const void* p) { return reinterpret_cast<uintptr_t>(p) % 8 == 0; }
+
 }  // namespace
 
 int gemm_splits(int64_t m, int64_t n, int64_t k, int bits, int64_t group_size) {
   (void)bits;
-  (void)group_size;
   if (m <= 0 || n <= 0 || k <= 0) return 1;
+  if (m <= kGemvMaxM && impl() == Impl::v2) return gemv::plan(n, k, group_size).splits;
   return plan_for(m, n, k).splits;
 }
 
+// Enough for whichever path gemm() picks (it may fall back to the legacy GEMV for float32 x,
+// GPUs below sm_80 or unaligned arrays, which the caller sizing the workspace cannot know).
 int64_t gemm_workspace_elems(int64_t m, int64_t n, int64_t k, int bits, int64_t group_size) {
-  const int splits = gemm_splits(m, n, k, bits, group_size);
-  return splits > 1 ? int64_t(splits) * m * n : 0;
+  if (m <= 0 || n <= 0 || k <= 0) return 0;
+  const Plan p = plan_for(m, n, k);
+  int64_t elems = p.splits > 1 ? int64_t(p.splits) * m * n : 0;
+  (void)bits;
+  if (m <= kGemvMaxM && impl() == Impl::v2) elems = std::max(elems, v2_workspace_elems(m, n, k, group_size));
+  return elems;
 }
 
 void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out, float* workspace,
@@ -127,9 +148,7 @@ void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out, 
     detail::check(cudaMemsetAsync(out, 0, size_t(m) * w.n * elem, s), "gemm (cudaMemsetAsync)");
     return;
   }
-  const Plan p = plan_for(m, w.n, w.k);
-  if (p.splits > 1 && workspace == nullptr)
-    throw std::runtime_error("cat_kernels CUDA gemm: split-K needs a workspace (gemm_workspace_elems)");
+  const bool v2 = impl() == Impl::v2;
 
   Args a;
   a.x = x;
@@ -146,17 +165,52 @@ void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out, 
   a.n_groups = w.n_groups();
   a.n_blocks = ceil_div(w.k, kBlockK);
   a.n_tiles = ceil_div(w.n, kTileN);
-  a.splits = p.splits;
-  a.per_split = p.per_split;
   a.aligned16 = reinterpret_cast<uintptr_t>(w.packed) % 16 == 0 &&
                 (w.zeros == nullptr || reinterpret_cast<uintptr_t>(w.zeros) % 16 == 0);
   a.out = out;
   a.ws = workspace;
 
-  if (m <= kGemvMaxM)
+  // v2 GEMV: 16-bit x on sm_80+, K % 32 == 0, x 16-byte and codes / zero points 8-byte aligned
+  // (128- and 64-bit loads, no bounds checks in the loop). Otherwise (float32 x, older GPUs,
+  // odd K with a whole-row group, unaligned views) the legacy GEMV, which meets the same numeric
+  // contract (docs/format.md) at lower speed.
+  if (v2 && m <= kGemvMaxM && x_dtype != DType::f32 && gemv::v2_shape_ok(w.k) &&
+      reinterpret_cast<uintptr_t>(x) % 16 == 0 && aligned8(w.packed) &&
+      (w.zeros == nullptr || aligned8(w.zeros)) && device_cc_major() >= 8) {
+    a.v2 = gemv::plan(w.n, w.k, w.group_size);
+    a.splits = a.v2.splits;
+    a.per_split = 0;
+    if (a.v2.splits > 1) {
+      if (workspace == nullptr)
+        throw std::runtime_error("cat_kernels CUDA gemm: split-K needs a workspace (gemm_workspace_elems)");
+      // The counters sit after the partials; each is reset by the CTA that finishes its tile,
+      // but a fresh workspace holds garbage, so zero them (a few hundred bytes) on the stream.
+      a.counters = reinterpret_cast<uint32_t*>(workspace + int64_t(a.v2.splits) * m * w.n);
+      detail::check(cudaMemsetAsync(a.counters, 0, size_t(a.n_tiles) * sizeof(uint32_t), s),
+                    "gemm (cudaMemsetAsync counters)");
+    }
+    launch_gemv_v2(a, s);
+    return;
+  }
+
+  const Plan p = plan_for(m, w.n, w.k);
+  if (p.splits > 1 && workspace == nullptr)
+    throw std::runtime_error("cat_kernels CUDA gemm: split-K needs a workspace (gemm_workspace_elems)");
+  a.splits = p.splits;
+  a.per_split = p.per_split;
+
+  if (m <= kGemvMaxM) {
     launch_gemv(a, s);
-  else
+  } else {
+#ifdef CAT_HAVE_TILED_V2
+    if (v2)
+      launch_tiled_v2(a, s);
+    else
+      launch_tiled(a, s);
+#else
     launch_tiled(a, s);
+#endif
+  }
 
   if (p.splits > 1) {
     const int64_t mn = m * w.n;
@@ -164,16 +218,15 @@ void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out, 
     const unsigned grid = detail::grid_for(mn, threads);
     switch (x_dtype) {
       case DType::f16:
-        reduce_kernel<DType::f16><<<grid, threads, 0, s>>>(workspace, p.splits, mn, out);
+        detail::launch("reduce_kernel", reduce_kernel<DType::f16>, grid, threads, 0, s, workspace, p.splits, mn, out);
         break;
       case DType::bf16:
-        reduce_kernel<DType::bf16><<<grid, threads, 0, s>>>(workspace, p.splits, mn, out);
+        detail::launch("reduce_kernel", reduce_kernel<DType::bf16>, grid, threads, 0, s, workspace, p.splits, mn, out);
         break;
       default:
-        reduce_kernel<DType::f32><<<grid, threads, 0, s>>>(workspace, p.splits, mn, out);
+        detail::launch("reduce_kernel", reduce_kernel<DType::f32>, grid, threads, 0, s, workspace, p.splits, mn, out);
         break;
     }
-    detail::check_launch("reduce_kernel");
   }
 }
 

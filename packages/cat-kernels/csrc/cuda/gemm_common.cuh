@@ -3,6 +3,7 @@
 #pragma once
 
 #include "common.cuh"
+#include "gemv_arith.h"
 
 namespace cat {
 namespace cuda {
@@ -18,6 +19,9 @@ constexpr int kGemvThreads = 32 * kGemvWarps;
 constexpr int kXStride = 36;            // floats per staged block of x (32 + 4 to spread banks)
 constexpr int kGemvSmemFloats = 12288;  // 48 KB of staged x at most (no opt-in needed)
 constexpr int kGemvTargetWarps = 2048;  // ~16 warps per SM on a 132-SM part
+static_assert(kXStride == gemv::kLegacyXStride && kGemvSmemFloats == gemv::kLegacySmemFloats &&
+                  kGemvTargetWarps == gemv::kLegacyTargetWarps,
+              "the legacy GEMV plan (gemv_arith.h) must describe gemv.cu");
 
 constexpr int kBM = 64, kBN = 64, kBK = 64;  // tiled path CTA tile
 constexpr int kTileThreads = 128;
@@ -43,6 +47,10 @@ struct Args {
   bool aligned16;  // packed and zeros are 16-byte aligned (128-bit loads allowed)
   void* out;       // [m, n], x_dtype; written when splits == 1
   float* ws;       // [splits, m, n]; written when splits > 1
+  // v2 GEMV only (gemv_v2.cu): its plan and the per-tile arrival counters of the in-kernel
+  // split-K reduction (zero on entry, left zero on exit).
+  gemv::Plan v2;
+  uint32_t* counters = nullptr;
 };
 
 // Stores one result: y directly (rounded to x's dtype) or the fp32 partial of `split`.
@@ -66,10 +74,17 @@ __device__ __forceinline__ void store_result(const Args& a, int split, int64_t r
   }
 }
 
-// gemv.cu: M <= kGemvMaxM. per_split = 32-column blocks per split.
+// gemv.cu (legacy): M <= kGemvMaxM. per_split = 32-column blocks per split.
 void launch_gemv(const Args& a, cudaStream_t s);
+// gemv_v2.cu: M <= kGemvMaxM, f16/bf16 x, sm_80+, packed/zeros 8-byte aligned. Plan a.v2; with
+// a.v2.splits > 1 it reduces the split-K partials itself (a.ws, a.counters).
+void launch_gemv_v2(const Args& a, cudaStream_t s);
 // gemm_tiled.cu: M > kGemvMaxM. per_split = 64-column k-steps per split.
 void launch_tiled(const Args& a, cudaStream_t s);
+#ifdef CAT_HAVE_TILED_V2
+// gemm_tiled_v2.cu: M > kGemvMaxM, same Args and split-K workspace as launch_tiled.
+void launch_tiled_v2(const Args& a, cudaStream_t s);
+#endif
 
 }  // namespace gemm_detail
 }  // namespace cuda

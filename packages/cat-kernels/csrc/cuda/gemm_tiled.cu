@@ -270,14 +270,11 @@ void launch_tiled_bits(const Args& a, cudaStream_t s) {
                     static_cast<unsigned>(a.splits));
     const int64_t m_base = mt0 * kBM;
     if (tc && a.x_dtype == DType::f16) {
-      gemm_tc_kernel<BITS, __half><<<grid, kTileThreads, 0, s>>>(a, m_base);
-      detail::check_launch("gemm_tc_kernel<f16>");
+      detail::launch("gemm_tc_kernel", gemm_tc_kernel<BITS, __half>, grid, kTileThreads, 0, s, a, m_base);
     } else if (tc) {
-      gemm_tc_kernel<BITS, __nv_bfloat16><<<grid, kTileThreads, 0, s>>>(a, m_base);
-      detail::check_launch("gemm_tc_kernel<bf16>");
+      detail::launch("gemm_tc_kernel", gemm_tc_kernel<BITS, __nv_bfloat16>, grid, kTileThreads, 0, s, a, m_base);
     } else {
-      gemm_fma_kernel<BITS><<<grid, kTileThreads, 0, s>>>(a, m_base);
-      detail::check_launch("gemm_fma_kernel");
+      detail::launch("gemm_fma_kernel", gemm_fma_kernel<BITS>, grid, kTileThreads, 0, s, a, m_base);
     }
   }
 }

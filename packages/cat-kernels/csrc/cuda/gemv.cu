@@ -174,12 +174,11 @@ void launch_gemv_bits(const Args& a, cudaStream_t s) {
   const int mt = gemv_bucket(a.m);
   const size_t smem = size_t(mt) * a.per_split * kXStride * sizeof(float);
   switch (mt) {
-    case 1: gemv_kernel<BITS, 1><<<grid, kGemvThreads, smem, s>>>(a); break;
-    case 2: gemv_kernel<BITS, 2><<<grid, kGemvThreads, smem, s>>>(a); break;
-    case 4: gemv_kernel<BITS, 4><<<grid, kGemvThreads, smem, s>>>(a); break;
-    default: gemv_kernel<BITS, 8><<<grid, kGemvThreads, smem, s>>>(a); break;
+    case 1: detail::launch("gemv_kernel", gemv_kernel<BITS, 1>, grid, kGemvThreads, smem, s, a); break;
+    case 2: detail::launch("gemv_kernel", gemv_kernel<BITS, 2>, grid, kGemvThreads, smem, s, a); break;
+    case 4: detail::launch("gemv_kernel", gemv_kernel<BITS, 4>, grid, kGemvThreads, smem, s, a); break;
+    default: detail::launch("gemv_kernel", gemv_kernel<BITS, 8>, grid, kGemvThreads, smem, s, a); break;
   }
-  detail::check_launch("gemv_kernel");
 }
 
 

@@ -100,9 +100,7 @@ PackStatus pack(const void* codes, int code_bytes, int64_t n, int64_t k, int bit
   try {
     detail::check(cudaMemsetAsync(first_bad, 0xFF, sizeof(unsigned long long), s),
                   "pack (cudaMemsetAsync)");
-    pack_kernel<<<detail::grid_for(total, kThreads), kThreads, 0, s>>>(codes, code_bytes, n, k, bits,
-                                                                      row_words, packed, total, first_bad);
-    detail::check_launch("pack_kernel");
+    detail::launch("pack_kernel", pack_kernel, detail::grid_for(total, kThreads), kThreads, 0, s, codes, code_bytes, n, k, bits, row_words, packed, total, first_bad);
     detail::check(cudaMemcpyAsync(&host_bad, first_bad, sizeof(host_bad), cudaMemcpyDeviceToHost, s),
                   "pack (cudaMemcpyAsync)");
     detail::check(cudaStreamSynchronize(s), "pack_kernel (cudaStreamSynchronize)");
@@ -137,9 +135,7 @@ void unpack(const int32_t* packed, int64_t n, int64_t k, int bits, int64_t row_w
             void* stream) {
   const int64_t total = n * k;
   if (total == 0) return;
-  unpack_kernel<<<detail::grid_for(total, kThreads), kThreads, 0, detail::as_stream(stream)>>>(
-      packed, n, k, bits, row_words, codes);
-  detail::check_launch("unpack_kernel");
+  detail::launch("unpack_kernel", unpack_kernel, detail::grid_for(total, kThreads), kThreads, 0, detail::as_stream(stream), packed, n, k, bits, row_words, codes);
 }
 
 }  // namespace cuda

@@ -11,15 +11,18 @@ results in the framework and on the device of their input:
 - :func:`gemm`: ``x @ W.T`` straight from the packed weights;
 - :class:`PackedWeight`: a weight validated once for repeated ``gemm``/``dequantize`` calls
   (the per-call path of a model's layers: only ``x`` is checked);
-- :func:`build_info`, :func:`cuda_available`: what this build can do.
+- :func:`build_info`, :func:`cuda_available`: what this build can do;
+- :func:`cuda_impl` / :func:`set_cuda_impl`: which CUDA gemm kernels run (``"v2"``, the default,
+  or ``"legacy"``, selectable until a GPU run has verified v2).
 
 Environment: ``CAT_KERNELS_NUM_THREADS`` (CPU threads, default: the CPUs this process may use),
-``CAT_KERNELS_ISA`` (force the CPU kernel path: ``scalar``, ``avx2`` or ``avx512``).
+``CAT_KERNELS_ISA`` (force the CPU kernel path: ``scalar``, ``avx2`` or ``avx512``),
+``CAT_KERNELS_CUDA_IMPL`` (``v2`` or ``legacy``: the CUDA gemm kernels; read on first use).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, Optional
 
 from . import _C
 from ._api import dequantize, gemm, pack, pack_zeros, unpack, unpack_zeros
@@ -37,6 +40,8 @@ __all__ = [
     "PackedWeight",
     "build_info",
     "cuda_available",
+    "cuda_impl",
+    "set_cuda_impl",
     "__version__",
 ]
 
@@ -69,3 +74,35 @@ def build_info() -> dict[str, Any]:
 def cuda_available() -> bool:
     """True when this build has the CUDA kernels and a CUDA device is visible."""
     return bool(_C._cuda_available())
+
+
+CudaImpl = Literal["v2", "legacy"]
+
+
+def cuda_impl() -> CudaImpl:
+    """Which CUDA gemm kernels run: ``"v2"`` (default) or ``"legacy"``.
+
+    Raises:
+        ValueError: ``CAT_KERNELS_CUDA_IMPL`` holds something other than ``v2`` / ``legacy``.
+    """
+    try:
+        return _C._cuda_impl()  # type: ignore[no-any-return]
+    except ValueError as e:
+        raise ValueError(str(e)) from None
+
+
+def set_cuda_impl(impl: Optional[CudaImpl]) -> None:
+    """Select the CUDA gemm kernels for this process.
+
+    Args:
+        impl: ``"v2"`` (the kernels of issue 15: tensor-core GEMV for M <= 8), ``"legacy"``
+            (the kernels before it, kept selectable until a GPU run has verified v2), or None to
+            follow ``CAT_KERNELS_CUDA_IMPL`` again (unset: v2). Both meet the same numeric
+            contract (docs/format.md). CPU arrays are unaffected.
+
+    Raises:
+        ValueError: any other value.
+    """
+    if impl is not None and impl not in ("v2", "legacy"):
+        raise ValueError(f"impl: expected 'v2', 'legacy' or None, got {impl!r}")
+    _C._set_cuda_impl(impl or "")

@@ -7,7 +7,10 @@
 // The packed layout is specified in docs/format.md; the constants below are its parameters.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <cstdlib>
+#include <stdexcept>
 #include <string>
 
 namespace cat {
@@ -95,6 +98,31 @@ int64_t gemm_workspace_elems(int64_t m, int64_t n, int64_t k, int bits, int64_t 
 // caller's allocator, e.g. torch's caching allocator and CUDA graphs, owns the memory).
 void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out, float* workspace,
           void* stream);
+
+// Which CUDA gemm kernels run: v2 (the default) or legacy (the kernels before issue 15), until a
+// GPU run has verified v2 (docs/format.md "Choosing the CUDA kernels"). The first call reads
+// the environment variable CAT_KERNELS_CUDA_IMPL ("v2" or "legacy"; unset = v2); set_impl
+// overrides it for the process (Impl::from_env: read the variable again on the next call).
+enum class Impl : int { from_env = -1, legacy = 0, v2 = 1 };
+inline std::atomic<int>& impl_state() {
+  static std::atomic<int> state{-1};
+  return state;
+}
+inline Impl parse_impl(const char* name, const char* what) {
+  const std::string v = name ? name : "";
+  if (v.empty() || v == "v2") return Impl::v2;
+  if (v == "legacy") return Impl::legacy;
+  throw std::invalid_argument(std::string(what) + ": expected \"v2\" or \"legacy\", got \"" + v + "\"");
+}
+inline Impl impl() {
+  int v = impl_state().load(std::memory_order_relaxed);
+  if (v < 0) {
+    v = static_cast<int>(parse_impl(std::getenv("CAT_KERNELS_CUDA_IMPL"), "CAT_KERNELS_CUDA_IMPL"));
+    impl_state().store(v, std::memory_order_relaxed);
+  }
+  return static_cast<Impl>(v);
+}
+inline void set_impl(Impl i) { impl_state().store(static_cast<int>(i), std::memory_order_relaxed); }
 }  // namespace cuda
 
 }  // namespace cat
