@@ -274,9 +274,13 @@ def test_export_gptq_and_eval_reference_flag(tiny_dir, tmp_path, capsys):
     out = tmp_path / "g4"
     rc = quantize.main([str(tiny_dir), "--bits", "4", "--sym", "--n-samples", "2", "--seqlen", "16", "--export", "gptq",
                         "--no-quality", "--out", str(out), "--quiet"])
-    assert rc == 0, capsys.readouterr().err
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
     q = json.loads((out / "config.json").read_text())["quantization_config"]
     assert q["quant_method"] == "gptq" and q["source_model"] == str(tiny_dir.absolute())
+    # symmetric 4-bit: GPTQ v1 with the fixed zero point, the form vLLM's gptq/Marlin path takes
+    assert q["checkpoint_format"] == "gptq" and q["sym"] is True and q["bits"] == 4
+    assert "serves on" in cap.out and "vLLM 'gptq'/'gptq_marlin'" in cap.out
     capsys.readouterr()
     rc = cat_eval.main([str(out), "--kl-samples", "1", "--kl-seqlen", "8", "--quiet"])
     cap = capsys.readouterr()
@@ -301,3 +305,12 @@ def test_gptq_rounding_option(tiny_dir, tmp_path, capsys):
 def test_awq_export_needs_4_bits(tiny_dir, tmp_path, capsys):
     rc = quantize.main([str(tiny_dir), "--bits", "3", "--export", "awq", "--out", str(tmp_path / "o")])
     _one_line_error(capsys, rc, 2, "4-bit")
+
+
+def test_export_no_engine_serves_is_refused_before_any_work(tmp_path, capsys):
+    # the model path does not exist: the export check must come first
+    missing = str(tmp_path / "no-such-model")
+    rc = quantize.main([missing, "--bits", "4", "--group-size", "-1", "--export", "awq", "--out", str(tmp_path / "o")])
+    _one_line_error(capsys, rc, 2, "--export awq: the AWQ GEMM format needs groups")
+    rc = quantize.main([missing, "--bits", "3", "--export", "awq", "--out", str(tmp_path / "o")])
+    _one_line_error(capsys, rc, 2, "--export awq: the AWQ GEMM format holds 4-bit weights only")

@@ -11,6 +11,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from cat_core.engines import engines, export_problem
+
 from cat_apps import _checks, _cli
 from cat_apps._cli import CLIError, UsageError
 
@@ -63,7 +65,9 @@ def build() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (must not exist unless --overwrite)")
     p.add_argument("--export", choices=("awq", "gptq"), default=None,
                    help="write the checkpoint as an AutoAWQ GEMM (4-bit only) or GPTQ directory instead "
-                        "of the native Caterpillar format (all load with cat-generate/cat-eval)")
+                        "of the native Caterpillar format (all load with cat-generate/cat-eval). For vLLM: "
+                        "awq (asymmetric 4-bit) or gptq with --sym --bits 4; asymmetric and 3-bit GPTQ "
+                        "load in transformers + GPTQModel only. The summary names the engines")
     p.add_argument("--save-dtype", choices=("auto", "float16", "bfloat16", "float32"), default="auto",
                    help="dtype of the tensors stored unquantized (embeddings, norms, biases, lm_head; the "
                         "model is searched in float32 whatever this says): 'auto' keeps a float16/bfloat16 "
@@ -181,9 +185,8 @@ def _preflight(args: argparse.Namespace) -> tuple[Path, int | str]:
     _checks.at_least(args.quality_samples, 1, "--quality-samples")
     _checks.at_least(args.quality_seqlen, 2, "--quality-seqlen")
     gs_req = _checks.group_size(args.group_size)
-    if args.export == "awq" and args.bits != 4:
-        raise UsageError(f"--export awq holds 4-bit weights only (got --bits {args.bits}); "
-                         f"use --export gptq or the native format")
+    if args.export and (why := export_problem(args.export, args.bits, gs_req, args.sym)):
+        raise UsageError(f"--export {args.export}: {why}")
     out = _checks.output_dir(args.out, "--out", overwrite=args.overwrite)
     if args.calib != "self" and _checks.text_source(args.calib, "--calib") == "dataset":
         _checks.dataset_network(args.calib, "--calib")
@@ -295,6 +298,7 @@ def run(args: argparse.Namespace) -> int:
 
     lines = [
         f"wrote {out} ({fmt} format)",
+        f"  serves on        {engines(fmt, args.bits, args.sym)}",
         f"  model            {loaded.source}",
         f"  quantization     AWQ {args.bits}-bit, group size {gs}{' (auto)' if gs_req == 'auto' else ''}, "
         f"{'symmetric' if args.sym else 'asymmetric'}, {len(result.tensors)} linears, {qcfg.search_dtype} search"

@@ -1,13 +1,16 @@
 """Caterpillar core: AWQ over a discovered layer graph, for the cat-kernels runtime.
 
 The public names are imported lazily so that ``import cat_core`` stays cheap (transformers and
-the search machinery load on first use).
+the search machinery load on first use). Importing it also makes transformers'
+``AutoModelForCausalLM.from_pretrained`` load native Caterpillar checkpoints.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
+
+from cat_core import _transformers_hook
 
 __version__ = "0.2.1"
 
@@ -32,6 +35,10 @@ _EXPORTS = {
 }
 
 __all__ = ["__version__", *_EXPORTS]
+
+# AutoModelForCausalLM.from_pretrained(native_dir) after `import cat_core`: registers the
+# "caterpillar" quantization method when transformers loads its quantizer registry
+_transformers_hook.install()
 
 
 def __getattr__(name: str) -> Any:

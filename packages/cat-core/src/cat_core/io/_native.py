@@ -139,6 +139,28 @@ def _hint(q: dict[str, Any]) -> str:
     return f"quantization_config: bits={q['bits']}, group_size={q['group_size']}, sym={q['sym']}{over}"
 
 
+def prepare_skeleton(
+    model: nn.Module,
+    qcfg: Any,
+    path: Path,
+    headers: dict[str, tuple[str, list[int], torch.dtype]],
+    activation_dtype: torch.dtype | None = None,
+) -> None:
+    """Turn a meta skeleton into the checkpoint's model: unfuse the recorded experts, insert the
+    quantized linears and the scaled activations (in ``activation_dtype``, else as stored).
+    Shared by :func:`load_quantized` and the transformers quantizer."""
+    settings, acts = _settings(qcfg, path)
+    unfuse_recorded(model, qcfg, path)
+    install_quant_linears(model, settings)
+    shapes = {}
+    for p in acts:
+        if f"{p}.scales" not in headers:
+            raise CheckpointError(f"{path}: missing tensor '{p}.scales' (activation_scales in config.json)")
+        _, shape, dt = headers[f"{p}.scales"]
+        shapes[p] = (shape, activation_dtype or dt)
+    install_scaled_activations(model, shapes)
+
+
 def load_quantized(
     path: str | os.PathLike,
     *,
@@ -159,18 +181,10 @@ def load_quantized(
     """
     path = Path(path)
     cfg = read_config(path)
-    settings, acts = _settings(cfg.get("quantization_config"), path)
+    _settings(cfg.get("quantization_config"), path)  # a bad config fails before the model is built
     model, _ = skeleton(cfg, model_kwargs)
-    unfuse_recorded(model, cfg["quantization_config"], path)
-    install_quant_linears(model, settings)
     headers = read_headers(path)
-    shapes = {}
-    for p in acts:
-        if f"{p}.scales" not in headers:
-            raise CheckpointError(f"{path}: missing tensor '{p}.scales' (activation_scales in config.json)")
-        _, shape, dt = headers[f"{p}.scales"]
-        shapes[p] = (shape, dt)
-    install_scaled_activations(model, shapes)
+    prepare_skeleton(model, cfg["quantization_config"], path, headers)
     check_tensors(path, headers, expected_from(model), hint=_hint(cfg["quantization_config"]))
     state = load_tensors(path, headers, torch.device(device))
     finish_load(model, state, path, dtype, torch.device(device))

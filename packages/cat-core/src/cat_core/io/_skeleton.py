@@ -127,6 +127,21 @@ def finish_load(
     # non-persistent buffers (rotary tables) were built on the CPU: move them too
     model.to(device)
     if dtype is not None:
-        model.to(dtype)
+        _cast_stored(model, dtype)
     model.eval()
     return model
+
+
+def _cast_stored(model: nn.Module, dtype: torch.dtype) -> None:
+    """``model.to(dtype)`` for what a checkpoint stores (parameters, persistent buffers), not for
+    the tables computed at build time (rotary ``inv_freq``): transformers keeps those in float32
+    whatever the model's dtype, and rounding them to 16 bits moves every position's angle.
+    QuantLinear's scales keep their storage dtype."""
+    for mod in model.modules():
+        for p in mod._parameters.values():
+            if p is not None and p.is_floating_point() and p.dtype != dtype:
+                p.data = p.data.to(dtype)  # in place: tied parameters stay one object
+        keep = set(mod._non_persistent_buffers_set) | ({"scales"} if isinstance(mod, QuantLinear) else set())
+        for name, b in mod._buffers.items():
+            if b is not None and b.is_floating_point() and name not in keep:
+                mod._buffers[name] = b.to(dtype)
