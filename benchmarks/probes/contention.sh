@@ -26,6 +26,6 @@ B=$(burner); sleep 2
 q burner-before X=1
 q burner-after "$AFTER"
 kill "$B"; sleep 2
-( q pair-before-1 X=1 ) & sleep 3; q pair-before-2 X=1; wait
+[ -n "${PAIR_BEFORE:-}" ] && { ( q pair-before-1 X=1 ) & sleep 3; q pair-before-2 X=1; wait; }
 ( q pair-after-1 "$AFTER" ) & sleep 3; q pair-after-2 "$AFTER"; wait
 rm -rf "$OUT"
