@@ -41,7 +41,17 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+EXIT_CODES_HELP = """\
+exit codes: 0 success; 1 a failure (missing or unreadable file, unwritable output path, a model that
+does not fit the arguments, an error during the work); 2 a usage error (the command line is wrong as
+written: argparse's checks and the command's own range checks alike); 130 interrupted (Ctrl-C).
+Arguments, files and paths are checked before the model loads, lengths against its config before
+its weights.
+"""
+
+
 def parser(prog: str, description: str, epilog: str | None = None) -> Parser:
+    epilog = f"{epilog.rstrip()}\n\n{EXIT_CODES_HELP}" if epilog else EXIT_CODES_HELP
     p = Parser(prog=prog, description=description, epilog=epilog,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     return p
