@@ -308,3 +308,12 @@ def test_argparse_and_range_errors_share_exit_code_2(name, mod, capsys):
     rc = mod.main(out_of_range)
     line = _one_line_error(capsys, rc, USAGE)
     assert line.endswith(f"(see {name} --help)")
+
+
+@pytest.mark.parametrize("name, mod", [("cat-quantize", quantize), ("cat-generate", generate),
+                                       ("cat-bench", bench), ("cat-eval", cat_eval)])
+def test_help_states_the_exit_codes(name, mod, capsys):
+    with pytest.raises(SystemExit):
+        mod.main(["--help"])
+    out = capsys.readouterr().out
+    assert "exit codes: 0 success; 1 a failure" in out and "2 a usage error" in out

@@ -8,12 +8,16 @@ written, a model that does not fit the arguments, an error during the work); 130
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
+
+from cat_apps import _threads
+from cat_apps._quiet import QuietProgress
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -37,7 +41,17 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+EXIT_CODES_HELP = """\
+exit codes: 0 success; 1 a failure (missing or unreadable file, unwritable output path, a model that
+does not fit the arguments, an error during the work); 2 a usage error (the command line is wrong as
+written: argparse's checks and the command's own range checks alike); 130 interrupted (Ctrl-C).
+Arguments, files and paths are checked before the model loads, lengths against its config before
+its weights.
+"""
+
+
 def parser(prog: str, description: str, epilog: str | None = None) -> Parser:
+    epilog = f"{epilog.rstrip()}\n\n{EXIT_CODES_HELP}" if epilog else EXIT_CODES_HELP
     p = Parser(prog=prog, description=description, epilog=epilog,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     return p
@@ -50,7 +64,9 @@ def add_common(p: argparse.ArgumentParser, device: bool = True) -> None:
                             "else cpu). Default: auto")
     p.add_argument("--debug", action="store_true",
                    help="on errors, print the full Python traceback instead of a one-line message")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars; instead, in a run longer than a minute, one line per minute on "
+                        "stderr with the latest progress (CAT_QUIET_PROGRESS_S sets the interval)")
 
 
 def _one_line(e: BaseException) -> str:
@@ -69,11 +85,16 @@ def main_wrapper(prog: str, build: Callable[[], argparse.ArgumentParser],
 
     Ctrl-C exits 130 with one line. ``--debug`` re-raises (full traceback)."""
     args = build().parse_args(argv)
+    _threads.configure()  # before anything imports torch: libgomp reads its settings once
     debug = bool(getattr(args, "debug", False))
+    quiet = contextlib.nullcontext()
     if getattr(args, "quiet", False):
         quiet_libraries()
+        # the bars still run, into a buffer: one line of it reaches stderr per minute
+        quiet, args.quiet = QuietProgress(prog), False
     try:
-        rc = run(args)
+        with quiet:
+            rc = run(args)
         return int(rc or 0)
     except KeyboardInterrupt:
         if debug:

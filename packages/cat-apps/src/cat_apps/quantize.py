@@ -13,7 +13,7 @@ from typing import Any
 
 from cat_core.engines import engines, export_problem
 
-from cat_apps import _checks, _cli
+from cat_apps import _checks, _cli, _threads
 from cat_apps._cli import CLIError, UsageError
 
 PROG = "cat-quantize"
@@ -309,6 +309,7 @@ def run(args: argparse.Namespace) -> int:
         + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items())
         + f" (AWQ: {', '.join(f'{k} {result.timings[k]:.1f} s' for k in AWQ_PHASES if k in result.timings)})",
         f"  peak memory      {peak:.0f} MB ({peak_what})",
+        f"  threads          {_threads.chosen or 'as torch chose'}",
         f"  on disk          {_cli.fmt_bytes(disk)} (unquantized tensors in {_cli.dtype_name(save_dtype)})",
         f"  bits per weight  {mem['bits_per_weight']:.2f} (quantized linears, incl. scales and zero points; "
         f"{mem['bytes'] / 1e6:.1f} MB vs {mem['fp16_bytes'] / 1e6:.1f} MB in fp16)",
