@@ -29,7 +29,8 @@ def engines(fmt: str, bits: int, sym: bool) -> str:
     """One line: the engines (and kernels) that load a checkpoint of this kind."""
     if fmt == "native":
         return ("cat-core's kernels: cat-generate / cat_core.io.load_quantized, and transformers' "
-                "AutoModelForCausalLM.from_pretrained after `import cat_core`")
+                "AutoModelForCausalLM.from_pretrained after `import cat_core`, and vLLM through cat-core's plugin "
+                "(quant_method 'caterpillar', tensor parallel included)")
     if fmt == "awq":
         return ("transformers + GPTQModel (AWQ GEMM, torch kernel on CPU), AutoAWQ; vLLM 'awq'/'awq_marlin' "
                 "on CUDA (vLLM-CPU only where it has cpu_gemm_wna16: AVX512-BF16 CPUs)")
