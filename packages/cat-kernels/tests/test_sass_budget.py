@@ -10,6 +10,7 @@ package nvidia-cuda-cuobjdump (setup.sh).
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,11 @@ TOOL = Path(__file__).resolve().parent.parent / "tools" / "sass_budget.py"
 
 
 def _tool():
+    if "sass_budget" in sys.modules:
+        return sys.modules["sass_budget"]
     spec = importlib.util.spec_from_file_location("sass_budget", TOOL)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules["sass_budget"] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
 
