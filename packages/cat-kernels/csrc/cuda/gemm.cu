@@ -1,6 +1,15 @@
 // gemm: y[M, N] = x[M, K] @ dequantize(W)[N, K]^T, accumulated in float32, y in x's dtype.
 //
-// Two paths behind one entry point, both split-K:
+// Two paths behind one entry point, both split-K. Which kernels run is chosen per call by
+// cat::cuda::impl() (CAT_KERNELS_CUDA_IMPL / cat_kernels.set_cuda_impl): v2 (default) or legacy.
+//
+//  * v2 GEMV (M <= 8, float16/bfloat16 x, sm_80+, K % 32 == 0, aligned arrays): gemv_v2.cu, a
+//    tensor-core GEMV on exact (q - z) pairs; its arithmetic is gemv_arith.h (host-tested). It
+//    reduces its own split-K partials (last CTA per tile, counters after the partials in the
+//    workspace). Other GEMV calls take the legacy GEMV below.
+//  * v2 tiled (M > 8): gemm_tiled_v2.cu when built with CAT_HAVE_TILED_V2, else the legacy one.
+//
+// The legacy kernels, kept selectable until a GPU run has verified v2:
 //
 //  * GEMV path (M <= 8, decode): purely bandwidth-bound, so the goal is to stream `packed` once,
 //    fully coalesced, with many bytes in flight. A CTA is 4 warps; warp w owns one tile of 16
@@ -26,7 +35,8 @@
 // Split-K and determinism: the number of K partitions (`gemm_splits`) is a function of
 // (M, N, K) only. With one partition the kernels write y directly; otherwise partition s writes
 // its fp32 partial sums to workspace[s, :, :] and `reduce_kernel` adds partitions 0, 1, 2, ...
-// in that order and rounds once to y's dtype. No atomics anywhere, so every call on a given GPU
+// in that order and rounds once to y's dtype (the v2 GEMV does the same in-kernel; its atomic only
+// counts arrivals). No value is ever added atomically, so every call on a given GPU
 // returns bit-identical results.
 //
 // Padding: padded rows (n >= N) are never stored; padded columns (k >= K, only possible with
@@ -34,8 +44,8 @@
 // the tiled path also zeroes the weights there (so an overflowing 16-bit weight cannot make
 // 0 * inf = NaN).
 //
-// Files: gemm.cu (this: plans, split-K reduction, entry points), gemv.cu (GEMV kernels),
-// gemm_tiled.cu (tiled kernels), gemm_common.cuh (what they share). The kernels live in separate
+// Files: gemm.cu (this: plans, split-K reduction, entry points), gemv_v2.cu + gemv_arith.h (v2
+// GEMV), gemv.cu (legacy GEMV), gemm_tiled.cu (legacy tiled), gemm_common.cuh (what they share). The kernels live in separate
 // translation units so that a parallel build compiles them concurrently.
 #include <algorithm>
 #include <atomic>
@@ -175,6 +185,7 @@ void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out, 
   // odd K with a whole-row group, unaligned views) the legacy GEMV, which meets the same numeric
   // contract (docs/format.md) at lower speed.
   if (v2 && m <= kGemvMaxM && x_dtype != DType::f32 && gemv::v2_shape_ok(w.k) &&
+      w.n * w.n_groups() < (int64_t(1) << 31) &&
       reinterpret_cast<uintptr_t>(x) % 16 == 0 && aligned8(w.packed) &&
       (w.zeros == nullptr || aligned8(w.zeros)) && device_cc_major() >= 8) {
     a.v2 = gemv::plan(w.n, w.k, w.group_size);

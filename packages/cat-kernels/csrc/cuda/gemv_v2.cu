@@ -73,13 +73,6 @@ __device__ __forceinline__ void mma(float (&d)[4], uint32_t a0, uint32_t a1, uin
 #endif
 }
 
-// A scale's raw bits (fetched a group ahead) as float.
-__device__ __forceinline__ float scale_float(uint32_t b, DType dt) {
-  if (dt == DType::f16) return __half2float(__ushort_as_half(static_cast<unsigned short>(b)));
-  if (dt == DType::bf16) return __uint_as_float(b << 16);
-  return __uint_as_float(b);
-}
-
 // One step (U blocks) of the lane's codes (rows 2g, 2g+1 of its words: one 64-bit load each)
 // and x (8 columns of one row: one 128-bit load). All blocks are real and full (K % 32 == 0).
 template <int BITS, int U>
@@ -173,29 +166,37 @@ __global__ void __launch_bounds__(32 * gemv::kMaxWarps) gemv_v2_kernel(const Arg
     load_step<BITS, U>(wA, xA, w0, w1, xp);
 
     // Groups: the current one ends before block gnext. Its scales and zero points were fetched
-    // (raw) one group ahead and are converted when it starts. Rows past N read row N-1's scale
-    // and get s = 0.
+    // (raw) one group ahead and are converted when it starts. Rows past N read row N-1's (their
+    // codes are padding and their outputs are never stored).
     const int64_t row0 = t * kTileN + r0;
     const int64_t rA = min(row0, a.n - 1), rB = min(row0 + 1, a.n - 1);
-    const float keepA = row0 < a.n ? 1.f : 0.f, keepB = row0 + 1 < a.n ? 1.f : 0.f;
-    const bool s32 = a.scale_dtype == DType::f32;
+    const bool s32 = a.scale_dtype == DType::f32, sbf = a.scale_dtype == DType::bf16;
     const int64_t bpg64 = gemv::blocks_per_group(a.k, a.group_size);
     const int bpg = static_cast<int>(min(bpg64, int64_t(1) << 30));
     int bi = static_cast<int>(b);
     const int bend = static_cast<int>(b1);
     int g = static_cast<int>(b / bpg64);
     int gnext = static_cast<int>(min((int64_t(g) + 1) * bpg64, b1));
+    // scale element indices fit 32 bits (n * n_groups < 2^31 is checked by gemm()); one address
+    // per row serves both scale widths
+    const char* sbase = static_cast<const char*>(a.scales);
+    const uint32_t es = s32 ? 4u : 2u;
+    uint32_t siA = static_cast<uint32_t>(rA * a.n_groups), siB = static_cast<uint32_t>(rB * a.n_groups);
+    // opaque to the optimizer: keep them in registers instead of recomputing them (64-bit
+    // compares and multiplies) at every group inside the loop
+    asm volatile("" : "+r"(siA), "+r"(siB));
     const int32_t* zrow = a.zeros == nullptr ? nullptr
                           : a.zeros + t * gemv::zero_row_words(a.n_groups, BITS) * kTileN + r0;
     uint32_t sr[2], zr[2];
     auto fetch = [&](int gg) {
-      const int64_t iA = rA * a.n_groups + gg, iB = rB * a.n_groups + gg;
+      const char* pA = sbase + size_t(siA + uint32_t(gg)) * es;
+      const char* pB = sbase + size_t(siB + uint32_t(gg)) * es;
       if (s32) {
-        sr[0] = __float_as_uint(__ldg(static_cast<const float*>(a.scales) + iA));
-        sr[1] = __float_as_uint(__ldg(static_cast<const float*>(a.scales) + iB));
+        sr[0] = __ldg(reinterpret_cast<const unsigned*>(pA));
+        sr[1] = __ldg(reinterpret_cast<const unsigned*>(pB));
       } else {
-        sr[0] = __ldg(static_cast<const unsigned short*>(a.scales) + iA);
-        sr[1] = __ldg(static_cast<const unsigned short*>(a.scales) + iB);
+        sr[0] = __ldg(reinterpret_cast<const unsigned short*>(pA));
+        sr[1] = __ldg(reinterpret_cast<const unsigned short*>(pB));
       }
       if (zrow == nullptr) {
         zr[0] = zr[1] = 1u << (BITS - 1);
@@ -208,12 +209,16 @@ __global__ void __launch_bounds__(32 * gemv::kMaxWarps) gemv_v2_kernel(const Arg
         zr[1] = gemv::zero_value(lo.y, hi.y, off, BITS);
       }
     };
+    auto to_float = [&](uint32_t r) {
+      return s32 ? __uint_as_float(r)
+                 : sbf ? __uint_as_float(r << 16) : __half2float(__ushort_as_half(static_cast<unsigned short>(r)));
+    };
     fetch(g);
     float s0 = 0.f, s1 = 0.f, zb[2] = {0.f, 0.f};
     uint32_t bias[2][4];
     auto setup = [&]() {
-      s0 = keepA * scale_float(sr[0], a.scale_dtype);
-      s1 = keepB * scale_float(sr[1], a.scale_dtype);
+      s0 = to_float(sr[0]);
+      s1 = to_float(sr[1]);
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
         if constexpr (gemv::decode_f32<BITS, BF16>()) {
