@@ -70,6 +70,10 @@ __device__ __forceinline__ void store_result(const Args& a, int split, int64_t r
 void launch_gemv(const Args& a, cudaStream_t s);
 // gemm_tiled.cu: M > kGemvMaxM. per_split = 64-column k-steps per split.
 void launch_tiled(const Args& a, cudaStream_t s);
+// gemm_tiled_v2.cu: M > kGemvMaxM, mma.sync + cp.async pipeline. a.splits / a.per_split (64-column
+// k-steps) must come from tiled_v2::plan (tiled_v2_math.h), which gemm_splits must report too.
+// fp32 x and GPUs below sm_80 go to launch_tiled with the same plan.
+void launch_tiled_v2(const Args& a, cudaStream_t s);
 
 }  // namespace gemm_detail
 }  // namespace cuda
