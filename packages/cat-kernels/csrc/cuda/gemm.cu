@@ -38,8 +38,10 @@
 // gemm_tiled.cu (tiled kernels), gemm_common.cuh (what they share). The kernels live in separate
 // translation units so that a parallel build compiles them concurrently.
 #include <algorithm>
+#include <cstdlib>
 
 #include "gemm_common.cuh"
+#include "tiled_v2_math.h"
 
 namespace cat {
 namespace cuda {
@@ -86,7 +88,18 @@ Plan tiled_plan(int64_t m, int64_t n, int64_t k) {
   return p;
 }
 
+// LOCAL to branch h/cuda-tiled (the lead wires the real switch at merge): CAT_TILED_V2=1 sends
+// M > 8 to launch_tiled_v2 with its own plan.
+bool tiled_v2_selected() {
+  static const bool on = [] { const char* e = std::getenv("CAT_TILED_V2"); return e && e[0] == '1'; }();
+  return on;
+}
+
 Plan plan_for(int64_t m, int64_t n, int64_t k) {
+  if (m > kGemvMaxM && tiled_v2_selected()) {
+    const tiled_v2::Plan p = tiled_v2::plan(m, n, k);
+    return Plan{p.splits, p.per_split};
+  }
   return m <= kGemvMaxM ? gemv_plan(m, n, k) : tiled_plan(m, n, k);
 }
 
@@ -155,6 +168,8 @@ void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out, 
 
   if (m <= kGemvMaxM)
     launch_gemv(a, s);
+  else if (tiled_v2_selected())
+    launch_tiled_v2(a, s);
   else
     launch_tiled(a, s);
 
