@@ -199,9 +199,9 @@ def test_large_weights_stay_finite(emu, rng, tmp_path):
 MUTATIONS = {
     "decode_4bit_high_nibble": ("(uint32_t(4 + t) << 8)", "(uint32_t(4 + (t ^ 1)) << 8)"),
     "stage_ring": ("return static_cast<int>(li % stages);", "return static_cast<int>(li % (stages - 1));"),
-    "group_flush_at_split_end": ("return b + 1 == b_end || ", "return "),
+    "group_flush_at_split_end": ("return b + 1 == b_end || c.last_in_group();", "return c.last_in_group();"),
     "c_fragment_column": ("2 * (lane & 3) + (i & 1)}", "2 * (lane & 3) + (i >> 1)}"),
-    "packed_tile_bound": ("p.valid = t < n_tiles &&", "p.valid = t <= n_tiles &&"),
+    "packed_tile_bound": ("p.tile_ok = t < n_tiles;", "p.tile_ok = t <= n_tiles;"),
     "swizzle_bank_spread": ("^ row) & 7) << 3)", "^ (row >> 1)) & 7) << 3)"),
 }
 _FAST_MUTATIONS = {"decode_4bit_high_nibble", "stage_ring"}

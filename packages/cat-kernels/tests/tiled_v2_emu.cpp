@@ -184,6 +184,8 @@ struct Cta {
     REQUIRE(nsteps >= 1, "a split with no k-step");
     const int64_t b_end = std::min((s_begin + nsteps) * tv2::kBlocksPerStep, P.n_blocks);
     const bool xvec = P.k % 8 == 0 && P.x_vec_ok;
+    const bool fast = xvec && P.aligned16;
+    const int64_t bpg = tv2::blocks_per_group(P.group_size, P.n_blocks);
 
     auto issue = [&](int64_t li) {
       if (li >= nsteps) return;
@@ -192,14 +194,25 @@ struct Cta {
       const int st = slot * kStage;
       const int64_t step = s_begin + li, k0 = step * tv2::kBK;
       for (int tid = 0; tid < tv2::kThreads; ++tid) {
-        if (xvec) {
-          for (int c = tid; c < tv2::x_chunks(MT); c += tv2::kThreads) {
-            const tv2::XChunk q = tv2::x_chunk(c);
-            const int64_t row = m0 + q.row, col = k0 + q.col;
-            const bool ok = row < P.m && col < P.k;
-            if (ok) REQUIRE((row * P.k + col + 8) <= P.m * P.k, "x chunk read outside x");
-            cp_async(st + 2 * tv2::x_swizzle(q.row, q.col), ok ? &P.x[row * P.k + col] : nullptr, 16,
-                     ok, li);
+        if (fast) {
+          const tv2::XChunk xc0 = tv2::x_chunk(tid);
+          const bool col_ok = k0 + xc0.col < P.k;
+          for (int i = 0; i < tv2::x_chunks(MT) / tv2::kThreads; ++i) {
+            const tv2::XChunk q = tv2::x_chunk(tid + i * tv2::kThreads);
+            const bool ok = col_ok && m0 + q.row < P.m;
+            const int64_t src = tv2::x_src0(tid, m0, P.k) + i * tv2::x_src_stride(P.k) + k0;
+            if (ok) REQUIRE(src >= 0 && src + 8 <= P.m * P.k, "x chunk read outside x");
+            cp_async(st + 2 * tv2::x_swizzle(q.row, q.col), ok ? &P.x[src] : nullptr, 16, ok, li);
+          }
+          const int units = tv2::packed_units(BITS, 16);
+          for (int i = 0; i < (units + tv2::kThreads - 1) / tv2::kThreads; ++i) {
+            if (tid + i * tv2::kThreads >= units) break;
+            const tv2::PackedCopy p =
+                tv2::packed_copy(std::min(tid + i * tv2::kThreads, units - 1), 16, BITS, tile0, P.n_tiles, P.n_blocks);
+            const bool ok = p.tile_ok && step * tv2::kBlocksPerStep + p.bl < P.n_blocks;
+            const int64_t src = p.gmem_word0 + step * tv2::packed_step_words(BITS);
+            if (ok) REQUIRE(src >= 0 && src + 4 <= int64_t(P.packed.size()), "packed read outside packed");
+            cp_async(st + tv2::packed_off(MT) + 4 * p.smem_word, ok ? &P.packed[src] : nullptr, 16, ok, li);
           }
         } else {
           for (int e = tid; e < 16 * MT * tv2::kBK; e += tv2::kThreads) {
@@ -208,15 +221,13 @@ struct Cta {
             const uint16_t v = (row < P.m && col < P.k) ? P.x[row * P.k + col] : 0;
             write(st + 2 * tv2::x_swizzle(r, c), &v, 2, li);
           }
-        }
-        const int bytes = P.aligned16 ? 16 : 4;
-        for (int u = tid; u < tv2::packed_units(BITS, bytes); u += tv2::kThreads) {
-          const tv2::PackedCopy p = tv2::packed_copy(u, bytes, BITS, tile0, P.n_tiles, step, P.n_blocks);
-          if (p.valid)
-            REQUIRE(p.gmem_word >= 0 && p.gmem_word + bytes / 4 <= int64_t(P.packed.size()),
-                    "packed read outside packed");
-          cp_async(st + tv2::packed_off(MT) + 4 * p.smem_word, p.valid ? &P.packed[p.gmem_word] : nullptr,
-                   bytes, p.valid, li);
+          for (int u = tid; u < tv2::packed_units(BITS, 4); u += tv2::kThreads) {
+            const tv2::PackedCopy p = tv2::packed_copy(u, 4, BITS, tile0, P.n_tiles, P.n_blocks);
+            const bool ok = p.tile_ok && step * tv2::kBlocksPerStep + p.bl < P.n_blocks;
+            const int64_t src = p.gmem_word0 + step * tv2::packed_step_words(BITS);
+            if (ok) REQUIRE(src >= 0 && src + 1 <= int64_t(P.packed.size()), "packed read outside packed");
+            cp_async(st + tv2::packed_off(MT) + 4 * p.smem_word, ok ? &P.packed[src] : nullptr, 4, ok, li);
+          }
         }
       }
     };
@@ -225,10 +236,13 @@ struct Cta {
       int zoff = 0;
       bool valid = false;
     };
+    std::vector<tv2::GroupCursor> mcur(tv2::kThreads);
+    for (int tid = 0; tid < tv2::kThreads; ++tid) mcur[tid].start(s_begin * tv2::kBlocksPerStep + tv2::meta_slot(tid).bl, bpg);
     auto meta_of = [&](int tid, int64_t li) {
       const tv2::MetaSlot ms = tv2::meta_slot(tid);
-      const tv2::MetaSrc src = tv2::meta_src(n0 + ms.row, (s_begin + li) * tv2::kBlocksPerStep + ms.bl,
-                                             b_end, P.n, P.n_groups, P.group_size, BITS);
+      const int64_t row = n0 + ms.row, b = (s_begin + li) * tv2::kBlocksPerStep + ms.bl;
+      const tv2::MetaSrc src = tv2::meta_src(tv2::meta_row(row, P.n_groups, BITS), row < P.n, b, mcur[tid].g, b_end, BITS);
+      for (int i = 0; i < tv2::kBlocksPerStep; ++i) mcur[tid].next();
       Raw r;
       r.valid = src.valid;
       r.zoff = src.zoff;
@@ -260,6 +274,8 @@ struct Cta {
       write(st + tv2::scale_off(MT, BITS) + 4 * i, &s, 4, li);
       write(st + tv2::zero_off(MT, BITS) + 4 * i, &zop, 4, li);
     };
+    tv2::GroupCursor cur;
+    cur.start(s_begin * tv2::kBlocksPerStep, bpg);
 
     // Prologue, as in the kernel.
     for (int li = 0; li < S - 1; ++li) {
@@ -300,6 +316,9 @@ struct Cta {
       for (int bl = 0; bl < tv2::kBlocksPerStep; ++bl) {
         const int64_t b = (s_begin + li) * tv2::kBlocksPerStep + bl;
         if (b >= b_end) break;
+        const bool flush = tv2::flush_after(cur, b, b_end);
+        REQUIRE(flush == tv2::group_ends(b, P.group_size, b_end), "group cursor disagrees with group_ends");
+        cur.next();
         for (int warp = 0; warp < tv2::kWarps; ++warp) {
           // B registers of every lane, decoded with the kernel's decode from a copy of the block
           // (after checking that the lane only reads words written for this k-step).
@@ -331,7 +350,7 @@ struct Cta {
                 mma_m16n8k16(part[warp][mf][f], af, bb, BF16);
               }
             }
-          if (tv2::group_ends(b, P.group_size, b_end)) {
+          if (flush) {
             for (int lane = 0; lane < 32; ++lane) {
               float s[2][2];
               for (int f = 0; f < 2; ++f)
@@ -523,22 +542,32 @@ template <int BITS>
 static void check_packed_map() {
   for (int bytes : {16, 4}) {
     std::vector<int> hit(tv2::packed_stage_words(BITS), 0);
-    const int64_t n_tiles = 7, n_blocks = 5, tile0 = 4, step = 2;  // tile 7 and block 5 do not exist
-    for (int u = 0; u < tv2::packed_units(BITS, bytes); ++u) {
-      const tv2::PackedCopy p = tv2::packed_copy(u, bytes, BITS, tile0, n_tiles, step, n_blocks);
-      for (int w = 0; w < bytes / 4; ++w) {
-        const int sw = p.smem_word + w;
-        ++hit[sw];
-        const int row = sw % 16, word = (sw / 16) % BITS, bl = (sw / (16 * BITS)) % 2, warp = sw / (32 * BITS);
-        REQUIRE(tv2::packed_word(warp, bl, word, row, BITS) == sw, "packed_word disagrees with the copy");
-        REQUIRE(p.warp == warp && p.bl == bl, "packed copy unit spans two tiles or blocks");
-        const int64_t t = tile0 + warp, b = step * 2 + bl;
-        REQUIRE(p.gmem_word + w == ((t * n_blocks + b) * BITS + word) * 16 + row, "packed copy source");
-        REQUIRE(p.valid == (t < n_tiles && b < n_blocks), "packed copy validity");
+    const int64_t n_tiles = 7, n_blocks = 5, tile0 = 4;  // tile 7 and block 5 do not exist
+    for (int64_t step : {0, 1, 2}) {
+      for (int u = 0; u < tv2::packed_units(BITS, bytes); ++u) {
+        const tv2::PackedCopy p = tv2::packed_copy(u, bytes, BITS, tile0, n_tiles, n_blocks);
+        for (int w = 0; w < bytes / 4; ++w) {
+          const int sw = p.smem_word + w;
+          if (step == 0) ++hit[sw];
+          const int row = sw % 16, word = (sw / 16) % BITS, bl = (sw / (16 * BITS)) % 2, warp = sw / (32 * BITS);
+          REQUIRE(tv2::packed_word(warp, bl, word, row, BITS) == sw, "packed_word disagrees with the copy");
+          REQUIRE(p.warp == warp && p.bl == bl, "packed copy unit spans two tiles or blocks");
+          const int64_t t = tile0 + warp, b = step * 2 + bl;
+          REQUIRE(p.gmem_word0 + step * tv2::packed_step_words(BITS) + w == ((t * n_blocks + b) * BITS + word) * 16 + row,
+                  "packed copy source");
+          REQUIRE(p.tile_ok == (t < n_tiles), "packed copy tile validity");
+        }
       }
     }
     for (int x : hit) REQUIRE(x == 1, "packed copies do not cover the stage once");
   }
+  // x sources: thread tid's chunk i
+  for (int64_t k : {8, 64, 1000})
+    for (int tid = 0; tid < tv2::kThreads; ++tid)
+      for (int i = 0; i < 8; ++i) {
+        const tv2::XChunk q = tv2::x_chunk(tid + i * tv2::kThreads);
+        REQUIRE(tv2::x_src0(tid, 48, k) + i * tv2::x_src_stride(k) == (48 + q.row) * k + q.col, "x chunk source");
+      }
 }
 
 static void check_c_and_groups() {
@@ -564,7 +593,12 @@ static void check_c_and_groups() {
         for (int64_t s0 = 0; s0 * 2 < nb; s0 += per) {
           const int64_t b_end = std::min((s0 + per) * 2, nb);
           int64_t run_group = -1;
+          tv2::GroupCursor cur;
+          cur.start(s0 * 2, tv2::blocks_per_group(gs, nb));
           for (int64_t b = s0 * 2; b < b_end; ++b) {
+            REQUIRE(cur.g == tv2::group_of(b, gs), "group cursor: wrong group");
+            REQUIRE(tv2::flush_after(cur, b, b_end) == tv2::group_ends(b, gs, b_end), "group cursor: wrong flush");
+            cur.next();
             const int64_t g = tv2::group_of(b, gs);
             REQUIRE(g >= 0 && g < (gs0 == -1 ? 1 : k / gs), "group_of out of range");
             REQUIRE(g == (32 * b) / gs, "group_of");
@@ -610,7 +644,7 @@ static void check_meta_src() {
       const int64_t k = ng * 64, gs = 64, nb = k / 32;
       for (int64_t r = 0; r < n + 3; ++r)
         for (int64_t b = 0; b < nb + 2; ++b) {
-          const tv2::MetaSrc s = tv2::meta_src(r, b, nb, n, ng, gs, bits);
+          const tv2::MetaSrc s = tv2::meta_src(tv2::meta_row(r, ng, bits), r < n, b, tv2::group_of(b, gs), nb, bits);
           REQUIRE(s.valid == (r < n && b < nb), "meta_src validity");
           if (!s.valid) continue;
           REQUIRE(s.scale == r * ng + b / 2, "meta_src scale index");

@@ -99,8 +99,7 @@ struct RawMeta {
 };
 
 template <int BITS>
-__device__ __forceinline__ RawMeta load_meta(const Args& a, int64_t row, int64_t b, int64_t b_end) {
-  const tv2::MetaSrc src = tv2::meta_src(row, b, b_end, a.n, a.n_groups, a.group_size, BITS);
+__device__ __forceinline__ RawMeta load_meta(const Args& a, const tv2::MetaSrc& src) {
   RawMeta m{0u, 0u, 0u, src.zoff, src.valid};
   if (!src.valid) return m;
   if (a.scale_dtype == DType::f32)
@@ -112,6 +111,29 @@ __device__ __forceinline__ RawMeta load_meta(const Args& a, int64_t row, int64_t
     if (src.zhi >= 0) m.zhi = static_cast<uint32_t>(__ldg(a.zeros + src.zhi));
   }
   return m;
+}
+
+// Fallback copies, out of the main loop's code: x staged element by element (K % 8 != 0 or x not
+// 16-byte aligned: zero outside M x K), packed codes in 4-byte cp.asyncs (packed not 16-byte
+// aligned).
+template <int MT>
+__device__ __noinline__ void stage_x_slow(unsigned short* xs, const unsigned short* x, const Args& a,
+                                          int64_t m0, int64_t k0, int tid) {
+  for (int e = tid; e < 16 * MT * tv2::kBK; e += tv2::kThreads) {
+    const int r = e / tv2::kBK, c = e % tv2::kBK;
+    const int64_t row = m0 + r, col = k0 + c;
+    xs[tv2::x_swizzle(r, c)] = (row < a.m && col < a.k) ? x[row * a.k + col] : (unsigned short)0;
+  }
+}
+template <int BITS>
+__device__ __noinline__ void stage_packed_slow(uint32_t* pk, const Args& a, int64_t tile0, int64_t step,
+                                               int tid) {
+  for (int u = tid; u < tv2::packed_units(BITS, 4); u += tv2::kThreads) {
+    const tv2::PackedCopy p = tv2::packed_copy(u, 4, BITS, tile0, a.n_tiles, a.n_blocks);
+    const bool ok = p.tile_ok && step * tv2::kBlocksPerStep + p.bl < a.n_blocks;
+    cp_async<4>(pk + p.smem_word, ok ? a.packed + p.gmem_word0 + step * tv2::packed_step_words(BITS) : a.packed,
+                ok);
+  }
 }
 
 template <int BITS, bool BF16>
@@ -153,6 +175,24 @@ __global__ void __launch_bounds__(tv2::kThreads) gemm_tiled_v2_kernel(const Args
   const unsigned short* x = static_cast<const unsigned short*>(a.x);
   const bool xvec = (a.k % 8 == 0) && (reinterpret_cast<uintptr_t>(a.x) % 16 == 0);
   const tv2::MetaSlot ms = tv2::meta_slot(tid);
+  const bool fast = xvec && a.aligned16;
+
+  // Per-thread copy sources, fixed for the whole k-loop: x chunk c = tid + i * kThreads is row
+  // x_chunk(c).row (the column is the same for every i), packed unit u = tid + i * kThreads.
+  constexpr int kXIters = tv2::x_chunks(MT) / tv2::kThreads;
+  static_assert(tv2::x_chunks(MT) % tv2::kThreads == 0, "x chunks per thread");
+  const tv2::XChunk xc0 = tv2::x_chunk(tid);
+  const int64_t x_src0 = tv2::x_src0(tid, m0, a.k), x_stride = tv2::x_src_stride(a.k);
+  uint32_t x_rows_ok = 0;  // bit i: chunk row of iteration i is < M
+#pragma unroll
+  for (int i = 0; i < kXIters; ++i)
+    x_rows_ok |= uint32_t(m0 + tv2::x_chunk(tid + i * tv2::kThreads).row < a.m) << i;
+  constexpr int kPUnits = tv2::packed_units(BITS, 16);
+  constexpr int kPIters = (kPUnits + tv2::kThreads - 1) / tv2::kThreads;
+  tv2::PackedCopy pc[kPIters];
+#pragma unroll
+  for (int i = 0; i < kPIters; ++i)
+    pc[i] = tv2::packed_copy(min(tid + i * tv2::kThreads, kPUnits - 1), 16, BITS, tile0, a.n_tiles, a.n_blocks);
 
   // Copies of local k-step li into its slot (nothing past the split: an empty group is still
   // committed by the caller, so the wait count stays uniform).
@@ -160,38 +200,40 @@ __global__ void __launch_bounds__(tv2::kThreads) gemm_tiled_v2_kernel(const Args
     if (li >= nsteps) return;
     unsigned char* st = smem + tv2::slot_of(li, S) * kStage;
     const int64_t step = s_begin + li, k0 = step * tv2::kBK;
-    if (xvec) {
-#pragma unroll
-      for (int c = tid; c < tv2::x_chunks(MT); c += tv2::kThreads) {
-        const tv2::XChunk q = tv2::x_chunk(c);
-        const int64_t row = m0 + q.row, col = k0 + q.col;
-        const bool ok = row < a.m && col < a.k;
-        cp_async<16>(st + 2 * tv2::x_swizzle(q.row, q.col), ok ? x + row * a.k + col : x, ok);
-      }
-    } else {  // odd K or unaligned x: element loads (zero outside M x K)
-      unsigned short* xs = reinterpret_cast<unsigned short*>(st);
-      for (int e = tid; e < 16 * MT * tv2::kBK; e += tv2::kThreads) {
-        const int r = e / tv2::kBK, c = e % tv2::kBK;
-        const int64_t row = m0 + r, col = k0 + c;
-        xs[tv2::x_swizzle(r, c)] = (row < a.m && col < a.k) ? x[row * a.k + col] : (unsigned short)0;
-      }
-    }
     uint32_t* pk = reinterpret_cast<uint32_t*>(st + kPackedOff);
-    if (a.aligned16) {
+    if (fast) {
+      const bool col_ok = k0 + xc0.col < a.k;  // K % 8 == 0: a chunk is all in or all out
 #pragma unroll
-      for (int u = tid; u < tv2::packed_units(BITS, 16); u += tv2::kThreads) {
-        const tv2::PackedCopy p = tv2::packed_copy(u, 16, BITS, tile0, a.n_tiles, step, a.n_blocks);
-        cp_async<16>(pk + p.smem_word, p.valid ? a.packed + p.gmem_word : a.packed, p.valid);
+      for (int i = 0; i < kXIters; ++i) {
+        const tv2::XChunk q = tv2::x_chunk(tid + i * tv2::kThreads);
+        const bool ok = col_ok && ((x_rows_ok >> i) & 1u);
+        cp_async<16>(st + 2 * tv2::x_swizzle(q.row, q.col), ok ? x + x_src0 + i * x_stride + k0 : x, ok);
+      }
+#pragma unroll
+      for (int i = 0; i < kPIters; ++i) {
+        if (kPUnits % tv2::kThreads != 0 && tid + i * tv2::kThreads >= kPUnits) break;
+        const bool ok = pc[i].tile_ok && step * tv2::kBlocksPerStep + pc[i].bl < a.n_blocks;
+        cp_async<16>(pk + pc[i].smem_word,
+                     ok ? a.packed + pc[i].gmem_word0 + step * tv2::packed_step_words(BITS) : a.packed, ok);
       }
     } else {
-      for (int u = tid; u < tv2::packed_units(BITS, 4); u += tv2::kThreads) {
-        const tv2::PackedCopy p = tv2::packed_copy(u, 4, BITS, tile0, a.n_tiles, step, a.n_blocks);
-        cp_async<4>(pk + p.smem_word, p.valid ? a.packed + p.gmem_word : a.packed, p.valid);
-      }
+      stage_x_slow<MT>(reinterpret_cast<unsigned short*>(st), x, a, m0, k0, tid);
+      stage_packed_slow<BITS>(pk, a, tile0, step, tid);
     }
   };
+  // Metadata of local k-step li for this thread's (row, block): called for li = 0, 1, 2, ... in
+  // order, so the group cursor advances by one k-step (2 blocks) per call.
+  const int64_t meta_row_g = n0 + ms.row;
+  const tv2::MetaRow mrow = tv2::meta_row(meta_row_g, a.n_groups, BITS);
+  const bool meta_row_ok = meta_row_g < a.n;
+  const int64_t bpg = tv2::blocks_per_group(a.group_size, a.n_blocks);
+  tv2::GroupCursor mcur;
+  mcur.start(s_begin * tv2::kBlocksPerStep + ms.bl, bpg);
   auto meta_of = [&](int64_t li) {
-    return load_meta<BITS>(a, n0 + ms.row, (s_begin + li) * tv2::kBlocksPerStep + ms.bl, b_end);
+    const int64_t b = (s_begin + li) * tv2::kBlocksPerStep + ms.bl;
+    const RawMeta m = load_meta<BITS>(a, tv2::meta_src(mrow, meta_row_ok, b, mcur.g, b_end, BITS));
+    for (int i = 0; i < tv2::kBlocksPerStep; ++i) mcur.next();
+    return m;
   };
   auto put_meta = [&](int64_t li, const RawMeta& m) {
     if (li >= nsteps) return;
@@ -200,6 +242,8 @@ __global__ void __launch_bounds__(tv2::kThreads) gemm_tiled_v2_kernel(const Args
     store_meta<BITS, BF16>(a, m, reinterpret_cast<float*>(st + kScaleOff) + i,
                            reinterpret_cast<uint32_t*>(st + kZeroOff) + i);
   };
+  tv2::GroupCursor cur;  // the compute's block
+  cur.start(s_begin * tv2::kBlocksPerStep, bpg);
 
   // Prologue: steps 0 .. S-2 in flight; metadata of 0 .. S-3 stored, of S-2 in registers.
 #pragma unroll
@@ -255,7 +299,9 @@ __global__ void __launch_bounds__(tv2::kThreads) gemm_tiled_v2_kernel(const Args
           for (int f = 0; f < 2; ++f) mma16816<BF16>(part[mf][f], af, bf[f][2 * h], bf[f][2 * h + 1]);
         }
       }
-      if (tv2::group_ends(b, a.group_size, b_end)) {
+      const bool flush = tv2::flush_after(cur, b, b_end);
+      cur.next();
+      if (flush) {
         float s[2][2];
 #pragma unroll
         for (int f = 0; f < 2; ++f)

@@ -73,6 +73,14 @@ struct XChunk {
 };
 CAT_V2_HD XChunk x_chunk(int c) { return {c >> 3, (c & 7) * 8}; }
 CAT_V2_HD constexpr int x_chunks(int mt) { return 16 * mt * 8; }
+// Source of thread tid's chunk i (c = tid + i * kThreads) at k-step column k0: element offset
+// x_src0(tid, m0, k) + i * x_src_stride(k) + k0 into x [M, K] (kThreads is a multiple of 8 rows'
+// chunks, so every i has the same column and rows kThreads / 8 apart).
+CAT_V2_HD int64_t x_src0(int tid, int64_t m0, int64_t k) {
+  const XChunk q = x_chunk(tid);
+  return (m0 + q.row) * k + q.col;
+}
+CAT_V2_HD int64_t x_src_stride(int64_t k) { return int64_t(kThreads / 8) * k; }
 
 // ldmatrix.x4 row address for lane `lane`, M fragment `mf`, 16-column slice `ks` (0..3) of the
 // stage: matrices 0..3 = (rows 0-7, cols 0-7), (rows 8-15, cols 0-7), (rows 0-7, cols 8-15),
@@ -93,16 +101,18 @@ CAT_V2_HD int packed_word(int warp, int bl, int word, int row, int bits) {
   return ((warp * kBlocksPerStep + bl) * bits + word) * 16 + row;
 }
 // Copy unit `u` of `bytes` (16 when packed is 16-byte aligned, else 4) of a stage: which tile
-// and block it belongs to, its word offset in shared memory and in global memory.
+// and block it belongs to, its word offset in shared memory, its source word at k-step 0 (add
+// `step * packed_step_words(bits)` for k-step `step`) and whether its tile exists; the unit is
+// copied when also `step * 2 + bl < n_blocks`.
 struct PackedCopy {
   int warp, bl;
   int smem_word;
-  int64_t gmem_word;
-  bool valid;
+  int64_t gmem_word0;
+  bool tile_ok;
 };
 CAT_V2_HD constexpr int packed_units(int bits, int bytes) { return packed_stage_words(bits) * 4 / bytes; }
-CAT_V2_HD PackedCopy packed_copy(int u, int bytes, int bits, int64_t tile0, int64_t n_tiles,
-                                 int64_t step, int64_t n_blocks) {
+CAT_V2_HD constexpr int64_t packed_step_words(int bits) { return int64_t(kBlocksPerStep) * bits * 16; }
+CAT_V2_HD PackedCopy packed_copy(int u, int bytes, int bits, int64_t tile0, int64_t n_tiles, int64_t n_blocks) {
   const int words = bytes / 4;
   const int per_tile = kBlocksPerStep * bits * 16;  // words
   const int sw = u * words;
@@ -110,9 +120,9 @@ CAT_V2_HD PackedCopy packed_copy(int u, int bytes, int bits, int64_t tile0, int6
   p.warp = sw / per_tile;
   p.bl = (sw % per_tile) / (bits * 16);
   p.smem_word = sw;
-  const int64_t t = tile0 + p.warp, b0 = step * kBlocksPerStep;
-  p.gmem_word = (t * n_blocks + b0) * bits * 16 + sw % per_tile;
-  p.valid = t < n_tiles && b0 + p.bl < n_blocks;
+  const int64_t t = tile0 + p.warp;
+  p.gmem_word0 = t * n_blocks * bits * 16 + sw % per_tile;
+  p.tile_ok = t < n_tiles;
   return p;
 }
 
@@ -319,20 +329,24 @@ struct MetaSrc {
   int64_t zlo, zhi;  // word indices into `zeros`; zhi < 0: the value is in one word
   int zoff;
 };
-CAT_V2_HD int64_t group_of(int64_t b, int64_t group_size);
-CAT_V2_HD MetaSrc meta_src(int64_t row, int64_t b, int64_t b_end, int64_t n, int64_t n_groups,
-                           int64_t group_size, int bits) {
-  MetaSrc m{false, 0, 0, -1, 0};
-  if (row >= n || b >= b_end) return m;
-  m.valid = true;
-  const int64_t g = group_of(b, group_size);
-  m.scale = row * n_groups + g;
+// Per-row parts (computed once per thread): scale index of group 0, zero word of group 0.
+struct MetaRow {
+  int64_t scale0, zero0;
+};
+CAT_V2_HD MetaRow meta_row(int64_t row, int64_t n_groups, int bits) {
   const int64_t zw = (n_groups * bits + 31) / 32;
-  const int64_t base = (row / 16) * zw * 16 + row % 16;
+  return {row * n_groups, (row / 16) * zw * 16 + row % 16};
+}
+// Source of (row, block b in group g); valid only for rows < n and blocks < b_end.
+CAT_V2_HD MetaSrc meta_src(const MetaRow& r, bool row_ok, int64_t b, int64_t g, int64_t b_end, int bits) {
+  MetaSrc m{false, 0, 0, -1, 0};
+  if (!row_ok || b >= b_end) return m;
+  m.valid = true;
+  m.scale = r.scale0 + g;
   const int64_t pos = int64_t(bits) * g, wi = pos >> 5;
   m.zoff = static_cast<int>(pos & 31);
-  m.zlo = base + wi * 16;
-  if (m.zoff + bits > 32) m.zhi = base + (wi + 1) * 16;
+  m.zlo = r.zero0 + wi * 16;
+  if (m.zoff + bits > 32) m.zhi = r.zero0 + (wi + 1) * 16;
   return m;
 }
 CAT_V2_HD uint32_t zero_from_words(uint32_t lo, uint32_t hi, int off, int bits) {
@@ -354,6 +368,33 @@ CAT_V2_HD float scale_from_raw(uint32_t raw, int dtype) {
 // Group of global block b (group_size resolved: K for a whole-row group, then every block is in
 // group 0 because 32 b < K).
 CAT_V2_HD int64_t group_of(int64_t b, int64_t group_size) { return (b * 32) / group_size; }
+// Blocks per group: group_size / 32, or every block for a whole-row group with K not a multiple
+// of 32 (the only case where group_size % 32 != 0).
+CAT_V2_HD int64_t blocks_per_group(int64_t group_size, int64_t n_blocks) {
+  return group_size % 32 == 0 ? group_size / 32 : n_blocks;
+}
+// Walks blocks in order without a division per block: the group of the current block and how
+// many of its blocks remain (this one included). One division at start.
+struct GroupCursor {
+  int64_t g, left, bpg;
+  CAT_V2_HD void start(int64_t b, int64_t blocks_per_group) {
+    bpg = blocks_per_group;
+    g = b / bpg;
+    left = bpg - b % bpg;
+  }
+  CAT_V2_HD void next() {
+    if (--left == 0) {
+      ++g;
+      left = bpg;
+    }
+  }
+  CAT_V2_HD bool last_in_group() const { return left == 1; }
+};
+// The kernel's flush test for block b (cursor on b): the group_ends rule below, incrementally.
+CAT_V2_HD bool flush_after(const GroupCursor& c, int64_t b, int64_t b_end) {
+  return b + 1 == b_end || c.last_in_group();
+}
+
 // After block b the group's partial sums are scaled and folded into the totals when b is the
 // last block of its group, of the matrix, or of this split (a split may cut a group in two: each
 // part is scaled by the same s, the parts meet in the split-K reduction).
