@@ -23,10 +23,19 @@
 // (gemm_tiled.cu) with the same split plan. All index arithmetic lives in tiled_v2_math.h,
 // which a host-compiled test runs through a full emulation of this kernel.
 //
-// ptxas (nvcc 13.0, -O3, -Xptxas -v), registers / spills / static+dynamic shared memory per
-// CTA; SASS main loop (one k-step = 2 blocks) instructions per weight per CTA-tile (fp16):
-// see the table at the end of this comment, refreshed by hand from `nvcc -cubin`:
-//   (filled in below by the SASS check)
+// SASS check (nvcc 13.0 -O3 -cubin, cuobjdump 13; commit c7aa907). Main loop = one k-step (64
+// columns x 64 W rows = 32 weights per thread), static count of the loop body (includes the
+// group-flush FFMAs, run once per group):
+//            regs (MT 2/4/8)   loop instrs MT 2/4/8 (per weight per thread)   HMMA 16/32/64
+//   sm_90 4b  164/168/255       500/725/997  (15.6/22.7/31.2)
+//   sm_90 3b  154/168/255       588/751/1051 (18.4/23.5/32.8)
+//   sm_89 4b  160/168/254       464/638/908  (14.5/19.9/28.4)
+//   i.e. ~3.9 (sm_90) / ~3.5 (sm_89) instructions per weight per 16 rows of x at MT 8.
+// KNOWN ISSUE: a 152-byte stack frame in every instantiation and 4 B spill stores / 16 B spill
+// loads for 2- and 4-bit MT 4 on sm_90: the __noinline__ fallback helpers take `const Args&`,
+// which forces a local copy of Args. Pass their scalars by value (or inline them) to restore
+// the first version's 0 stack / 0 spills (commit ed24d66: 0 spills, 96-249 registers).
+// Shared memory (dynamic): stages_for(MT) * stage_bytes(MT, bits), 23-63 KB.
 #include <algorithm>
 #include <atomic>
 
