@@ -13,6 +13,8 @@ the kernels compute: ``W = float32(q - z) * float32(s)``.
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import Any
 
 import torch
@@ -20,7 +22,10 @@ from torch import nn
 
 from cat_core.quant import QuantizedTensor
 
-__all__ = ["QuantLinear", "replace_linears", "memory_report", "GEMM_MAX_M", "SUPPORTED_DTYPES"]
+__all__ = [
+    "QuantLinear", "replace_linears", "memory_report", "GEMM_MAX_M", "CUDA_GEMM_MAX_M", "cuda_gemm_max_m",
+    "SUPPORTED_DTYPES",
+]
 
 #: Largest number of rows M (tokens) for which ``cat::gemm`` calls the fused split-K kernel;
 #: above it the op dequantizes the weight once and uses torch's matmul.
@@ -37,6 +42,16 @@ __all__ = ["QuantLinear", "replace_linears", "memory_report", "GEMM_MAX_M", "SUP
 #: cores); the same op runs there and the constant can be re-measured.
 GEMM_MAX_M = 48
 
+#: CUDA: largest M for which the fused kernel runs, by compute-capability major; above it the
+#: weight is dequantized once to x's dtype and multiplied by the framework's matmul (cuBLAS), but
+#: only when the dequantized weights fit x's dtype (else the kernel keeps the contract that a
+#: finite weight never becomes inf). Not measured yet (issue 15: no GPU has run the v2 tiled
+#: kernel, which decodes each weight once per 128 rows of x): 128 everywhere is the conservative
+#: choice, the M up to which that kernel never re-decodes a weight. Override with the environment
+#: variable ``CAT_CUDA_GEMM_MAX_M`` (read at each call) or by editing this table.
+CUDA_GEMM_MAX_M = {7: 128, 8: 128, 9: 128, 10: 128, 12: 128}
+_CUDA_GEMM_MAX_M_DEFAULT = 128
+
 #: Activation dtypes the kernels accept (CPU and CUDA). Anything else is an error, not a silent
 #: cast: a float64 model would otherwise lose precision without anybody asking for it.
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -51,6 +66,35 @@ def _kernels() -> Any:
             f"importing it failed: {e}"
         ) from e
     return cat_kernels
+
+
+def cuda_gemm_max_m(cc_major: int) -> int:
+    """Largest M that takes the fused kernel on a GPU of this compute-capability major."""
+    env = os.environ.get("CAT_CUDA_GEMM_MAX_M", "").strip()
+    if env:
+        if not env.isdigit():
+            raise ValueError(f"CAT_CUDA_GEMM_MAX_M must be a non-negative integer, got {env!r}")
+        return int(env)
+    return CUDA_GEMM_MAX_M.get(cc_major, _CUDA_GEMM_MAX_M_DEFAULT)
+
+
+@functools.lru_cache(maxsize=None)
+def _cc_major(index: int) -> int:
+    return torch.cuda.get_device_capability(index)[0]
+
+
+def _dense_weight_fits(scales: torch.Tensor, qzeros: torch.Tensor | None, bits: int, dtype: torch.dtype) -> bool:
+    """Whether every dequantized weight ``(q - z) * s`` is finite in ``dtype``: bounded by
+    ``|s| * max(z, 2**bits - 1 - z)`` per (row, group), computed in float64 (one host sync)."""
+    n, ng = scales.shape
+    qmax = (1 << bits) - 1
+    if qzeros is None:
+        reach = torch.full((n, ng), float(max(1 << (bits - 1), qmax - (1 << (bits - 1)))), dtype=torch.float64)
+    else:
+        z = _kernels().unpack_zeros(qzeros.detach().cpu().contiguous(), n, ng, bits).to(torch.float64)
+        reach = torch.maximum(z, qmax - z)
+    bound = (scales.detach().cpu().to(torch.float64).abs() * reach).max().item() if n * ng else 0.0
+    return bound <= torch.finfo(dtype).max
 
 
 def _true_k(x_k: int, scales: torch.Tensor, group_size: int) -> int:
@@ -89,7 +133,15 @@ def _gemm_op(
     """``x [M, K] @ W.T -> [M, N]`` in x's dtype; fused kernel for small M, else dense matmul."""
     ck = _kernels()
     x = x.contiguous()
-    if x.shape[0] <= GEMM_MAX_M:
+    if x.device.type == "cuda":
+        fused = (
+            x.shape[0] <= cuda_gemm_max_m(_cc_major(x.device.index or 0))
+            or torch.cuda.is_current_stream_capturing()  # no host sync while capturing a graph
+            or not _dense_weight_fits(scales, qzeros, qweight.shape[2], x.dtype)
+        )
+    else:
+        fused = x.shape[0] <= GEMM_MAX_M
+    if fused:
         return ck.gemm(x, qweight, scales, qzeros, group_size)
     w = ck.dequantize(qweight, scales, qzeros, group_size, k=x.shape[1], dtype=x.dtype)
     return x @ w.T
@@ -263,7 +315,7 @@ class QuantLinear(nn.Module):
         x2 = x.reshape(-1, self.in_features)
         if _eager_fast_path(x2):
             pw = self._packed_weight()
-            if x2.shape[0] <= GEMM_MAX_M:
+            if self._fused(x2.shape[0], x2.device, x2.dtype):
                 y = pw.gemm(x2.contiguous())
             else:
                 y = x2 @ pw.dequantize(x2.dtype).T
@@ -272,6 +324,25 @@ class QuantLinear(nn.Module):
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.reshape(*lead, self.out_features)
+
+    def _fused(self, m: int, device: torch.device, dtype: torch.dtype) -> bool:
+        """Fused kernel (True) or dequantize once + matmul (False) for M rows of x."""
+        if device.type != "cuda":
+            return m <= GEMM_MAX_M
+        if m <= cuda_gemm_max_m(_cc_major(device.index or 0)):
+            return True
+        # The dense route rounds W to x's dtype: taken only when no weight overflows there.
+        # Cached per (buffers, dtype); computing it syncs once, so never while capturing a graph.
+        qw, sc, qz = self._buffers["qweight"], self._buffers["scales"], self._buffers["qzeros"]
+        c = self.__dict__.get("_fits_cache")
+        if c is None or c[0] is not sc or c[1] is not qz or c[2] is not qw:
+            c = (sc, qz, qw, {})
+            self.__dict__["_fits_cache"] = c
+        if dtype not in c[3]:
+            if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+                return True
+            c[3][dtype] = _dense_weight_fits(sc, qz, qw.shape[2], dtype)
+        return not c[3][dtype]
 
     def _packed_weight(self) -> Any:
         # The kernels' validated view of the three buffers, rebuilt whenever one of them is
@@ -289,6 +360,7 @@ class QuantLinear(nn.Module):
         # The native view cannot be pickled or deep-copied; it is rebuilt on first use.
         state = self.__dict__.copy()
         state.pop("_pw_cache", None)
+        state.pop("_fits_cache", None)
         return state
 
     def _apply(self, fn, recurse=True):  # type: ignore[override]

@@ -7,7 +7,7 @@
 //    tensor-core GEMV on exact (q - z) pairs; its arithmetic is gemv_arith.h (host-tested). It
 //    reduces its own split-K partials (last CTA per tile, counters after the partials in the
 //    workspace). Other GEMV calls take the legacy GEMV below.
-//  * v2 tiled (M > 8): gemm_tiled_v2.cu when built with CAT_HAVE_TILED_V2, else the legacy one.
+//  * v2 tiled (M > 8): gemm_tiled_v2.cu (mma.sync + cp.async; CAT_HAVE_TILED_V2 tells bindings it is built).
 //
 // The legacy kernels, kept selectable until a GPU run has verified v2:
 //
@@ -51,6 +51,7 @@
 #include <atomic>
 
 #include "gemm_common.cuh"
+#include "tiled_v2_math.h"
 
 namespace cat {
 namespace cuda {
@@ -87,7 +88,14 @@ Plan tiled_plan(int64_t m, int64_t n, int64_t k) {
   return p;
 }
 
+// M > 8 in v2 mode: gemm_tiled_v2.cu with its own plan (tiled_v2_math.h).
+bool tiled_v2_selected() { return impl() == Impl::v2; }
+
 Plan plan_for(int64_t m, int64_t n, int64_t k) {
+  if (m > kGemvMaxM && tiled_v2_selected()) {
+    const tiled_v2::Plan p = tiled_v2::plan(m, n, k);
+    return Plan{p.splits, p.per_split};
+  }
   return m <= kGemvMaxM ? gemv_plan(m, n, k) : tiled_plan(m, n, k);
 }
 
@@ -210,18 +218,12 @@ void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out, 
   a.splits = p.splits;
   a.per_split = p.per_split;
 
-  if (m <= kGemvMaxM) {
+  if (m <= kGemvMaxM)
     launch_gemv(a, s);
-  } else {
-#ifdef CAT_HAVE_TILED_V2
-    if (v2)
-      launch_tiled_v2(a, s);
-    else
-      launch_tiled(a, s);
-#else
+  else if (tiled_v2_selected())
+    launch_tiled_v2(a, s);  // fp32 x and GPUs below sm_80 go on to launch_tiled, same plan
+  else
     launch_tiled(a, s);
-#endif
-  }
 
   if (p.splits > 1) {
     const int64_t mn = m * w.n;

@@ -81,10 +81,10 @@ void launch_gemv(const Args& a, cudaStream_t s);
 void launch_gemv_v2(const Args& a, cudaStream_t s);
 // gemm_tiled.cu: M > kGemvMaxM. per_split = 64-column k-steps per split.
 void launch_tiled(const Args& a, cudaStream_t s);
-#ifdef CAT_HAVE_TILED_V2
-// gemm_tiled_v2.cu: M > kGemvMaxM, same Args and split-K workspace as launch_tiled.
+// gemm_tiled_v2.cu: M > kGemvMaxM, mma.sync + cp.async pipeline. a.splits / a.per_split (64-column
+// k-steps) must come from tiled_v2::plan (tiled_v2_math.h), which gemm_splits must report too.
+// fp32 x and GPUs below sm_80 go to launch_tiled with the same plan.
 void launch_tiled_v2(const Args& a, cudaStream_t s);
-#endif
 
 }  // namespace gemm_detail
 }  // namespace cuda
