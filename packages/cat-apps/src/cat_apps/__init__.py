@@ -4,4 +4,4 @@ Each command is a module with ``main(argv=None) -> exit code`` (the console entr
 (its argument parser) and ``run(args)``. No algorithm lives here: see cat-core.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -12,7 +12,7 @@ from typing import Any
 
 from cat_core import _transformers_hook
 
-__version__ = "0.2.1"
+__version__ = "0.3.0"
 
 _EXPORTS = {
     "QuantConfig": "cat_core.config",

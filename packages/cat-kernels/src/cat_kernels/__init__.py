@@ -28,7 +28,7 @@ from . import _C
 from ._api import dequantize, gemm, pack, pack_zeros, unpack, unpack_zeros
 from ._weight import PackedWeight
 
-__version__ = "0.2.1"
+__version__ = "0.3.0"
 
 __all__ = [
     "pack",
