@@ -113,6 +113,19 @@ __global__ void reduce_kernel(const float* __restrict__ ws, int splits, int64_t 
 }
 
 
+
+// The v2 GEMV's workspace: [splits, m, n] fp32 partials, then one uint32 counter per tile.
+int64_t v2_workspace_elems(int64_t m, int64_t n, int64_t k, int64_t group_size) {
+  const gemv::Plan p = gemv::plan(n, k, group_size);
+  return p.splits > 1 ? int64_t(p.splits) * m * n + ceil_div(n, kTileN) : 0;
+}
+
+bool aligned8(const void* p) { return reinterpret_cast<uintptr_t>(p) % 8 == 0; }
+
+}  // namespace
+
+namespace gemm_detail {
+
 // Compute capability major of the current device, cached per device.
 int device_cc_major() {
   static std::atomic<int> cache[64];  // major + 1; 0 = not looked up yet
@@ -129,15 +142,7 @@ int device_cc_major() {
   return major;
 }
 
-// The v2 GEMV's workspace: [splits, m, n] fp32 partials, then one uint32 counter per tile.
-int64_t v2_workspace_elems(int64_t m, int64_t n, int64_t k, int64_t group_size) {
-  const gemv::Plan p = gemv::plan(n, k, group_size);
-  return p.splits > 1 ? int64_t(p.splits) * m * n + ceil_div(n, kTileN) : 0;
-}
-
-bool aligned8(const void* p) { return reinterpret_cast<uintptr_t>(p) % 8 == 0; }
-
-}  // namespace
+}  // namespace gemm_detail
 
 int gemm_splits(int64_t m, int64_t n, int64_t k, int bits, int64_t group_size) {
   (void)bits;

@@ -74,6 +74,9 @@ __device__ __forceinline__ void store_result(const Args& a, int split, int64_t r
   }
 }
 
+// gemm.cu: compute capability major of the current device, cached per device.
+int device_cc_major();
+
 // gemv.cu (legacy): M <= kGemvMaxM. per_split = 32-column blocks per split.
 void launch_gemv(const Args& a, cudaStream_t s);
 // gemv_v2.cu: M <= kGemvMaxM, f16/bf16 x, sm_80+, packed/zeros 8-byte aligned. Plan a.v2; with

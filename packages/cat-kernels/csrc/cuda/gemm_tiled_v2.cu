@@ -345,20 +345,6 @@ __global__ void __launch_bounds__(tv2::kThreads) gemm_tiled_v2_kernel(const Args
 
 // ------------------------------------------------------------------ host dispatch
 
-int cc_major() {
-  static std::atomic<int> cache[64];  // major + 1; 0 = not looked up yet
-  int dev = 0;
-  detail::check(cudaGetDevice(&dev), "gemm (cudaGetDevice)");
-  if (dev >= 0 && dev < 64) {
-    const int v = cache[dev].load(std::memory_order_relaxed);
-    if (v > 0) return v - 1;
-  }
-  int major = 0;
-  detail::check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev),
-                "gemm (cudaDeviceGetAttribute)");
-  if (dev >= 0 && dev < 64) cache[dev].store(major + 1, std::memory_order_relaxed);
-  return major;
-}
 
 template <int BITS, bool BF16, int MT>
 void launch_v2(const Args& a, cudaStream_t s) {
@@ -407,7 +393,7 @@ void launch_v2_bits(const Args& a, cudaStream_t s) {
 void launch_tiled_v2(const Args& a, cudaStream_t s) {
   // fp32 activations (no 16-bit tensor-core input) and pre-Ampere GPUs: the legacy kernels,
   // which take the same plan units (64-column k-steps per split).
-  if (a.x_dtype == DType::f32 || cc_major() < 8) {
+  if (a.x_dtype == DType::f32 || device_cc_major() < 8) {
     launch_tiled(a, s);
     return;
   }
