@@ -241,23 +241,6 @@ __global__ void __launch_bounds__(kTileThreads) gemm_fma_kernel(const Args a, in
 
 // ------------------------------------------------------------------ host dispatch
 
-// Compute capability major of the current device, cached (cudaDeviceGetAttribute is cheap, but
-// gemm is called per layer per token).
-int device_cc_major() {
-  static std::atomic<int> cache[64];  // major + 1; 0 = not looked up yet (zero-initialized)
-  int dev = 0;
-  detail::check(cudaGetDevice(&dev), "gemm (cudaGetDevice)");
-  if (dev >= 0 && dev < 64) {
-    const int v = cache[dev].load(std::memory_order_relaxed);
-    if (v > 0) return v - 1;
-  }
-  int major = 0;
-  detail::check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev),
-                "gemm (cudaDeviceGetAttribute)");
-  if (dev >= 0 && dev < 64) cache[dev].store(major + 1, std::memory_order_relaxed);
-  return major;
-}
-
 template <int BITS>
 void launch_tiled_bits(const Args& a, cudaStream_t s) {
   const bool tc = a.x_dtype == DType::f16 || (a.x_dtype == DType::bf16 && device_cc_major() >= 8);
