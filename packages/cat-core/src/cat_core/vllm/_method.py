@@ -24,24 +24,40 @@ from vllm.model_executor.layers.linear import (
     RowParallelLinear,
     UnquantizedLinearMethod,
 )
+from vllm.logger import init_logger
+from vllm.model_executor.layers import linear as _vllm_linear
 from vllm.model_executor.layers.quantization import register_quantization_config
 from vllm.model_executor.layers.quantization.base_config import QuantizationConfig
+from vllm.model_executor.parameter import GroupQuantScaleParameter, PackedvLLMParameter
 from vllm.model_executor.utils import set_weight_attrs
 
 from cat_core.nn import QuantLinear
 from cat_core.vllm import _packed
-from cat_core.vllm._settings import QUANT_METHOD, CheckpointSettings, LinearSettings, for_layer, parse
+from cat_core.vllm._settings import (
+    QUANT_METHOD,
+    AwqSettings,
+    CheckpointSettings,
+    LinearSettings,
+    awq_problem,
+    for_layer,
+    parse,
+    parse_awq,
+)
+
+_log = init_logger(__name__)
 
 
 class CaterpillarConfig(QuantizationConfig):
     """A native Caterpillar checkpoint (config.json ``quantization_config.quant_method`` =
     ``"caterpillar"``): 2/3/4/8-bit weights in the cat-kernels packed format."""
 
-    def __init__(self, settings: CheckpointSettings) -> None:
+    def __init__(self, settings: CheckpointSettings | AwqSettings) -> None:
         super().__init__()
         self.settings = settings
 
     def __repr__(self) -> str:
+        if isinstance(self.settings, AwqSettings):
+            return f"CaterpillarConfig(AWQ-GEMM checkpoint, 4-bit, group_size={self.settings.group_size})"
         kinds = sorted({(s.bits, s.group_size, s.sym) for s in self.settings.modules.values()})
         return f"CaterpillarConfig({len(self.settings.modules)} linears, (bits, group_size, sym) in {kinds})"
 
@@ -64,16 +80,46 @@ class CaterpillarConfig(QuantizationConfig):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> CaterpillarConfig:
+        if str(config.get("quant_method", "")).lower() == "awq":
+            return cls(parse_awq(config))
         return cls(parse(config))
+
+    @classmethod
+    def override_quantization_method(cls, hf_quant_cfg: dict[str, Any], user_quant: str | None,
+                                     hf_config: Any = None) -> str | None:
+        """Claim AWQ-GEMM checkpoints (ours and AutoAWQ's) when the user asks for this method
+        (``--quantization caterpillar``), or by default on a CPU where vLLM has no W4A16 kernel
+        of its own (its ``cpu_gemm_wna16`` exists only in its AVX512-BF16 build: elsewhere such a
+        model loads and then fails at its first forward)."""
+        if str(hf_quant_cfg.get("quant_method", "")).lower() != "awq":
+            return None
+        problem = awq_problem(hf_quant_cfg)
+        if user_quant == QUANT_METHOD:
+            if problem:
+                raise ValueError(f"caterpillar: --quantization caterpillar cannot serve this checkpoint: {problem}")
+            return QUANT_METHOD
+        if user_quant is None and problem is None and _cpu_without_w4a16():
+            _log.info("caterpillar: serving the AWQ checkpoint with cat-kernels: this vLLM build has no "
+                      "CPU W4A16 kernel (cpu_gemm_wna16)")
+            return QUANT_METHOD
+        return None
 
     def apply_vllm_mapper(self, hf_to_vllm_mapper: Any) -> None:
         # Models whose vLLM module names differ from transformers' (e.g. a multimodal wrapper)
         # rename the checkpoint's module list the same way as its tensors.
-        self.settings = CheckpointSettings(hf_to_vllm_mapper.apply_dict(self.settings.modules))
+        if isinstance(self.settings, CheckpointSettings):
+            self.settings = CheckpointSettings(hf_to_vllm_mapper.apply_dict(self.settings.modules))
 
     def get_quant_method(self, layer: torch.nn.Module, prefix: str) -> Any:
         if not isinstance(layer, LinearBase):
             return None  # embeddings and lm_head stay as stored
+        if isinstance(self.settings, AwqSettings):
+            parent, _, leaf = prefix.rpartition(".")
+            names = [prefix] + [f"{parent}.{p}" for p in self.packed_modules_mapping.get(leaf, [])]
+            # AutoAWQ's modules_to_not_convert are substrings of module names (as vLLM reads them)
+            if any(m in n for m in self.settings.modules_to_not_convert for n in names):
+                return UnquantizedLinearMethod()
+            return CaterpillarAwqLinearMethod(self.settings, prefix)
         settings = for_layer(self.settings, prefix, self.packed_modules_mapping)
         if settings is None:
             return UnquantizedLinearMethod()
@@ -128,6 +174,77 @@ class CaterpillarLinearMethod(LinearMethodBase):
 
     def dequantize_weight(self, layer: torch.nn.Module) -> torch.Tensor:
         return layer.__dict__["_cat_linear"].dequantize_weight(layer.params_dtype)
+
+
+def _cpu_without_w4a16() -> bool:
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return False
+    # The platform loads the ops library built for this CPU (_C, _C_AVX512 or _C_AVX2, all as
+    # torch.ops._C); importing vllm._C directly would load the AVX512-BF16 one and die with
+    # SIGILL elsewhere.
+    current_platform.import_kernels()
+    return not hasattr(torch.ops._C, "cpu_gemm_wna16")
+
+
+@_vllm_linear.register_weight_loader_v2_supported_method
+class CaterpillarAwqLinearMethod(LinearMethodBase):
+    """An AWQ-GEMM linear computed by cat-kernels: the checkpoint's layout is loaded (and sharded
+    for tensor parallelism) by vLLM's own parameter classes, then each rank's part is unpacked
+    and repacked once into the cat-kernels format. The results equal
+    ``cat_core.io.import_awq(dir)`` on the same tensors."""
+
+    PACK = 8  # 4-bit codes per int32 word
+
+    def __init__(self, settings: AwqSettings, prefix: str) -> None:
+        self.settings = settings
+        self.prefix = prefix
+
+    def create_weights(
+        self,
+        layer: torch.nn.Module,
+        input_size_per_partition: int,
+        output_partition_sizes: list[int],
+        input_size: int,
+        output_size: int,
+        params_dtype: torch.dtype,
+        **extra_weight_attrs: Any,
+    ) -> None:
+        gs = self.settings.group_size if self.settings.group_size != -1 else input_size
+        k, n = input_size_per_partition, sum(output_partition_sizes)
+        if k % gs:
+            raise ValueError(
+                f"caterpillar: {self.prefix}: this rank holds {k} of the {input_size} input columns, not a "
+                f"multiple of the AWQ group_size={gs}: a shard of the input dimension must hold whole groups; "
+                "use a smaller tensor-parallel size")
+        if any(p % self.PACK for p in output_partition_sizes):
+            raise ValueError(
+                f"caterpillar: {self.prefix}: output parts {output_partition_sizes} per rank are not multiples of "
+                f"{self.PACK} (AWQ packs 8 output columns per int32 word); use a smaller tensor-parallel size")
+        loader = extra_weight_attrs.get("weight_loader")
+        words = {"input_dim": 0, "output_dim": 1, "packed_dim": 1, "packed_factor": self.PACK, "weight_loader": loader}
+        layer.register_parameter("qweight", PackedvLLMParameter(
+            data=torch.empty(k, n // self.PACK, dtype=torch.int32), **words))
+        layer.register_parameter("qzeros", PackedvLLMParameter(
+            data=torch.empty(k // gs, n // self.PACK, dtype=torch.int32), **words))
+        # float16 as stored, whatever the model's dtype: a scale rounded to bf16 is another weight
+        layer.register_parameter("scales", GroupQuantScaleParameter(
+            data=torch.empty(k // gs, n, dtype=torch.float16), input_dim=0, output_dim=1, weight_loader=loader))
+        layer.cat_shape = (n, k)
+        layer.cat_group = gs
+
+    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+        qt = _packed.awq_to_native(layer.qweight.data, layer.qzeros.data, layer.scales.data, layer.cat_group)
+        lin = QuantLinear.from_quantized_tensor(qt)
+        for name in ("qweight", "scales", "qzeros"):  # the AWQ arrays make way for the packed ones
+            delattr(layer, name)
+            layer.register_parameter(name, Parameter(getattr(lin, name), requires_grad=False))
+        layer.__dict__["_cat_linear"] = lin
+
+    def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        y = layer.__dict__["_cat_linear"](x)
+        return y if bias is None else y + bias
 
 
 # --------------------------------------------------------------------------- tensor parallelism

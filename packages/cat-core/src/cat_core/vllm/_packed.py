@@ -89,3 +89,19 @@ def cols(kind: str, t: torch.Tensor, start: int, k: int, k_total: int, *, bits: 
     n_rows = t.shape[0] * TILE_ROWS  # padded rows hold zeros and stay zeros
     z = cat_kernels.unpack_zeros(t.detach().cpu().contiguous(), n_rows, n_groups, bits)
     return cat_kernels.pack_zeros(z[:, g0:g0 + ng].contiguous(), bits)
+
+
+def awq_to_native(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int) -> "QuantizedTensor":
+    """One AWQ-GEMM linear (or one rank's part of it: vLLM slices that layout itself) as codes,
+    zero points and scales (``qweight`` ``[K, N/8]``, ``qzeros`` ``[K/G, N/8]``, ``scales``
+    ``[K/G, N]`` float16; ``group_size`` -1 or G)."""
+    from cat_core.io._export_awq import _unpack_rows
+    from cat_core.quant import QuantizedTensor
+
+    k, n = int(qweight.shape[0]), int(scales.shape[1])
+    return QuantizedTensor(
+        codes=_unpack_rows(qweight, n).T.contiguous(),
+        scales=scales.T.contiguous(),
+        zeros=_unpack_rows(qzeros, n).T.contiguous(),
+        bits=4, group_size=-1 if group_size == -1 or group_size == k else group_size,
+    )

@@ -99,6 +99,44 @@ def parse(qcfg: Any) -> CheckpointSettings:
     return CheckpointSettings(out)
 
 
+@dataclass(frozen=True)
+class AwqSettings:
+    """An AWQ-GEMM checkpoint (AutoAWQ's layout, also ``cat-quantize --export awq``) that the plugin
+    serves with cat-kernels: 4-bit codes with zero points, fp16 scales."""
+
+    group_size: int
+    modules_to_not_convert: tuple[str, ...]
+
+
+def awq_problem(qcfg: Mapping[str, Any]) -> str | None:
+    """Why the plugin cannot serve this ``quant_method: awq`` config (None: it can)."""
+    version = str(qcfg.get("version", "gemm")).lower()
+    bits = qcfg.get("bits", qcfg.get("w_bit"))
+    gs = qcfg.get("group_size", qcfg.get("q_group_size"))
+    if version != "gemm":
+        return f"AWQ version {version!r} (only 'gemm')"
+    if bits != 4 or isinstance(bits, bool):
+        return f"AWQ bits={bits!r} (only 4)"
+    if qcfg.get("zero_point", True) is not True:
+        return "AWQ without zero points"
+    if not isinstance(gs, int) or isinstance(gs, bool) or not (gs == -1 or (gs > 0 and gs % 32 == 0)):
+        return f"AWQ group_size={gs!r} (expected -1 or a positive multiple of 32)"
+    return None
+
+
+def parse_awq(qcfg: Any) -> AwqSettings:
+    """The settings of an AWQ-GEMM ``quantization_config``; a ValueError for one it cannot serve."""
+    if not isinstance(qcfg, Mapping) or str(qcfg.get("quant_method", "")).lower() != "awq":
+        raise _error("not an AWQ quantization_config (quant_method must be 'awq')")
+    problem = awq_problem(qcfg)
+    if problem:
+        raise _error(f"quantization_config: {problem} cannot be served by the caterpillar method")
+    skip = qcfg.get("modules_to_not_convert") or ()
+    if isinstance(skip, str) or not all(isinstance(m, str) for m in skip):
+        raise _error("quantization_config.modules_to_not_convert must be a list of module names")
+    return AwqSettings(int(qcfg.get("group_size", qcfg.get("q_group_size"))), tuple(skip))
+
+
 def for_layer(
     settings: CheckpointSettings, prefix: str, packed_modules_mapping: Mapping[str, Sequence[str]]
 ) -> LinearSettings | None:
