@@ -30,5 +30,5 @@ def test_engine_lines_follow_the_measurements():
         line = engines(fmt, bits, sym)
         assert "GPTQModel only" in line and "vLLM has no" in line
     assert "--export awq" in engines("gptq_v2", 4, False)
-    assert "AVX512-BF16" in engines("awq", 4, False)
+    assert "--quantization caterpillar" in engines("awq", 4, False)
     assert "from_pretrained" in engines("native", 3, False)

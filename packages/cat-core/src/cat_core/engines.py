@@ -33,7 +33,8 @@ def engines(fmt: str, bits: int, sym: bool) -> str:
                 "(quant_method 'caterpillar', tensor parallel included)")
     if fmt == "awq":
         return ("transformers + GPTQModel (AWQ GEMM, torch kernel on CPU), AutoAWQ; vLLM 'awq'/'awq_marlin' "
-                "on CUDA (vLLM-CPU only where it has cpu_gemm_wna16: AVX512-BF16 CPUs)")
+                "on CUDA; vLLM-CPU through cat-core's plugin (`--quantization caterpillar`, the default on CPUs "
+                "whose vLLM lacks its AVX512-BF16 W4A16 kernel)")
     version = "v2" if fmt == "gptq_v2" else "v1"
     if fmt == "gptq" and sym and bits in (4, 8):
         return (f"GPTQ {version} symmetric {bits}-bit: vLLM 'gptq'/'gptq_marlin' (CUDA), "
