@@ -6,7 +6,8 @@
 #   BEFORE = the sources of a checkout of the code before the thread/wait changes (default
 #            ../wt-s7-before: `git worktree add --detach ../wt-s7-before dbb05a1`, main's last
 #            commit before the h/apps merge 3e02374 that brought cat_apps/_threads.py)
-#   AFTER  = this checkout's sources.
+#   AFTER  = the sources of a checkout with them (AFTER_DIR; default: this checkout). Point it at a
+#            fixed checkout (`git worktree add --detach ../wt-s7-after 48d66b6`) when this one changes.
 # Both run in the same venv (its installed cat-kernels; the CPU kernels are the same in both:
 # `git diff dbb05a1 48d66b6 -- packages/cat-kernels/csrc/cpu` is empty) with PYTHONPATH set to
 # the checkout's packages/cat-core/src and packages/cat-apps/src. Ratios are against the quiet
@@ -21,7 +22,8 @@ BEFORE_DIR=$(cd "${BEFORE_DIR:-../wt-s7-before}" && pwd) || exit 2
 ROWS=${ROWS:-quiet burner pair}
 OUT=$(mktemp -d)
 BEFORE="PYTHONPATH=$BEFORE_DIR/packages/cat-core/src:$BEFORE_DIR/packages/cat-apps/src"
-AFTER="PYTHONPATH=$PWD/packages/cat-core/src:$PWD/packages/cat-apps/src"
+AFTER_DIR=$(cd "${AFTER_DIR:-.}" && pwd) || exit 2
+AFTER="PYTHONPATH=$AFTER_DIR/packages/cat-core/src:$AFTER_DIR/packages/cat-apps/src"
 q() {  # label, env assignment: one cat-quantize, its wall time and summary lines
   local t0=$(date +%s.%N) l0=$(cut -d' ' -f1 /proc/loadavg)
   timeout 600 env $2 "$VENV/bin/cat-quantize" --n-samples 4 --seqlen 128 --calib "$CALIB" --quality-samples 2 \
@@ -34,7 +36,8 @@ q() {  # label, env assignment: one cat-quantize, its wall time and summary line
 }
 burner() { timeout 900 python3 -c 'while 1: pass' & echo $!; }
 echo "date: $(date -u +%FT%TZ); $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(grep -o -m1 -w 'avx512f\|avx2' /proc/cpuinfo | tail -1)); load $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "before: $BEFORE_DIR at $(git -C "$BEFORE_DIR" rev-parse --short HEAD); after: $PWD at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- packages || echo ' + uncommitted changes')"
+at() { echo "$1 at $(git -C "$1" rev-parse --short HEAD)$(git -C "$1" diff --quiet HEAD -- packages || echo ' + uncommitted changes')"; }
+echo "before: $(at "$BEFORE_DIR"); after: $(at "$AFTER_DIR")"
 for row in $ROWS; do
   case $row in
     quiet) q quiet-before "$BEFORE"; q quiet-after "$AFTER" ;;
