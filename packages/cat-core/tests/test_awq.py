@@ -458,11 +458,11 @@ def test_scale_screening_keeps_the_best_and_reruns_only_them():
     assert calls["n"] == 1 + 1 + 10 + 3  # reference, screening reference, grid, identity + 2 kept
     assert torch.equal(lin.weight, w0)  # restored
     assert [a for a, _ in scr.screened] == [i / 10 for i in range(10)]
-    assert dict(scr.screened) == {a: l for a, l in full.losses if a is not None}  # same data, same numbers
+    assert dict(scr.screened) == {a: loss for a, loss in full.losses if a is not None}  # same data, same numbers
     kept = sorted(scr.screened, key=lambda t: t[1])[:2]
     assert [a for a, _ in scr.losses] == [None, *sorted(a for a, _ in kept)]  # search order
     full_losses = dict(full.losses)
-    assert all(full_losses[a] == l for a, l in scr.losses)
+    assert all(full_losses[a] == loss for a, loss in scr.losses)
     assert scr.alpha == full.alpha is not None and torch.equal(scr.scales, full.scales)
     assert scr.rtn_loss == full.rtn_loss and scr.best_loss == full.best_loss
 
@@ -470,7 +470,7 @@ def test_scale_screening_keeps_the_best_and_reruns_only_them():
     calls["n"] = 0
     sub = search_scales([lin], lin, call, x.abs().mean(0), cfg, on_nonfinite=boom, screen=BlockCall((x[:64],), {}))
     assert calls["n"] == 15 and len(sub.losses) == 3 and sub.best_loss <= sub.rtn_loss
-    assert all(full_losses[a] == l for a, l in sub.losses)
+    assert all(full_losses[a] == loss for a, loss in sub.losses)
 
 
 def test_screen_sequences():
@@ -521,5 +521,5 @@ def test_awq_with_screening_reruns_fewer_grid_points_on_the_same_losses(fp_model
     assert all(len(r.screened) == 10 and len(r.losses) == 3 for r in seen)
     # block 0 sees the same inputs as in the full run until its first fold: its first group's
     # reruns give the full search's numbers
-    assert all(dict(full[0].losses)[a] == l for a, l in seen[0].losses)
+    assert all(dict(full[0].losses)[a] == loss for a, loss in seen[0].losses)
     assert all(r.best_loss <= r.rtn_loss for r in rep_2)
