@@ -34,7 +34,9 @@ q() {  # label, env assignment: one cat-quantize, its wall time and summary line
     "$(grep -o 'time .*' "$OUT/$1.log" | sed 's/ (AWQ:.*//')" "$(grep -o 'threads .*' "$OUT/$1.log")"
   [ $rc = 0 ] || tail -3 "$OUT/$1.log"
 }
-burner() { timeout 900 python3 -c 'while 1: pass' & echo $!; }
+burner() {  # its output away from the caller's $(...), which would wait for it to exit
+  timeout 900 python3 -c 'while 1: pass' > /dev/null 2>&1 & echo $!
+}
 echo "date: $(date -u +%FT%TZ); $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(grep -o -m1 -w 'avx512f\|avx2' /proc/cpuinfo | tail -1)); load $(cut -d' ' -f1-3 /proc/loadavg)"
 at() { echo "$1 at $(git -C "$1" rev-parse --short HEAD)$(git -C "$1" diff --quiet HEAD -- packages || echo ' + uncommitted changes')"; }
 echo "before: $(at "$BEFORE_DIR"); after: $(at "$AFTER_DIR")"
