@@ -238,6 +238,52 @@ def test_end_to_end_quantize_generate_eval_bench(tiny_dir, text_file, tmp_path, 
     assert (bdir / "bench.md").is_file() and (bdir / "bench.png").stat().st_size > 1000
 
 
+def test_self_calibration_and_quality_text_are_sampled_in_one_pass(tiny_dir, tmp_path, capsys, monkeypatch):
+    """Each decode step reads every weight whatever the batch: the quality text rides along in
+    the calibration batch (one sampling pass, not two), and both texts are those of separate runs."""
+    import cat_core.calib as calib
+    import torch
+    from cat_core.config import CalibConfig
+
+    batches: list[list[tuple[int, int]]] = []
+    real = calib._sample_batch
+    seen: dict[str, torch.Tensor] = {}
+
+    def counting(model, start, groups, bar):
+        batches.append([(n, seqlen) for n, seqlen, _ in groups])
+        out = real(model, start, groups, bar)
+        if len(groups) == 2:
+            seen["calib"], seen["quality"] = out
+            seen["model"] = model
+        return out
+
+    monkeypatch.setattr(calib, "_sample_batch", counting)
+    rc = quantize.main([str(tiny_dir), "--bits", "4", "--group-size", "64", "--n-samples", "3", "--seqlen", "16",
+                        "--quality-samples", "2", "--quality-seqlen", "8", "--out", str(tmp_path / "q"), "--quiet"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert batches == [[(3, 16), (2, 8)]]
+    assert "sampling (calibration and quality text)" in cap.out and "mean KL" in cap.out
+    monkeypatch.setattr(calib, "_sample_batch", real)
+    from cat_apps._models import load
+
+    loaded = load(str(tiny_dir), quiet=True)
+    alone_c = calib.calibration_samples(CalibConfig(source="self", n_samples=3, seqlen=16, seed=0),
+                                        loaded.tokenizer, loaded.model)
+    alone_q = calib.calibration_samples(CalibConfig(source="self", n_samples=2, seqlen=8, seed=quantize.QUALITY_SEED),
+                                        loaded.tokenizer, loaded.model)
+    assert torch.equal(seen["calib"], alone_c) and torch.equal(seen["quality"], alone_q)
+
+    # without the quality figure: the calibration alone, one pass
+    batches.clear()
+    monkeypatch.setattr(calib, "_sample_batch", counting)
+    rc = quantize.main([str(tiny_dir), "--bits", "4", "--group-size", "64", "--n-samples", "3", "--seqlen", "16",
+                        "--no-quality", "--out", str(tmp_path / "q2"), "--quiet"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert batches == [[(3, 16)]] and "calibration " in cap.out and "quality text" not in cap.out
+
+
 def test_post_norm_only_model_quantizes_reloads_and_generates(tiny_olmo2_dir, text_file, tmp_path, capsys):
     # OLMo-2: q/k/v and gate/up read the residual stream; they are quantized without input scales
     out = tmp_path / "olmo2-q4"

@@ -423,3 +423,103 @@ def test_gptq_wiring_shares_grams_covers_unclipped_and_falls_back(fp_model, monk
         assert not torch.equal(grid, target) and (grid.abs() <= target.abs()).all()
     w = fp_copy.model.layers[1].mlp.down_proj.weight
     assert torch.equal(w.data, dequantize(tensors["model.layers.1.mlp.down_proj"], w.dtype))
+
+
+def _linear_case(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    lin = nn.Linear(64, 48, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(48, 64, generator=g))
+    x = torch.randn(256, 64, generator=g)
+    x[:, :3] *= 30.0  # outlier channels: the grid points differ
+    return lin, x
+
+
+def test_scale_screening_keeps_the_best_and_reruns_only_them():
+    """Screened on the very batch it searches, the ranking is the full search's own: the winner,
+    its scales and its loss are the full search's, from the identity plus screen_keep reruns."""
+    from cat_core.awq._capture import BlockCall
+    from cat_core.awq._scale_search import search_scales
+
+    lin, x = _linear_case()
+    cfg = QuantConfig(bits=3, group_size=32, n_grid=10, screen_keep=2)
+    calls = {"n": 0}
+    lin.register_forward_pre_hook(lambda m, a: calls.__setitem__("n", calls["n"] + 1))
+
+    def boom(what, losses):
+        raise AssertionError(what)
+
+    call = BlockCall((x,), {})
+    full = search_scales([lin], lin, call, x.abs().mean(0), cfg, on_nonfinite=boom)
+    assert calls["n"] == 1 + 11 and full.screened == []
+    calls["n"] = 0
+    w0 = lin.weight.detach().clone()
+    scr = search_scales([lin], lin, call, x.abs().mean(0), cfg, on_nonfinite=boom, screen=call)
+    assert calls["n"] == 1 + 1 + 10 + 3  # reference, screening reference, grid, identity + 2 kept
+    assert torch.equal(lin.weight, w0)  # restored
+    assert [a for a, _ in scr.screened] == [i / 10 for i in range(10)]
+    assert dict(scr.screened) == {a: loss for a, loss in full.losses if a is not None}  # same data, same numbers
+    kept = sorted(scr.screened, key=lambda t: t[1])[:2]
+    assert [a for a, _ in scr.losses] == [None, *sorted(a for a, _ in kept)]  # search order
+    full_losses = dict(full.losses)
+    assert all(full_losses[a] == loss for a, loss in scr.losses)
+    assert scr.alpha == full.alpha is not None and torch.equal(scr.scales, full.scales)
+    assert scr.rtn_loss == full.rtn_loss and scr.best_loss == full.best_loss
+
+    # screened on a subsample: still only the kept grid points rerun on the whole batch
+    calls["n"] = 0
+    sub = search_scales([lin], lin, call, x.abs().mean(0), cfg, on_nonfinite=boom, screen=BlockCall((x[:64],), {}))
+    assert calls["n"] == 15 and len(sub.losses) == 3 and sub.best_loss <= sub.rtn_loss
+    assert all(full_losses[a] == loss for a, loss in sub.losses)
+
+
+def test_screen_sequences():
+    from cat_core.awq._runner import _screen_sequences
+
+    cfg = QuantConfig()
+    assert (cfg.screen_tokens, cfg.screen_keep) == (1024, 3)
+    assert _screen_sequences(cfg, 16, 256) == 4  # README command 1: 16 x 256, screened on 4
+    assert _screen_sequences(cfg, 8, 256) == 0  # 2048 tokens: not worth it
+    assert _screen_sequences(cfg, 2, 2048) == 1
+    assert _screen_sequences(dataclasses.replace(cfg, screen_tokens=None), 16, 256) == 0
+    assert _screen_sequences(dataclasses.replace(cfg, screen_tokens=100), 4, 64) == 2
+    assert _screen_sequences(dataclasses.replace(cfg, screen_tokens=100), 3, 64) == 0
+    for bad in ({"screen_keep": 0}, {"screen_tokens": 0}, {"screen_keep": 1.5}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            QuantConfig(**bad)
+
+
+def test_awq_with_screening_reruns_fewer_grid_points_on_the_same_losses(fp_model, monkeypatch):
+    """run_awq screens on the search batch's first sequences, with calls of their own (masks and
+    positions sized for them): with all but one grid point kept it finds what the full search
+    finds, bit for bit; with two kept, the losses it computes are the full search's numbers."""
+    import cat_core.awq._runner as runner
+
+    seen: list = []
+    real = runner.search_scales
+
+    def recording(*a, **kw):
+        seen.append(res := real(*a, **kw))
+        return res
+
+    monkeypatch.setattr(runner, "search_scales", recording)
+    samples = _samples(8, 32, 0)
+    base = dataclasses.replace(CFG, loss_token_subsample=None, screen_tokens=None)
+    t_full, rep_full = _run(copy.deepcopy(fp_model), base, samples)
+    full = list(seen)
+    assert all(r.screened == [] and len(r.losses) == 11 for r in full)
+
+    seen.clear()
+    t_9, rep_9 = _run(copy.deepcopy(fp_model), dataclasses.replace(base, screen_tokens=64, screen_keep=9), samples)
+    assert all(len(r.screened) == 10 and len(r.losses) == 10 for r in seen) and len(seen) == 8
+    assert [r.alpha for r in rep_9] == [r.alpha for r in rep_full]
+    for n in t_full:
+        assert torch.equal(t_9[n].codes, t_full[n].codes) and torch.equal(t_9[n].scales, t_full[n].scales)
+
+    seen.clear()
+    _, rep_2 = _run(copy.deepcopy(fp_model), dataclasses.replace(base, screen_tokens=64, screen_keep=2), samples)
+    assert all(len(r.screened) == 10 and len(r.losses) == 3 for r in seen)
+    # block 0 sees the same inputs as in the full run until its first fold: its first group's
+    # reruns give the full search's numbers
+    assert all(dict(full[0].losses)[a] == loss for a, loss in seen[0].losses)
+    assert all(r.best_loss <= r.rtn_loss for r in rep_2)

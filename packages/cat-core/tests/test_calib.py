@@ -199,3 +199,38 @@ def _tiny_lm(tok, layers: int):
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
     return LlamaForCausalLM(cfg).eval()
+
+
+def test_self_samples_share_one_pass_and_equal_separate_runs(tok, capsys):
+    from cat_core.calib import self_samples
+
+    model = _tiny_lm(tok, layers=2)
+    long = CalibConfig(source="self", n_samples=3, seqlen=12, seed=5)
+    short = CalibConfig(source="self", n_samples=2, seqlen=7, seed=1234)
+    a, b = self_samples(model, tok, [long, short], progress=True)
+    err = capsys.readouterr().err
+    assert "sampling 3 x 12 + 2 x 7 tokens (one batch of 5)" in err and "11/11" in err  # 11 steps, not 17
+    assert a.shape == (3, 12) and b.shape == (2, 7)
+    assert torch.equal(a, calibration_samples(long, tok, model))
+    assert torch.equal(b, calibration_samples(short, tok, model))
+    # the shorter config first: its rows stop drawing at 7 tokens, the others go on
+    b2, a2 = self_samples(model, tok, [short, long])
+    assert torch.equal(a2, a) and torch.equal(b2, b)
+
+
+def test_self_samples_too_wide_for_one_batch_run_one_after_the_other(tok, monkeypatch, capsys):
+    import cat_core.calib as calib
+
+    model = _tiny_lm(tok, layers=1)
+    long = CalibConfig(source="self", n_samples=3, seqlen=12, seed=5)
+    short = CalibConfig(source="self", n_samples=2, seqlen=7, seed=1234)
+    together = calib.self_samples(model, tok, [long, short])
+    per_seq = 2 * 1 * 1 * 16 * 12 * 4
+    monkeypatch.setattr(calib, "_SELF_KV_BUDGET", 4 * per_seq)  # 4 rows at 12 tokens: 5 do not fit
+    a, b = calib.self_samples(model, tok, [long, short], progress=True)
+    err = capsys.readouterr().err
+    assert "one batch" not in err and "sampling 3 x 12 tokens" in err and "sampling 2 x 7 tokens" in err
+    assert torch.equal(a, together[0]) and torch.equal(b, together[1])
+    assert calib.self_samples(model, tok, []) == []
+    with pytest.raises(CalibError, match="source='self'"):
+        calib.self_samples(model, tok, [CalibConfig(source=_docs(2), n_samples=2, seqlen=8)])

@@ -254,11 +254,23 @@ def run(args: argparse.Namespace) -> int:
         stage("calibration")
 
     quality_ids = ref = None
-    if not args.no_quality:
-        from cat_core.eval import reference_logprobs, sample_texts
+    quality_cfg = CalibConfig(source="self", n_samples=args.quality_samples, seqlen=args.quality_seqlen,
+                              seed=QUALITY_SEED)
+    if samples is None and not args.no_quality:
+        # One sampling pass for both texts: a decode step reads every weight whatever the batch, so
+        # the quality text rides along in the calibration batch (the same ids as two runs).
+        from cat_core.calib import self_samples
 
-        bar = _cli.progress(2, "quality reference: sampling from the unquantized model", args.quiet, unit="step")
-        quality_ids = sample_texts(model, tok, args.quality_samples, args.quality_seqlen, QUALITY_SEED)
+        samples, quality_ids = self_samples(model, tok, [calib_cfg, quality_cfg], progress=not args.quiet)
+        stage("sampling (calibration and quality text)")
+    if not args.no_quality:
+        from cat_core.calib import self_samples
+        from cat_core.eval import reference_logprobs
+
+        what = "logits" if quality_ids is not None else "sampling from and logits of"
+        bar = _cli.progress(2, f"quality reference: {what} the unquantized model", args.quiet, unit="step")
+        if quality_ids is None:
+            quality_ids = self_samples(model, tok, [quality_cfg])[0]
         bar.update(1)
         ref = reference_logprobs(model, quality_ids)
         bar.update(1)

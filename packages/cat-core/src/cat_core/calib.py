@@ -19,7 +19,7 @@ import torch
 from cat_core.config import CalibConfig
 from cat_core.decode import cached_forward
 
-__all__ = ["CalibError", "calibration_samples"]
+__all__ = ["CalibError", "calibration_samples", "self_samples"]
 
 _LOCAL_EXT = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 # Characters tokenized per needed token before trying more text: large enough that the windows are
@@ -232,49 +232,111 @@ def _windows(docs: Iterable[str], label: str, tokenizer: Any, cfg: CalibConfig) 
 
 
 @torch.no_grad()
+def self_samples(model: torch.nn.Module, tokenizer: Any, configs: Sequence[CalibConfig], *,
+                 progress: bool = False) -> list[torch.Tensor]:
+    """``calibration_samples(c, tokenizer, model)`` of each ``source="self"`` config in ``configs``,
+    sampled in ONE pass when they all fit one batch (at the longest ``seqlen``).
+
+    Each decode step reads every weight once whatever the batch (memory-bound on a CPU), so a
+    second short sampling run, e.g. a quality reference beside the calibration text, costs nearly
+    its whole length in steps when run alone and almost nothing inside the other's batch. Rows
+    are independent and each config keeps its own generator, so the token ids are those of
+    separate runs (up to the float rounding of a wider batch, which can only flip a draw on an
+    exact tie). Configs that do not fit one batch together are sampled one after the other.
+    """
+    configs = list(configs)
+    for c in configs:
+        if not (isinstance(c.source, str) and c.source == "self"):
+            raise CalibError(f"self_samples takes source='self' configs only, got {_describe(c.source)}")
+    if not configs:
+        return []
+    emb = model.get_input_embeddings()
+    longest = max(c.seqlen for c in configs)
+    if len(configs) == 1 or sum(c.n_samples for c in configs) > _self_batch(model, longest, emb.weight.dtype):
+        return [_sample_from_model(model, tokenizer, c, progress) for c in configs]
+    from tqdm.auto import tqdm
+
+    what = " + ".join(f"{c.n_samples} x {c.seqlen}" for c in configs)
+    bar = tqdm(total=max(longest - 1, 0), unit="step", disable=not progress,
+               desc=f"sampling {what} tokens (one batch of {sum(c.n_samples for c in configs)})")
+    groups = [(c.n_samples, c.seqlen, torch.Generator().manual_seed(c.seed)) for c in configs]
+    try:
+        return _sample_batch(model, _start_token(tokenizer), groups, bar)
+    finally:
+        bar.close()
+
+
+def _start_token(tokenizer: Any) -> int:
+    return int(next(
+        (t for t in (getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None))
+         if t is not None),
+        0,
+    ))
+
+
 def _sample_from_model(model: torch.nn.Module, tokenizer: Any, cfg: CalibConfig, progress: bool = False) -> torch.Tensor:
     """Top-k sampled sequences, each starting at BOS (or EOS), drawn with a CPU generator.
 
     Sampling happens on the CPU so the same seed gives the same text on any device.
     """
-    start = next(
-        (t for t in (getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None))
-         if t is not None),
-        0,
-    )
     emb = model.get_input_embeddings()
-    device = emb.weight.device
     gen = torch.Generator().manual_seed(cfg.seed)
     batch = min(cfg.n_samples, _self_batch(model, cfg.seqlen, emb.weight.dtype))
-    was_training = model.training
-    model.eval()
     out_rows: list[torch.Tensor] = []
     from tqdm.auto import tqdm
 
     steps = math.ceil(cfg.n_samples / batch) * max(cfg.seqlen - 1, 0)
     bar = tqdm(total=steps, desc=f"sampling {cfg.n_samples} x {cfg.seqlen} tokens (batches of {batch})",
                unit="step", disable=not progress)
+    start = _start_token(tokenizer)
     try:
         for b0 in range(0, cfg.n_samples, batch):
             b = min(batch, cfg.n_samples - b0)
-            seq = torch.full((b, 1), int(start), dtype=torch.long)
-            past = None
-            step_in = seq
-            for _ in range(cfg.seqlen - 1):
-                logits, past = cached_forward(model, step_in.to(device), past)
-                logits = logits[:, -1, :].float().cpu()
-                k = min(_SELF_TOP_K, logits.shape[-1])
-                top, idx = logits.topk(k, dim=-1)
-                probs = torch.softmax(top, dim=-1)
-                choice = torch.multinomial(probs, 1, generator=gen)
-                step_in = idx.gather(-1, choice)
-                seq = torch.cat([seq, step_in], dim=1)
-                bar.update(1)
-            out_rows.append(seq)
+            out_rows += _sample_batch(model, start, [(b, cfg.seqlen, gen)], bar)
     finally:
         bar.close()
-        model.train(was_training)
     return torch.cat(out_rows, 0)
+
+
+@torch.no_grad()
+def _sample_batch(model: torch.nn.Module, start: int, groups: list[tuple[int, int, torch.Generator]],
+                  bar: Any) -> list[torch.Tensor]:
+    """One batch made of ``groups`` of (rows, seqlen, generator): all rows run to the longest
+    seqlen; each group draws from its own generator only while it is shorter than its seqlen (a
+    finished group's rows are fed their top token, which nothing reads), and comes back cut to
+    its length, ``[rows, seqlen]``."""
+    device = model.get_input_embeddings().weight.device
+    rows = sum(n for n, _, _ in groups)
+    steps = max(seqlen for _, seqlen, _ in groups) - 1
+    was_training = model.training
+    model.eval()
+    cols = [torch.full((rows, 1), start, dtype=torch.long)]
+    past = None
+    try:
+        for t in range(steps):
+            logits, past = cached_forward(model, cols[-1].to(device), past)
+            logits = logits[:, -1, :].float().cpu()
+            k = min(_SELF_TOP_K, logits.shape[-1])
+            top, idx = logits.topk(k, dim=-1)
+            probs = torch.softmax(top, dim=-1)
+            picks, r0 = [], 0
+            for n, seqlen, gen in groups:
+                if t < seqlen - 1:
+                    choice = torch.multinomial(probs[r0:r0 + n], 1, generator=gen)
+                else:
+                    choice = torch.zeros((n, 1), dtype=torch.long)
+                picks.append(idx[r0:r0 + n].gather(-1, choice))
+                r0 += n
+            cols.append(torch.cat(picks, 0))
+            bar.update(1)
+    finally:
+        model.train(was_training)
+    seq = torch.cat(cols, dim=1)
+    out, r0 = [], 0
+    for n, seqlen, _ in groups:
+        out.append(seq[r0:r0 + n, :seqlen].contiguous())
+        r0 += n
+    return out
 
 
 def _self_batch(model: torch.nn.Module, seqlen: int, dtype: torch.dtype) -> int:

@@ -108,6 +108,13 @@ class QuantConfig:
     modules_to_not_convert: tuple[str, ...] = ("lm_head", "*embed*", "*wte", "*wpe")
     #: tokens used for the scale-search losses (whole sequences); None: every sample.
     loss_token_subsample: int | None = 4096
+    #: the scale search first ranks every grid point on the search batch's first sequences
+    #: holding about this many tokens, then reruns only the ``screen_keep`` best of them (and the
+    #: identity) on the whole batch and keeps the best of those: the result is the full search's
+    #: whenever its winner ranks among them on the subsample. Only when the search batch holds
+    #: more than twice as many tokens; None: every grid point on the whole batch.
+    screen_tokens: int | None = 1024
+    screen_keep: int = 3
     #: tokens used for the clip-search losses; None: every token of the search batch. Tokens cost
     #: little there (a Gram matrix per group), and a subsample that misses the rare tokens with
     #: massive activations (a sequence's first, in late blocks) picks clips that ruin them.
@@ -170,7 +177,9 @@ class QuantConfig:
         put("max_shrink", float(self.max_shrink))
         put("skip_clip", _patterns(self.skip_clip, "skip_clip"))
         put("modules_to_not_convert", _patterns(self.modules_to_not_convert, "modules_to_not_convert"))
-        for name in ("loss_token_subsample", "clip_token_subsample"):
+        if not isinstance(self.screen_keep, int) or isinstance(self.screen_keep, bool) or self.screen_keep < 1:
+            raise ValueError(f"screen_keep must be an int >= 1, got {self.screen_keep!r}")
+        for name in ("loss_token_subsample", "clip_token_subsample", "screen_tokens"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise ValueError(f"{name} must be None or an int >= 1, got {v!r}")

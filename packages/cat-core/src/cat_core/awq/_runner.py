@@ -274,6 +274,15 @@ def _stats_converged(before: list[torch.Tensor | None], recorders: list[AbsMeanR
     return True
 
 
+def _screen_sequences(config: QuantConfig, n_search: int, seqlen: int) -> int:
+    """Sequences of the scale search's screening subsample (the search batch's first), 0 for none:
+    screening pays only when the search batch holds more than twice ``config.screen_tokens``."""
+    if config.screen_tokens is None or n_search * seqlen <= 2 * config.screen_tokens:
+        return 0
+    n_screen = max(1, math.ceil(config.screen_tokens / seqlen))
+    return n_screen if n_screen < n_search else 0
+
+
 def _chunks(n: int, n_search: int) -> list[slice]:
     out = [slice(0, n_search)]
     out += [slice(i, min(i + _CHUNK, n)) for i in range(n_search, n, _CHUNK)]
@@ -307,6 +316,9 @@ def run_awq(
     sub = config.loss_token_subsample
     n_search = n if sub is None else max(1, min(n, math.ceil(sub / seqlen)))
     slices = _chunks(n, n_search)
+    n_screen = _screen_sequences(config, n_search, seqlen)
+    if n_screen:  # the screening batch gets calls of its own: masks and positions sized for it
+        slices.append(slice(0, n_screen))
     timings = {} if timings is None else timings
     clock = _Clock(timings)
     emb_device = execution_device(model.get_input_embeddings())
@@ -314,6 +326,7 @@ def run_awq(
     calls = capture_block_calls(
         model, [bg.module for bg in blocks], [samples[s].to(emb_device) for s in slices], device
     )
+    screen_calls = [c.pop() for c in calls] if n_screen else None
     hiddens = [hidden_of(c) for c in calls[0]]
     clock("capture")
 
@@ -357,6 +370,10 @@ def run_awq(
             # 2. scale search and fold, group by group (inputs recaptured after earlier folds)
             search_call = replace_hidden(block_calls[0], hiddens[0])
             search_call = BlockCall(to_device(search_call.args, device), to_device(search_call.kwargs, device))
+            screen_call = None
+            if screen_calls is not None:  # the search batch's first sequences, as they reach this block
+                sc = replace_hidden(screen_calls[bi], hiddens[0][:n_screen])
+                screen_call = BlockCall(to_device(sc.args, device), to_device(sc.kwargs, device))
             for g, rec in zip(bg.groups, recorders):
                 label = g.describe()
                 if bar is not None:
@@ -381,10 +398,16 @@ def run_awq(
                     reports.append(GroupReport(bg.index, label, None, nan, nan, skipped=why, fold=_fold_kind(g)))
                     continue
                 tie = getattr(g, "tie", None)
+                scall = None
+                if screen_call is not None:
+                    try:
+                        scall = capture_module_call(block, inspect, screen_call)
+                    except RuntimeError:  # e.g. an expert no screening token reaches: no screening
+                        scall = None
                 res = search_scales(
                     [_WeightsAsModules(v) for _, v in views], inspect, icall, rec.mean().to(device), config,
                     on_nonfinite=lambda what, losses, _l=label: nonfinite(what, losses, _l),
-                    tie=tie,
+                    tie=tie, screen=scall,
                 )
                 reports.append(GroupReport(bg.index, label, res.alpha, res.rtn_loss, res.best_loss, fold=_fold_kind(g)))
                 if res.alpha is not None:

@@ -37,7 +37,9 @@ def search_autocast(config: QuantConfig, device: torch.device):
 class ScaleResult:
     scales: torch.Tensor  # float32 [K]
     alpha: float | None  # None: the identity won
-    losses: list[tuple[float | None, float]]  # (alpha, loss) in search order
+    losses: list[tuple[float | None, float]]  # (alpha, loss) in search order, of those run on the whole batch
+    #: (alpha, loss on the screening subsample) of every grid point, when the search screened them
+    screened: list[tuple[float, float]] = dataclasses.field(default_factory=list)
 
     @property
     def rtn_loss(self) -> float:
@@ -102,12 +104,19 @@ def search_scales(
     *,
     on_nonfinite,
     tie=None,
+    screen: BlockCall | None = None,
 ) -> ScaleResult:
     """Best scales for ``consumers`` given the inspected module's captured ``call``.
 
     ``on_nonfinite(what, losses)`` is called (and must raise) when a loss or statistic is not finite.
     ``tie`` maps a candidate to one the fold can apply (e.g. shared across grouped-query heads), so
     the search scores exactly what will be folded. Weights are restored before returning.
+
+    ``screen``, the inspected module's call on a subsample of ``call``'s sequences: every grid point
+    is first scored there, and only the ``config.screen_keep`` best (with the identity) are rerun
+    on ``call``, in search order; their losses are the same numbers the full search computes, so
+    the winner is the full search's whenever it ranks among them on the subsample. Most grid
+    points are far from the optimum: their reruns on every token only confirm it.
     """
     x_mean = x_mean.float()
     if not bool(torch.isfinite(x_mean).all()):
@@ -122,23 +131,43 @@ def search_scales(
     if w_mean is not None and not bool(torch.isfinite(w_mean).all()):
         on_nonfinite("weight statistics", [])
 
-    alphas: list[float | None] = [None] + [i / config.n_grid for i in range(config.n_grid)]
+    grid: list[float] = [i / config.n_grid for i in range(config.n_grid)]
+    alphas: list[float | None] = [None, *grid]
     losses: list[tuple[float | None, float]] = []
+    screened: list[tuple[float, float]] = []
     best: tuple[float, float | None, torch.Tensor] | None = None
     masters = [w.float() for w in originals]
     bufs = [torch.empty_like(m) for m in masters]
+
+    def candidate(alpha: float | None) -> torch.Tensor:
+        s = torch.ones_like(x_mean) if alpha is None else _candidate(x_mean, w_mean, alpha)
+        if tie is not None and alpha is not None:
+            s = tie(s).float()
+        s_dev = s.to(originals[0].device)
+        for c, m, buf in zip(consumers, masters, bufs):
+            torch.mul(m, s_dev, out=buf)
+            c.weight.data.copy_(fake_quantize(buf, config).div_(s_dev))
+        return s
+
+    def loss_on(c: BlockCall, reference: torch.Tensor) -> float:
+        with autocast:
+            out = first_output(inspect(*c.args, **c.kwargs)).float()
+        return float((out - reference).pow(2).mean())
+
     try:
+        if screen is not None and len(grid) > config.screen_keep:
+            with autocast:  # the weights are still the originals
+                ref_screen = first_output(inspect(*screen.args, **screen.kwargs)).float()
+            for alpha in grid:
+                candidate(alpha)
+                screened.append((alpha, loss_on(screen, ref_screen)))
+                if not math.isfinite(screened[-1][1]):
+                    on_nonfinite(f"screening loss at alpha={alpha}", list(screened))
+            ranked = sorted(range(len(grid)), key=lambda i: screened[i][1])[:config.screen_keep]
+            alphas = [None, *(grid[i] for i in sorted(ranked))]
         for alpha in alphas:
-            s = torch.ones_like(x_mean) if alpha is None else _candidate(x_mean, w_mean, alpha)
-            if tie is not None and alpha is not None:
-                s = tie(s).float()
-            s_dev = s.to(originals[0].device)
-            for c, m, buf in zip(consumers, masters, bufs):
-                torch.mul(m, s_dev, out=buf)
-                c.weight.data.copy_(fake_quantize(buf, config).div_(s_dev))
-            with autocast:
-                out = first_output(inspect(*call.args, **call.kwargs)).float()
-            loss = float((out - ref).pow(2).mean())
+            s = candidate(alpha)
+            loss = loss_on(call, ref)
             losses.append((alpha, loss))
             if not math.isfinite(loss):
                 on_nonfinite(f"loss at alpha={alpha}", losses)
@@ -148,4 +177,4 @@ def search_scales(
         for c, w in zip(consumers, originals):
             c.weight.data.copy_(w)
     assert best is not None
-    return ScaleResult(scales=best[2], alpha=best[1], losses=losses)
+    return ScaleResult(scales=best[2], alpha=best[1], losses=losses, screened=screened)
