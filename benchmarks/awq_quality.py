@@ -82,7 +82,9 @@ def run_row(args, method: str, bits: int | None, calib: str | None, ids: torch.T
     model, tok = M.load_model(args.model)
     if args.blocks:
         M.truncate_blocks(model, args.blocks)
-    row: dict = {"model": args.model, "method": method, "bits": bits, "group_size": group if bits else None,
+    import cat_core
+
+    row: dict = {"cat_core": str(Path(cat_core.__file__).resolve().parent), "model": args.model, "method": method, "bits": bits, "group_size": group if bits else None,
                  "blocks": args.blocks or None, "threads": torch.get_num_threads(), "load_s": round(time.perf_counter() - t0, 2)}
     qcfg = None
     if method != "fp":
@@ -146,14 +148,20 @@ def _setting(r: dict) -> str:
     """The AWQ settings that tell rows of one model and bit width apart."""
     qc = r.get("quant_config", {})
     parts = [f"{k}={v}" for k, v in (r.get("overrides") or {}).items()
-             if k not in ("clip_refine", "clip_token_subsample", "rounding", "gptq_damp", "search_dtype")]
+             if k not in ("clip_refine", "clip_token_subsample", "rounding", "gptq_damp", "search_dtype",
+                          "gram_samples")]
     # From the stored config, not the overrides: the default rounding changed (rows without the
     # key predate GPTQ rounding and rounded to nearest).
     rounding = qc.get("rounding", "nearest")
     parts.append(f"rounding={rounding}" + (f" (damp {qc.get('gptq_damp', 0.01)})" if rounding == "gptq" else ""))
     parts.append("refine" if qc.get("clip_refine") else "no refine")
-    parts.append("clip: all tokens" if qc.get("clip_token_subsample", 512) is None
-                 else f"clip: {qc.get('clip_token_subsample', 512)} tokens")
+    # where the clip search's (and GPTQ's) Grams come from: the scale search's batch
+    # (loss_token_subsample tokens, rows before gram_samples existed) or every calibration token
+    src = ("Grams: all calib tokens" if qc.get("gram_samples") == "all"
+           else f"Grams: search batch ({qc.get('loss_token_subsample')} tok)")
+    if qc.get("clip_token_subsample", 512) is not None:
+        src += f", {qc.get('clip_token_subsample', 512)} sampled"
+    parts.append(src)
     return ", ".join(parts)
 
 
