@@ -27,7 +27,7 @@ DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 
 __all__ = [
     "MODELS", "ModelSpec", "REPO_ROOT", "DEFAULT_DATA_DIR", "gguf_path", "load_model",
-    "truncate_blocks", "test_ids", "windows", "peak_rss_mib", "machine_info",
+    "truncate_blocks", "test_ids", "eval_ids", "EVAL_TEXTS", "CALIB_DOMAINS", "windows", "peak_rss_mib", "machine_info",
 ]
 
 
@@ -100,6 +100,24 @@ def test_ids(tokenizer: Any, data_dir: Path) -> torch.Tensor:
     return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
 
 
+#: evaluation texts: file in the data dir, and the "domain" it belongs to (calibration text of the
+#: same domain makes a row in-domain).
+EVAL_TEXTS = {"wikitext2-test": ("wikitext2-raw-test.txt", "wikitext2"),
+              "lee-background": ("lee-background.txt", "lee")}
+#: calibration sources and their domains ("self": text sampled from the model, no user's domain).
+CALIB_DOMAINS = {"wikitext2-valid": "wikitext2", "lee-background": "lee", "self": "self"}
+
+
+def eval_ids(tokenizer: Any, data_dir: Path, name: str = "wikitext2-test") -> torch.Tensor:
+    """Token ids of an evaluation text: its non-empty lines (rows, articles) joined with "\\n\\n",
+    tokenized once (1-D int64)."""
+    if name not in EVAL_TEXTS:
+        raise ValueError(f"eval text must be one of {sorted(EVAL_TEXTS)}, got {name!r}")
+    lines = (Path(data_dir) / EVAL_TEXTS[name][0]).read_text(encoding="utf-8").split("\n")
+    text = "\n\n".join(line for line in lines if line.strip())
+    return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+
+
 def windows(ids: torch.Tensor, seqlen: int, n: int) -> torch.Tensor:
     """The first ``n`` non-overlapping windows ``[n, seqlen]``; fewer would change the protocol."""
     avail = ids.numel() // seqlen
@@ -125,8 +143,13 @@ def machine_info() -> dict[str, Any]:
                 break
     except OSError:
         pass
+    try:
+        cpuflags = next((l for l in open("/proc/cpuinfo") if l.startswith("flags")), "").split()
+    except OSError:
+        cpuflags = []
+    isa = "AVX-512" if "avx512f" in cpuflags else "AVX2, no AVX-512" if "avx2" in cpuflags else "no AVX2"
     return {
-        "cpu": flags, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu": flags, "isa": isa, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__, "python": platform.python_version(), "host": platform.node(),
         "loadavg_start": os.getloadavg(),
     }

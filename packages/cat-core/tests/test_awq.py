@@ -298,7 +298,7 @@ def test_clip_grams_cover_every_token_of_the_search_batch(fp_model):
         block(*call.args, **call.kwargs)
     for h in hooks:
         h.remove()
-    grams = _capture_linear_grams(block, linears, call, hidden_of(call), torch.device("cpu"), 32, None, 0)
+    grams = _capture_linear_grams(block, linears, [(call, hidden_of(call))], torch.device("cpu"), 32, None, 0)
     assert set(grams) == {rel for rel, _, _ in linears}
     for rel, x in seen.items():
         assert x.shape[0] == 3 * 17
@@ -306,7 +306,7 @@ def test_clip_grams_cover_every_token_of_the_search_batch(fp_model):
         want = torch.stack([xg[:, i].T @ xg[:, i] for i in range(xg.shape[1])]) / x.shape[0]
         torch.testing.assert_close(grams[rel], want, rtol=1e-4, atol=1e-5)
     assert torch.equal(grams["self_attn.q_proj"], grams["self_attn.v_proj"])
-    sub = _capture_linear_grams(block, linears, call, hidden_of(call), torch.device("cpu"), 32, 10, 0)
+    sub = _capture_linear_grams(block, linears, [(call, hidden_of(call))], torch.device("cpu"), 32, 10, 0)
     assert not torch.allclose(sub["mlp.down_proj"], grams["mlp.down_proj"])
 
 
@@ -344,13 +344,13 @@ def test_full_grams_are_shared_and_hold_the_clip_grams(fp_model):
     linears = block_linears(block, "model.layers.0", QuantConfig())
     cpu = torch.device("cpu")
     for n_tokens in (None, 20):
-        full = _capture_full_grams(block, linears, call, hidden_of(call), cpu, n_tokens, 0)
+        full = _capture_full_grams(block, linears, [(call, hidden_of(call))], cpu, n_tokens, 0)
         assert set(full) == {rel for rel, _, _ in linears}
         assert full["self_attn.q_proj"] is full["self_attn.k_proj"] is full["self_attn.v_proj"]
         assert full["mlp.gate_proj"] is full["mlp.up_proj"]
         assert full["mlp.down_proj"].shape == (INTER, INTER)
         for gs in (32, -1):
-            per_group = _capture_linear_grams(block, linears, call, hidden_of(call), cpu, gs, n_tokens, 0)
+            per_group = _capture_linear_grams(block, linears, [(call, hidden_of(call))], cpu, gs, n_tokens, 0)
             for rel, g in per_group.items():
                 torch.testing.assert_close(_diagonal_blocks(full[rel], gs), g, rtol=1e-4, atol=1e-5)
 
@@ -523,3 +523,149 @@ def test_awq_with_screening_reruns_fewer_grid_points_on_the_same_losses(fp_model
     # reruns give the full search's numbers
     assert all(dict(full[0].losses)[a] == loss for a, loss in seen[0].losses)
     assert all(r.best_loss <= r.rtn_loss for r in rep_2)
+
+def _input_grams(block, call_hidden_pairs, rels):
+    """Reference: full input Gram of each of ``rels`` over every token of every run (hooks)."""
+    from cat_core.awq._capture import replace_hidden
+
+    xs: dict[str, list[torch.Tensor]] = {r: [] for r in rels}
+    hooks = [block.get_submodule(r).register_forward_pre_hook(
+        lambda mod, args, r=r: xs[r].append(args[0].reshape(-1, args[0].shape[-1]).float())) for r in rels]
+    try:
+        with torch.no_grad():
+            for call, hidden in call_hidden_pairs:
+                c = replace_hidden(call, hidden)
+                block(*c.args, **c.kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+    out = {}
+    for r, parts in xs.items():
+        x = torch.cat(parts)
+        out[r] = x.T @ x / x.shape[0]
+    return out
+
+
+def test_grams_accumulate_over_every_run(fp_model):
+    """Grams captured over several runs (calibration chunks) are the token-weighted Gram over all
+    their tokens, not the first run's; shared inputs still share one tensor."""
+    from cat_core.awq._capture import capture_block_calls, hidden_of
+    from cat_core.awq._runner import _capture_full_grams, _capture_linear_grams, _diagonal_blocks, block_linears
+
+    model = copy.deepcopy(fp_model)
+    block = model.model.layers[0]
+    chunks = [_samples(2, 17, 7), _samples(5, 17, 8)]  # unequal sizes: weights must be by token
+    calls = capture_block_calls(model, list(model.model.layers), chunks, torch.device("cpu"))[0]
+    runs = [(c, hidden_of(c)) for c in calls]
+    linears = block_linears(block, "model.layers.0", QuantConfig())
+    rels = [rel for rel, _, _ in linears]
+    want = _input_grams(block, runs, rels)
+    cpu = torch.device("cpu")
+    full = _capture_full_grams(block, linears, runs, cpu, None, 0)
+    first = _capture_full_grams(block, linears, runs[:1], cpu, None, 0)
+    assert full["self_attn.q_proj"] is full["self_attn.v_proj"]
+    for rel in rels:
+        torch.testing.assert_close(full[rel], want[rel], rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(first[rel], want[rel], rtol=1e-3, atol=1e-4)
+    per_group = _capture_linear_grams(block, linears, runs, cpu, 32, None, 0)
+    for rel in rels:
+        torch.testing.assert_close(per_group[rel], _diagonal_blocks(want[rel], 32), rtol=1e-4, atol=1e-5)
+
+
+def _recorded_grams(monkeypatch, model, config, samples):
+    """Run AWQ on ``model`` recording the Gram GPTQ gets for each linear."""
+    import cat_core.awq._runner as runner
+
+    real = runner.gptq_quantize
+    seen: dict[str, torch.Tensor] = {}
+
+    def gptq(grid, gram, cfg, *, name, target):
+        seen[name] = gram.clone()
+        return real(grid, gram, cfg, name=name, target=target)
+
+    monkeypatch.setattr(runner, "gptq_quantize", gptq)
+    timings: dict[str, float] = {}
+    with torch.no_grad():
+        tensors, _ = _run(model, config, samples, timings=timings)
+    return seen, tensors, timings
+
+
+def _block_input_runs(model, samples, config, block_index):
+    """(call, hidden) pairs of ``block_index``'s input over ``samples`` (in AWQ's seeded order and
+    chunks) in ``model`` as it is now."""
+    import math
+
+    from cat_core.awq._capture import capture_block_calls, hidden_of
+    from cat_core.awq._runner import _chunks
+
+    n = samples.shape[0]
+    perm = samples[torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))]
+    n_search = max(1, min(n, math.ceil(config.loss_token_subsample / samples.shape[1])))
+    calls = capture_block_calls(model, list(model.model.layers), [perm[s] for s in _chunks(n, n_search)],
+                                torch.device("cpu"))[block_index]
+    return [(c, hidden_of(c)) for c in calls]
+
+
+def test_gram_samples_all_gives_gptq_every_calibration_token(fp_model, monkeypatch):
+    """gram_samples="all": block 0's GPTQ Grams hold every calibration sequence (the statistics
+    pass keeps every chunk); "search": only the scale search's batch."""
+    samples = _samples(40, 8, 3)  # loss_token_subsample=128 -> 16 sequences searched, 3 chunks
+    base = dataclasses.replace(CFG, rounding="gptq", clip_token_subsample=None)
+    runs = _block_input_runs(fp_model, samples, base, 0)
+    assert len(runs) == 3
+    grams_all = {}
+    for mode in ("search", "all"):
+        m = copy.deepcopy(fp_model)
+        seen, tensors, timings = _recorded_grams(monkeypatch, m, dataclasses.replace(base, gram_samples=mode), samples)
+        # q/k/v read the block input, which quantization of earlier linears does not change
+        x = _input_grams(fp_model.model.layers[0], runs if mode == "all" else runs[:1], ["self_attn.q_proj"])
+        # the fold scaled the input of q by 1/s: undo it through the recorded Gram's diagonal ratio
+        got = seen["model.layers.0.self_attn.q_proj"]
+        ratio = torch.sqrt(got.diagonal() / x["self_attn.q_proj"].diagonal())
+        torch.testing.assert_close(got / ratio[:, None] / ratio[None, :], x["self_attn.q_proj"], rtol=1e-3, atol=1e-5)
+        grams_all[mode] = (seen, tensors)
+        if mode == "all":
+            assert timings["stats_samples_used"] == 40
+    assert any(not torch.equal(grams_all["all"][1][n].codes, grams_all["search"][1][n].codes)
+               for n in grams_all["all"][1])
+
+
+def test_sequential_grams_see_the_quantized_upstream_linears(fp_model, monkeypatch):
+    """sequential=True: each linear's Gram is its input in the block as finally quantized (o_proj
+    after q/k/v, gate/up after the attention, down after gate/up); without it, the Grams of the
+    linears after the first stage are those of the unquantized block (after the folds)."""
+    samples = _samples(8, 16, 4)
+    base = dataclasses.replace(CFG, rounding="gptq", clip_token_subsample=None, gram_samples="all")
+    rels = ["self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj"]
+    results = {}
+    for seq in (False, True):
+        m = copy.deepcopy(fp_model)
+        seen, tensors, _ = _recorded_grams(monkeypatch, m, dataclasses.replace(base, sequential=seq), samples)
+        # block 0's input is the embeddings: the same in the quantized model
+        final = _input_grams(m.model.layers[0], _block_input_runs(m, samples, base, 0), rels)
+        results[seq] = {r: (seen[f"model.layers.0.{r}"], final[r]) for r in rels}
+        assert len(tensors) == 14
+    for r in rels:
+        got, final = results[True][r]
+        torch.testing.assert_close(got, final, rtol=1e-4, atol=1e-5)
+    for r in rels[1:]:  # the one-capture Grams miss the upstream quantization error
+        got, final = results[False][r]
+        assert not torch.allclose(got, final, rtol=1e-3, atol=1e-4), r
+    got, final = results[False]["self_attn.q_proj"]
+    torch.testing.assert_close(got, final, rtol=1e-4, atol=1e-5)
+
+
+def test_sequential_nearest_rounding_clips_on_quantized_inputs(fp_model):
+    """rounding="nearest" with sequential=True: the per-group clip Grams follow the stages too
+    (results differ from one capture), and every linear is still quantized once."""
+    samples = _samples(8, 16, 4)
+    out = {}
+    for seq in (False, True):
+        m = copy.deepcopy(fp_model)
+        with torch.no_grad():
+            out[seq], _ = _run(m, dataclasses.replace(CFG, rounding="nearest", sequential=seq), samples)
+        for n, qt in out[seq].items():
+            w = m.get_submodule(n).weight
+            assert torch.equal(w.data, dequantize(qt, w.dtype))
+    assert set(out[True]) == set(out[False]) and len(out[True]) == 14
+    assert any(not torch.equal(out[True][n].codes, out[False][n].codes) for n in out[True])

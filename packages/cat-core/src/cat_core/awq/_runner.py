@@ -165,72 +165,102 @@ def _sample_rows(x: torch.Tensor, n: int | None, gen: torch.Generator) -> torch.
     return x[idx.to(x.device)]
 
 
+class _StopBlock(Exception):
+    """Raised by a capture hook to end a block run once the rest of the block is not needed."""
+
+
 def _input_gram_parts(
-    block: nn.Module, linears: list[tuple[str, str, nn.Linear]], call: BlockCall, hidden: torch.Tensor,
-    device: torch.device, group_size: int, n_tokens: int | None, seed: int,
+    block: nn.Module, linears: list[tuple[str, str, nn.Linear]], runs: list[tuple[BlockCall, torch.Tensor]],
+    device: torch.device, group_size: int, n_tokens: int | None, seed: int, *, first_input_only: bool = False,
 ) -> dict[str, list[GramAccumulator]]:
-    """One run of the block; for each of ``linears``, the Gram of the input of each of its calls.
+    """Runs the block on each ``(call, hidden)`` of ``runs``; for each of ``linears``, the Grams of
+    the inputs of its calls, each summed over all runs (``n_tokens``: rows sampled per run).
 
     Linears sharing an input (q, k, v) are called back to back with the same tensor: its rows
     are sampled and its Gram formed once, and those linears hold the same accumulator object.
+    ``first_input_only``: each run stops at the first call of a listed linear on a second distinct
+    input, so only the linears fed the first one get Grams (GPTQ's sequential order, where the
+    later linears must wait until these are quantized).
     """
     gen = torch.Generator().manual_seed(seed)
-    parts: dict[str, list[GramAccumulator]] = {rel: [] for rel, _, _ in linears}
-    last: list[Any] = [None, None]  # the input of the latest call, and its Gram
+    totals: dict[tuple, GramAccumulator] = {}  # by (linears fed the input, occurrence): stable across runs
+    order: list[tuple] = []
+    for call, hidden in runs:
+        inputs: list[list[Any]] = []  # [tensor (latest only), accumulator, linears], in call order
 
-    def hook(rel: str, full: str):
-        def fn(module: nn.Module, args: tuple) -> None:
-            x = args[0]
-            if last[0] is not x:
-                part = GramAccumulator(x.shape[-1], group_size, full)  # the name is for its size check
-                part.add(_sample_rows(x.detach(), n_tokens, gen))
-                last[:] = [x, part]
-            parts[rel].append(last[1])
-        return fn
+        def hook(rel: str, full: str):
+            def fn(module: nn.Module, args: tuple) -> None:
+                x = args[0]
+                if not inputs or inputs[-1][0] is not x:
+                    if first_input_only and inputs:
+                        raise _StopBlock
+                    part = GramAccumulator(x.shape[-1], group_size, full)  # the name is for its size check
+                    part.add(_sample_rows(x.detach(), n_tokens, gen))
+                    if inputs:
+                        inputs[-1][0] = None
+                    inputs.append([x, part, []])
+                inputs[-1][2].append(rel)
+            return fn
 
-    handles = [m.register_forward_pre_hook(hook(rel, full)) for rel, full, m in linears]
-    try:
-        _run(block, call, hidden, device)
-    finally:
-        for h in handles:
-            h.remove()
-        last.clear()
-    return {rel: [p for p in ps if p.tokens] for rel, ps in parts.items()}
+        handles = [m.register_forward_pre_hook(hook(rel, full)) for rel, full, m in linears]
+        try:
+            _run(block, call, hidden, device)
+        except _StopBlock:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        seen: dict[tuple[str, ...], int] = {}
+        for _, part, rels in inputs:
+            fed = tuple(dict.fromkeys(rels))
+            key = (fed, seen.get(fed, 0))
+            seen[fed] = key[1] + 1
+            if key in totals:
+                totals[key].merge(part)
+            else:
+                totals[key] = part
+                order.append(key)
+        inputs.clear()
+    out: dict[str, list[GramAccumulator]] = {rel: [] for rel, _, _ in linears}
+    for key in order:
+        for rel in key[0]:
+            out[rel].append(totals[key])
+    return {rel: ps for rel, ps in out.items() if ps}
 
 
 def _capture_linear_grams(
-    block: nn.Module, linears: list[tuple[str, str, nn.Linear]], call: BlockCall, hidden: torch.Tensor,
-    device: torch.device, group_size: int, n_tokens: int | None, seed: int,
+    block: nn.Module, linears: list[tuple[str, str, nn.Linear]], runs: list[tuple[BlockCall, torch.Tensor]],
+    device: torch.device, group_size: int, n_tokens: int | None, seed: int, *, first_input_only: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Per-group input Gram matrices of ``linears`` over one run of the block (see
-    :class:`GramAccumulator`); linears never called on the data are absent."""
+    """Per-group input Gram matrices of ``linears`` over ``runs`` of the block (see
+    :class:`GramAccumulator` and :func:`_input_gram_parts`); linears never called are absent."""
     full = {rel: f for rel, f, _ in linears}
     mods = {rel: m for rel, _, m in linears}
     out: dict[str, torch.Tensor] = {}
-    for rel, ps in _input_gram_parts(block, linears, call, hidden, device, group_size, n_tokens, seed).items():
-        if ps:
-            acc = GramAccumulator(mods[rel].in_features, group_size, full[rel])
-            for p in ps:
-                acc.merge(p)
-            out[rel] = acc.mean()
+    parts = _input_gram_parts(block, linears, runs, device, group_size, n_tokens, seed,
+                              first_input_only=first_input_only)
+    for rel, ps in parts.items():
+        acc = GramAccumulator(mods[rel].in_features, group_size, full[rel])
+        for p in ps:
+            acc.merge(p)
+        out[rel] = acc.mean()
     return out
 
 
 def _capture_full_grams(
-    block: nn.Module, linears: list[tuple[str, str, nn.Linear]], call: BlockCall, hidden: torch.Tensor,
-    device: torch.device, n_tokens: int | None, seed: int,
+    block: nn.Module, linears: list[tuple[str, str, nn.Linear]], runs: list[tuple[BlockCall, torch.Tensor]],
+    device: torch.device, n_tokens: int | None, seed: int, *, first_input_only: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Full ``[K, K]`` input Gram (``mean_t x x^T``, float32) of each of ``linears`` over one run of
-    the block, for GPTQ; linears never called on the data are absent.
+    """Full ``[K, K]`` input Gram (``mean_t x x^T``, float32) of each of ``linears`` over ``runs``
+    of the block, for GPTQ; linears never called on the data are absent.
 
     Tokens are sampled as :func:`_capture_linear_grams` samples them (same seed, same order), and
     linears fed one tensor (q, k, v) share one Gram tensor, not copies: full Grams are large.
     """
     out: dict[str, torch.Tensor] = {}
     means: dict[tuple[int, ...], torch.Tensor] = {}
-    for rel, ps in _input_gram_parts(block, linears, call, hidden, device, -1, n_tokens, seed).items():
-        if not ps:
-            continue
+    parts = _input_gram_parts(block, linears, runs, device, -1, n_tokens, seed, first_input_only=first_input_only)
+    for rel, ps in parts.items():
         key = tuple(id(p) for p in ps)
         if key not in means:
             acc = ps[0]
@@ -351,14 +381,16 @@ def run_awq(
             # 1. activation statistics of every group's input, over all tokens, full precision
             #    The pass stops once every statistic has converged (see _stats_converged); the
             #    chunks it did not need are dropped for this and every later block, so neither the
-            #    statistics nor the propagation ever run on them.
+            #    statistics nor the propagation ever run on them -- unless gram_samples="all" needs
+            #    every chunk's inputs for the Grams of steps 3 and 4.
             recorders = [AbsMeanRecorder(_stats_module(block, g)) for g in bg.groups]
             quantized = {id(mod.weight) for _, _, mod in block_linears(block, bg.path, config)}
             try:
                 for ci, (call, h) in enumerate(zip(block_calls, hiddens)):
                     before = [None if r.total is None else r.mean() for r in recorders]
                     _run(block, call, h, device)
-                    if ci + 1 < len(hiddens) and _stats_converged(before, recorders):
+                    if (ci + 1 < len(hiddens) and config.gram_samples != "all"
+                            and _stats_converged(before, recorders)):
                         del hiddens[ci + 1:]
                         break
             finally:
@@ -417,75 +449,15 @@ def run_awq(
                 reports.append(GroupReport(bg.index, u.describe(), None, nan, nan, unscaled=u.kind))
             clock("scale_search")
 
-            # 3. clip search on the folded weights
-            linears = block_linears(block, bg.path, config)
-            gptq = config.rounding == "gptq"
-            full_grams: dict[str, torch.Tensor] = {}
-            clips: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-            if gptq:
-                # One capture after the folds serves both the clip search (the diagonal blocks)
-                # and GPTQ (the clip changes weights, not the inputs the Grams are made of).
-                if bar is not None:
-                    bar.set_postfix_str("gptq: input grams", refresh=False)
-                full_grams = _capture_full_grams(
-                    block, linears, block_calls[0], hiddens[0], device,
-                    config.clip_token_subsample, config.seed + bi,
-                )
-                checked: set[int] = set()
-                for rel, h in full_grams.items():
-                    if id(h) not in checked and not bool(torch.isfinite(h).all()):
-                        nonfinite(f"input Gram of {rel}", [], rel)
-                    checked.add(id(h))
-                clock("grams")
-            if config.clip:
-                if bar is not None:
-                    bar.set_postfix_str("clip search", refresh=False)
-                to_clip = [l for l in linears if not matches_any(l[1], config.skip_clip)]
-                if gptq:
-                    grams = {rel: _diagonal_blocks(full_grams[rel], config.group_size)
-                             for rel, _, _ in to_clip if rel in full_grams}
-                else:
-                    grams = _capture_linear_grams(
-                        block, to_clip, block_calls[0], hiddens[0], device, config.group_size,
-                        config.clip_token_subsample, config.seed + bi,
-                    )
-                for rel, full, mod in to_clip:
-                    if rel not in grams:
-                        continue  # never called on the calibration data (e.g. an unused expert)
-                    lo, hi, err = search_clip(mod.weight.data, grams[rel], config, name=full)
-                    if not bool(torch.isfinite(err).all()):
-                        nonfinite(f"clip-search error of {rel}", [], rel)
-                    if gptq:
-                        clips[rel] = (lo, hi)  # applied in step 4: GPTQ also needs the unclipped weight
-                    else:
-                        apply_clip(mod.weight, lo, hi)
-                del grams
-            clock("clip_search")
-
-            # 4. quantize; the model keeps exactly what the kernels will reconstruct
-            if gptq and bar is not None:
-                bar.set_postfix_str(f"gptq: {len(full_grams)}/{len(linears)} linears", refresh=False)
-            for rel, full, mod in linears:
-                w = mod.weight.data
-                if not bool(torch.isfinite(w).all()):
-                    nonfinite(f"weight of {rel}", [], rel)
-                # a linear no calibration token reached has no Gram: round to nearest
-                gram = full_grams.pop(rel, None)  # dropped once used: q, k, v share one
-                if gram is not None:
-                    # The clipped weight sets the grid (scales, zeros); the codes reproduce the
-                    # unclipped one, so GPTQ feeds the clipping error back with the rounding error.
-                    grid = w
-                    if rel in clips:
-                        grid = w.clone()
-                        apply_clip(grid, *clips.pop(rel))
-                    qt = gptq_quantize(grid, gram, config, name=full, target=w)
-                    del gram, grid
-                else:
-                    qt = quantize_tensor(w, config, name=full)
-                w.copy_(dequantize(qt, w.dtype))
-                tensors[full] = qt.to("cpu")
-            clock("quantize")
-
+            # 3 and 4. clip search on the folded weights, then rounding; the model keeps exactly
+            #    what the kernels will reconstruct. With config.sequential, linears go stage by
+            #    stage (those fed one input: q/k/v, then o, then gate/up, then down), each stage's
+            #    Grams captured after the stages before it were quantized (GPTQ's order).
+            runs = list(zip(block_calls, hiddens)) if config.gram_samples == "all" else [(block_calls[0], hiddens[0])]
+            tensors.update(_clip_and_round(
+                block, block_linears(block, bg.path, config), runs, config, device, config.seed + bi,
+                clock, nonfinite, bar,
+            ))
             # 5. this block's quantized outputs feed the next block
             for ci, (call, h) in enumerate(zip(block_calls, hiddens)):
                 out = _run(block, call, h, device)
@@ -508,6 +480,90 @@ def run_awq(
             f"(round-to-nearest; see QuantizeResult.report): {head}", stacklevel=3,
         )
     return tensors, reports
+
+
+def _clip_and_round(
+    block: nn.Module, linears: list[tuple[str, str, nn.Linear]], runs: list[tuple[BlockCall, torch.Tensor]],
+    config: QuantConfig, device: torch.device, seed: int, clock: Callable[[str], None],
+    nonfinite: Callable[..., None], bar: Any,
+) -> dict[str, QuantizedTensor]:
+    """Steps 3 and 4 of a block: clip search and rounding of ``linears`` (folded already).
+
+    The Grams come from ``runs`` of the block; with ``config.sequential`` one stage at a time (the
+    linears fed the first input the not-yet-quantized linears see), so that each stage's Grams
+    hold the errors of the stages quantized before it.
+    """
+    gptq = config.rounding == "gptq"
+    to_clip = {rel for rel, full, _ in linears if config.clip and not matches_any(full, config.skip_clip)}
+    out: dict[str, QuantizedTensor] = {}
+    pending = list(linears)
+    while pending:
+        # GPTQ: one capture serves both the clip search (the diagonal blocks) and the rounding
+        # (the clip changes weights, not the inputs the Grams are made of).
+        if bar is not None:
+            bar.set_postfix_str(f"grams: {len(pending)} linears left", refresh=False)
+        full_grams: dict[str, torch.Tensor] = {}
+        grams: dict[str, torch.Tensor] = {}
+        if gptq:
+            full_grams = _capture_full_grams(block, pending, runs, device, config.clip_token_subsample, seed,
+                                             first_input_only=config.sequential)
+            checked: set[int] = set()
+            for rel, h in full_grams.items():
+                if id(h) not in checked and not bool(torch.isfinite(h).all()):
+                    nonfinite(f"input Gram of {rel}", [], rel)
+                checked.add(id(h))
+            reached = set(full_grams)
+            grams = {rel: _diagonal_blocks(h, config.group_size) for rel, h in full_grams.items() if rel in to_clip}
+        else:
+            want = pending if config.sequential else [l for l in pending if l[0] in to_clip]
+            if want:
+                grams = _capture_linear_grams(block, want, runs, device, config.group_size,
+                                              config.clip_token_subsample, seed,
+                                              first_input_only=config.sequential)
+            reached = set(grams)
+            grams = {rel: g for rel, g in grams.items() if rel in to_clip}
+        stage = [l for l in pending if l[0] in reached] if config.sequential else pending
+        if not stage:  # no token reaches the rest (e.g. unused experts): round them to nearest
+            stage = pending
+        clock("grams")
+
+        clips: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for rel, full, mod in stage:
+            if rel not in grams:
+                continue  # not clipped, or never called on the calibration data
+            lo, hi, err = search_clip(mod.weight.data, grams[rel], config, name=full)
+            if not bool(torch.isfinite(err).all()):
+                nonfinite(f"clip-search error of {rel}", [], rel)
+            if gptq:
+                clips[rel] = (lo, hi)  # applied below: GPTQ also needs the unclipped weight
+            else:
+                apply_clip(mod.weight, lo, hi)
+        del grams
+        clock("clip_search")
+
+        for rel, full, mod in stage:
+            w = mod.weight.data
+            if not bool(torch.isfinite(w).all()):
+                nonfinite(f"weight of {rel}", [], rel)
+            # a linear no calibration token reached has no Gram: round to nearest
+            gram = full_grams.pop(rel, None)  # dropped once used: q, k, v share one
+            if gram is not None:
+                # The clipped weight sets the grid (scales, zeros); the codes reproduce the
+                # unclipped one, so GPTQ feeds the clipping error back with the rounding error.
+                grid = w
+                if rel in clips:
+                    grid = w.clone()
+                    apply_clip(grid, *clips.pop(rel))
+                qt = gptq_quantize(grid, gram, config, name=full, target=w)
+                del gram, grid
+            else:
+                qt = quantize_tensor(w, config, name=full)
+            w.copy_(dequantize(qt, w.dtype))
+            out[full] = qt.to("cpu")
+        clock("quantize")
+        done = {id(l[2]) for l in stage}
+        pending = [l for l in pending if id(l[2]) not in done]
+    return out
 
 
 class _Clock:
