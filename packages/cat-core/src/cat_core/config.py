@@ -125,11 +125,13 @@ class QuantConfig:
     #: sequences of 512); "all", every calibration sequence (the statistics pass then keeps every
     #: chunk instead of stopping once its means converge). A Gram costs only its accumulation,
     #: but a K x K Gram estimated from few tokens fits them: GPTQ then corrects errors the
-    #: calibration text has and other text does not. Measured (SmolLM2 w4g64, 64 x 512 Lee news
-    #: -> WikiText-2 test, benchmarks/results/awq_quality_2026-12-03): "search" 23.59, "all" 23.39
-    #: (48.7% -> 51.8% of the RTN gap closed), for +2 min of Gram accumulation; the default stays
-    #: until the 3-bit and in-domain rows are measured.
-    gram_samples: str = "search"
+    #: calibration text has and other text does not. Measured off-domain (SmolLM2 g64, 64 x 512 Lee
+    #: news -> WikiText-2 test; benchmarks/results/awq_quality_2026-12-03 and -04): 4-bit "search"
+    #: 23.59, "all" 23.39 (48.7% -> 51.8% of the RTN gap closed, before the scale search's
+    #: screening); 3-bit 39.47 -> 37.43 (62.0% -> 66.0%), for +2.3 min of Gram accumulation on
+    #: 2 AVX2 cores. Hence "all" by default; when the calibration holds no more than the search
+    #: batch (e.g. cat-quantize's 16 x 256 self samples) the two are the same.
+    gram_samples: str = "all"
     #: capture each linear's input Gram only after the linears before it in the block are
     #: quantized, stage by stage (q/k/v, then o, then gate/up, then down: GPTQ's sequential
     #: order), so the clip search and GPTQ see the inputs the quantized block will feed them;
