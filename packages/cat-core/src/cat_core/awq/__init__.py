@@ -60,7 +60,8 @@ class QuantizeResult:
         if unscaled:
             why = {"residual": "read the residual stream", "shared": "weight shared by several inputs",
                    "not-run": "not run on the discovery sample", "other": "no foldable producer"}
-            rounding = "GPTQ rounding" if self.config.rounding == "gptq" else "round-to-nearest"
+            rounding = {"gptq": "GPTQ rounding", "learned": "learned rounding"}.get(self.config.rounding,
+                                                                                   "round-to-nearest")
             out += (f", {sum(unscaled.values())} without input scaling, clip search and {rounding} only "
                     f"({counts(unscaled, why)}; see QuantizeResult.report)")
         return out
