@@ -101,6 +101,42 @@ def test_block_loss_never_above_the_start_and_codes_in_range(fp_model, monkeypat
                 assert int((qt.codes.int() - s["start_codes"][n].int()).abs().max()) <= 1
 
 
+def test_model_target_follows_the_unquantized_path(fp_model, monkeypatch):
+    """learned_round_target="model": block 1's targets are the unquantized model's outputs of
+    block 1 (on the unquantized block 0's outputs), not block 1's outputs on its quantized inputs."""
+    cfg = dataclasses.replace(LEARN, learned_round_target="model", learned_round_samples=4)
+    seen = _recording(monkeypatch)
+    targets = []
+    real = runner.learn_rounding
+
+    def keep(block, starts, call, inputs, tgt, *a, **k):
+        targets.append((inputs.clone(), tgt.clone()))
+        return real(block, starts, call, inputs, tgt, *a, **k)
+
+    monkeypatch.setattr(runner, "learn_rounding", keep)
+    samples = _samples(8, 32, 0)
+    m = copy.deepcopy(fp_model)
+    with torch.no_grad():
+        _run(m, cfg, samples)
+    # the pool is the first 4 sequences after the runner's seeded shuffle
+    order = torch.randperm(8, generator=torch.Generator().manual_seed(cfg.seed))
+    ids = samples[order][:4]
+    with torch.no_grad():
+        hs = fp_model(ids, output_hidden_states=True).hidden_states
+    torch.testing.assert_close(targets[0][1], hs[1], rtol=1e-4, atol=1e-4)
+    # the unquantized model's block-1 output: the final norm's input (hidden_states[2] is normed)
+    got = {}
+    h = fp_model.model.layers[1].register_forward_hook(lambda mod, a, out: got.setdefault("y", out[0] if isinstance(out, tuple) else out))
+    try:
+        with torch.no_grad():
+            fp_model(ids)
+    finally:
+        h.remove()
+    torch.testing.assert_close(targets[1][1], got["y"], rtol=1e-3, atol=1e-3)
+    assert not torch.allclose(targets[1][0], hs[1], rtol=1e-3, atol=1e-3)  # its inputs are the quantized path's
+    assert len(seen) == 2 and all(s["after"] <= s["before"] * (1 + 1e-6) for s in seen)
+
+
 def test_a_step_too_large_keeps_the_start(fp_model, monkeypatch):
     """Steps of half a quantization step flip codes wholesale: every later iterate is worse, and
     the start (its codes, bit for bit) is what gets kept."""
@@ -204,7 +240,7 @@ def test_learned_checkpoint_reloads_with_the_same_logits(tmp_path):
     ("rounding", "autoround"), ("learned_round_iters", 0), ("learned_round_iters", 2.5),
     ("learned_round_batch", 0), ("learned_round_seqlen", 0), ("learned_round_samples", -1),
     ("learned_round_lr", 0.0), ("learned_round_lr", 0.9), ("learned_round_lr", True),
-    ("learned_round_minmax", 1), ("learned_round_init", "rtn"),
+    ("learned_round_minmax", 1), ("learned_round_init", "rtn"), ("learned_round_target", "fp"),
 ])
 def test_config_errors_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):

@@ -21,6 +21,7 @@ _SCALE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32"
 _SEARCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _ROUNDINGS = ("nearest", "gptq", "learned")
 _LEARNED_INITS = ("gptq", "nearest")
+_LEARNED_TARGETS = ("block", "model")
 _GRAM_SAMPLES = ("search", "all")
 
 
@@ -202,6 +203,12 @@ class QuantConfig:
     #: picks the floor or the ceiling of each error-corrected value), or "nearest", the clipped
     #: weight rounded to nearest (AutoRound's start).
     learned_round_init: str = "gptq"
+    #: what the quantized block's output is fitted to: "block", the unquantized block's output on
+    #: the same inputs (those the quantized blocks before it produce), so each block fits its own
+    #: error; or "model", the unquantized model's output at that block (its inputs carried along
+    #: an unquantized path; AutoRound's default), so each block also corrects the error of the
+    #: blocks before it. Same cost.
+    learned_round_target: str = "block"
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -267,6 +274,10 @@ class QuantConfig:
             put("learned_round_lr", float(lr))
         if not isinstance(self.learned_round_minmax, bool):
             raise ValueError(f"learned_round_minmax must be a bool, got {self.learned_round_minmax!r}")
+        if self.learned_round_target not in _LEARNED_TARGETS:
+            raise ValueError(
+                f"learned_round_target must be one of {_LEARNED_TARGETS}, got {self.learned_round_target!r}"
+            )
         if self.learned_round_init not in _LEARNED_INITS:
             raise ValueError(f"learned_round_init must be one of {_LEARNED_INITS}, got {self.learned_round_init!r}")
 

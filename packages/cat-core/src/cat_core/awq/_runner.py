@@ -375,6 +375,7 @@ def run_awq(
     skipped: list[str] = []
     bar = _progress(len(blocks), progress)
     held: Held | None = None
+    fp_pool: torch.Tensor | None = None  # learned rounding's pool on the unquantized model's path
     try:
         for bi, bg in enumerate(blocks):
             block = bg.module
@@ -465,7 +466,11 @@ def run_awq(
                 l_call = learn_calls[bi]
                 l_call = BlockCall(to_device(l_call.args, device), to_device(l_call.kwargs, device))
                 l_in = torch.cat([h[:, :l_len] for h in hiddens])[:pool].to(device)
-                l_target = block_outputs(block, l_call, l_in, l_batch)
+                if config.learned_round_target == "model":  # the unquantized path, carried along
+                    fp_pool = l_in if fp_pool is None else fp_pool
+                    l_target = fp_pool = block_outputs(block, l_call, fp_pool, l_batch)
+                else:
+                    l_target = block_outputs(block, l_call, l_in, l_batch)
                 clock("learned_round")
 
             # 3 and 4. clip search on the folded weights, then rounding; the model keeps exactly
