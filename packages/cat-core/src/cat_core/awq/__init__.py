@@ -34,7 +34,10 @@ class QuantizeResult:
     report: list[GroupReport] = dataclasses.field(default_factory=list)
     #: wall seconds per phase of the search (capture, stats, scale_search, clip_search, ...), plus
     #: ``stats_samples_used``: calibration samples the statistics pass of the last block needed
-    #: (it stops early once the statistics converge; not a duration).
+    #: (it stops early once the statistics converge; not a duration). With rounding="learned":
+    #: ``learned_round`` (seconds) and, summed over the blocks, ``learned_round_start_loss`` and
+    #: ``learned_round_best_loss`` (block-output MSE on the pool before and after) and
+    #: ``learned_round_blocks_improved`` (blocks whose kept iterate is not the start).
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def scaling_summary(self) -> str:
