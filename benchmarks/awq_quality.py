@@ -160,7 +160,8 @@ def _setting(r: dict) -> str:
             + f"; {qc.get('learned_round_iters')} it x {qc.get('learned_round_batch')} seq"
             + (f" x {qc['learned_round_seqlen']} tok" if qc.get("learned_round_seqlen") else "")
             + f", pool {qc.get('learned_round_samples') or 'all'}"
-            + (f", lr {qc['learned_round_lr']}" if qc.get("learned_round_lr") else "")
+            + f", lr {qc.get('learned_round_lr') or '1/iters'}"
+            + (f", target {qc['learned_round_target']}" if qc.get("learned_round_target", "block") != "block" else "")
             + (", min/max" if qc.get("learned_round_minmax") else "") + ")")
     else:
         parts.append(f"rounding={rounding}" + (f" (damp {qc.get('gptq_damp', 0.01)})" if rounding == "gptq" else ""))
