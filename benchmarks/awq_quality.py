@@ -149,11 +149,22 @@ def _setting(r: dict) -> str:
     qc = r.get("quant_config", {})
     parts = [f"{k}={v}" for k, v in (r.get("overrides") or {}).items()
              if k not in ("clip_refine", "clip_token_subsample", "rounding", "gptq_damp", "search_dtype",
-                          "gram_samples")]
+                          "gram_samples") and not k.startswith("learned_round_")]
     # From the stored config, not the overrides: the default rounding changed (rows without the
     # key predate GPTQ rounding and rounded to nearest).
     rounding = qc.get("rounding", "nearest")
-    parts.append(f"rounding={rounding}" + (f" (damp {qc.get('gptq_damp', 0.01)})" if rounding == "gptq" else ""))
+    if rounding == "learned":  # the settings that set its cost and what it starts from
+        init = qc.get("learned_round_init")
+        parts.append(
+            f"rounding=learned (from {init}" + (f", damp {qc.get('gptq_damp')}" if init == "gptq" else "")
+            + f"; {qc.get('learned_round_iters')} it x {qc.get('learned_round_batch')} seq"
+            + (f" x {qc['learned_round_seqlen']} tok" if qc.get("learned_round_seqlen") else "")
+            + f", pool {qc.get('learned_round_samples') or 'all'}"
+            + f", lr {qc.get('learned_round_lr') or '1/iters'}"
+            + (f", target {qc['learned_round_target']}" if qc.get("learned_round_target", "block") != "block" else "")
+            + (", min/max" if qc.get("learned_round_minmax") else "") + ")")
+    else:
+        parts.append(f"rounding={rounding}" + (f" (damp {qc.get('gptq_damp', 0.01)})" if rounding == "gptq" else ""))
     parts.append("refine" if qc.get("clip_refine") else "no refine")
     # where the clip search's (and GPTQ's) Grams come from: the scale search's batch
     # (loss_token_subsample tokens, rows before gram_samples existed) or every calibration token

@@ -341,6 +341,12 @@ def test_gptq_rounding_option(tiny_dir, tmp_path, capsys):
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     assert "GPTQ rounding" in cap.out and "grams" in cap.out
+    out = tmp_path / "learned"
+    rc = quantize.main([str(tiny_dir), "--bits", "3", "--n-samples", "2", "--seqlen", "16", "--rounding", "learned",
+                        "--no-quality", "--out", str(out)])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "learned rounding" in cap.out and "learned_round" in cap.out and (out / "config.json").exists()
     with pytest.raises(SystemExit) as e:
         quantize.main([str(tiny_dir), "--rounding", "best", "--out", str(tmp_path / "x")])
     assert e.value.code == 2

@@ -29,7 +29,7 @@ QUALITY_SAMPLES = 4
 QUALITY_SEQLEN = 128
 QUALITY_SEED = 1234
 #: the phases of QuantizeResult.timings shown in the summary (seconds)
-AWQ_PHASES = ("capture", "stats", "scale_search", "grams", "clip_search", "quantize", "propagate")
+AWQ_PHASES = ("capture", "stats", "scale_search", "grams", "clip_search", "quantize", "learned_round", "propagate")
 
 _EPILOG = """\
 MODEL is a Hugging Face hub id (needs the network), a local model directory or a .gguf file;
@@ -78,10 +78,12 @@ def build() -> argparse.ArgumentParser:
                    help="dtype of the AWQ search's reruns (stored weights are unaffected): 'auto' takes "
                         "bfloat16 where the device computes it natively (CUDA with bf16, a CPU with "
                         "AVX512-BF16/AMX), else float32. Default: auto")
-    p.add_argument("--rounding", choices=("nearest", "gptq"), default=None,
+    p.add_argument("--rounding", choices=("nearest", "gptq", "learned"), default=None,
                    help="how codes are chosen once AWQ has fixed scales and clipping ranges: 'nearest' "
-                        "(AWQ's round-to-nearest) or 'gptq' (error feedback through the inputs' Gram "
-                        "matrix, column by column: lower error at a few seconds per block). Default: gptq")
+                        "(AWQ's round-to-nearest), 'gptq' (error feedback through the inputs' Gram "
+                        "matrix, column by column: lower error at a few seconds per block) or 'learned' "
+                        "(GPTQ's codes, then AutoRound-style signed-gradient rounding of each block on its "
+                        "output: about 14 s more per SmolLM2 block on 2 cores). Default: gptq")
     p.add_argument("--quality-samples", type=int, default=QUALITY_SAMPLES,
                    help="sequences sampled from the unquantized model for the closing quality figure "
                         f"(mean KL and top-1 agreement, as cat-eval's data-free figure; default: {QUALITY_SAMPLES})")
@@ -314,7 +316,7 @@ def run(args: argparse.Namespace) -> int:
         f"  model            {loaded.source}",
         f"  quantization     AWQ {args.bits}-bit, group size {gs}{' (auto)' if gs_req == 'auto' else ''}, "
         f"{'symmetric' if args.sym else 'asymmetric'}, {len(result.tensors)} linears, {qcfg.search_dtype} search"
-        + (", GPTQ rounding" if qcfg.rounding == "gptq" else ""),
+        + {"gptq": ", GPTQ rounding", "learned": ", learned rounding"}.get(qcfg.rounding, ""),
         f"  input scaling    {result.scaling_summary()}",
         f"  calibration      {args.calib}: {args.n_samples} x {args.seqlen} tokens",
         f"  time             {_cli.fmt_seconds(timer.elapsed)} total: "

@@ -19,7 +19,9 @@ __all__ = ["QuantConfig", "CalibConfig", "matches_any", "auto_search_dtype"]
 _BITS = (2, 3, 4, 8)
 _SCALE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 _SEARCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-_ROUNDINGS = ("nearest", "gptq")
+_ROUNDINGS = ("nearest", "gptq", "learned")
+_LEARNED_INITS = ("gptq", "nearest")
+_LEARNED_TARGETS = ("block", "model")
 _GRAM_SAMPLES = ("search", "all")
 
 
@@ -157,7 +159,9 @@ class QuantConfig:
     #: errors cancel on correlated inputs; or "nearest", plain round-to-nearest (what AWQ itself
     #: does; cheaper, and worse on every model measured in benchmarks/results/awq_quality_*). Scales and zeros are round-to-nearest's on the clipped weight either way (the clip
     #: search chose the ranges); GPTQ's codes reproduce the unclipped weight, so the clipping error
-    #: is fed back too. Costs a K x K Gram per distinct input and a Cholesky per linear.
+    #: is fed back too. Costs a K x K Gram per distinct input and a Cholesky per linear. Or
+    #: "learned": the codes (and optionally the ranges) are learned per block on the block's output
+    #: (see the ``learned_round_*`` fields below); much slower.
     rounding: str = "gptq"
     #: GPTQ only: dampening added to the Gram's diagonal, as a fraction of its mean diagonal; keeps
     #: the Cholesky well conditioned when inputs are collinear or few tokens were seen (raised 10x
@@ -170,6 +174,47 @@ class QuantConfig:
     #: columns after the block once per block (one matmul, not a rank-1 update per column); only
     #: the speed depends on it, the codes agree up to float rounding.
     gptq_block: int = 128
+    #: rounding="learned" only (AutoRound's signed-gradient rounding, Cheng et al. 2023, on top
+    #: of AWQ's scales and clips): after the linears of a block got their grid (and their starting
+    #: codes, see ``learned_round_init``), a per-weight offset ``V`` in [-0.5, 0.5] added before
+    #: rounding (``q = round(w / s + V) + z``, straight-through gradient) is learned for every
+    #: linear of the block at once, by signed gradient descent with a linearly decaying step, to
+    #: minimize the MSE between the quantized block's output and the unquantized (folded) block's
+    #: output on calibration sequences. The iterate with the lowest loss over all of
+    #: ``learned_round_samples`` (the start included) is kept, so the block's calibration loss
+    #: never rises. The stored format (codes, scales, zeros) is unchanged. Costs one forward and
+    #: backward of the block per iteration. Iterations per block (AutoRound: 200, its "light"
+    #: recipe 50).
+    learned_round_iters: int = 50
+    #: calibration sequences per iteration (AutoRound: 8 of 2048 tokens).
+    learned_round_batch: int = 4
+    #: tokens of each sequence used (its first ones: the block is causal, so a prefix's outputs
+    #: are the whole sequence's first outputs); None: the whole calibration sequence.
+    learned_round_seqlen: int | None = None
+    #: calibration sequences the iterations draw their batches from and the kept iterate is
+    #: judged on (rounded down to a multiple of the batch); None: every calibration sequence.
+    learned_round_samples: int | None = 32
+    #: step of the sign updates, decaying linearly to 0 over the iterations (AutoRound's "light"
+    #: recipe's 0.005); None: 1 / iters (AutoRound's default for its 200 iterations: the offsets can
+    #: travel half a quantization step in all). At 20 iterations 1 / iters = 0.05 flips about a
+    #: tenth of the codes per step and the block losses jump 5-30x before settling; measured on
+    #: SmolLM2 w4g64, 64 x 512 Lee news -> WikiText-2 test (benchmarks/results/awq_quality_2026-12-04):
+    #: 0.05 gave 23.71 (worse than GPTQ rounding's 23.50), 0.005 gave 23.26.
+    learned_round_lr: float | None = 0.005
+    #: also learn per-group factors in [0.5, 1] on each end of the group's range (the clip
+    #: search's range, factor 1 at the start), which changes the scales and zero points as
+    #: AutoRound's min/max tuning does.
+    learned_round_minmax: bool = False
+    #: the codes the offsets start from (V = 0): "gptq", GPTQ's error-corrected weight (V then
+    #: picks the floor or the ceiling of each error-corrected value), or "nearest", the clipped
+    #: weight rounded to nearest (AutoRound's start).
+    learned_round_init: str = "gptq"
+    #: what the quantized block's output is fitted to: "block", the unquantized block's output on
+    #: the same inputs (those the quantized blocks before it produce), so each block fits its own
+    #: error; or "model", the unquantized model's output at that block (its inputs carried along
+    #: an unquantized path; AutoRound's default), so each block also corrects the error of the
+    #: blocks before it. Same cost.
+    learned_round_target: str = "block"
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -220,6 +265,27 @@ class QuantConfig:
         b = self.gptq_block
         if not isinstance(b, int) or isinstance(b, bool) or b < 1:
             raise ValueError(f"gptq_block must be an int >= 1, got {b!r}")
+        for name in ("learned_round_iters", "learned_round_batch"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        for name in ("learned_round_seqlen", "learned_round_samples"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise ValueError(f"{name} must be None or an int >= 1, got {v!r}")
+        lr = self.learned_round_lr
+        if lr is not None:
+            if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not 0.0 < float(lr) <= 0.5:
+                raise ValueError(f"learned_round_lr must be None (1 / iters) or a float in (0, 0.5], got {lr!r}")
+            put("learned_round_lr", float(lr))
+        if not isinstance(self.learned_round_minmax, bool):
+            raise ValueError(f"learned_round_minmax must be a bool, got {self.learned_round_minmax!r}")
+        if self.learned_round_target not in _LEARNED_TARGETS:
+            raise ValueError(
+                f"learned_round_target must be one of {_LEARNED_TARGETS}, got {self.learned_round_target!r}"
+            )
+        if self.learned_round_init not in _LEARNED_INITS:
+            raise ValueError(f"learned_round_init must be one of {_LEARNED_INITS}, got {self.learned_round_init!r}")
 
     @property
     def scale_torch_dtype(self) -> torch.dtype:

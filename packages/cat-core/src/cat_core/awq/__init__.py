@@ -34,7 +34,10 @@ class QuantizeResult:
     report: list[GroupReport] = dataclasses.field(default_factory=list)
     #: wall seconds per phase of the search (capture, stats, scale_search, clip_search, ...), plus
     #: ``stats_samples_used``: calibration samples the statistics pass of the last block needed
-    #: (it stops early once the statistics converge; not a duration).
+    #: (it stops early once the statistics converge; not a duration). With rounding="learned":
+    #: ``learned_round`` (seconds) and, summed over the blocks, ``learned_round_start_loss`` and
+    #: ``learned_round_best_loss`` (block-output MSE on the pool before and after) and
+    #: ``learned_round_blocks_improved`` (blocks whose kept iterate is not the start).
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def scaling_summary(self) -> str:
@@ -60,7 +63,8 @@ class QuantizeResult:
         if unscaled:
             why = {"residual": "read the residual stream", "shared": "weight shared by several inputs",
                    "not-run": "not run on the discovery sample", "other": "no foldable producer"}
-            rounding = "GPTQ rounding" if self.config.rounding == "gptq" else "round-to-nearest"
+            rounding = {"gptq": "GPTQ rounding", "learned": "learned rounding"}.get(self.config.rounding,
+                                                                                   "round-to-nearest")
             out += (f", {sum(unscaled.values())} without input scaling, clip search and {rounding} only "
                     f"({counts(unscaled, why)}; see QuantizeResult.report)")
         return out

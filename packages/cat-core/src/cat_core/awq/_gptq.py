@@ -69,8 +69,8 @@ def _inverse_factor(gram: torch.Tensor, damp: float, name: str) -> torch.Tensor:
 @torch.no_grad()
 def gptq_quantize(
     weight: torch.Tensor, gram: torch.Tensor, config: QuantConfig, *, name: str = "",
-    target: torch.Tensor | None = None,
-) -> QuantizedTensor:
+    target: torch.Tensor | None = None, return_corrected: bool = False,
+) -> QuantizedTensor | tuple[QuantizedTensor, torch.Tensor]:
     """Quantize a ``[N, K]`` weight with GPTQ error feedback over the input Gram ``[K, K]``.
 
     ``gram``: ``mean_t x_t x_t^T`` of the linear's inputs in the same (folded) space as ``weight``.
@@ -83,6 +83,10 @@ def gptq_quantize(
     only sets the grid), so that the clipping error is fed back like the rounding error -- GPTQ
     on the clipped weight would take the clipped values as exact. Works on ``weight``'s device in
     float32; deterministic.
+
+    ``return_corrected``: also return the error-corrected weight ``[N, K]`` float32, each column
+    as it was just before it was rounded (the codes are its round-to-nearest on the grid); learned
+    rounding starts from it.
     """
     if weight.dim() != 2:
         raise ValueError(f"expected a 2-D weight [N, K], got shape {tuple(weight.shape)} for {name or 'weight'}")
@@ -122,10 +126,12 @@ def gptq_quantize(
                 w1[:, j + 1:].addr_(err, u1[j, j + 1:], alpha=-1.0)
         if i2 < k:
             w[:, i2:].addmm_(err1, u[i1:i2, i2:], alpha=-1.0)
-    return QuantizedTensor(
+    qt = QuantizedTensor(
         codes=codes.to(torch.uint8),
         scales=rtn.scales,
         zeros=rtn.zeros,
         bits=config.bits,
         group_size=config.group_size,
     )
+    # w's columns were only moved before their own rounding: w now holds the corrected values
+    return (qt, w) if return_corrected else qt

@@ -31,6 +31,7 @@ from cat_core.awq._capture import (
 from cat_core.awq._clip_search import GramAccumulator, apply_clip, search_clip
 from cat_core.awq._errors import AWQError
 from cat_core.awq._gptq import gptq_quantize
+from cat_core.awq._learned_round import LinearStart, block_outputs, learn_rounding
 from cat_core.awq._scale_search import search_scales
 from cat_core.awq._stats import AbsMeanRecorder
 from cat_core.config import QuantConfig, matches_any
@@ -349,13 +350,22 @@ def run_awq(
     n_screen = _screen_sequences(config, n_search, seqlen)
     if n_screen:  # the screening batch gets calls of its own: masks and positions sized for it
         slices.append(slice(0, n_screen))
+    learned = config.rounding == "learned"
+    pool = l_batch = l_len = 0
+    if learned:  # the pool of sequences, the batch and the prefix length learned rounding uses
+        pool = n if config.learned_round_samples is None else min(n, config.learned_round_samples)
+        l_batch = min(config.learned_round_batch, pool)
+        pool -= pool % l_batch
+        l_len = seqlen if config.learned_round_seqlen is None else min(seqlen, config.learned_round_seqlen)
     timings = {} if timings is None else timings
     clock = _Clock(timings)
     emb_device = execution_device(model.get_input_embeddings())
     clock("setup")
-    calls = capture_block_calls(
-        model, [bg.module for bg in blocks], [samples[s].to(emb_device) for s in slices], device
-    )
+    chunks = [samples[s].to(emb_device) for s in slices]
+    if learned:  # calls sized for its batches (no padding: any sequences fit the same masks)
+        chunks.append(samples[:l_batch, :l_len].to(emb_device))
+    calls = capture_block_calls(model, [bg.module for bg in blocks], chunks, device)
+    learn_calls = [c.pop() for c in calls] if learned else None
     screen_calls = [c.pop() for c in calls] if n_screen else None
     hiddens = [hidden_of(c) for c in calls[0]]
     clock("capture")
@@ -365,6 +375,7 @@ def run_awq(
     skipped: list[str] = []
     bar = _progress(len(blocks), progress)
     held: Held | None = None
+    fp_pool: torch.Tensor | None = None  # learned rounding's pool on the unquantized model's path
     try:
         for bi, bg in enumerate(blocks):
             block = bg.module
@@ -390,6 +401,7 @@ def run_awq(
                     before = [None if r.total is None else r.mean() for r in recorders]
                     _run(block, call, h, device)
                     if (ci + 1 < len(hiddens) and config.gram_samples != "all"
+                            and sum(int(x.shape[0]) for x in hiddens[:ci + 1]) >= pool
                             and _stats_converged(before, recorders)):
                         del hiddens[ci + 1:]
                         break
@@ -449,15 +461,47 @@ def run_awq(
                 reports.append(GroupReport(bg.index, u.describe(), None, nan, nan, unscaled=u.kind))
             clock("scale_search")
 
+            # learned rounding's pool: this block's inputs and its unquantized (folded) outputs
+            if learned:
+                l_call = learn_calls[bi]
+                l_call = BlockCall(to_device(l_call.args, device), to_device(l_call.kwargs, device))
+                l_in = torch.cat([h[:, :l_len] for h in hiddens])[:pool].to(device)
+                if config.learned_round_target == "model":  # the unquantized path, carried along
+                    fp_pool = l_in if fp_pool is None else fp_pool
+                    l_target = fp_pool = block_outputs(block, l_call, fp_pool, l_batch)
+                else:
+                    l_target = block_outputs(block, l_call, l_in, l_batch)
+                clock("learned_round")
+
             # 3 and 4. clip search on the folded weights, then rounding; the model keeps exactly
             #    what the kernels will reconstruct. With config.sequential, linears go stage by
             #    stage (those fed one input: q/k/v, then o, then gate/up, then down), each stage's
             #    Grams captured after the stages before it were quantized (GPTQ's order).
             runs = list(zip(block_calls, hiddens)) if config.gram_samples == "all" else [(block_calls[0], hiddens[0])]
+            starts: list[LinearStart] | None = [] if learned else None
             tensors.update(_clip_and_round(
                 block, block_linears(block, bg.path, config), runs, config, device, config.seed + bi,
-                clock, nonfinite, bar,
+                clock, nonfinite, bar, starts=starts,
             ))
+            # 4b. learned rounding of the whole block on its output, from those codes
+            if learned and starts:
+                def show(msg: str) -> None:
+                    if bar is not None:
+                        bar.set_postfix_str(msg)
+
+                lr_res = learn_rounding(block, starts, l_call, l_in, l_target, config, batch=l_batch,
+                                        seed=config.seed + bi, progress=show)
+                for ls in starts:
+                    qt = lr_res.tensors[ls.name]
+                    w = ls.module.weight.data
+                    w.copy_(dequantize(qt, w.dtype))
+                    tensors[ls.name] = qt.to("cpu")
+                for key, v in (("learned_round_start_loss", lr_res.start_loss),
+                               ("learned_round_best_loss", lr_res.best_loss),
+                               ("learned_round_blocks_improved", float(lr_res.best_iter > 0))):
+                    timings[key] = timings.get(key, 0.0) + v
+                del l_in, l_target, starts
+                clock("learned_round")
             # 5. this block's quantized outputs feed the next block
             for ci, (call, h) in enumerate(zip(block_calls, hiddens)):
                 out = _run(block, call, h, device)
@@ -485,15 +529,18 @@ def run_awq(
 def _clip_and_round(
     block: nn.Module, linears: list[tuple[str, str, nn.Linear]], runs: list[tuple[BlockCall, torch.Tensor]],
     config: QuantConfig, device: torch.device, seed: int, clock: Callable[[str], None],
-    nonfinite: Callable[..., None], bar: Any,
+    nonfinite: Callable[..., None], bar: Any, starts: list[LinearStart] | None = None,
 ) -> dict[str, QuantizedTensor]:
     """Steps 3 and 4 of a block: clip search and rounding of ``linears`` (folded already).
 
     The Grams come from ``runs`` of the block; with ``config.sequential`` one stage at a time (the
     linears fed the first input the not-yet-quantized linears see), so that each stage's Grams
     hold the errors of the stages quantized before it.
+
+    ``starts``: when given (rounding="learned"), each linear's starting point for learned
+    rounding is appended to it (the codes written are that start's).
     """
-    gptq = config.rounding == "gptq"
+    gptq = config.rounding == "gptq" or (config.rounding == "learned" and config.learned_round_init == "gptq")
     to_clip = {rel for rel, full, _ in linears if config.clip and not matches_any(full, config.skip_clip)}
     out: dict[str, QuantizedTensor] = {}
     pending = list(linears)
@@ -554,16 +601,37 @@ def _clip_and_round(
                 if rel in clips:
                     grid = w.clone()
                     apply_clip(grid, *clips.pop(rel))
-                qt = gptq_quantize(grid, gram, config, name=full, target=w)
+                if starts is None:
+                    qt = gptq_quantize(grid, gram, config, name=full, target=w)
+                else:
+                    qt, base = gptq_quantize(grid, gram, config, name=full, target=w, return_corrected=True)
+                    starts.append(_start(rel, full, mod, base, qt, grid, config))
                 del gram, grid
             else:
                 qt = quantize_tensor(w, config, name=full)
+                if starts is not None:
+                    starts.append(_start(rel, full, mod, w.float().clone(), qt, w, config))
             w.copy_(dequantize(qt, w.dtype))
             out[full] = qt.to("cpu")
         clock("quantize")
         done = {id(l[2]) for l in stage}
         pending = [l for l in pending if id(l[2]) not in done]
     return out
+
+
+def _start(rel: str, full: str, mod: nn.Linear, base: torch.Tensor, qt: QuantizedTensor,
+           grid: torch.Tensor, config: QuantConfig) -> LinearStart:
+    """Learned rounding's start for one linear: ``grid`` is the weight whose per-group range
+    set ``qt``'s scales and zeros (the clipped one)."""
+    n, k = grid.shape
+    g = k if config.group_size == -1 else config.group_size
+    wg = grid.float().reshape(n, k // g, g)
+    if config.sym:
+        hi = wg.abs().amax(dim=-1)
+        lo = -hi
+    else:
+        lo, hi = torch.aminmax(wg, dim=-1)
+    return LinearStart(rel, full, mod, base, qt, lo, hi)
 
 
 class _Clock:
