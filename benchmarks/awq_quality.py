@@ -85,7 +85,7 @@ def run_row(args, method: str, bits: int | None, calib: str | None, ids: torch.T
     import cat_core
 
     row: dict = {"cat_core": str(Path(cat_core.__file__).resolve().parent), "model": args.model, "method": method, "bits": bits, "group_size": group if bits else None,
-                 "blocks": args.blocks or None, "threads": torch.get_num_threads(), "load_s": round(time.perf_counter() - t0, 2)}
+                 "blocks": args.blocks or None, "threads": torch.get_num_threads(), "isa": M.machine_info()["isa"], "load_s": round(time.perf_counter() - t0, 2)}
     qcfg = None
     if method != "fp":
         qcfg = QuantConfig(bits=bits, group_size=group, **json.loads(args.quant_overrides or "{}"))
@@ -198,7 +198,7 @@ def evaluate_bars(rows: list[dict]) -> list[dict]:
                    "windows": a["windows"], "eval_seqlen": a["eval_seqlen"],
                    "fp": f, "rtn": r, "awq": q, "gap_closed": round(closed, 4), "bar": bar,
                    "awq_over_fp": round(q / f, 4), "setting": _setting(a),
-                   "quant_s": a.get("quant_s"), "loadavg_before": a.get("loadavg_before"),
+                   "quant_s": a.get("quant_s"), "loadavg_before": a.get("loadavg_before"), "isa": a.get("isa"),
                    "rtn_collapsed": r > COLLAPSE_FACTOR * f}
         ok = bar is not None and closed >= bar
         if verdict["rtn_collapsed"]:
@@ -213,7 +213,7 @@ def evaluate_bars(rows: list[dict]) -> list[dict]:
 
 def time_verdicts(rows: list[dict]) -> list[dict]:
     """The issue's time bar: SmolLM2, 128 x 512 calibration, whole model."""
-    return [{"bits": r["bits"], "calib": r.get("calib"), "setting": _setting(r), "quant_s": r["quant_s"],
+    return [{"bits": r["bits"], "calib": r.get("calib"), "setting": _setting(r), "quant_s": r["quant_s"], "isa": r.get("isa"),
              "quant_cpu_s": r.get("quant_cpu_s"), "loadavg_before": r["loadavg_before"],
              "pass": r["quant_s"] <= TIME_BAR_S}
             for r in rows if r["method"] == "awq" and r["model"] == "smollm2" and r.get("n_samples") == 128
@@ -226,14 +226,14 @@ def _la(x: list[float]) -> str:
 
 def _bar_table(bars: list[dict]) -> list[str]:
     md = ["| model | bits | calib -> eval | samples x len | eval windows | AWQ settings | fp | RTN | AWQ | gap closed "
-          "| bar | AWQ/fp | quant s (load before) | issue setting | pass |",
+          "| bar | AWQ/fp | quant s (load before; ISA) | issue setting | pass |",
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for b in bars:
         md.append(f"| {b['model']}{'' if not b['blocks'] else ' (' + str(b['blocks']) + ' blocks)'} | "
                   f"{b['bits']} (g{b['group_size']}) | {b['calib']} -> {b['eval_text']} | {b['n_samples']}x{b['seqlen']} | "
                   f"{b['windows']}x{b['eval_seqlen']} | {b.get('setting', '')} | {b['fp']:.3f} | "
                   f"{b['rtn']:.3f} | {b['awq']:.3f} | **{b['gap_closed']:.1%}** | {b['bar']:.0%} | "
-                  f"{b['awq_over_fp']:.2f} | {b.get('quant_s')} ({_la(b['loadavg_before']) if b.get('loadavg_before') else '?'}) | "
+                  f"{b['awq_over_fp']:.2f} | {b.get('quant_s')} ({_la(b['loadavg_before']) if b.get('loadavg_before') else '?'}; {b.get('isa') or '?'}) | "
                   f"{'yes' if b['issue_setting'] else 'no'} | {'PASS' if b['pass'] else 'FAIL'} |")
     return md
 
@@ -244,7 +244,7 @@ def write_results(path_json: Path, rows: list[dict], meta: dict) -> None:
     data = {"meta": meta, "rows": rows, "bars": bars, "time_bar": times}
     path_json.write_text(json.dumps(data, indent=1))
     md = [f"# AWQ quality, {meta['date']}", "",
-          f"Machine: {meta['machine'].get('cpu')} ({meta['machine'].get('isa', 'ISA not recorded')}), {meta['machine'].get('cores')} cores, torch "
+          f"Machine: {meta['machine'].get('cpu')}, {meta['machine'].get('cores')} cores (ISA per row: the machines of this kind differ), torch "
           f"{meta['machine'].get('torch')}, 2 torch threads unless the row says otherwise, on a CPU shared with other "
           "jobs: wall times depend on the load averages listed.", "",
           "Perplexity: the evaluation text's non-empty lines (WikiText-2 raw test rows; Lee articles) joined with "
@@ -262,9 +262,9 @@ def write_results(path_json: Path, rows: list[dict], meta: dict) -> None:
     md += _bar_table(ins) if ins else ["(no in-domain row)"]
     if times:
         md += ["", f"## Time bar: SmolLM2, 128 x 512 calibration, within {TIME_BAR_S // 60} min on a quiet machine", "",
-               "| bits | calib | AWQ settings | quant s (cpu s) | load avg before | pass |", "|---|---|---|---|---|---|"]
+               "| bits | calib | AWQ settings | quant s (cpu s) | ISA | load avg before | pass |", "|---|---|---|---|---|---|---|"]
         md += [f"| {t['bits']} | {t['calib']} | {t['setting']} | {t['quant_s']} ({t['quant_cpu_s']}) | "
-               f"{_la(t['loadavg_before'])} | {'PASS' if t['pass'] else 'FAIL'} |" for t in times]
+               f"{t.get('isa') or '?'} | {_la(t['loadavg_before'])} | {'PASS' if t['pass'] else 'FAIL'} |" for t in times]
     md += ["", "## All rows", "",
            "| model | blocks | method | bits | group | calib -> eval | samples x len | windows x len (tokens) | ppl "
            "| quant s (cpu s) | eval s | wall s | peak RSS MiB | load avg (1/5/15) before -> after |",

@@ -137,6 +137,48 @@ def test_model_target_follows_the_unquantized_path(fp_model, monkeypatch):
     assert len(seen) == 2 and all(s["after"] <= s["before"] * (1 + 1e-6) for s in seen)
 
 
+def test_block_target_is_the_block_on_its_quantized_inputs(fp_model, monkeypatch):
+    """learned_round_target="block": block 1's targets are the unquantized block 1's output on the
+    inputs the quantized block 0 produces (computed here by feeding those inputs to the
+    unquantized model's block 1); the default, "model", is the other target."""
+    assert QuantConfig().learned_round_target == "model"
+    cfg = dataclasses.replace(LEARN, learned_round_target="block", learned_round_samples=4)
+    seen = _recording(monkeypatch)
+    targets = []
+    real = runner.learn_rounding
+
+    def keep(block, starts, call, inputs, tgt, *a, **k):
+        targets.append((inputs.clone(), tgt.clone()))
+        return real(block, starts, call, inputs, tgt, *a, **k)
+
+    monkeypatch.setattr(runner, "learn_rounding", keep)
+    samples = _samples(8, 32, 0)
+    m = copy.deepcopy(fp_model)
+    with torch.no_grad():
+        _run(m, cfg, samples)
+    order = torch.randperm(8, generator=torch.Generator().manual_seed(cfg.seed))
+    ids = samples[order][:4]
+    quantized_in = targets[1][0]
+    layer = fp_model.model.layers[1]
+
+    def swap_input(mod, args, kwargs):
+        if args:
+            return (quantized_in.to(args[0].dtype),) + tuple(args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": quantized_in.to(kwargs["hidden_states"].dtype)}
+
+    got = {}
+    hooks = [layer.register_forward_pre_hook(swap_input, with_kwargs=True),
+             layer.register_forward_hook(lambda mod, a, out: got.setdefault("y", out[0] if isinstance(out, tuple) else out))]
+    try:
+        with torch.no_grad():
+            fp_model(ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    torch.testing.assert_close(targets[1][1], got["y"], rtol=1e-3, atol=1e-3)
+    assert len(seen) == 2 and all(s["after"] <= s["before"] * (1 + 1e-6) for s in seen)
+
+
 def test_a_step_too_large_keeps_the_start(fp_model, monkeypatch):
     """Steps of half a quantization step flip codes wholesale: every later iterate is worse, and
     the start (its codes, bit for bit) is what gets kept."""
