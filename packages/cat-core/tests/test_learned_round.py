@@ -101,10 +101,10 @@ def test_block_loss_never_above_the_start_and_codes_in_range(fp_model, monkeypat
                 assert int((qt.codes.int() - s["start_codes"][n].int()).abs().max()) <= 1
 
 
-def test_model_target_follows_the_unquantized_path(fp_model, monkeypatch):
-    """learned_round_target="model": block 1's targets are the unquantized model's outputs of
-    block 1 (on the unquantized block 0's outputs), not block 1's outputs on its quantized inputs."""
-    cfg = dataclasses.replace(LEARN, learned_round_target="model", learned_round_samples=4)
+def _pool_targets(fp_model, monkeypatch, target: str):
+    """Runs learned rounding with ``target`` on 8 sequences (a pool of 4): each block's
+    (inputs, targets), the pool's token ids, and the recorded losses."""
+    cfg = dataclasses.replace(LEARN, learned_round_target=target, learned_round_samples=4)
     seen = _recording(monkeypatch)
     targets = []
     real = runner.learn_rounding
@@ -120,7 +120,13 @@ def test_model_target_follows_the_unquantized_path(fp_model, monkeypatch):
         _run(m, cfg, samples)
     # the pool is the first 4 sequences after the runner's seeded shuffle
     order = torch.randperm(8, generator=torch.Generator().manual_seed(cfg.seed))
-    ids = samples[order][:4]
+    return targets, samples[order][:4], seen
+
+
+def test_model_target_follows_the_unquantized_path(fp_model, monkeypatch):
+    """learned_round_target="model": block 1's targets are the unquantized model's outputs of
+    block 1 (on the unquantized block 0's outputs), not block 1's outputs on its quantized inputs."""
+    targets, ids, seen = _pool_targets(fp_model, monkeypatch, "model")
     with torch.no_grad():
         hs = fp_model(ids, output_hidden_states=True).hidden_states
     torch.testing.assert_close(targets[0][1], hs[1], rtol=1e-4, atol=1e-4)
@@ -142,22 +148,7 @@ def test_block_target_is_the_block_on_its_quantized_inputs(fp_model, monkeypatch
     inputs the quantized block 0 produces (computed here by feeding those inputs to the
     unquantized model's block 1); the default, "model", is the other target."""
     assert QuantConfig().learned_round_target == "model"
-    cfg = dataclasses.replace(LEARN, learned_round_target="block", learned_round_samples=4)
-    seen = _recording(monkeypatch)
-    targets = []
-    real = runner.learn_rounding
-
-    def keep(block, starts, call, inputs, tgt, *a, **k):
-        targets.append((inputs.clone(), tgt.clone()))
-        return real(block, starts, call, inputs, tgt, *a, **k)
-
-    monkeypatch.setattr(runner, "learn_rounding", keep)
-    samples = _samples(8, 32, 0)
-    m = copy.deepcopy(fp_model)
-    with torch.no_grad():
-        _run(m, cfg, samples)
-    order = torch.randperm(8, generator=torch.Generator().manual_seed(cfg.seed))
-    ids = samples[order][:4]
+    targets, ids, seen = _pool_targets(fp_model, monkeypatch, "block")
     quantized_in = targets[1][0]
     layer = fp_model.model.layers[1]
 
