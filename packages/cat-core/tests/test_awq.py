@@ -82,8 +82,9 @@ def _samples(n, t, seed):
     return torch.randint(3, VOCAB, (n, t), generator=torch.Generator().manual_seed(seed))
 
 
+# GPTQ rounding: what most tests here check (learned rounding has test_learned_round.py)
 CFG = QuantConfig(bits=3, group_size=32, n_grid=10, n_clip_grid=8, loss_token_subsample=128,
-                  clip_token_subsample=128)
+                  clip_token_subsample=128, rounding="gptq")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -278,7 +279,8 @@ def test_clip_grams_cover_every_token_of_the_search_batch(fp_model):
     """By default the clip search sees every token (a subsample can miss the rare massive-activation
     tokens and pick clips that ruin them); q, k and v share one Gram of their common input."""
     from cat_core.awq._capture import capture_block_calls, hidden_of
-    from cat_core.awq._runner import _capture_linear_grams, block_linears
+    from cat_core.awq._grams import capture_linear_grams
+    from cat_core.awq._runner import block_linears
 
     assert QuantConfig().clip_token_subsample is None
     model = copy.deepcopy(fp_model)
@@ -298,7 +300,7 @@ def test_clip_grams_cover_every_token_of_the_search_batch(fp_model):
         block(*call.args, **call.kwargs)
     for h in hooks:
         h.remove()
-    grams = _capture_linear_grams(block, linears, [(call, hidden_of(call))], torch.device("cpu"), 32, None, 0)
+    grams = capture_linear_grams(block, linears, [(call, hidden_of(call))], torch.device("cpu"), 32, None, 0)
     assert set(grams) == {rel for rel, _, _ in linears}
     for rel, x in seen.items():
         assert x.shape[0] == 3 * 17
@@ -306,7 +308,7 @@ def test_clip_grams_cover_every_token_of_the_search_batch(fp_model):
         want = torch.stack([xg[:, i].T @ xg[:, i] for i in range(xg.shape[1])]) / x.shape[0]
         torch.testing.assert_close(grams[rel], want, rtol=1e-4, atol=1e-5)
     assert torch.equal(grams["self_attn.q_proj"], grams["self_attn.v_proj"])
-    sub = _capture_linear_grams(block, linears, [(call, hidden_of(call))], torch.device("cpu"), 32, 10, 0)
+    sub = capture_linear_grams(block, linears, [(call, hidden_of(call))], torch.device("cpu"), 32, 10, 0)
     assert not torch.allclose(sub["mlp.down_proj"], grams["mlp.down_proj"])
 
 
@@ -331,12 +333,8 @@ def test_full_grams_are_shared_and_hold_the_clip_grams(fp_model):
     """rounding="gptq" captures one full Gram per distinct input (q, k, v share the tensor, not
     copies); their diagonal blocks are the clip search's per-group Grams."""
     from cat_core.awq._capture import capture_block_calls, hidden_of
-    from cat_core.awq._runner import (
-        _capture_full_grams,
-        _capture_linear_grams,
-        _diagonal_blocks,
-        block_linears,
-    )
+    from cat_core.awq._grams import capture_full_grams, capture_linear_grams, diagonal_blocks
+    from cat_core.awq._runner import block_linears
 
     model = copy.deepcopy(fp_model)
     block = model.model.layers[0]
@@ -344,15 +342,15 @@ def test_full_grams_are_shared_and_hold_the_clip_grams(fp_model):
     linears = block_linears(block, "model.layers.0", QuantConfig())
     cpu = torch.device("cpu")
     for n_tokens in (None, 20):
-        full = _capture_full_grams(block, linears, [(call, hidden_of(call))], cpu, n_tokens, 0)
+        full = capture_full_grams(block, linears, [(call, hidden_of(call))], cpu, n_tokens, 0)
         assert set(full) == {rel for rel, _, _ in linears}
         assert full["self_attn.q_proj"] is full["self_attn.k_proj"] is full["self_attn.v_proj"]
         assert full["mlp.gate_proj"] is full["mlp.up_proj"]
         assert full["mlp.down_proj"].shape == (INTER, INTER)
         for gs in (32, -1):
-            per_group = _capture_linear_grams(block, linears, [(call, hidden_of(call))], cpu, gs, n_tokens, 0)
+            per_group = capture_linear_grams(block, linears, [(call, hidden_of(call))], cpu, gs, n_tokens, 0)
             for rel, g in per_group.items():
-                torch.testing.assert_close(_diagonal_blocks(full[rel], gs), g, rtol=1e-4, atol=1e-5)
+                torch.testing.assert_close(diagonal_blocks(full[rel], gs), g, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("bits,sym", [(3, False), (4, True)])
@@ -395,12 +393,14 @@ def test_gptq_wiring_shares_grams_covers_unclipped_and_falls_back(fp_model, monk
     nearest."""
     import cat_core.awq._runner as runner
 
-    real_capture, real_gptq = runner._capture_full_grams, runner.gptq_quantize
+    real_means, real_gptq = runner.full_means, runner.gptq_quantize
     seen: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    blocks_done: list[int] = []
 
-    def capture(block, linears, *a, **k):
-        out = real_capture(block, linears, *a, **k)
-        if block is fp_copy.model.layers[1]:
+    def means(parts):
+        out = real_means(parts)
+        blocks_done.append(1)
+        if len(blocks_done) == 2:  # block 1
             del out["mlp.down_proj"]  # as if no token had reached it
         return out
 
@@ -408,7 +408,7 @@ def test_gptq_wiring_shares_grams_covers_unclipped_and_falls_back(fp_model, monk
         seen[name] = (gram, grid.clone(), target.clone())
         return real_gptq(grid, gram, config, name=name, target=target)
 
-    monkeypatch.setattr(runner, "_capture_full_grams", capture)
+    monkeypatch.setattr(runner, "full_means", means)
     monkeypatch.setattr(runner, "gptq_quantize", gptq)
     fp_copy = copy.deepcopy(fp_model)
     with torch.no_grad():
@@ -550,7 +550,8 @@ def test_grams_accumulate_over_every_run(fp_model):
     """Grams captured over several runs (calibration chunks) are the token-weighted Gram over all
     their tokens, not the first run's; shared inputs still share one tensor."""
     from cat_core.awq._capture import capture_block_calls, hidden_of
-    from cat_core.awq._runner import _capture_full_grams, _capture_linear_grams, _diagonal_blocks, block_linears
+    from cat_core.awq._grams import capture_full_grams, capture_linear_grams, diagonal_blocks
+    from cat_core.awq._runner import block_linears
 
     model = copy.deepcopy(fp_model)
     block = model.model.layers[0]
@@ -561,15 +562,15 @@ def test_grams_accumulate_over_every_run(fp_model):
     rels = [rel for rel, _, _ in linears]
     want = _input_grams(block, runs, rels)
     cpu = torch.device("cpu")
-    full = _capture_full_grams(block, linears, runs, cpu, None, 0)
-    first = _capture_full_grams(block, linears, runs[:1], cpu, None, 0)
+    full = capture_full_grams(block, linears, runs, cpu, None, 0)
+    first = capture_full_grams(block, linears, runs[:1], cpu, None, 0)
     assert full["self_attn.q_proj"] is full["self_attn.v_proj"]
     for rel in rels:
         torch.testing.assert_close(full[rel], want[rel], rtol=1e-4, atol=1e-5)
         assert not torch.allclose(first[rel], want[rel], rtol=1e-3, atol=1e-4)
-    per_group = _capture_linear_grams(block, linears, runs, cpu, 32, None, 0)
+    per_group = capture_linear_grams(block, linears, runs, cpu, 32, None, 0)
     for rel in rels:
-        torch.testing.assert_close(per_group[rel], _diagonal_blocks(want[rel], 32), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(per_group[rel], diagonal_blocks(want[rel], 32), rtol=1e-4, atol=1e-5)
 
 
 def _recorded_grams(monkeypatch, model, config, samples):

@@ -164,7 +164,7 @@ def test_config_rejects(kwargs, match):
 
 def test_config_defaults_and_normalizes():
     c = QuantConfig()
-    assert (c.rounding, c.gptq_damp, c.gptq_block) == ("gptq", 0.1, 128)
+    assert (c.rounding, c.learned_round_init, c.gptq_damp, c.gptq_block) == ("learned", "gptq", 0.1, 128)
     c = QuantConfig(rounding="nearest", gptq_damp=0.1, gptq_block=1)
     assert c.rounding == "nearest" and c.gptq_block == 1
     d = QuantConfig(gptq_damp=1e-3)

@@ -60,8 +60,13 @@ def _recording(monkeypatch):
             w = trial.get_submodule(s.rel).weight
             w.data.copy_(dequantize(res.tensors[s.name], w.dtype))
         after = _pool_mse(trial, call, inputs, targets, batch)
+        with torch.no_grad():
+            outs = torch.cat([first_output(trial(*replace_hidden(call, inputs[i:i + batch]).args,
+                                                 **replace_hidden(call, inputs[i:i + batch]).kwargs))
+                              for i in range(0, inputs.shape[0], batch)])
         seen.append(dict(before=before, after=after, res=res, start_codes=start_codes, batch=batch,
-                         pool=inputs.shape[0], tokens=inputs.shape[1]))
+                         pool=inputs.shape[0], tokens=inputs.shape[1], inputs=inputs.clone(), outputs=outs,
+                         block=trial, call=call))
         return res
 
     monkeypatch.setattr(runner, "learn_rounding", wrapper)
@@ -121,6 +126,38 @@ def _pool_targets(fp_model, monkeypatch, target: str):
     # the pool is the first 4 sequences after the runner's seeded shuffle
     order = torch.randperm(8, generator=torch.Generator().manual_seed(cfg.seed))
     return targets, samples[order][:4], seen
+
+
+@pytest.mark.parametrize("n,pool", [(8, 8), (12, 8), (8, 6)])
+def test_pool_outputs_are_the_kept_tensors_and_feed_the_next_block(fp_model, monkeypatch, n, pool):
+    """learn_rounding returns the pool's outputs with the tensors it keeps, and the runner feeds
+    them to the next block in place of running the chunks the pool covers: block 1's pool inputs
+    are the final block 0's outputs (chunks: the 4-sequence search batch, then up to 16: the pool
+    covers both, or the first and part of the second, which is then run)."""
+    cfg = dataclasses.replace(LEARN, learned_round_samples=pool)
+    seen = _recording(monkeypatch)
+    calls = []
+    real_pool_chunks = runner._pool_chunks
+
+    def pool_chunks(hiddens, outputs, p):
+        got = real_pool_chunks(hiddens, outputs, p)
+        calls.append(sorted(got))
+        return got
+
+    monkeypatch.setattr(runner, "_pool_chunks", pool_chunks)
+    m = copy.deepcopy(fp_model)
+    with torch.no_grad():
+        _run(m, cfg, _samples(n, 32, 0))
+    assert calls[0] == ([0, 1] if n == pool else [0])
+    for s in seen:
+        torch.testing.assert_close(s["res"].outputs, s["outputs"], rtol=1e-5, atol=1e-5)
+    # block 0 as finally quantized, on its pool inputs, gives block 1's pool inputs
+    block0 = m.model.layers[0]
+    with torch.no_grad():
+        want = torch.cat([first_output(block0(*replace_hidden(seen[0]["call"], seen[0]["inputs"][i:i + 2]).args,
+                                              **replace_hidden(seen[0]["call"], seen[0]["inputs"][i:i + 2]).kwargs))
+                          for i in range(0, seen[0]["pool"], 2)])
+    torch.testing.assert_close(seen[1]["inputs"], want, rtol=1e-5, atol=1e-5)
 
 
 def test_model_target_follows_the_unquantized_path(fp_model, monkeypatch):

@@ -79,12 +79,12 @@ def build() -> argparse.ArgumentParser:
                         "bfloat16 where the device computes it natively (CUDA with bf16, a CPU with "
                         "AVX512-BF16/AMX), else float32. Default: auto")
     p.add_argument("--rounding", choices=("nearest", "gptq", "learned"), default=None,
-                   help="how codes are chosen once AWQ has fixed scales and clipping ranges: 'nearest' "
-                        "(AWQ's round-to-nearest), 'gptq' (error feedback through the inputs' Gram "
-                        "matrix, column by column: lower error at a few seconds per block) or 'learned' "
+                   help="how codes are chosen once AWQ has fixed scales and clipping ranges: 'learned' "
                         "(GPTQ's codes, then AutoRound-style signed-gradient rounding of each block, fitted "
-                        "to the unquantized model's output there: about 12 s more per SmolLM2 block on 2 "
-                        "cores, the best off-domain quality). Default: gptq")
+                        "to the unquantized model's output there: the best quality on text other than the "
+                        "calibration's, for about 10 s more per SmolLM2 block on 2 cores), 'gptq' (error "
+                        "feedback through the inputs' Gram matrix, column by column: a few seconds per "
+                        "block) or 'nearest' (AWQ's round-to-nearest). Default: learned")
     p.add_argument("--quality-samples", type=int, default=QUALITY_SAMPLES,
                    help="sequences sampled from the unquantized model for the closing quality figure "
                         f"(mean KL and top-1 agreement, as cat-eval's data-free figure; default: {QUALITY_SAMPLES})")

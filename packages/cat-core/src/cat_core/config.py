@@ -132,12 +132,15 @@ class QuantConfig:
     #: 23.59, "all" 23.39 (48.7% -> 51.8% of the RTN gap closed, before the scale search's
     #: screening); 3-bit 39.47 -> 37.43 (62.0% -> 66.0%), for +2.3 min of Gram accumulation on
     #: 2 AVX2 cores. Hence "all" by default; when the calibration holds no more than the search
-    #: batch (e.g. cat-quantize's 16 x 256 self samples) the two are the same.
+    #: batch (e.g. cat-quantize's 16 x 256 self samples) the two are the same. The Grams are
+    #: recorded while the statistics pass runs the block (before the fold, then rescaled by the
+    #: scales: exact), so "all" costs their accumulation, not another forward of the block.
     gram_samples: str = "all"
     #: capture each linear's input Gram only after the linears before it in the block are
     #: quantized, stage by stage (q/k/v, then o, then gate/up, then down: GPTQ's sequential
     #: order), so the clip search and GPTQ see the inputs the quantized block will feed them;
-    #: costs a partial block run per stage. False: one capture after the folds serves every linear.
+    #: costs a partial block run per stage. False: the Grams recorded in the statistics pass serve
+    #: every linear.
     #: Measured worse off-domain (same setting as gram_samples', with "all": 23.39 -> 23.71): the
     #: stage Grams fit the calibration text's own upstream errors.
     sequential: bool = False
@@ -153,16 +156,19 @@ class QuantConfig:
     #: experts get quantized; each conversion is verified numerically, one that fails stays fused
     #: (full precision) with a warning.
     unfuse_experts: bool = True
-    #: how each linear's integer codes are chosen once the scales and clips are fixed: "gptq" (the
-    #: default), GPTQ's error feedback (Frantar et al. 2022): columns are rounded in order and each
-    #: one's error is pushed onto the columns not yet rounded through the inverse input Gram, so
-    #: errors cancel on correlated inputs; or "nearest", plain round-to-nearest (what AWQ itself
-    #: does; cheaper, and worse on every model measured in benchmarks/results/awq_quality_*). Scales and zeros are round-to-nearest's on the clipped weight either way (the clip
-    #: search chose the ranges); GPTQ's codes reproduce the unclipped weight, so the clipping error
-    #: is fed back too. Costs a K x K Gram per distinct input and a Cholesky per linear. Or
-    #: "learned": the codes (and optionally the ranges) are learned per block on the block's output
-    #: (see the ``learned_round_*`` fields below); much slower.
-    rounding: str = "gptq"
+    #: how each linear's integer codes are chosen once the scales and clips are fixed:
+    #: "learned" (the default): GPTQ's codes, then learned per block on the block's output (see the
+    #: ``learned_round_*`` fields below); the best off-domain quality measured (issue #18's bars,
+    #: benchmarks/results/awq_quality_2026-12-04) for ~9-12 s more per SmolLM2 block on 2 cores
+    #: (SmolLM2 at 128 x 512 tokens: 691 s in all, AVX-512 machine). "gptq": GPTQ's error
+    #: feedback alone (Frantar et al. 2022): columns are rounded in order and each one's error is
+    #: pushed onto the columns not yet rounded through the inverse input Gram, so errors cancel
+    #: on correlated inputs. "nearest": plain round-to-nearest (what AWQ itself does; cheapest,
+    #: and worse on every model measured in benchmarks/results/awq_quality_*). Scales and zeros
+    #: are round-to-nearest's on the clipped weight in every case (the clip search chose the
+    #: ranges); GPTQ's codes reproduce the unclipped weight, so the clipping error is fed back
+    #: too. GPTQ costs a K x K Gram per distinct input and a Cholesky per linear.
+    rounding: str = "learned"
     #: GPTQ only: dampening added to the Gram's diagonal, as a fraction of its mean diagonal; keeps
     #: the Cholesky well conditioned when inputs are collinear or few tokens were seen (raised 10x
     #: on a failed factorization). 0.1, not GPTQ's usual 0.01, which overfits the calibration
@@ -180,9 +186,8 @@ class QuantConfig:
     #: rounding (``q = round(w / s + V) + z``, straight-through gradient) is learned for every
     #: linear of the block at once, by signed gradient descent with a linearly decaying step, to
     #: minimize the MSE between the quantized block's output and the unquantized (folded) block's
-    #: output on calibration sequences. The iterate with the lowest loss over all of
-    #: ``learned_round_samples`` (the start included) is kept, so the block's calibration loss
-    #: never rises. The stored format (codes, scales, zeros) is unchanged. Costs one forward and
+    #: output on calibration sequences. The better of the start and the last iterate, judged on
+    #: all of ``learned_round_samples``, is kept, so the block's calibration loss never rises. The stored format (codes, scales, zeros) is unchanged. Costs one forward and
     #: backward of the block per iteration. Iterations per block (AutoRound: 200, its "light"
     #: recipe 50). 20: the only count measured on a real model (SmolLM2 g64 off-domain, target
     #: "model": 3-bit 72.0% of the RTN gap closed, 4-bit 60.9%; ~12 s per block on 2 cores, about

@@ -37,7 +37,9 @@ class QuantizeResult:
     #: (it stops early once the statistics converge; not a duration). With rounding="learned":
     #: ``learned_round`` (seconds) and, summed over the blocks, ``learned_round_start_loss`` and
     #: ``learned_round_best_loss`` (block-output MSE on the pool before and after) and
-    #: ``learned_round_blocks_improved`` (blocks whose kept iterate is not the start).
+    #: ``learned_round_blocks_improved`` (blocks whose kept iterate is not the start). The
+    #: statistics pass also records the clip search's and GPTQ's Grams, so ``grams`` is only
+    #: the time of taking their means (and of ``sequential``'s per-stage captures).
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def scaling_summary(self) -> str:

@@ -23,6 +23,8 @@ from cat_core.quant import _MIN_SCALE, check_group_size
 
 __all__ = ["GramAccumulator", "search_clip", "apply_clip"]
 
+# Column block of a full Gram's symmetric accumulation (GramAccumulator): at least this wide.
+_TRI_BLOCK = 256
 # Bounds the [rows, K] temporaries of one batch of output rows (elements).
 _MAX_ELEMENTS = 1 << 24
 
@@ -48,30 +50,61 @@ class GramAccumulator:
 
     mean_t (x_g . d_g)^2 = d_g^T H_g d_g: with H_g each clip factor costs N*K*g multiply-adds
     instead of N*K*T, and no ``[tokens, K]`` input is ever stored.
+
+    A wide single group (GPTQ's full ``K x K`` Gram) is symmetric: only its lower column blocks
+    are multiplied, the upper ones mirrored when :attr:`sum` is read (a quarter to a third fewer
+    multiply-adds at K = 576 to 4096; the Gram of every calibration token is a tenth of the
+    statistics pass).
     """
 
     def __init__(self, k: int, group_size: int, name: str = "") -> None:
         g = check_group_size(k, group_size, name)
         self._ng, self._g = k // g, g
-        self.sum: torch.Tensor | None = None
+        self._sum: torch.Tensor | None = None
+        self._mirror = False  # the upper blocks of _sum are stale
+        n_blocks = min(8, g // _TRI_BLOCK) if self._ng == 1 else 1
+        self._edges = [g * i // n_blocks for i in range(n_blocks + 1)] if n_blocks > 1 else None
         self.tokens = 0
 
+    @property
+    def sum(self) -> torch.Tensor | None:
+        """``[n_groups, g, g]`` float32 sums (None before any input); may be modified in place."""
+        if self._mirror:
+            e, full = self._edges, self._sum[0]
+            for i in range(len(e) - 1):
+                for j in range(i):
+                    full[e[j]:e[j + 1], e[i]:e[i + 1]] = full[e[i]:e[i + 1], e[j]:e[j + 1]].T
+            self._mirror = False
+        return self._sum
+
     def add(self, x: torch.Tensor) -> None:
+        if self._edges is not None:
+            x2 = x.detach().reshape(-1, self._g).float()
+            if self._sum is None:
+                self._sum = torch.zeros(1, self._g, self._g, dtype=torch.float32, device=x2.device)
+            e, full = self._edges, self._sum[0]
+            for i in range(len(e) - 1):
+                xi_t = x2[:, e[i]:e[i + 1]].T
+                for j in range(i + 1):  # the lower blocks, diagonal included
+                    full[e[i]:e[i + 1], e[j]:e[j + 1]].addmm_(xi_t, x2[:, e[j]:e[j + 1]])
+            self._mirror = True
+            self.tokens += x2.shape[0]
+            return
         xg = x.detach().reshape(-1, self._ng, self._g).float().transpose(0, 1)  # [ng, T, g]
         part = torch.bmm(xg.transpose(1, 2), xg)
-        self.sum = part if self.sum is None else self.sum.add_(part)
+        self._sum = part if self._sum is None else self.sum.add_(part)
         self.tokens += xg.shape[1]
 
     def merge(self, other: GramAccumulator) -> None:
         """Add ``other``'s tokens (same layout); ``other`` is left as it was."""
         if other.sum is None:
             return
-        self.sum = other.sum.clone() if self.sum is None else self.sum.add_(other.sum)
+        self._sum = other.sum.clone() if self._sum is None else self.sum.add_(other.sum)
         self.tokens += other.tokens
 
     def mean(self) -> torch.Tensor:
         """``H_g``, ``[n_groups, g, g]`` float32."""
-        if self.sum is None:
+        if self._sum is None:
             raise ValueError("GramAccumulator.mean: no input was added")
         return self.sum / self.tokens
 

@@ -23,14 +23,24 @@ from cat_core.awq._capture import (
     BlockCall,
     capture_block_calls,
     capture_module_call,
-    first_output,
     hidden_of,
     replace_hidden,
     to_device,
 )
-from cat_core.awq._clip_search import GramAccumulator, apply_clip, search_clip
+from cat_core.awq._clip_search import apply_clip, search_clip
 from cat_core.awq._errors import AWQError
 from cat_core.awq._gptq import gptq_quantize
+from cat_core.awq._grams import (
+    InputGramRecorder,
+    Parts,
+    capture_full_grams,
+    capture_linear_grams,
+    diagonal_blocks,
+    full_means,
+    group_means,
+    rescale_folded,
+    run_block,
+)
 from cat_core.awq._learned_round import LinearStart, block_outputs, learn_rounding
 from cat_core.awq._scale_search import search_scales
 from cat_core.awq._stats import AbsMeanRecorder
@@ -81,11 +91,6 @@ def block_linears(block: nn.Module, prefix: str, config: QuantConfig) -> list[tu
             if not matches_any(full, config.modules_to_not_convert):
                 out.append((rel, full, mod))
     return out
-
-
-def _run(block: nn.Module, call: BlockCall, hidden: torch.Tensor, device: torch.device) -> torch.Tensor:
-    c = replace_hidden(call, hidden)
-    return first_output(block(*to_device(c.args, device), **to_device(c.kwargs, device)))
 
 
 def _weight_views(block: nn.Module, group: Any) -> list[tuple[str, torch.Tensor]]:
@@ -156,133 +161,6 @@ def _stats_module(block: nn.Module, group: Any) -> nn.Module:
         # a parameter path (stacked experts): its owner module receives the input
         owner = path.rpartition(".")[0]
         return block.get_submodule(owner) if owner else block
-
-
-def _sample_rows(x: torch.Tensor, n: int | None, gen: torch.Generator) -> torch.Tensor:
-    x = x.reshape(-1, x.shape[-1])
-    if n is None or x.shape[0] <= n:
-        return x
-    idx = torch.randperm(x.shape[0], generator=gen)[:n].sort().values
-    return x[idx.to(x.device)]
-
-
-class _StopBlock(Exception):
-    """Raised by a capture hook to end a block run once the rest of the block is not needed."""
-
-
-def _input_gram_parts(
-    block: nn.Module, linears: list[tuple[str, str, nn.Linear]], runs: list[tuple[BlockCall, torch.Tensor]],
-    device: torch.device, group_size: int, n_tokens: int | None, seed: int, *, first_input_only: bool = False,
-) -> dict[str, list[GramAccumulator]]:
-    """Runs the block on each ``(call, hidden)`` of ``runs``; for each of ``linears``, the Grams of
-    the inputs of its calls, each summed over all runs (``n_tokens``: rows sampled per run).
-
-    Linears sharing an input (q, k, v) are called back to back with the same tensor: its rows
-    are sampled and its Gram formed once, and those linears hold the same accumulator object.
-    ``first_input_only``: each run stops at the first call of a listed linear on a second distinct
-    input, so only the linears fed the first one get Grams (GPTQ's sequential order, where the
-    later linears must wait until these are quantized).
-    """
-    gen = torch.Generator().manual_seed(seed)
-    totals: dict[tuple, GramAccumulator] = {}  # by (linears fed the input, occurrence): stable across runs
-    order: list[tuple] = []
-    for call, hidden in runs:
-        inputs: list[list[Any]] = []  # [tensor (latest only), accumulator, linears], in call order
-
-        def hook(rel: str, full: str):
-            def fn(module: nn.Module, args: tuple) -> None:
-                x = args[0]
-                if not inputs or inputs[-1][0] is not x:
-                    if first_input_only and inputs:
-                        raise _StopBlock
-                    part = GramAccumulator(x.shape[-1], group_size, full)  # the name is for its size check
-                    part.add(_sample_rows(x.detach(), n_tokens, gen))
-                    if inputs:
-                        inputs[-1][0] = None
-                    inputs.append([x, part, []])
-                inputs[-1][2].append(rel)
-            return fn
-
-        handles = [m.register_forward_pre_hook(hook(rel, full)) for rel, full, m in linears]
-        try:
-            _run(block, call, hidden, device)
-        except _StopBlock:
-            pass
-        finally:
-            for h in handles:
-                h.remove()
-        seen: dict[tuple[str, ...], int] = {}
-        for _, part, rels in inputs:
-            fed = tuple(dict.fromkeys(rels))
-            key = (fed, seen.get(fed, 0))
-            seen[fed] = key[1] + 1
-            if key in totals:
-                totals[key].merge(part)
-            else:
-                totals[key] = part
-                order.append(key)
-        inputs.clear()
-    out: dict[str, list[GramAccumulator]] = {rel: [] for rel, _, _ in linears}
-    for key in order:
-        for rel in key[0]:
-            out[rel].append(totals[key])
-    return {rel: ps for rel, ps in out.items() if ps}
-
-
-def _capture_linear_grams(
-    block: nn.Module, linears: list[tuple[str, str, nn.Linear]], runs: list[tuple[BlockCall, torch.Tensor]],
-    device: torch.device, group_size: int, n_tokens: int | None, seed: int, *, first_input_only: bool = False,
-) -> dict[str, torch.Tensor]:
-    """Per-group input Gram matrices of ``linears`` over ``runs`` of the block (see
-    :class:`GramAccumulator` and :func:`_input_gram_parts`); linears never called are absent."""
-    full = {rel: f for rel, f, _ in linears}
-    mods = {rel: m for rel, _, m in linears}
-    out: dict[str, torch.Tensor] = {}
-    parts = _input_gram_parts(block, linears, runs, device, group_size, n_tokens, seed,
-                              first_input_only=first_input_only)
-    for rel, ps in parts.items():
-        acc = GramAccumulator(mods[rel].in_features, group_size, full[rel])
-        for p in ps:
-            acc.merge(p)
-        out[rel] = acc.mean()
-    return out
-
-
-def _capture_full_grams(
-    block: nn.Module, linears: list[tuple[str, str, nn.Linear]], runs: list[tuple[BlockCall, torch.Tensor]],
-    device: torch.device, n_tokens: int | None, seed: int, *, first_input_only: bool = False,
-) -> dict[str, torch.Tensor]:
-    """Full ``[K, K]`` input Gram (``mean_t x x^T``, float32) of each of ``linears`` over ``runs``
-    of the block, for GPTQ; linears never called on the data are absent.
-
-    Tokens are sampled as :func:`_capture_linear_grams` samples them (same seed, same order), and
-    linears fed one tensor (q, k, v) share one Gram tensor, not copies: full Grams are large.
-    """
-    out: dict[str, torch.Tensor] = {}
-    means: dict[tuple[int, ...], torch.Tensor] = {}
-    parts = _input_gram_parts(block, linears, runs, device, -1, n_tokens, seed, first_input_only=first_input_only)
-    for rel, ps in parts.items():
-        key = tuple(id(p) for p in ps)
-        if key not in means:
-            acc = ps[0]
-            if len(ps) > 1:  # called more than once: a Gram of its own over every call
-                acc = GramAccumulator(ps[0].sum.shape[-1], -1)
-                for p in ps:
-                    acc.merge(p)
-            means[key] = acc.sum.div_(acc.tokens)[0]  # in place: the sums are not needed again
-        out[rel] = means[key]
-    return out
-
-
-def _diagonal_blocks(gram: torch.Tensor, group_size: int) -> torch.Tensor:
-    """The per-group Grams ``[n_groups, g, g]`` (as :meth:`GramAccumulator.mean`) of a full
-    ``[K, K]`` Gram: its diagonal blocks."""
-    k = gram.shape[0]
-    g = k if group_size == -1 else group_size
-    ng = k // g
-    if ng == 1:
-        return gram.unsqueeze(0)
-    return gram.reshape(ng, g, ng, g).diagonal(dim1=0, dim2=2).permute(2, 0, 1).contiguous()
 
 
 # Early stop of the statistics pass: after at least _STATS_MIN_TOKENS tokens, stop when the last
@@ -376,6 +254,7 @@ def run_awq(
     bar = _progress(len(blocks), progress)
     held: Held | None = None
     fp_pool: torch.Tensor | None = None  # learned rounding's pool on the unquantized model's path
+    lr_out: torch.Tensor | None = None  # the quantized block's outputs on that pool
     try:
         for bi, bg in enumerate(blocks):
             block = bg.module
@@ -394,12 +273,20 @@ def run_awq(
             #    chunks it did not need are dropped for this and every later block, so neither the
             #    statistics nor the propagation ever run on them -- unless gram_samples="all" needs
             #    every chunk's inputs for the Grams of steps 3 and 4.
+            #    The same pass records those Grams (before the fold; carried into the folded space
+            #    after the scale search), unless config.sequential needs them stage by stage.
             recorders = [AbsMeanRecorder(_stats_module(block, g)) for g in bg.groups]
-            quantized = {id(mod.weight) for _, _, mod in block_linears(block, bg.path, config)}
+            linears = block_linears(block, bg.path, config)
+            quantized = {id(mod.weight) for _, _, mod in linears}
+            grams_rec = None if config.sequential else _gram_recorder(linears, config, config.seed + bi)
             try:
                 for ci, (call, h) in enumerate(zip(block_calls, hiddens)):
                     before = [None if r.total is None else r.mean() for r in recorders]
-                    _run(block, call, h, device)
+                    if grams_rec is not None and (ci == 0 or config.gram_samples == "all"):
+                        with grams_rec.recording():
+                            run_block(block, call, h, device)
+                    else:
+                        run_block(block, call, h, device)
                     if (ci + 1 < len(hiddens) and config.gram_samples != "all"
                             and sum(int(x.shape[0]) for x in hiddens[:ci + 1]) >= pool
                             and _stats_converged(before, recorders)):
@@ -409,6 +296,7 @@ def run_awq(
                 for r in recorders:
                     r.remove()
             timings["stats_samples_used"] = float(sum(int(h.shape[0]) for h in hiddens))
+            recorded: Parts | None = None if grams_rec is None else grams_rec.parts()
             clock("stats")
 
             # 2. scale search and fold, group by group (inputs recaptured after earlier folds)
@@ -456,6 +344,8 @@ def run_awq(
                 reports.append(GroupReport(bg.index, label, res.alpha, res.rtn_loss, res.best_loss, fold=_fold_kind(g)))
                 if res.alpha is not None:
                     fold(block, g, res.scales.to(device))
+                    if recorded is not None and not rescale_folded(recorded, g.consumers, g.tie(res.scales.float())):
+                        recorded = None  # not exactly rescalable: captured after the fold instead
             for u in getattr(bg, "unscaled", ()):
                 nan = float("nan")
                 reports.append(GroupReport(bg.index, u.describe(), None, nan, nan, unscaled=u.kind))
@@ -480,9 +370,10 @@ def run_awq(
             runs = list(zip(block_calls, hiddens)) if config.gram_samples == "all" else [(block_calls[0], hiddens[0])]
             starts: list[LinearStart] | None = [] if learned else None
             tensors.update(_clip_and_round(
-                block, block_linears(block, bg.path, config), runs, config, device, config.seed + bi,
-                clock, nonfinite, bar, starts=starts,
+                block, linears, runs, config, device, config.seed + bi,
+                clock, nonfinite, bar, starts=starts, recorded=recorded,
             ))
+            del recorded
             # 4b. learned rounding of the whole block on its output, from those codes
             if learned and starts:
                 def show(msg: str) -> None:
@@ -500,11 +391,15 @@ def run_awq(
                                ("learned_round_best_loss", lr_res.best_loss),
                                ("learned_round_blocks_improved", float(lr_res.best_iter > 0))):
                     timings[key] = timings.get(key, 0.0) + v
-                del l_in, l_target, starts
+                lr_out = lr_res.outputs
+                del l_in, l_target, starts, lr_res
                 clock("learned_round")
-            # 5. this block's quantized outputs feed the next block
+            # 5. this block's quantized outputs feed the next block (learned rounding already ran
+            #    the chunks its pool covers, whole sequences only, with the tensors kept)
+            ready = _pool_chunks(hiddens, lr_out, pool) if learned and l_len == seqlen else {}
+            lr_out = None
             for ci, (call, h) in enumerate(zip(block_calls, hiddens)):
-                out = _run(block, call, h, device)
+                out = ready.pop(ci) if ci in ready else run_block(block, call, h, device)
                 if not bool(torch.isfinite(out).all()):
                     nonfinite("block output after quantization", [])
                 hiddens[ci] = out
@@ -530,6 +425,7 @@ def _clip_and_round(
     block: nn.Module, linears: list[tuple[str, str, nn.Linear]], runs: list[tuple[BlockCall, torch.Tensor]],
     config: QuantConfig, device: torch.device, seed: int, clock: Callable[[str], None],
     nonfinite: Callable[..., None], bar: Any, starts: list[LinearStart] | None = None,
+    recorded: Parts | None = None,
 ) -> dict[str, QuantizedTensor]:
     """Steps 3 and 4 of a block: clip search and rounding of ``linears`` (folded already).
 
@@ -538,9 +434,11 @@ def _clip_and_round(
     hold the errors of the stages quantized before it.
 
     ``starts``: when given (rounding="learned"), each linear's starting point for learned
-    rounding is appended to it (the codes written are that start's).
+    rounding is appended to it (the codes written are that start's). ``recorded``: the Grams
+    :func:`_gram_recorder` recorded in the statistics pass, already in the folded space; they
+    replace the capture (one stage only: not with ``config.sequential``).
     """
-    gptq = config.rounding == "gptq" or (config.rounding == "learned" and config.learned_round_init == "gptq")
+    gptq = _uses_gptq(config)
     to_clip = {rel for rel, full, _ in linears if config.clip and not matches_any(full, config.skip_clip)}
     out: dict[str, QuantizedTensor] = {}
     pending = list(linears)
@@ -552,26 +450,32 @@ def _clip_and_round(
         full_grams: dict[str, torch.Tensor] = {}
         grams: dict[str, torch.Tensor] = {}
         if gptq:
-            full_grams = _capture_full_grams(block, pending, runs, device, config.clip_token_subsample, seed,
-                                             first_input_only=config.sequential)
+            if recorded is not None:
+                full_grams = full_means(recorded)
+            else:
+                full_grams = capture_full_grams(block, pending, runs, device, config.clip_token_subsample, seed,
+                                                first_input_only=config.sequential)
             checked: set[int] = set()
             for rel, h in full_grams.items():
                 if id(h) not in checked and not bool(torch.isfinite(h).all()):
                     nonfinite(f"input Gram of {rel}", [], rel)
                 checked.add(id(h))
             reached = set(full_grams)
-            grams = {rel: _diagonal_blocks(h, config.group_size) for rel, h in full_grams.items() if rel in to_clip}
+            grams = {rel: diagonal_blocks(h, config.group_size) for rel, h in full_grams.items() if rel in to_clip}
         else:
             want = pending if config.sequential else [l for l in pending if l[0] in to_clip]
-            if want:
-                grams = _capture_linear_grams(block, want, runs, device, config.group_size,
-                                              config.clip_token_subsample, seed,
-                                              first_input_only=config.sequential)
+            if recorded is not None:
+                grams = group_means(recorded, want, config.group_size)
+            elif want:
+                grams = capture_linear_grams(block, want, runs, device, config.group_size,
+                                             config.clip_token_subsample, seed,
+                                             first_input_only=config.sequential)
             reached = set(grams)
             grams = {rel: g for rel, g in grams.items() if rel in to_clip}
         stage = [l for l in pending if l[0] in reached] if config.sequential else pending
         if not stage:  # no token reaches the rest (e.g. unused experts): round them to nearest
             stage = pending
+        recorded = None  # a second stage (sequential) captures its own
         clock("grams")
 
         clips: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -617,6 +521,36 @@ def _clip_and_round(
         done = {id(l[2]) for l in stage}
         pending = [l for l in pending if id(l[2]) not in done]
     return out
+
+
+def _pool_chunks(hiddens: list[torch.Tensor], outputs: torch.Tensor | None, pool: int) -> dict[int, torch.Tensor]:
+    """The chunks (by index) whose every sequence is in learned rounding's pool (the first
+    ``pool`` sequences, in chunk order), with their rows of ``outputs``."""
+    out: dict[int, torch.Tensor] = {}
+    if outputs is None:
+        return out
+    start = 0
+    for ci, h in enumerate(hiddens):
+        end = start + int(h.shape[0])
+        if end > min(pool, outputs.shape[0]):
+            break
+        out[ci] = outputs[start:end]
+        start = end
+    return out
+
+
+def _uses_gptq(config: QuantConfig) -> bool:
+    return config.rounding == "gptq" or (config.rounding == "learned" and config.learned_round_init == "gptq")
+
+
+def _gram_recorder(linears: list[tuple[str, str, nn.Linear]], config: QuantConfig, seed: int) -> InputGramRecorder | None:
+    """What :func:`_clip_and_round` (one stage) would capture, as a recorder for the statistics
+    pass: full Grams of every linear for GPTQ, else per-group Grams of the clipped ones (None: no
+    Gram needed). Same seed and runs, so the same tokens are sampled."""
+    if _uses_gptq(config):
+        return InputGramRecorder(linears, -1, config.clip_token_subsample, seed)
+    want = [l for l in linears if config.clip and not matches_any(l[1], config.skip_clip)]
+    return InputGramRecorder(want, config.group_size, config.clip_token_subsample, seed) if want else None
 
 
 def _start(rel: str, full: str, mod: nn.Linear, base: torch.Tensor, qt: QuantizedTensor,
