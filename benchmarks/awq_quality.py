@@ -137,6 +137,22 @@ def _key(r: dict) -> tuple:
     return (r["model"], r.get("blocks"), r["windows"], r["eval_seqlen"], eval_text_of(r))
 
 
+def _code_version() -> str:
+    """The commit the packages were run from, "+dirty" when they differ from it (rows of one day
+    can come from different code: the settings column alone does not tell them apart)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "packages"], cwd=root, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
 def _baseline(rows: list[dict], method: str, key: tuple, bits: int | None, group: int | None) -> dict | None:
     """The latest fp (or RTN at ``bits``/``group``, default settings) row of ``key``, if any."""
     hits = [r for r in rows if r["method"] == method and _key(r) == key
@@ -173,6 +189,8 @@ def _setting(r: dict) -> str:
     if qc.get("clip_token_subsample", 512) is not None:
         src += f", {qc.get('clip_token_subsample', 512)} sampled"
     parts.append(src)
+    if r.get("code"):
+        parts.append(f"code {r['code']}")
     return ", ".join(parts)
 
 
@@ -334,6 +352,7 @@ def main(argv: list[str] | None = None) -> None:
                 continue
         row = run_row(args, method, bits, calib, ids)
         row["command"] = " ".join(sys.argv)
+        row["code"] = _code_version()
         print(json.dumps(row), flush=True)
         # re-read so concurrent or earlier invocations of the same date accumulate
         rows = json.loads(path.read_text())["rows"] if path.exists() else []
