@@ -153,26 +153,29 @@ def _tiny_llama():
     return tiny_llama()
 
 
-def _quantize_recording(monkeypatch, config, samples, *, recapture: bool):
-    """Quantize a tiny Llama with ``config``; returns (Grams GPTQ got by name, tensors, capture
-    calls). ``recapture``: force the capture after the fold (the path before this change)."""
+def _quantize_recording(monkeypatch, config, samples, *, recapture: bool, user: str = "gptq_quantize",
+                        capture: str = "capture_full_grams"):
+    """Quantize a tiny Llama with ``config``; returns (the Gram the runner's ``user`` -- GPTQ or
+    the clip search -- got for each linear, tensors, calls of the runner's ``capture``).
+    ``recapture``: force the capture after the fold (the path before the statistics pass
+    recorded the Grams)."""
     import cat_core.awq._runner as runner
     from test_awq import _run
 
-    real_gptq, real_capture = runner.gptq_quantize, runner.capture_full_grams
+    real_use, real_capture = getattr(runner, user), getattr(runner, capture)
     seen: dict[str, torch.Tensor] = {}
     captures: list[int] = []
 
-    def gptq(grid, gram, cfg, *, name, target, **kw):
+    def use(weight, gram, cfg, *, name, **kw):
         seen[name] = gram.clone()
-        return real_gptq(grid, gram, cfg, name=name, target=target, **kw)
+        return real_use(weight, gram, cfg, name=name, **kw)
 
-    def capture(*a, **k):
+    def count(*a, **k):
         captures.append(1)
         return real_capture(*a, **k)
 
-    monkeypatch.setattr(runner, "gptq_quantize", gptq)
-    monkeypatch.setattr(runner, "capture_full_grams", capture)
+    monkeypatch.setattr(runner, user, use)
+    monkeypatch.setattr(runner, capture, count)
     if recapture:
         monkeypatch.setattr(runner, "_gram_recorder", lambda *a, **k: None)
     with torch.no_grad():
@@ -216,33 +219,12 @@ def test_sequential_still_captures_after_each_stage(monkeypatch):
 def test_nearest_rounding_clips_on_recorded_grams(monkeypatch):
     """rounding="nearest": the clip search's per-group Grams come from the statistics pass too,
     and equal a capture after the fold."""
-    import cat_core.awq._runner as runner
-    from test_awq import CFG, _run, _samples
+    from test_awq import CFG, _samples
 
     config = dataclasses.replace(CFG, rounding="nearest", clip_token_subsample=None)
-    real_clip, real_capture = runner.search_clip, runner.capture_linear_grams
-    runs = {}
-    for recapture in (False, True):
-        seen: dict[str, torch.Tensor] = {}
-        captures: list[int] = []
-
-        def clip(weight, gram, cfg, *, name, _seen=seen):
-            _seen[name] = gram.clone()
-            return real_clip(weight, gram, cfg, name=name)
-
-        def capture(*a, _c=captures, **k):
-            _c.append(1)
-            return real_capture(*a, **k)
-
-        monkeypatch.setattr(runner, "search_clip", clip)
-        monkeypatch.setattr(runner, "capture_linear_grams", capture)
-        if recapture:
-            monkeypatch.setattr(runner, "_gram_recorder", lambda *a, **k: None)
-        with torch.no_grad():
-            tensors, _ = _run(_tiny_llama(), config, _samples(24, 16, 2))
-        monkeypatch.undo()
-        runs[recapture] = (seen, tensors, len(captures))
-    (fast, t_fast, n_fast), (slow, t_slow, n_slow) = runs[False], runs[True]
+    kw = dict(user="search_clip", capture="capture_linear_grams")
+    fast, t_fast, n_fast = _quantize_recording(monkeypatch, config, _samples(24, 16, 2), recapture=False, **kw)
+    slow, t_slow, n_slow = _quantize_recording(monkeypatch, config, _samples(24, 16, 2), recapture=True, **kw)
     assert n_fast == 0 and n_slow == 2
     assert set(fast) == set(slow) and len(fast) == 2 * 5  # v, o, gate, up, down (q, k: skip_clip)
     for name in fast:
