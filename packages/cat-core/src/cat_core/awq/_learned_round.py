@@ -34,7 +34,7 @@ __all__ = ["LinearStart", "block_outputs", "learn_rounding", "LearnedResult"]
 # Factor range of the optional min/max tuning (AutoRound's).
 _MINMAX_LO = 0.5
 # Pool-loss checks after the start: at these fractions of the iterations (the last one at the end).
-# A check costs a forward over the pool (a sixth of the iterations' cost at 32 x 512 tokens). The
+# A check costs a forward over the pool (about a seventh of the iterations' cost at 32 x 512). The
 # mid-run check (0.5) was dropped: SmolLM2 at 128 x 512 kept the same block losses and perplexity
 # without it, and the step decays linearly to 0, so the last iterate is the refined one.
 _CHECKS = (1.0,)
