@@ -139,8 +139,8 @@ def test_pool_outputs_are_the_kept_tensors_and_feed_the_next_block(fp_model, mon
     calls = []
     real_pool_chunks = runner._pool_chunks
 
-    def pool_chunks(hiddens, outputs, p):
-        got = real_pool_chunks(hiddens, outputs, p)
+    def pool_chunks(hiddens, outputs):
+        got = real_pool_chunks(hiddens, outputs)
         calls.append(sorted(got))
         return got
 

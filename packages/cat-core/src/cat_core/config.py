@@ -187,9 +187,9 @@ class QuantConfig:
     #: linear of the block at once, by signed gradient descent with a linearly decaying step, to
     #: minimize the MSE between the quantized block's output and the unquantized (folded) block's
     #: output on calibration sequences. The better of the start and the last iterate, judged on
-    #: all of ``learned_round_samples``, is kept, so the block's calibration loss never rises. The stored format (codes, scales, zeros) is unchanged. Costs one forward and
-    #: backward of the block per iteration. Iterations per block (AutoRound: 200, its "light"
-    #: recipe 50). 20: the only count measured on a real model (SmolLM2 g64 off-domain, target
+    #: all of ``learned_round_samples``, is kept, so the block's calibration loss never rises.
+    #: The stored format (codes, scales, zeros) is unchanged. Costs one forward and backward of
+    #: the block per iteration. Iterations per block (AutoRound: 200, its "light" recipe 50). 20: the only count measured on a real model (SmolLM2 g64 off-domain, target
     #: "model": 3-bit 72.0% of the RTN gap closed, 4-bit 60.9%; ~12 s per block on 2 cores, about
     #: doubling the quantization time).
     learned_round_iters: int = 20

@@ -27,6 +27,7 @@ __all__ = [
     "InputGramRecorder",
     "run_block",
     "input_gram_parts",
+    "group_means",
     "capture_linear_grams",
     "capture_full_grams",
     "full_means",

@@ -11,9 +11,9 @@ group scale the ends of its range (AutoRound's min/max tuning), which moves scal
 
 The iterate kept is the better of the start and the last iterate on all the sequences of the
 pool, so the block's calibration loss never rises; the pool outputs of the kept one are returned
-too, so the caller need not run those sequences through the block again. The forward applies the same operations as
-``cat_core.quant`` (scale rounded to its storage dtype first), so the loss is that of the tensors
-that get stored.
+too, so the caller need not run those sequences through the block again. The forward applies the
+same operations as ``cat_core.quant`` (scale rounded to its storage dtype first), so the loss is
+that of the tensors that get stored.
 """
 
 from __future__ import annotations

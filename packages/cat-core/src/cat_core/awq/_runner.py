@@ -282,10 +282,8 @@ def run_awq(
             try:
                 for ci, (call, h) in enumerate(zip(block_calls, hiddens)):
                     before = [None if r.total is None else r.mean() for r in recorders]
-                    if grams_rec is not None and (ci == 0 or config.gram_samples == "all"):
-                        with grams_rec.recording():
-                            run_block(block, call, h, device)
-                    else:
+                    record = grams_rec is not None and (ci == 0 or config.gram_samples == "all")
+                    with grams_rec.recording() if record else contextlib.nullcontext():
                         run_block(block, call, h, device)
                     if (ci + 1 < len(hiddens) and config.gram_samples != "all"
                             and sum(int(x.shape[0]) for x in hiddens[:ci + 1]) >= pool
@@ -396,7 +394,7 @@ def run_awq(
                 clock("learned_round")
             # 5. this block's quantized outputs feed the next block (learned rounding already ran
             #    the chunks its pool covers, whole sequences only, with the tensors kept)
-            ready = _pool_chunks(hiddens, lr_out, pool) if learned and l_len == seqlen else {}
+            ready = _pool_chunks(hiddens, lr_out) if learned and l_len == seqlen else {}
             lr_out = None
             for ci, (call, h) in enumerate(zip(block_calls, hiddens)):
                 out = ready.pop(ci) if ci in ready else run_block(block, call, h, device)
@@ -439,7 +437,7 @@ def _clip_and_round(
     replace the capture (one stage only: not with ``config.sequential``).
     """
     gptq = _uses_gptq(config)
-    to_clip = {rel for rel, full, _ in linears if config.clip and not matches_any(full, config.skip_clip)}
+    to_clip = {rel for rel, full, _ in linears if _clipped(full, config)}
     out: dict[str, QuantizedTensor] = {}
     pending = list(linears)
     while pending:
@@ -523,20 +521,25 @@ def _clip_and_round(
     return out
 
 
-def _pool_chunks(hiddens: list[torch.Tensor], outputs: torch.Tensor | None, pool: int) -> dict[int, torch.Tensor]:
+def _pool_chunks(hiddens: list[torch.Tensor], outputs: torch.Tensor | None) -> dict[int, torch.Tensor]:
     """The chunks (by index) whose every sequence is in learned rounding's pool (the first
-    ``pool`` sequences, in chunk order), with their rows of ``outputs``."""
+    sequences in chunk order, one row of ``outputs`` each), with their rows of ``outputs``."""
     out: dict[int, torch.Tensor] = {}
     if outputs is None:
         return out
     start = 0
     for ci, h in enumerate(hiddens):
         end = start + int(h.shape[0])
-        if end > min(pool, outputs.shape[0]):
+        if end > outputs.shape[0]:
             break
         out[ci] = outputs[start:end]
         start = end
     return out
+
+
+def _clipped(full: str, config: QuantConfig) -> bool:
+    """Whether the linear named ``full`` gets the clip search."""
+    return config.clip and not matches_any(full, config.skip_clip)
 
 
 def _uses_gptq(config: QuantConfig) -> bool:
@@ -549,7 +552,7 @@ def _gram_recorder(linears: list[tuple[str, str, nn.Linear]], config: QuantConfi
     Gram needed). Same seed and runs, so the same tokens are sampled."""
     if _uses_gptq(config):
         return InputGramRecorder(linears, -1, config.clip_token_subsample, seed)
-    want = [l for l in linears if config.clip and not matches_any(l[1], config.skip_clip)]
+    want = [lin for lin in linears if _clipped(lin[1], config)]
     return InputGramRecorder(want, config.group_size, config.clip_token_subsample, seed) if want else None
 
 
