@@ -138,8 +138,9 @@ def _key(r: dict) -> tuple:
 
 
 def _code_version() -> str:
-    """The commit the packages were run from, "+dirty" when they differ from it (rows of one day
-    can come from different code: the settings column alone does not tell them apart)."""
+    """The commit the packages were run from, "+dirty" when they differ from it, "+installed" when
+    cat_core was imported from an installed copy rather than this checkout's packages/ (rows of one
+    day can come from different code: the settings column alone does not tell them apart)."""
     import subprocess
 
     root = Path(__file__).resolve().parent.parent
@@ -150,7 +151,10 @@ def _code_version() -> str:
                                text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return head + ("+dirty" if dirty else "")
+    # An installed (non-editable) cat_core need not be the checkout's source at all.
+    src = Path(cat_eval.__file__).resolve()
+    installed = not src.is_relative_to(root / "packages")
+    return head + ("+dirty" if dirty else "") + ("+installed" if installed else "")
 
 
 def _baseline(rows: list[dict], method: str, key: tuple, bits: int | None, group: int | None) -> dict | None:

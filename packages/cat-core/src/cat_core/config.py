@@ -201,13 +201,15 @@ class QuantConfig:
     #: calibration sequences the iterations draw their batches from and the kept iterate is
     #: judged on (rounded down to a multiple of the batch); None: every calibration sequence.
     learned_round_samples: int | None = 32
-    #: step of the sign updates, decaying linearly to 0 over the iterations (AutoRound's "light"
-    #: recipe's 0.005); None: 1 / iters (AutoRound's default for its 200 iterations: the offsets can
-    #: travel half a quantization step in all). At 20 iterations 1 / iters = 0.05 flips about a
-    #: tenth of the codes per step and the block losses jump 5-30x before settling; measured on
-    #: SmolLM2 w4g64, 64 x 512 Lee news -> WikiText-2 test (benchmarks/results/awq_quality_2026-12-04):
-    #: 0.05 gave 23.71 (worse than GPTQ rounding's 23.50), 0.005 gave 23.26.
-    learned_round_lr: float | None = 0.005
+    #: step of the sign updates, decaying linearly to 0 over the iterations, so the offsets can
+    #: travel 0.1 of a quantization step in all; None: 1 / iters (AutoRound's default for its 200
+    #: iterations: half a step). At 20 iterations 1 / iters = 0.05 flips about a tenth of the codes
+    #: per step and the block losses jump 5-30x before settling. Measured on SmolLM2 w4g64,
+    #: 64 x 512 Lee news -> WikiText-2 test (benchmarks/results/awq_quality_2026-12-04): 0.05 gave
+    #: 23.71, 0.005 (AutoRound's "light" recipe) 23.26 (both target "block"); with target "model",
+    #: 0.01 closed 63.8 / 61.2 / 60.1% of the RTN gap over three calibration draws against
+    #: 59.1 / 61.5 / 58.5% for 0.005, at the same cost.
+    learned_round_lr: float | None = 0.01
     #: also learn per-group factors in [0.5, 1] on each end of the group's range (the clip
     #: search's range, factor 1 at the start), which changes the scales and zero points as
     #: AutoRound's min/max tuning does.
