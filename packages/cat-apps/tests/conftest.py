@@ -60,6 +60,16 @@ def tiny_olmo2(seed: int = 0, hidden: int = 128, inter: int = 256):
     return model
 
 
+def tiny_gpt2(seed: int = 0, hidden: int = 128, inter: int = 256):
+    """GPT-2 blocks: transformers' Conv1D layers (weights stored [in, out]), tied embeddings."""
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=VOCAB, n_embd=hidden, n_inner=inter, n_layer=2, n_head=4, n_positions=128,
+                     bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+
+
 def save_tiny(path: Path, dtype: torch.dtype = torch.float32, **kw) -> Path:
     model = tiny_llama(**kw).to(dtype)
     model.save_pretrained(path)
@@ -92,6 +102,14 @@ def tiny_bf16_dir(tmp_path_factory) -> Path:
 def tiny_olmo2_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("models") / "tiny-olmo2"
     tiny_olmo2().save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "tiny-gpt2"
+    tiny_gpt2().save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
     return path
 

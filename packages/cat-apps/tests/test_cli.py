@@ -316,6 +316,32 @@ def test_post_norm_only_model_quantizes_reloads_and_generates(tiny_olmo2_dir, te
     assert not (tmp_path / "strict").exists()
 
 
+def test_gpt2_conv1d_model_quantizes_reloads_and_generates(tiny_gpt2_dir, text_file, tmp_path, capsys):
+    # GPT-2's linears are transformers Conv1D (weights [in, out]): all 8 are searched and quantized
+    out = tmp_path / "gpt2-q4"
+    rc = quantize.main([str(tiny_gpt2_dir), "--bits", "4", "--group-size", "64", "--calib", str(text_file),
+                        "--n-samples", "4", "--seqlen", "32", "--quality-samples", "2", "--quality-seqlen", "16",
+                        "--out", str(out), "--quiet"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "8 linears" in cap.out
+    line = next(x for x in cap.out.splitlines() if x.strip().startswith("input scaling"))
+    assert "8 groups searched" in line, line
+
+    from cat_core.io import load_quantized
+    from cat_core.nn import QuantLinear
+
+    model, _ = load_quantized(out)
+    for blk in model.transformer.h:
+        for m in (blk.attn.c_attn, blk.attn.c_proj, blk.mlp.c_fc, blk.mlp.c_proj):
+            assert isinstance(m, QuantLinear)
+    assert model.transformer.h[0].attn.c_attn.out_features == 3 * 128
+    rc = generate.main([str(out), "--prompt", "w5 w6 w7", "--max-new-tokens", "5", "--quiet"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert cap.out.startswith("w5") and len(cap.out.split()) >= 4
+
+
 def test_export_gptq_and_eval_reference_flag(tiny_dir, tmp_path, capsys):
     out = tmp_path / "g4"
     rc = quantize.main([str(tiny_dir), "--bits", "4", "--sym", "--n-samples", "2", "--seqlen", "16", "--export", "gptq",

@@ -18,6 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _tiny_models import NAMES, sample_ids, tiny_model  # noqa: E402
 from cat_core.awq._capture import capture_block_calls, hidden_of  # noqa: E402
+from cat_core.awq._conv1d import conv1d_as_linear  # noqa: E402
 from cat_core.awq._grams import (  # noqa: E402
     InputGramRecorder,
     capture_full_grams,
@@ -51,18 +52,18 @@ def _block_runs(model, graph, chunks):
     return out
 
 
-# GPT-2's Conv1D layers are not nn.Linear: the AWQ runner has no linear of its blocks to record
-# (test_no_linear_architectures_are_only_gpt2 keeps this list from growing unnoticed).
-NO_LINEAR = {"gpt2"}
-
-
-@pytest.mark.parametrize("name", [n for n in NAMES if n not in NO_LINEAR])
+@pytest.mark.parametrize("name", NAMES)
 def test_recorded_grams_rescaled_equal_grams_captured_after_the_fold(name):
     """Every block of every architecture: Grams recorded before folding random scales into every
     group, then rescaled, equal the Grams captured after the fold -- full (GPTQ's) and per group
     (the clip search's), every token and a sampled subset."""
     model = tiny_model(name)
     unfuse_experts(model)
+    with conv1d_as_linear(model):  # as quantize() sees GPT-2
+        _check_recorded_grams(name, model)
+
+
+def _check_recorded_grams(name, model):
     graph = discover(model, sample_input_ids=sample_ids(1, 12))
     all_runs = _block_runs(model, graph, [sample_ids(2, 13, seed=1), sample_ids(3, 13, seed=2)])
     gen = torch.Generator().manual_seed(5)
@@ -101,13 +102,18 @@ def test_recorded_grams_rescaled_equal_grams_captured_after_the_fold(name):
     assert rescaled > 0, name
 
 
-def test_no_linear_architectures_are_only_gpt2():
+def test_every_architecture_has_linears_for_the_runner():
+    """GPT-2's Conv1D layers are not nn.Linear: only quantize()'s conv1d_as_linear gives the
+    runner linears to record there."""
     for name in NAMES:
         model = tiny_model(name)
         unfuse_experts(model)
+        with conv1d_as_linear(model):
+            graph = discover(model, sample_input_ids=sample_ids(1, 12))
+            assert block_linears(graph.blocks[0].module, graph.blocks[0].path, QuantConfig()), name
         graph = discover(model, sample_input_ids=sample_ids(1, 12))
         has = bool(block_linears(graph.blocks[0].module, graph.blocks[0].path, QuantConfig()))
-        assert has == (name not in NO_LINEAR), name
+        assert has == (name != "gpt2"), name
 
 
 def _group_size(linears) -> int:

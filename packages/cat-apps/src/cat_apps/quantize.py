@@ -105,17 +105,19 @@ def _group_size(arg: str) -> int | str:
 
 
 def _quantized_linears(graph: Any, model: Any, qcfg_patterns: tuple[str, ...]) -> list[tuple[str, int]]:
-    """(name, in_features) of every linear inside a decoder block that will be quantized."""
+    """(name, in_features) of every linear (or GPT-2 Conv1D) inside a decoder block that will be
+    quantized."""
     from cat_core.config import matches_any
-    from torch import nn
+    from cat_core.nn import linear_shape
 
     out = []
     for bg in graph.blocks:
         for rel, mod in bg.module.named_modules():
-            if isinstance(mod, nn.Linear) and rel:
+            shape = linear_shape(mod) if rel else None
+            if shape is not None:
                 full = f"{bg.path}.{rel}"
                 if not matches_any(full, qcfg_patterns):
-                    out.append((full, mod.in_features))
+                    out.append((full, shape[1]))
     return out
 
 

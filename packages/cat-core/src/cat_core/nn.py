@@ -24,7 +24,7 @@ from cat_core.quant import QuantizedTensor
 
 __all__ = [
     "QuantLinear", "replace_linears", "memory_report", "GEMM_MAX_M", "CUDA_GEMM_MAX_M", "cuda_gemm_max_m",
-    "SUPPORTED_DTYPES",
+    "SUPPORTED_DTYPES", "linear_shape",
 ]
 
 #: Largest number of rows M (tokens) for which ``cat::gemm`` calls the fused split-K kernel;
@@ -390,8 +390,9 @@ def _is_conv1d(mod: nn.Module) -> bool:
     return type(mod).__name__ == "Conv1D" and hasattr(mod, "nf") and getattr(mod, "weight", None) is not None
 
 
-def _linear_shape(mod: nn.Module) -> tuple[int, int] | None:
-    """(N, K) of an nn.Linear or Conv1D, else None."""
+def linear_shape(mod: nn.Module) -> tuple[int, int] | None:
+    """``(out_features, in_features)`` of a layer :func:`replace_linears` can replace (an
+    ``nn.Linear`` or a GPT-2 ``Conv1D``, whose weight is stored ``[in, out]``), else None."""
     if isinstance(mod, nn.Linear):
         return mod.out_features, mod.in_features
     if _is_conv1d(mod):
@@ -427,7 +428,7 @@ def replace_linears(model: nn.Module, quantized: dict[str, QuantizedTensor]) -> 
         mod = _module_at(model, name)
         if mod is None:
             raise ValueError(f"replace_linears: model has no module named {name!r}")
-        shape = _linear_shape(mod)
+        shape = linear_shape(mod)
         if shape is None:
             raise ValueError(
                 f"replace_linears: {name!r} is a {type(mod).__name__}, not an nn.Linear or Conv1D"

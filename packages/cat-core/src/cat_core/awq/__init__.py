@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cat_core.awq._conv1d import conv1d_as_linear
 from cat_core.awq._errors import AWQError
 from cat_core.awq._inputs import check_finite, check_model_finite, check_token_ids
 from cat_core.awq._runner import GroupReport, deterministic, run_awq
@@ -102,9 +103,11 @@ def quantize(
     ``config.unfuse_experts`` (default) fused mixture-of-experts tensors are first replaced by
     per-expert linears (:func:`cat_core.moe.unfuse_experts`, in place), so the experts are searched
     and quantized like any linear; a given ``graph`` of the fused model is then rediscovered.
+    GPT-2's ``Conv1D`` layers (weights stored ``[in, out]``) are quantized as the linears they
+    are: the work sees them as ``nn.Linear`` and they are put back afterwards, holding the folded
+    and quantized weights (a given ``graph`` of such a model is discovered again); their
+    ``tensors`` are ``[out, in]`` like every other, as :func:`~cat_core.nn.replace_linears` takes.
     """
-    from cat_core.calib import calibration_samples
-
     config = config or QuantConfig()
     if config.unfuse_experts:
         from cat_core.moe import unfuse_experts
@@ -116,6 +119,21 @@ def quantize(
                 "to avoid this)", stacklevel=2,
             )
             graph = None
+    with conv1d_as_linear(model) as convs:
+        if convs:
+            graph = None  # a graph of the Conv1D layers names [in, out] weights: discovered again
+        tensors, report, timings = _quantize_linears(model, tokenizer, config, calib, device, graph, progress,
+                                                     strict)
+    return QuantizeResult(model=model, tensors=tensors, config=config, report=report, timings=timings)
+
+
+def _quantize_linears(
+    model: nn.Module, tokenizer: Any, config: QuantConfig, calib: Any, device: torch.device | str | None,
+    graph: Any, progress: bool, strict: bool | None,
+) -> tuple[dict[str, QuantizedTensor], list[GroupReport], dict[str, float]]:
+    """:func:`quantize` once every quantizable layer is an ``nn.Linear``."""
+    from cat_core.calib import calibration_samples
+
     _check_layers(model, config, graph)  # seconds, before calibration takes minutes
     if strict and graph is not None:
         _check_strict(graph)
@@ -141,12 +159,13 @@ def quantize(
             )
     finally:
         model.train(was_training)
-    return QuantizeResult(model=model, tensors=tensors, config=config, report=report, timings=timings)
+    return tensors, report, timings
 
 
 def _check_layers(model: nn.Module, config: QuantConfig, graph: Any) -> None:
-    """Every linear that will be quantized accepts ``config.group_size`` (and the block stack is
-    found), so that a bad setting fails before calibration and the search."""
+    """Every linear that will be quantized accepts ``config.group_size``, and there is at least
+    one (and the block stack is found), so that a bad setting fails before calibration and the
+    search rather than after it, or with nothing quantized."""
     from cat_core.awq._runner import block_linears
 
     if graph is not None:
@@ -156,9 +175,17 @@ def _check_layers(model: nn.Module, config: QuantConfig, graph: Any) -> None:
 
         path, _, stack = find_blocks(model)
         blocks = [(f"{path}.{i}", b) for i, b in enumerate(stack)]
+    n = 0
     for prefix, block in blocks:
         for _, full, mod in block_linears(block, prefix, config):
             check_group_size(mod.in_features, config.group_size, full)
+            n += 1
+    if n == 0:
+        where = blocks[0][0].rpartition(".")[0] if blocks else "the model"
+        raise AWQError(
+            f"model: none of the {len(blocks)} decoder blocks under '{where}' has an nn.Linear to quantize "
+            f"(config.modules_to_not_convert={list(config.modules_to_not_convert)!r})"
+        )
 
 
 def _check_strict(graph: Any) -> None:
@@ -189,23 +216,28 @@ def _graph_fits(graph: Any) -> bool:
 
 @torch.no_grad()
 def rtn_quantize(model: nn.Module, config: QuantConfig | None = None) -> QuantizeResult:
-    """Round-to-nearest baseline: every ``nn.Linear`` not excluded by ``modules_to_not_convert``
-    (``lm_head`` and embeddings by default), no search, no clipping. In place. Fused experts are
-    unfused first (``config.unfuse_experts``), as :func:`quantize` does. Raises :class:`AWQError`
-    naming the first such weight that holds NaN/inf, before anything is changed."""
+    """Round-to-nearest baseline: every ``nn.Linear`` (and GPT-2 ``Conv1D``, quantized as its
+    ``[out, in]`` transpose) not excluded by ``modules_to_not_convert`` (``lm_head`` and
+    embeddings by default), no search, no clipping. In place. Fused experts are unfused first
+    (``config.unfuse_experts``), as :func:`quantize` does. Raises :class:`AWQError` naming the
+    first such weight that holds NaN/inf, before anything is changed."""
+    from cat_core.nn import _is_conv1d
+
     config = config or QuantConfig()
     if config.unfuse_experts:
         from cat_core.moe import unfuse_experts
 
         unfuse_experts(model)
-    linears = [(name, m) for name, m in model.named_modules()
-               if isinstance(m, nn.Linear) and not matches_any(name, config.modules_to_not_convert)]
-    for name, m in linears:
-        check_group_size(m.in_features, config.group_size, name)
-    check_finite((f"{name}.weight", m.weight.detach()) for name, m in linears)
+    # [out, in] views of the weights (a Conv1D stores [in, out]): writes go to the parameters
+    weights = [(name, m.weight.data if isinstance(m, nn.Linear) else m.weight.data.t())
+               for name, m in model.named_modules()
+               if (isinstance(m, nn.Linear) or _is_conv1d(m)) and not matches_any(name, config.modules_to_not_convert)]
+    for name, w in weights:
+        check_group_size(w.shape[1], config.group_size, name)
+    check_finite((f"{name}.weight", w) for name, w in weights)
     tensors = {}
-    for name, m in linears:
-        qt = quantize_tensor(m.weight.data, config, name=name)
-        m.weight.data.copy_(dequantize(qt, m.weight.dtype))
+    for name, w in weights:
+        qt = quantize_tensor(w, config, name=name)
+        w.copy_(dequantize(qt, w.dtype))
         tensors[name] = qt.to("cpu")
     return QuantizeResult(model=model, tensors=tensors, config=config)

@@ -31,7 +31,7 @@ from cat_core.io._state import (
     resolve_offloaded,
     unique_state,
 )
-from cat_core.nn import QuantLinear, _linear_shape, _module_at, _set_module
+from cat_core.nn import QuantLinear, _module_at, _set_module, linear_shape
 
 
 def export_dir(
@@ -97,7 +97,7 @@ def import_dir(
         mod = _module_at(model, name)
         if mod is None:
             raise CheckpointError(f"{path}: tensor '{name}.qweight' belongs to no module of this model")
-        shape = _linear_shape(mod)
+        shape = linear_shape(mod)
         if shape is None:
             raise CheckpointError(f"{path}: '{name}' is a {type(mod).__name__}, not a linear layer")
         shapes[name] = (shape, getattr(mod, "bias", None))

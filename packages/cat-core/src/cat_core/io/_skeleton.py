@@ -11,7 +11,7 @@ from torch import nn
 
 from cat_core.io._errors import CheckpointError
 from cat_core.io._state import unique_state
-from cat_core.nn import QuantLinear, _linear_shape, _module_at, _set_module
+from cat_core.nn import QuantLinear, _module_at, _set_module, linear_shape
 
 
 def _torch_dtype(name: Any) -> torch.dtype:
@@ -57,7 +57,7 @@ def install_quant_linears(
         mod = _module_at(model, name)
         if mod is None:
             raise CheckpointError(f"quantization_config names module {name!r}, which this model does not have")
-        shape = _linear_shape(mod)
+        shape = linear_shape(mod)
         if shape is None:
             raise CheckpointError(f"quantization_config names {name!r}, a {type(mod).__name__}, not a linear layer")
         n, k = shape

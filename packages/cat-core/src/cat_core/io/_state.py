@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cat_core.nn import QuantLinear, _linear_shape
+from cat_core.nn import QuantLinear, linear_shape
 
 
 def unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -77,4 +77,4 @@ def uniform_settings(mods: dict[str, QuantLinear]) -> tuple[int, int, bool, torc
 
 
 def unconverted_linears(model: nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if not isinstance(m, QuantLinear) and _linear_shape(m) is not None]
+    return [n for n, m in model.named_modules() if not isinstance(m, QuantLinear) and linear_shape(m) is not None]
