@@ -71,10 +71,7 @@ def tiny_gpt2(seed: int = 0, hidden: int = 128, inter: int = 256):
 
 
 def save_tiny(path: Path, dtype: torch.dtype = torch.float32, **kw) -> Path:
-    model = tiny_llama(**kw).to(dtype)
-    model.save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return path
+    return _save_with_tokenizer(path, tiny_llama(**kw).to(dtype))
 
 
 @pytest.fixture
@@ -98,20 +95,20 @@ def tiny_bf16_dir(tmp_path_factory) -> Path:
     return save_tiny(tmp_path_factory.mktemp("models") / "tiny-llama-bf16", dtype=torch.bfloat16, seed=4)
 
 
-@pytest.fixture(scope="session")
-def tiny_olmo2_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("models") / "tiny-olmo2"
-    tiny_olmo2().save_pretrained(path)
+def _save_with_tokenizer(path: Path, model) -> Path:
+    model.save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_olmo2_dir(tmp_path_factory) -> Path:
+    return _save_with_tokenizer(tmp_path_factory.mktemp("models") / "tiny-olmo2", tiny_olmo2())
 
 
 @pytest.fixture(scope="session")
 def tiny_gpt2_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("models") / "tiny-gpt2"
-    tiny_gpt2().save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return path
+    return _save_with_tokenizer(tmp_path_factory.mktemp("models") / "tiny-gpt2", tiny_gpt2())
 
 
 @pytest.fixture(scope="session")

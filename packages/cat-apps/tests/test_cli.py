@@ -180,13 +180,19 @@ def test_debug_shows_traceback(tmp_path):
 # ----------------------------------------------------------------------------- end to end
 
 
-def test_end_to_end_quantize_generate_eval_bench(tiny_dir, text_file, tmp_path, capsys):
-    out = tmp_path / "q3"
-    rc = quantize.main([str(tiny_dir), "--bits", "3", "--group-size", "64", "--calib", str(text_file),
+def _quantize_small(capsys, src, out, text_file, bits: int):
+    """cat-quantize of a tiny model on 4 x 32 calibration tokens, group 64; its captured output."""
+    rc = quantize.main([str(src), "--bits", str(bits), "--group-size", "64", "--calib", str(text_file),
                         "--n-samples", "4", "--seqlen", "32", "--quality-samples", "2", "--quality-seqlen", "16",
                         "--out", str(out), "--quiet"])
     cap = capsys.readouterr()
     assert rc == 0, cap.err
+    return cap
+
+
+def test_end_to_end_quantize_generate_eval_bench(tiny_dir, text_file, tmp_path, capsys):
+    out = tmp_path / "q3"
+    cap = _quantize_small(capsys, tiny_dir, out, text_file, bits=3)
     for key in ("time", "peak memory", "on disk", "bits per weight", "mean KL", "top-1 agreement"):
         assert key in cap.out
     cfg = json.loads((out / "config.json").read_text())
@@ -287,11 +293,7 @@ def test_self_calibration_and_quality_text_are_sampled_in_one_pass(tiny_dir, tmp
 def test_post_norm_only_model_quantizes_reloads_and_generates(tiny_olmo2_dir, text_file, tmp_path, capsys):
     # OLMo-2: q/k/v and gate/up read the residual stream; they are quantized without input scales
     out = tmp_path / "olmo2-q4"
-    rc = quantize.main([str(tiny_olmo2_dir), "--bits", "4", "--group-size", "64", "--calib", str(text_file),
-                        "--n-samples", "4", "--seqlen", "32", "--quality-samples", "2", "--quality-seqlen", "16",
-                        "--out", str(out), "--quiet"])
-    cap = capsys.readouterr()
-    assert rc == 0, cap.err
+    cap = _quantize_small(capsys, tiny_olmo2_dir, out, text_file, bits=4)
     line = next(x for x in cap.out.splitlines() if x.strip().startswith("input scaling"))
     assert "4 groups searched (folded into: 4 linear), 4 without input scaling" in line, line
     assert "4 read the residual stream" in line, line
@@ -319,11 +321,7 @@ def test_post_norm_only_model_quantizes_reloads_and_generates(tiny_olmo2_dir, te
 def test_gpt2_conv1d_model_quantizes_reloads_and_generates(tiny_gpt2_dir, text_file, tmp_path, capsys):
     # GPT-2's linears are transformers Conv1D (weights [in, out]): all 8 are searched and quantized
     out = tmp_path / "gpt2-q4"
-    rc = quantize.main([str(tiny_gpt2_dir), "--bits", "4", "--group-size", "64", "--calib", str(text_file),
-                        "--n-samples", "4", "--seqlen", "32", "--quality-samples", "2", "--quality-seqlen", "16",
-                        "--out", str(out), "--quiet"])
-    cap = capsys.readouterr()
-    assert rc == 0, cap.err
+    cap = _quantize_small(capsys, tiny_gpt2_dir, out, text_file, bits=4)
     assert "8 linears" in cap.out
     line = next(x for x in cap.out.splitlines() if x.strip().startswith("input scaling"))
     assert "8 groups searched" in line, line
