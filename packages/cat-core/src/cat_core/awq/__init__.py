@@ -216,28 +216,25 @@ def _graph_fits(graph: Any) -> bool:
 
 @torch.no_grad()
 def rtn_quantize(model: nn.Module, config: QuantConfig | None = None) -> QuantizeResult:
-    """Round-to-nearest baseline: every ``nn.Linear`` (and GPT-2 ``Conv1D``, quantized as its
-    ``[out, in]`` transpose) not excluded by ``modules_to_not_convert`` (``lm_head`` and
+    """Round-to-nearest baseline: every ``nn.Linear`` (and GPT-2 ``Conv1D``, seen as one as
+    :func:`quantize` sees it) not excluded by ``modules_to_not_convert`` (``lm_head`` and
     embeddings by default), no search, no clipping. In place. Fused experts are unfused first
     (``config.unfuse_experts``), as :func:`quantize` does. Raises :class:`AWQError` naming the
     first such weight that holds NaN/inf, before anything is changed."""
-    from cat_core.nn import _is_conv1d
-
     config = config or QuantConfig()
     if config.unfuse_experts:
         from cat_core.moe import unfuse_experts
 
         unfuse_experts(model)
-    # [out, in] views of the weights (a Conv1D stores [in, out]): writes go to the parameters
-    weights = [(name, m.weight.data if isinstance(m, nn.Linear) else m.weight.data.t())
-               for name, m in model.named_modules()
-               if (isinstance(m, nn.Linear) or _is_conv1d(m)) and not matches_any(name, config.modules_to_not_convert)]
-    for name, w in weights:
-        check_group_size(w.shape[1], config.group_size, name)
-    check_finite((f"{name}.weight", w) for name, w in weights)
-    tensors = {}
-    for name, w in weights:
-        qt = quantize_tensor(w, config, name=name)
-        w.copy_(dequantize(qt, w.dtype))
-        tensors[name] = qt.to("cpu")
+    with conv1d_as_linear(model):
+        linears = [(name, m) for name, m in model.named_modules()
+                   if isinstance(m, nn.Linear) and not matches_any(name, config.modules_to_not_convert)]
+        for name, m in linears:
+            check_group_size(m.in_features, config.group_size, name)
+        check_finite((f"{name}.weight", m.weight.detach()) for name, m in linears)
+        tensors = {}
+        for name, m in linears:
+            qt = quantize_tensor(m.weight.data, config, name=name)
+            m.weight.data.copy_(dequantize(qt, m.weight.dtype))
+            tensors[name] = qt.to("cpu")
     return QuantizeResult(model=model, tensors=tensors, config=config)
