@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from cat_core.awq import AWQError, quantize, rtn_quantize
-from cat_core.awq._runner import run_awq
+from cat_core.awq._pipeline import run_awq
 from cat_core.config import QuantConfig
 from cat_core.quant import dequantize
 
@@ -177,12 +177,6 @@ def test_nan_in_loss_names_group_and_history(fp_model, monkeypatch):
     assert "block 0" in msg and "self_attn.q_proj" in msg and "rtn:" in msg
 
 
-def test_group_size_checked_before_search(fp_model):
-    m = copy.deepcopy(fp_model)
-    with pytest.raises(ValueError, match=r"mlp\.down_proj.*K=160"):
-        _run(m, QuantConfig(bits=4, group_size=96), _samples(2, 16, 0))
-
-
 def test_group_size_checked_before_calibration(fp_model, monkeypatch):
     import cat_core.calib
 
@@ -280,9 +274,9 @@ def test_clip_grams_cover_every_token_of_the_search_batch(fp_model):
     tokens and pick clips that ruin them); q, k and v share one Gram of their common input."""
     from cat_core.awq._capture import capture_block_calls, hidden_of
     from cat_core.awq._grams import capture_linear_grams
-    from cat_core.awq._runner import block_linears
+    from cat_core.awq._block import block_linears
 
-    assert QuantConfig().clip_token_subsample is None
+    assert QuantConfig().grams.token_subsample is None
     model = copy.deepcopy(fp_model)
     block = model.model.layers[0]
     samples = _samples(3, 17, 7)
@@ -334,7 +328,7 @@ def test_full_grams_are_shared_and_hold_the_clip_grams(fp_model):
     copies); their diagonal blocks are the clip search's per-group Grams."""
     from cat_core.awq._capture import capture_block_calls, hidden_of
     from cat_core.awq._grams import capture_full_grams, capture_linear_grams, diagonal_blocks
-    from cat_core.awq._runner import block_linears
+    from cat_core.awq._block import block_linears
 
     model = copy.deepcopy(fp_model)
     block = model.model.layers[0]
@@ -391,9 +385,10 @@ def test_gptq_wiring_shares_grams_covers_unclipped_and_falls_back(fp_model, monk
     """Every linear is GPTQ-rounded with its input's full Gram -- q and k too, which skip the clip;
     q, k, v get one Gram object -- and a linear without a Gram (no token reached it) is rounded to
     nearest."""
-    import cat_core.awq._runner as runner
+    import cat_core.awq._stage_clip as clip_stage
+    import cat_core.awq._stage_round as round_stage
 
-    real_means, real_gptq = runner.full_means, runner.gptq_quantize
+    real_means, real_gptq = clip_stage.full_means, round_stage.gptq_quantize
     seen: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
     blocks_done: list[int] = []
 
@@ -404,12 +399,12 @@ def test_gptq_wiring_shares_grams_covers_unclipped_and_falls_back(fp_model, monk
             del out["mlp.down_proj"]  # as if no token had reached it
         return out
 
-    def gptq(grid, gram, config, *, name, target):
+    def gptq(grid, gram, config, *, name, target, **kw):
         seen[name] = (gram, grid.clone(), target.clone())
-        return real_gptq(grid, gram, config, name=name, target=target)
+        return real_gptq(grid, gram, config, name=name, target=target, **kw)
 
-    monkeypatch.setattr(runner, "full_means", means)
-    monkeypatch.setattr(runner, "gptq_quantize", gptq)
+    monkeypatch.setattr(clip_stage, "full_means", means)
+    monkeypatch.setattr(round_stage, "gptq_quantize", gptq)
     fp_copy = copy.deepcopy(fp_model)
     with torch.no_grad():
         tensors, _ = _run(fp_copy, dataclasses.replace(CFG, rounding="gptq"), _samples(8, 32, 0))
@@ -474,9 +469,9 @@ def test_scale_screening_keeps_the_best_and_reruns_only_them():
 
 
 def test_screen_sequences():
-    from cat_core.awq._runner import _screen_sequences
+    from cat_core.awq._batches import _screen_sequences
 
-    cfg = QuantConfig()
+    cfg = QuantConfig().scales
     assert (cfg.screen_tokens, cfg.screen_keep) == (1024, 3)
     assert _screen_sequences(cfg, 16, 256) == 4  # README command 1: 16 x 256, screened on 4
     assert _screen_sequences(cfg, 8, 256) == 0  # 2048 tokens: not worth it
@@ -493,7 +488,7 @@ def test_awq_with_screening_reruns_fewer_grid_points_on_the_same_losses(fp_model
     """run_awq screens on the search batch's first sequences, with calls of their own (masks and
     positions sized for them): with all but one grid point kept it finds what the full search
     finds, bit for bit; with two kept, the losses it computes are the full search's numbers."""
-    import cat_core.awq._runner as runner
+    import cat_core.awq._stage_scales as runner
 
     seen: list = []
     real = runner.search_scales
@@ -551,7 +546,7 @@ def test_grams_accumulate_over_every_run(fp_model):
     their tokens, not the first run's; shared inputs still share one tensor."""
     from cat_core.awq._capture import capture_block_calls, hidden_of
     from cat_core.awq._grams import capture_full_grams, capture_linear_grams, diagonal_blocks
-    from cat_core.awq._runner import block_linears
+    from cat_core.awq._block import block_linears
 
     model = copy.deepcopy(fp_model)
     block = model.model.layers[0]
@@ -575,14 +570,14 @@ def test_grams_accumulate_over_every_run(fp_model):
 
 def _recorded_grams(monkeypatch, model, config, samples):
     """Run AWQ on ``model`` recording the Gram GPTQ gets for each linear."""
-    import cat_core.awq._runner as runner
+    import cat_core.awq._stage_round as runner
 
     real = runner.gptq_quantize
     seen: dict[str, torch.Tensor] = {}
 
-    def gptq(grid, gram, cfg, *, name, target):
+    def gptq(grid, gram, cfg, *, name, target, **kw):
         seen[name] = gram.clone()
-        return real(grid, gram, cfg, name=name, target=target)
+        return real(grid, gram, cfg, name=name, target=target, **kw)
 
     monkeypatch.setattr(runner, "gptq_quantize", gptq)
     timings: dict[str, float] = {}
@@ -597,11 +592,11 @@ def _block_input_runs(model, samples, config, block_index):
     import math
 
     from cat_core.awq._capture import capture_block_calls, hidden_of
-    from cat_core.awq._runner import _chunks
+    from cat_core.awq._batches import _chunks
 
     n = samples.shape[0]
     perm = samples[torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))]
-    n_search = max(1, min(n, math.ceil(config.loss_token_subsample / samples.shape[1])))
+    n_search = max(1, min(n, math.ceil(config.scales.token_subsample / samples.shape[1])))
     calls = capture_block_calls(model, list(model.model.layers), [perm[s] for s in _chunks(n, n_search)],
                                 torch.device("cpu"))[block_index]
     return [(c, hidden_of(c)) for c in calls]

@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _tiny_models import VOCAB, randomize_small_params, sample_ids, tiny_model  # noqa: E402
-from cat_core import QuantConfig, quantize  # noqa: E402
+from cat_core import GPTQ, ClipSearch, Grams, Learned, Nearest, QuantConfig, ScaleSearch, quantize  # noqa: E402
 
 _HASHES = Path(__file__).with_name("awq_hashes.json")
 
@@ -143,10 +143,36 @@ def _check(case: str, digest: str) -> None:
     assert digest == want, f"{case}: AWQ output changed on {_machine()}"
 
 
+# The same settings in the nested spelling.
+_NESTED: dict[str, QuantConfig] = {
+    "llama_w4g32_learned": QuantConfig(
+        bits=4, group_size=32, scales=ScaleSearch(n_grid=6, token_subsample=96, screen_tokens=32, screen_keep=2),
+        clip=ClipSearch(n_grid=6), rounding=Learned(iters=4, samples=6, batch=2)),
+    "gemma3_w3g32_gptq_sequential": QuantConfig(
+        bits=3, group_size=32, sym=True, scales=ScaleSearch(n_grid=5, loss_scope="block"),
+        clip=ClipSearch(n_grid=5, refine=False), grams=Grams(sequential=True), rounding=GPTQ(damp=0.05)),
+    "qwen2moe_w4_nearest": QuantConfig(
+        bits=4, group_size=-1, scales=ScaleSearch(n_grid=5, duo_scaling=False, token_subsample=64),
+        clip=ClipSearch(n_grid=5), grams=Grams(samples="search"), rounding=Nearest()),
+    "gpt2_w3_learned_nearest_minmax": QuantConfig(
+        bits=3, group_size=-1, scales=ScaleSearch(n_grid=5), clip=ClipSearch(n_grid=5),
+        rounding=Learned(init=Nearest(), target="block", minmax=True, iters=3, lr=0.02, seqlen=16)),
+}
+
+
 @pytest.mark.parametrize("case", sorted(_CASES))
 def test_tiny_models_match_recorded_hashes(case):
     kind, legacy = _CASES[case]
     _check(case, _quantize_hash(kind, QuantConfig(**legacy), sample_ids(8, 32, seed=3)))
+
+
+@pytest.mark.parametrize("case", sorted(_CASES))
+def test_legacy_and_nested_settings_agree(case):
+    kind, legacy = _CASES[case]
+    old, new = QuantConfig(**legacy), _NESTED[case]
+    assert old == new
+    ids = sample_ids(8, 32, seed=3)
+    assert _quantize_hash(kind, new, ids) == _quantize_hash(kind, old, ids)
 
 
 _SMOL_TEXT = (

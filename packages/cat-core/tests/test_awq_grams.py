@@ -28,7 +28,7 @@ from cat_core.awq._grams import (  # noqa: E402
     rescale_folded,
     run_block,
 )
-from cat_core.awq._runner import block_linears  # noqa: E402
+from cat_core.awq._block import block_linears  # noqa: E402
 from cat_core.config import QuantConfig  # noqa: E402
 from cat_core.graph import apply_scales, discover  # noqa: E402
 from cat_core.moe import unfuse_experts  # noqa: E402
@@ -165,10 +165,13 @@ def _quantize_recording(monkeypatch, config, samples, *, recapture: bool, user: 
     the clip search -- got for each linear, tensors, calls of the runner's ``capture``).
     ``recapture``: force the capture after the fold (the path before the statistics pass
     recorded the Grams)."""
-    import cat_core.awq._runner as runner
+    import cat_core.awq._stage_clip as clip_stage
+    import cat_core.awq._stage_round as round_stage
+    import cat_core.awq._stage_stats as stats_stage
     from test_awq import _run
 
-    real_use, real_capture = getattr(runner, user), getattr(runner, capture)
+    user_module = round_stage if user == "gptq_quantize" else clip_stage
+    real_use, real_capture = getattr(user_module, user), getattr(clip_stage, capture)
     seen: dict[str, torch.Tensor] = {}
     captures: list[int] = []
 
@@ -180,10 +183,10 @@ def _quantize_recording(monkeypatch, config, samples, *, recapture: bool, user: 
         captures.append(1)
         return real_capture(*a, **k)
 
-    monkeypatch.setattr(runner, user, use)
-    monkeypatch.setattr(runner, capture, count)
+    monkeypatch.setattr(user_module, user, use)
+    monkeypatch.setattr(clip_stage, capture, count)
     if recapture:
-        monkeypatch.setattr(runner, "_gram_recorder", lambda *a, **k: None)
+        monkeypatch.setattr(stats_stage, "_gram_recorder", lambda *a, **k: None)
     with torch.no_grad():
         tensors, _ = _run(_tiny_llama(), config, samples)
     monkeypatch.undo()

@@ -9,7 +9,7 @@ import torch
 
 from cat_core.awq import AWQError
 from cat_core.awq._gptq import gptq_quantize
-from cat_core.config import QuantConfig
+from cat_core.config import GPTQ, Learned, QuantConfig
 from cat_core.quant import dequantize, quantize_tensor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -147,7 +147,7 @@ def test_damping_retries_then_raises_naming_the_linear():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"rounding": "rtn"}, r"rounding must be one of \('nearest', 'gptq', 'learned'\)"),
+    ({"rounding": "rtn"}, r"rounding must be Nearest\(\), GPTQ\(...\), Learned\(...\) or one of \('nearest', 'gptq', 'learned'\)"),
     ({"rounding": None}, "rounding"),
     ({"gptq_damp": 0.0}, r"gptq_damp must be a float in \(0, 1\)"),
     ({"gptq_damp": 1.0}, "gptq_damp"),
@@ -164,8 +164,8 @@ def test_config_rejects(kwargs, match):
 
 def test_config_defaults_and_normalizes():
     c = QuantConfig()
-    assert (c.rounding, c.learned_round_init, c.gptq_damp, c.gptq_block) == ("learned", "gptq", 0.1, 128)
-    c = QuantConfig(rounding="nearest", gptq_damp=0.1, gptq_block=1)
-    assert c.rounding == "nearest" and c.gptq_block == 1
-    d = QuantConfig(gptq_damp=1e-3)
-    assert isinstance(d.gptq_damp, float)
+    assert c.rounding == Learned(init=GPTQ(damp=0.1, block=128))
+    c = QuantConfig(rounding="gptq", gptq_damp=0.2, gptq_block=1)
+    assert c.rounding == GPTQ(damp=0.2, block=1)
+    d = QuantConfig(gptq_damp=1e-3)  # learned rounding's GPTQ start
+    assert isinstance(d.rounding.init.damp, float) and d.rounding.init.damp == 1e-3

@@ -18,7 +18,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from test_awq import CFG, _run, _samples, tiny_llama  # noqa: E402
 
-import cat_core.awq._runner as runner  # noqa: E402
+import cat_core.awq._pipeline as pipeline  # noqa: E402
+import cat_core.awq._stage_round as runner  # noqa: E402
 from cat_core.awq._capture import first_output, replace_hidden  # noqa: E402
 from cat_core.awq._learned_round import LinearStart, _Learned  # noqa: E402
 from cat_core.config import QuantConfig  # noqa: E402
@@ -137,14 +138,14 @@ def test_pool_outputs_are_the_kept_tensors_and_feed_the_next_block(fp_model, mon
     cfg = dataclasses.replace(LEARN, learned_round_samples=pool)
     seen = _recording(monkeypatch)
     calls = []
-    real_pool_chunks = runner._pool_chunks
+    real_pool_chunks = pipeline._pool_chunks
 
     def pool_chunks(hiddens, outputs):
         got = real_pool_chunks(hiddens, outputs)
         calls.append(sorted(got))
         return got
 
-    monkeypatch.setattr(runner, "_pool_chunks", pool_chunks)
+    monkeypatch.setattr(pipeline, "_pool_chunks", pool_chunks)
     m = copy.deepcopy(fp_model)
     with torch.no_grad():
         _run(m, cfg, _samples(n, 32, 0))
@@ -184,7 +185,7 @@ def test_block_target_is_the_block_on_its_quantized_inputs(fp_model, monkeypatch
     """learned_round_target="block": block 1's targets are the unquantized block 1's output on the
     inputs the quantized block 0 produces (computed here by feeding those inputs to the
     unquantized model's block 1); the default, "model", is the other target."""
-    assert QuantConfig().learned_round_target == "model"
+    assert QuantConfig().rounding.target == "model"
     targets, ids, seen = _pool_targets(fp_model, monkeypatch, "block")
     quantized_in = targets[1][0]
     layer = fp_model.model.layers[1]

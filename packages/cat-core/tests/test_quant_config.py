@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -33,15 +35,15 @@ def test_quant_config_rejects(kwargs, field):
 def test_quant_config_normalizes():
     c = QuantConfig(bits=3, group_size=-1, scale_dtype=torch.bfloat16, skip_clip="*q_proj")
     assert c.scale_dtype == "bfloat16" and c.scale_torch_dtype is torch.bfloat16
-    assert c.skip_clip == ("*q_proj",)
+    assert c.clip.skip == ("*q_proj",)
     assert QuantConfig(scale_dtype="fp32").scale_dtype == "float32"
     with pytest.raises(Exception):
         c.bits = 4  # frozen
 
 
 def test_patterns():
-    assert matches_any("model.layers.0.self_attn.q_proj", QuantConfig().skip_clip)
-    assert not matches_any("model.layers.0.self_attn.v_proj", QuantConfig().skip_clip)
+    assert matches_any("model.layers.0.self_attn.q_proj", QuantConfig().clip.skip)
+    assert not matches_any("model.layers.0.self_attn.v_proj", QuantConfig().clip.skip)
     assert matches_any("lm_head", ("lm_head",)) and matches_any("model.lm_head", ("lm_head",))
     assert matches_any("model.embed_tokens", QuantConfig().modules_to_not_convert)
 
@@ -66,3 +68,55 @@ def test_auto_search_dtype():
     assert QuantConfig(search_dtype=auto_search_dtype("cpu")).search_dtype == want
     if torch.cuda.is_available():
         assert auto_search_dtype("cuda") == ("bfloat16" if torch.cuda.is_bf16_supported() else "float32")
+
+
+def test_stage_settings_are_nested_and_the_top_level_is_small():
+    import dataclasses
+
+    from cat_core.config import GPTQ, ClipSearch, Grams, Learned, Nearest, ScaleSearch
+
+    c = QuantConfig()
+    assert len(dataclasses.fields(c)) <= 12
+    assert isinstance(c.scales, ScaleSearch) and isinstance(c.clip, ClipSearch) and isinstance(c.grams, Grams)
+    assert c.rounding == Learned(init=GPTQ())
+    assert QuantConfig(rounding="nearest").rounding == Nearest()
+    assert QuantConfig(clip=False).clip is None and QuantConfig(clip=None).clip is None
+    # flat keywords of earlier releases map onto the nested settings, on top of given ones
+    c = QuantConfig(scales=ScaleSearch(n_grid=7), screen_keep=2, clip_refine=False, gram_samples="search",
+                    rounding="learned", learned_round_iters=3, learned_round_init="nearest")
+    assert c.scales == ScaleSearch(n_grid=7, screen_keep=2) and c.clip == ClipSearch(refine=False)
+    assert c.grams == Grams(samples="search") and c.rounding == Learned(iters=3, init=Nearest())
+    assert dataclasses.replace(c, n_grid=3).scales.n_grid == 3
+
+
+@pytest.mark.parametrize("old, new", [("n_grid", "scales=ScaleSearch(n_grid=...)"),
+                                      ("gptq_damp", "rounding=GPTQ(damp=...)"),
+                                      ("learned_round_lr", "rounding=Learned(lr=...)"),
+                                      ("skip_clip", "clip=ClipSearch(skip=...)"),
+                                      ("gram_samples", "Grams(samples=...)")])
+def test_reading_a_moved_field_names_its_new_spelling(old, new):
+    with pytest.raises(AttributeError, match=re.escape(new)):
+        getattr(QuantConfig(), old)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda c: c.ScaleSearch(n_grid=0), r"scales\.n_grid must be an int >= 1"),
+    (lambda c: c.ScaleSearch(loss_scope="model"), r"scales\.loss_scope must be one of"),
+    (lambda c: c.ClipSearch(max_shrink=1.5), r"clip\.max_shrink must be a float in \(0, 1\)"),
+    (lambda c: c.Grams(samples="some"), r"grams\.samples must be one of"),
+    (lambda c: c.GPTQ(damp=0), r"GPTQ\.damp must be a float in \(0, 1\)"),
+    (lambda c: c.Learned(init="rtn"), r"Learned\.init must be GPTQ\(...\) or Nearest\(\)"),
+    (lambda c: c.QuantConfig(rounding=3), r"rounding must be Nearest\(\), GPTQ\(...\), Learned\(...\)"),
+    (lambda c: c.QuantConfig(clip="yes"), r"clip must be a ClipSearch"),
+    (lambda c: c.QuantConfig(gptq_damp=2.0, rounding="gptq"), r"gptq_damp must be a float .*GPTQ\(damp=\.\.\.\)"),
+])
+def test_nested_settings_errors_name_the_field(make, match):
+    import cat_core.config as c
+
+    with pytest.raises(ValueError, match=match):
+        make(c)
+
+
+def test_unknown_keyword_is_a_type_error():
+    with pytest.raises(TypeError, match="n_grids"):
+        QuantConfig(n_grids=3)

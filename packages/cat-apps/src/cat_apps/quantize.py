@@ -319,7 +319,7 @@ def run(args: argparse.Namespace) -> int:
         f"  model            {loaded.source}",
         f"  quantization     AWQ {args.bits}-bit, group size {gs}{' (auto)' if gs_req == 'auto' else ''}, "
         f"{'symmetric' if args.sym else 'asymmetric'}, {len(result.tensors)} linears, {qcfg.search_dtype} search"
-        + {"gptq": ", GPTQ rounding", "learned": ", learned rounding"}.get(qcfg.rounding, ""),
+        + {"gptq": ", GPTQ rounding", "learned": ", learned rounding"}.get(qcfg.rounding.name, ""),
         f"  input scaling    {result.scaling_summary()}",
         f"  calibration      {args.calib}: {args.n_samples} x {args.seqlen} tokens",
         f"  time             {_cli.fmt_seconds(timer.elapsed)} total: "

@@ -17,6 +17,12 @@ __version__ = "0.3.0"
 _EXPORTS = {
     "QuantConfig": "cat_core.config",
     "CalibConfig": "cat_core.config",
+    "ScaleSearch": "cat_core.config",
+    "ClipSearch": "cat_core.config",
+    "Grams": "cat_core.config",
+    "Nearest": "cat_core.config",
+    "GPTQ": "cat_core.config",
+    "Learned": "cat_core.config",
     "quantize": "cat_core.awq",
     "rtn_quantize": "cat_core.awq",
     "QuantizeResult": "cat_core.awq",

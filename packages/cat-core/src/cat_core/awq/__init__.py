@@ -16,7 +16,8 @@ from torch import nn
 from cat_core.awq._conv1d import conv1d_as_linear
 from cat_core.awq._errors import AWQError
 from cat_core.awq._inputs import check_finite, check_model_finite, check_token_ids
-from cat_core.awq._runner import GroupReport, deterministic, run_awq
+from cat_core.awq._block import GroupReport, block_linears
+from cat_core.awq._pipeline import deterministic, run_awq
 from cat_core.config import CalibConfig, QuantConfig, matches_any
 from cat_core.quant import QuantizedTensor, check_group_size, dequantize, quantize_tensor
 
@@ -66,7 +67,7 @@ class QuantizeResult:
         if unscaled:
             why = {"residual": "read the residual stream", "shared": "weight shared by several inputs",
                    "not-run": "not run on the discovery sample", "other": "no foldable producer"}
-            rounding = {"gptq": "GPTQ rounding", "learned": "learned rounding"}.get(self.config.rounding,
+            rounding = {"gptq": "GPTQ rounding", "learned": "learned rounding"}.get(self.config.rounding.name,
                                                                                    "round-to-nearest")
             out += (f", {sum(unscaled.values())} without input scaling, clip search and {rounding} only "
                     f"({counts(unscaled, why)}; see QuantizeResult.report)")
@@ -166,8 +167,6 @@ def _check_layers(model: nn.Module, config: QuantConfig, graph: Any) -> None:
     """Every linear that will be quantized accepts ``config.group_size``, and there is at least
     one (and the block stack is found), so that a bad setting fails before calibration and the
     search rather than after it, or with nothing quantized."""
-    from cat_core.awq._runner import block_linears
-
     if graph is not None:
         blocks = [(bg.path, bg.module) for bg in graph.blocks]
     else:

@@ -2,7 +2,7 @@
 
 Each group's [min, max] is shrunk by factors from 1 down to ``max_shrink``; per output row and
 group, the factor whose quantized weights best reproduce that group's partial output
-``x_g . w_g`` on the calibration tokens wins. With ``clip_refine`` (asymmetric quantization only),
+``x_g . w_g`` on the calibration tokens wins. With ``ClipSearch.refine`` (asymmetric quantization only),
 each end is then moved alone over the same factors, the other end held at its best.
 
 The error is measured through the per-group Gram matrix ``H_g = X_g^T X_g / T`` of the linear's
@@ -124,8 +124,11 @@ def search_clip(
     if tuple(gram.shape) != (ng, g, g):
         raise ValueError(f"gram of {name or 'weight'} must have shape {(ng, g, g)}, got {tuple(gram.shape)}")
     gram = gram.to(device=weight.device, dtype=torch.float32)
-    steps = config.n_clip_grid
-    factors = [1.0 - (1.0 - config.max_shrink) * i / max(steps - 1, 1) for i in range(steps)]
+    clip = config.clip
+    if clip is None:
+        raise ValueError("search_clip: config.clip is None (the clip search is off)")
+    steps = clip.n_grid
+    factors = [1.0 - (1.0 - clip.max_shrink) * i / max(steps - 1, 1) for i in range(steps)]
     rows = max(1, min(n, _MAX_ELEMENTS // max(1, k)))
     lo_out, hi_out, err_out = [], [], []
     for r0 in range(0, n, rows):
@@ -151,7 +154,7 @@ def search_clip(
 
         for f in factors:
             consider(lo0 * f, hi0 * f)
-        if config.clip_refine and not config.sym:
+        if clip.refine and not config.sym:
             # The two ends of a group rarely deserve the same shrink: move each end alone,
             # the other held at its best so far (two sweeps instead of a 2-D grid).
             for f in factors[1:]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from cat_core.awq._errors import AWQError
-from cat_core.config import QuantConfig
+from cat_core.config import GPTQ, Learned, QuantConfig
 from cat_core.quant import QuantizedTensor, check_group_size, quantize_tensor
 
 __all__ = ["gptq_quantize"]
@@ -69,7 +69,7 @@ def _inverse_factor(gram: torch.Tensor, damp: float, name: str) -> torch.Tensor:
 @torch.no_grad()
 def gptq_quantize(
     weight: torch.Tensor, gram: torch.Tensor, config: QuantConfig, *, name: str = "",
-    target: torch.Tensor | None = None, return_corrected: bool = False,
+    target: torch.Tensor | None = None, return_corrected: bool = False, settings: GPTQ | None = None,
 ) -> QuantizedTensor | tuple[QuantizedTensor, torch.Tensor]:
     """Quantize a ``[N, K]`` weight with GPTQ error feedback over the input Gram ``[K, K]``.
 
@@ -87,7 +87,11 @@ def gptq_quantize(
     ``return_corrected``: also return the error-corrected weight ``[N, K]`` float32, each column
     as it was just before it was rounded (the codes are its round-to-nearest on the grid); learned
     rounding starts from it.
+
+    ``settings``: dampening and lazy-block width (default: ``config``'s GPTQ rounding, or the GPTQ
+    start of its learned rounding, else ``GPTQ()``).
     """
+    settings = settings or gptq_settings(config)
     if weight.dim() != 2:
         raise ValueError(f"expected a 2-D weight [N, K], got shape {tuple(weight.shape)} for {name or 'weight'}")
     n, k = weight.shape
@@ -100,7 +104,7 @@ def gptq_quantize(
         raise AWQError(f"GPTQ: non-finite input Gram of {name or 'a linear'}")
     rtn = quantize_tensor(weight, config, name=name)  # the static groups
     device = weight.device
-    u = _inverse_factor(gram.to(device), config.gptq_damp, name)
+    u = _inverse_factor(gram.to(device), settings.damp, name)
 
     w = (weight if target is None else target).to(device=device, dtype=torch.float32, copy=True)
     scales = rtn.scales.float()
@@ -109,7 +113,7 @@ def gptq_quantize(
     )
     qmax = float(config.qmax)
     codes = torch.empty(n, k, dtype=torch.float32, device=device)
-    step = config.gptq_block
+    step = settings.block
     for i1 in range(0, k, step):
         i2 = min(i1 + step, k)
         groups = torch.arange(i1, i2, device=device) // g
@@ -135,3 +139,11 @@ def gptq_quantize(
     )
     # w's columns were only moved before their own rounding: w now holds the corrected values
     return (qt, w) if return_corrected else qt
+
+
+def gptq_settings(config: QuantConfig) -> GPTQ:
+    """The GPTQ settings ``config`` rounds with (directly, or as learned rounding's start)."""
+    r = config.rounding
+    if isinstance(r, Learned):
+        r = r.init
+    return r if isinstance(r, GPTQ) else GPTQ()

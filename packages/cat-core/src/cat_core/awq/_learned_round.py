@@ -26,7 +26,7 @@ from torch import nn
 from torch.func import functional_call
 
 from cat_core.awq._capture import BlockCall, first_output, replace_hidden
-from cat_core.config import QuantConfig
+from cat_core.config import Learned, QuantConfig
 from cat_core.quant import _MIN_SCALE, QuantizedTensor
 
 __all__ = ["LinearStart", "block_outputs", "learn_rounding", "LearnedResult"]
@@ -96,7 +96,7 @@ class _Learned:
         self.hi = ls.hi.to(device).float().unsqueeze(-1)
         self.a: torch.Tensor | None = None  # factor on hi
         self.b: torch.Tensor | None = None  # factor on lo
-        if config.learned_round_minmax:
+        if config.rounding.minmax:
             self.a = torch.ones_like(self.s0, requires_grad=True)
             if not config.sym:
                 self.b = torch.ones_like(self.s0, requires_grad=True)
@@ -192,9 +192,12 @@ def learn_rounding(
     if pool < batch or pool % batch:
         raise ValueError(f"the learned-rounding pool ({pool} sequences) must be a multiple of the batch ({batch})")
     dtype = linears[0].module.weight.dtype if linears else torch.float32
+    settings = config.rounding
+    if not isinstance(settings, Learned):
+        raise ValueError(f"learn_rounding: config.rounding must be Learned(...), got {settings!r}")
     states = [_Learned(ls, config, device) for ls in linears]
-    iters = config.learned_round_iters
-    lr0 = config.learned_round_lr if config.learned_round_lr is not None else 1.0 / iters
+    iters = settings.iters
+    lr0 = settings.lr if settings.lr is not None else 1.0 / iters
     gen = torch.Generator().manual_seed(seed)
 
     def weights() -> dict[str, torch.Tensor]:

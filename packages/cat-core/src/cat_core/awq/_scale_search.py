@@ -113,7 +113,7 @@ def search_scales(
     the search scores exactly what will be folded. Weights are restored before returning.
 
     ``screen``, the inspected module's call on a subsample of ``call``'s sequences: every grid point
-    is first scored there, and only the ``config.screen_keep`` best (with the identity) are rerun
+    is first scored there, and only the ``config.scales.screen_keep`` best (with the identity) are rerun
     on ``call``, in search order; their losses are the same numbers the full search computes, so
     the winner is the full search's whenever it ranks among them on the subsample. Most grid
     points are far from the optimum: their reruns on every token only confirm it.
@@ -127,11 +127,12 @@ def search_scales(
         ref = first_output(inspect(*call.args, **call.kwargs)).float()
     if not bool(torch.isfinite(ref).all()):
         on_nonfinite("reference output of the inspected module", [])
-    w_mean = weight_channel_mean(originals, config.group_size) if config.duo_scaling else None
+    w_mean = weight_channel_mean(originals, config.group_size) if config.scales.duo_scaling else None
     if w_mean is not None and not bool(torch.isfinite(w_mean).all()):
         on_nonfinite("weight statistics", [])
 
-    grid: list[float] = [i / config.n_grid for i in range(config.n_grid)]
+    n_grid = config.scales.n_grid
+    grid: list[float] = [i / n_grid for i in range(n_grid)]
     alphas: list[float | None] = [None, *grid]
     losses: list[tuple[float | None, float]] = []
     screened: list[tuple[float, float]] = []
@@ -155,7 +156,7 @@ def search_scales(
         return float((out - reference).pow(2).mean())
 
     try:
-        if screen is not None and len(grid) > config.screen_keep:
+        if screen is not None and len(grid) > config.scales.screen_keep:
             with autocast:  # the weights are still the originals
                 ref_screen = first_output(inspect(*screen.args, **screen.kwargs)).float()
             for alpha in grid:
@@ -163,7 +164,7 @@ def search_scales(
                 screened.append((alpha, loss_on(screen, ref_screen)))
                 if not math.isfinite(screened[-1][1]):
                     on_nonfinite(f"screening loss at alpha={alpha}", list(screened))
-            ranked = sorted(range(len(grid)), key=lambda i: screened[i][1])[:config.screen_keep]
+            ranked = sorted(range(len(grid)), key=lambda i: screened[i][1])[:config.scales.screen_keep]
             alphas = [None, *(grid[i] for i in sorted(ranked))]
         for alpha in alphas:
             s = candidate(alpha)
