@@ -196,18 +196,16 @@ def _variants(spec: str, args: argparse.Namespace, device: Any):
         yield name, f"{q.get('bits', '?')}-bit", how, loaded.model.to(device, fp)
         return
     base = loaded.model
-    from cat_core.awq import rtn_quantize
+    from cat_core.awq import prepare, rtn_quantize
     from cat_core.config import QuantConfig
-    from cat_core.graph import discover
-    from cat_core.moe import unfuse_experts
     from cat_core.nn import replace_linears
 
-    from cat_apps.quantize import _choose_group_size, _group_size, _quantized_linears
+    from cat_apps.quantize import _choose_group_size, _group_size
 
     unquantized = copy.deepcopy(base)  # as loaded (fused experts stay fused)
-    # the group size must fit every layer before anything is timed (a misfit fails in seconds)
-    unfuse_experts(base)  # as cat-quantize does: the experts are quantized per expert
-    layers = _quantized_linears(discover(base), base, QuantConfig().modules_to_not_convert)
+    # the group size must fit every layer before anything is timed (a misfit fails in seconds);
+    # the experts are unfused as cat-quantize does: they are quantized per expert
+    layers = prepare(base).layers
     gs = _choose_group_size(_group_size(args.group_size), layers)
     yield name, _short(fp), "unquantized", unquantized.to(device, fp)
     del unquantized

@@ -104,23 +104,6 @@ def _group_size(arg: str) -> int | str:
     return _checks.group_size(arg)
 
 
-def _quantized_linears(graph: Any, model: Any, qcfg_patterns: tuple[str, ...]) -> list[tuple[str, int]]:
-    """(name, in_features) of every linear (or GPT-2 Conv1D) inside a decoder block that will be
-    quantized."""
-    from cat_core.config import matches_any
-    from cat_core.nn import linear_shape
-
-    out = []
-    for bg in graph.blocks:
-        for rel, mod in bg.module.named_modules():
-            shape = linear_shape(mod) if rel else None
-            if shape is not None:
-                full = f"{bg.path}.{rel}"
-                if not matches_any(full, qcfg_patterns):
-                    out.append((full, shape[1]))
-    return out
-
-
 def _choose_group_size(requested: int | str, layers: list[tuple[str, int]]) -> int:
     from cat_core.quant import check_group_size
 
@@ -205,6 +188,18 @@ def _preflight(args: argparse.Namespace) -> tuple[Path, int | str]:
     return out, gs_req
 
 
+class _Stages:
+    """Wall seconds per front-end stage, for the closing summary."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._lap = _cli.Timer()
+
+    def __call__(self, name: str) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + self._lap.elapsed
+        self._lap.t0 = self._lap.t0 + self._lap.elapsed
+
+
 def run(args: argparse.Namespace) -> int:
     from cat_apps._models import load
 
@@ -214,77 +209,18 @@ def run(args: argparse.Namespace) -> int:
 
     device = _cli.resolve_device(args.device)
     torch.manual_seed(args.seed)
-
-    stages: dict[str, float] = {}
-    lap = _cli.Timer()
-
-    def stage(name: str) -> None:
-        stages[name] = stages.get(name, 0.0) + lap.elapsed
-        lap.t0 = lap.t0 + lap.elapsed
-
+    stage = _Stages()
     loaded = load(args.model, quiet=args.quiet, device=device)
     stage("load")
     if loaded.quantized:
         raise CLIError(f"{loaded.source} is already quantized ({loaded.quant_format}); give the unquantized model")
     model, tok = loaded.model, loaded.tokenizer
 
-    from cat_core.awq import quantize
-    from cat_core.calib import calibration_samples
-    from cat_core.config import CalibConfig, QuantConfig, auto_search_dtype
-    from cat_core.graph import GraphError, discover
-    from cat_core.moe import unfuse_experts
-
-    base = QuantConfig()
-    unfuse_experts(model)  # fused MoE experts -> per-expert linears (verified; else warned, left fused)
-    try:
-        graph = discover(model, strict=args.strict_graph)
-    except GraphError as e:  # it names the block and the op it cannot handle
-        raise CLIError(f"{loaded.source}: the layer graph cannot handle this {type(model).__name__}: {e}") from e
-    layers = _quantized_linears(graph, model, base.modules_to_not_convert)
-    if not layers:
-        raise CLIError("no linear layer inside the decoder blocks to quantize")
-    gs = _choose_group_size(gs_req, layers)
-    search = auto_search_dtype(device) if args.search_dtype == "auto" else args.search_dtype
-    qcfg = QuantConfig(bits=args.bits, group_size=gs, sym=args.sym, seed=args.seed, search_dtype=search,
-                       rounding=args.rounding or base.rounding)
+    qcfg, graph, gs = _configure(args, loaded.source, model, gs_req, device)
     stage("graph")
+    samples, quality_ids, ref = _calibration(args, model, tok, stage)
 
-    calib_cfg = CalibConfig(source=args.calib, n_samples=args.n_samples, seqlen=args.seqlen, seed=args.seed)
-    samples = None
-    if args.calib != "self":  # text that is too short fails here, before the sampling below
-        bar = _cli.progress(1, f"calibration: {args.n_samples} x {args.seqlen} tokens from {args.calib}", args.quiet)
-        samples = calibration_samples(calib_cfg, tok, model)
-        bar.update(1)
-        bar.close()
-        stage("calibration")
-
-    quality_ids = ref = None
-    quality_cfg = CalibConfig(source="self", n_samples=args.quality_samples, seqlen=args.quality_seqlen,
-                              seed=QUALITY_SEED)
-    if samples is None and not args.no_quality:
-        # One sampling pass for both texts: a decode step reads every weight whatever the batch, so
-        # the quality text rides along in the calibration batch (the same ids as two runs).
-        from cat_core.calib import self_samples
-
-        samples, quality_ids = self_samples(model, tok, [calib_cfg, quality_cfg], progress=not args.quiet)
-        stage("sampling (calibration and quality text)")
-    if not args.no_quality:
-        from cat_core.calib import self_samples
-        from cat_core.eval import reference_logprobs
-
-        what = "logits" if quality_ids is not None else "sampling from and logits of"
-        bar = _cli.progress(2, f"quality reference: {what} the unquantized model", args.quiet, unit="step")
-        if quality_ids is None:
-            quality_ids = self_samples(model, tok, [quality_cfg])[0]
-        bar.update(1)
-        ref = reference_logprobs(model, quality_ids)
-        bar.update(1)
-        bar.close()
-        stage("quality reference")
-
-    if samples is None:  # minutes: cat-core shows a bar per sampling step
-        samples = calibration_samples(calib_cfg, tok, model, progress=not args.quiet)
-        stage("calibration")
+    from cat_core.awq import quantize
 
     result = quantize(model, tok, qcfg, calib=samples, device=device, graph=graph, progress=not args.quiet,
                       strict=args.strict_graph)
@@ -310,13 +246,79 @@ def run(args: argparse.Namespace) -> int:
     save_dtype = _cli.storage_dtype(args.save_dtype, loaded.declared_dtype)
     fmt = save_staged(model, tok, out, args.export or "native", args.overwrite, record, args.quiet, save_dtype)
     stage("save")
-    peak, peak_what = _cli.peak_memory(device)
-    disk = _cli.dir_bytes(out)
+    print("\n".join(_summary(args, out, fmt, loaded.source, gs, gs_req, qcfg, result, mem, quality, timer,
+                             stage.seconds, save_dtype, device)))
+    return 0
 
+
+def _configure(args: argparse.Namespace, source: str, model: Any, gs_req: int | str, device: Any) -> tuple:
+    """The quantization settings, and the layer graph they were checked against (cat-core's own
+    preparation, done before calibration so that a model or group size that cannot work fails in
+    seconds)."""
+    from cat_core.awq import AWQError, prepare
+    from cat_core.config import QuantConfig, auto_search_dtype
+    from cat_core.graph import GraphError
+
+    try:
+        prepared = prepare(model, strict=args.strict_graph)
+    except GraphError as e:  # it names the block and the op it cannot handle
+        raise CLIError(f"{source}: the layer graph cannot handle this {type(model).__name__}: {e}") from e
+    except AWQError as e:  # nothing to quantize
+        raise CLIError("no linear layer inside the decoder blocks to quantize") from e
+    gs = _choose_group_size(gs_req, prepared.layers)
+    search = auto_search_dtype(device) if args.search_dtype == "auto" else args.search_dtype
+    qcfg = QuantConfig(bits=args.bits, group_size=gs, sym=args.sym, seed=args.seed, search_dtype=search,
+                       rounding=args.rounding or QuantConfig().rounding)
+    return qcfg, prepared.graph, gs
+
+
+def _calibration(args: argparse.Namespace, model: Any, tok: Any, stage: _Stages) -> tuple:
+    """(calibration token ids, quality-check token ids or None, their reference log-probs or None).
+
+    With self-calibration, one sampling pass serves both texts: a decode step reads every weight
+    whatever the batch, so the quality text rides along in the calibration batch."""
+    from cat_core.calib import calibration_samples, self_samples
+    from cat_core.config import CalibConfig
+
+    calib_cfg = CalibConfig(source=args.calib, n_samples=args.n_samples, seqlen=args.seqlen, seed=args.seed)
+    quality_cfg = CalibConfig(source="self", n_samples=args.quality_samples, seqlen=args.quality_seqlen,
+                              seed=QUALITY_SEED)
+    samples = quality_ids = ref = None
+    if args.calib != "self":  # text that is too short fails here, before the sampling below
+        bar = _cli.progress(1, f"calibration: {args.n_samples} x {args.seqlen} tokens from {args.calib}", args.quiet)
+        samples = calibration_samples(calib_cfg, tok, model)
+        bar.update(1)
+        bar.close()
+        stage("calibration")
+    if samples is None and not args.no_quality:
+        samples, quality_ids = self_samples(model, tok, [calib_cfg, quality_cfg], progress=not args.quiet)
+        stage("sampling (calibration and quality text)")
+    if not args.no_quality:
+        from cat_core.eval import reference_logprobs
+
+        what = "logits" if quality_ids is not None else "sampling from and logits of"
+        bar = _cli.progress(2, f"quality reference: {what} the unquantized model", args.quiet, unit="step")
+        if quality_ids is None:
+            quality_ids = self_samples(model, tok, [quality_cfg])[0]
+        bar.update(1)
+        ref = reference_logprobs(model, quality_ids)
+        bar.update(1)
+        bar.close()
+        stage("quality reference")
+    if samples is None:  # minutes: cat-core shows a bar per sampling step
+        samples = calibration_samples(calib_cfg, tok, model, progress=not args.quiet)
+        stage("calibration")
+    return samples, quality_ids, ref
+
+
+def _summary(args: argparse.Namespace, out: Path, fmt: str, source: str, gs: int, gs_req: int | str, qcfg: Any,
+             result: Any, mem: dict, quality: Any, timer: Any, stages: dict[str, float], save_dtype: Any,
+             device: Any) -> list[str]:
+    peak, peak_what = _cli.peak_memory(device)
     lines = [
         f"wrote {out} ({fmt} format)",
         f"  serves on        {engines(fmt, args.bits, args.sym)}",
-        f"  model            {loaded.source}",
+        f"  model            {source}",
         f"  quantization     AWQ {args.bits}-bit, group size {gs}{' (auto)' if gs_req == 'auto' else ''}, "
         f"{'symmetric' if args.sym else 'asymmetric'}, {len(result.tensors)} linears, {qcfg.search_dtype} search"
         + {"gptq": ", GPTQ rounding", "learned": ", learned rounding"}.get(qcfg.rounding.name, ""),
@@ -327,7 +329,7 @@ def run(args: argparse.Namespace) -> int:
         + f" (AWQ: {', '.join(f'{k} {result.timings[k]:.1f} s' for k in AWQ_PHASES if k in result.timings)})",
         f"  peak memory      {peak:.0f} MB ({peak_what})",
         f"  threads          {_threads.chosen or 'as torch chose'}",
-        f"  on disk          {_cli.fmt_bytes(disk)} (unquantized tensors in {_cli.dtype_name(save_dtype)})",
+        f"  on disk          {_cli.fmt_bytes(_cli.dir_bytes(out))} (unquantized tensors in {_cli.dtype_name(save_dtype)})",
         f"  bits per weight  {mem['bits_per_weight']:.2f} (quantized linears, incl. scales and zero points; "
         f"{mem['bytes'] / 1e6:.1f} MB vs {mem['fp16_bytes'] / 1e6:.1f} MB in fp16)",
     ]
@@ -337,8 +339,7 @@ def run(args: argparse.Namespace) -> int:
             f"unquantized model ({args.quality_samples} x {args.quality_seqlen} tokens sampled from it; "
             f"{quality.positions} positions)"
         )
-    print("\n".join(lines))
-    return 0
+    return lines
 
 
 main = _cli.entry(PROG, build, run)

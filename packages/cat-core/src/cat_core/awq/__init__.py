@@ -16,12 +16,13 @@ from torch import nn
 from cat_core.awq._conv1d import conv1d_as_linear
 from cat_core.awq._errors import AWQError
 from cat_core.awq._inputs import check_finite, check_model_finite, check_token_ids
-from cat_core.awq._block import GroupReport, block_linears
+from cat_core.awq._block import GroupReport
 from cat_core.awq._pipeline import deterministic, run_awq
+from cat_core.awq._prepare import Prepared, check_layers, prepare, quantized_layers
 from cat_core.config import CalibConfig, QuantConfig, matches_any
 from cat_core.quant import QuantizedTensor, check_group_size, dequantize, quantize_tensor
 
-__all__ = ["AWQError", "QuantizeResult", "GroupReport", "quantize", "rtn_quantize"]
+__all__ = ["AWQError", "QuantizeResult", "GroupReport", "Prepared", "prepare", "quantize", "quantized_layers", "rtn_quantize"]
 
 
 @dataclasses.dataclass
@@ -135,7 +136,7 @@ def _quantize_linears(
     """:func:`quantize` once every quantizable layer is an ``nn.Linear``."""
     from cat_core.calib import calibration_samples
 
-    _check_layers(model, config, graph)  # seconds, before calibration takes minutes
+    check_layers(model, config, graph)  # seconds, before calibration takes minutes
     if strict and graph is not None:
         _check_strict(graph)
     check_model_finite(model)
@@ -161,30 +162,6 @@ def _quantize_linears(
     finally:
         model.train(was_training)
     return tensors, report, timings
-
-
-def _check_layers(model: nn.Module, config: QuantConfig, graph: Any) -> None:
-    """Every linear that will be quantized accepts ``config.group_size``, and there is at least
-    one (and the block stack is found), so that a bad setting fails before calibration and the
-    search rather than after it, or with nothing quantized."""
-    if graph is not None:
-        blocks = [(bg.path, bg.module) for bg in graph.blocks]
-    else:
-        from cat_core.graph import find_blocks
-
-        path, _, stack = find_blocks(model)
-        blocks = [(f"{path}.{i}", b) for i, b in enumerate(stack)]
-    n = 0
-    for prefix, block in blocks:
-        for _, full, mod in block_linears(block, prefix, config):
-            check_group_size(mod.in_features, config.group_size, full)
-            n += 1
-    if n == 0:
-        where = blocks[0][0].rpartition(".")[0] if blocks else "the model"
-        raise AWQError(
-            f"model: none of the {len(blocks)} decoder blocks under '{where}' has an nn.Linear to quantize "
-            f"(config.modules_to_not_convert={list(config.modules_to_not_convert)!r})"
-        )
 
 
 def _check_strict(graph: Any) -> None:
