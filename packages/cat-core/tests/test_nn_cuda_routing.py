@@ -8,8 +8,8 @@ import pytest
 import torch
 
 pytest.importorskip("cat_kernels")
-from cat_core.nn import GEMM_MAX_M, QuantLinear, cuda_gemm_max_m  # noqa: E402
-from cat_core.nn import _routing  # noqa: E402  (the module whose lookups the tests replace)
+# _routing: the module whose lookups (GPU generation, weight fit) the tests replace
+from cat_core.nn import GEMM_MAX_M, QuantLinear, _routing, cuda_gemm_max_m  # noqa: E402
 from cat_core.quant import QuantizedTensor  # noqa: E402
 
 CUDA0 = torch.device("cuda", 0)

@@ -13,14 +13,17 @@ the kernels compute: ``W = float32(q - z) * float32(s)``.
 
 from __future__ import annotations
 
+# The underscored names, aliased to mark them re-exported, are internals that cat_core.awq,
+# cat_core.io and the tests import from this path.
 from cat_core.nn._linear import SUPPORTED_DTYPES, QuantLinear
 from cat_core.nn._memory import memory_report
 from cat_core.nn._routing import CUDA_GEMM_MAX_M, GEMM_MAX_M, cuda_gemm_max_m
+from cat_core.nn._routing import _eager_fast_path as _eager_fast_path
+from cat_core.nn._surgery import _is_conv1d as _is_conv1d
+from cat_core.nn._surgery import _linear_at as _linear_at
+from cat_core.nn._surgery import _module_at as _module_at
+from cat_core.nn._surgery import _set_module as _set_module
 from cat_core.nn._surgery import linear_shape, replace_linears
-
-# Internals that cat_core.awq, cat_core.io and the tests import from this path.
-from cat_core.nn._routing import _eager_fast_path  # noqa: F401
-from cat_core.nn._surgery import _is_conv1d, _linear_at, _module_at, _set_module  # noqa: F401
 
 __all__ = [
     "QuantLinear", "replace_linears", "memory_report", "GEMM_MAX_M", "CUDA_GEMM_MAX_M", "cuda_gemm_max_m",

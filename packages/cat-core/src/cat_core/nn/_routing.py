@@ -46,7 +46,7 @@ def cuda_gemm_max_m(cc_major: int) -> int:
     return CUDA_GEMM_MAX_M.get(cc_major, _CUDA_GEMM_MAX_M_DEFAULT)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cc_major(index: int) -> int:
     return torch.cuda.get_device_capability(index)[0]
 
