@@ -39,6 +39,7 @@ from cat_core import eval as cat_eval
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _models as M  # noqa: E402
+from _options import add_awq_run_options  # noqa: E402
 
 CALIB_FILES = {"wikitext2-valid": "wikitext2-valid.txt", "lee-background": "lee-background.txt"}
 # Issue #18's bars, on off-domain rows: fraction of the RTN-to-fp gap AWQ must close, per bit
@@ -308,25 +309,16 @@ def write_results(path_json: Path, rows: list[dict], meta: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=sorted(M.MODELS), default="smollm2")
+    add_awq_run_options(p)
     p.add_argument("--bits", type=int, nargs="+", default=[3, 4])
     p.add_argument("--methods", nargs="+", default=["fp", "rtn", "awq"], choices=["fp", "rtn", "awq"])
     p.add_argument("--calib", nargs="+", default=["lee-background"],
                    help="wikitext2-valid, lee-background, self (one AWQ row per source)")
-    p.add_argument("--n-samples", type=int, default=128)
-    p.add_argument("--seqlen", type=int, default=512)
-    p.add_argument("--group-size", type=int, default=None, help="default: 64 SmolLM2, 128 Gemma-3")
-    p.add_argument("--quant-overrides", default=None, help='JSON of QuantConfig fields, e.g. \'{"n_grid": 10}\'')
     p.add_argument("--eval-text", choices=sorted(M.EVAL_TEXTS), default="wikitext2-test")
     p.add_argument("--recompute", action="store_true", help="recompute fp/RTN rows already in the results")
     p.add_argument("--windows", type=int, default=10)
     p.add_argument("--eval-seqlen", type=int, default=2048)
-    p.add_argument("--blocks", type=int, default=0, help="truncate to the first N blocks (quick checks)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--data-dir", type=Path, default=M.DEFAULT_DATA_DIR)
-    p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
-    p.add_argument("--date", default=dt.date.today().isoformat())
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 

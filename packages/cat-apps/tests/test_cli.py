@@ -3,6 +3,7 @@ quantize -> generate -> eval -> bench on a tiny random Llama saved as an HF dire
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -142,28 +143,13 @@ def test_bad_argument_is_one_line(capsys):
     assert len(err) == 1 and "--bits" in err[0]
 
 
-def test_ctrl_c_mid_quantization_leaves_nothing(tiny_dir, tmp_path, capsys, monkeypatch):
-    import cat_core.awq as awq
-
+@pytest.mark.parametrize("module, function", [("cat_core.awq", "quantize"), ("cat_core.io._shards", "_write_shard")],
+                         ids=["mid-quantization", "while-saving"])
+def test_ctrl_c_leaves_nothing(module, function, tiny_dir, tmp_path, capsys, monkeypatch):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(awq, "quantize", interrupted)
-    out = tmp_path / "o"
-    rc = quantize.main([str(tiny_dir), "--out", str(out), "--n-samples", "2", "--seqlen", "16", "--no-quality",
-                        "--quiet"])
-    _one_line_error(capsys, rc, 130, "interrupted")
-    assert not out.exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".o")]
-
-
-def test_ctrl_c_while_saving_leaves_nothing(tiny_dir, tmp_path, capsys, monkeypatch):
-    from cat_core.io import _shards
-
-    def interrupted(*a, **k):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(_shards, "_write_shard", interrupted)
+    monkeypatch.setattr(importlib.import_module(module), function, interrupted)
     out = tmp_path / "o"
     rc = quantize.main([str(tiny_dir), "--out", str(out), "--n-samples", "2", "--seqlen", "16", "--no-quality",
                         "--quiet"])

@@ -1,5 +1,6 @@
-"""Helpers of the runtime tests (test_nn*, test_io*, test_export*): RTN-quantize every linear of a
-model (nn.Linear and GPT-2 Conv1D, all but lm_head) and a tiny Llama whose sizes suit every format."""
+"""Helpers of the runtime tests (test_nn*, test_io*, test_export*, test_moe): RTN-quantize every
+linear of a model (nn.Linear and GPT-2 Conv1D, all but lm_head), a tiny Llama whose sizes suit
+every format, and an offline tokenizer for such models."""
 
 from __future__ import annotations
 
@@ -60,3 +61,16 @@ def randomize(model: nn.Module, seed: int) -> nn.Module:
         else:
             p.add_(0.3 * torch.randn(p.shape, generator=g))
     return model
+
+
+def word_tokenizer(vocab: int = 128):
+    """An offline word-level tokenizer: ids 0-3 are <pad> <s> </s> <unk>, ``w4`` .. ``w{vocab-1}``
+    the rest (text of such words tokenizes to known ids, nothing is downloaded)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **{f"w{i}": i for i in range(4, vocab)}}
+    tok = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
+                                   eos_token="</s>", unk_token="<unk>")

@@ -38,26 +38,16 @@ def _cfg(name: str) -> object:
         Qwen3Config,
     )
 
-    llama_like = dict(
-        vocab_size=VOCAB,
-        hidden_size=H,
-        intermediate_size=FF,
-        num_hidden_layers=2,
-        num_attention_heads=HEADS,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
+    # the same sizes under each family's parameter names
+    hf_names = dict(vocab_size=VOCAB, num_hidden_layers=2, num_attention_heads=HEADS)
+    gpt_names = dict(vocab_size=VOCAB, n_embd=H, n_head=HEADS, n_layer=2)
+    decoder = dict(**hf_names, hidden_size=H, intermediate_size=FF, max_position_embeddings=64)
+    llama_like = dict(**decoder, num_key_value_heads=2)
     ids_in_vocab = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
     mixed = ["sliding_attention", "full_attention"]
     table: dict[str, Callable[[], object]] = {
         "opt": lambda: OPTConfig(
-            vocab_size=VOCAB,
-            hidden_size=H,
-            word_embed_proj_dim=H,
-            ffn_dim=FF,
-            num_hidden_layers=2,
-            num_attention_heads=HEADS,
-            max_position_embeddings=64,
+            **hf_names, hidden_size=H, word_embed_proj_dim=H, ffn_dim=FF, max_position_embeddings=64
         ),
         "llama": lambda: LlamaConfig(**llama_like),
         "mistral": lambda: MistralConfig(**llama_like),
@@ -65,65 +55,22 @@ def _cfg(name: str) -> object:
         "qwen3": lambda: Qwen3Config(**llama_like, head_dim=HEAD_DIM),
         "gemma": lambda: GemmaConfig(**llama_like, head_dim=HEAD_DIM),
         "gemma3": lambda: Gemma3TextConfig(**llama_like, head_dim=HEAD_DIM, sliding_window=8),
-        "phi": lambda: PhiConfig(
-            vocab_size=VOCAB,
-            hidden_size=80,
-            intermediate_size=FF,
-            num_hidden_layers=2,
-            num_attention_heads=HEADS,
-            partial_rotary_factor=0.5,
-            max_position_embeddings=64,
-        ),
+        "phi": lambda: PhiConfig(**{**decoder, "hidden_size": 80}, partial_rotary_factor=0.5),
         "phi3": lambda: Phi3Config(**llama_like, pad_token_id=0),
         "falcon": lambda: FalconConfig(
-            vocab_size=VOCAB,
-            hidden_size=H,
-            num_hidden_layers=2,
-            num_attention_heads=HEADS,
-            multi_query=True,
-            parallel_attn=True,
-            new_decoder_architecture=False,
-            bias=False,
+            **hf_names, hidden_size=H, multi_query=True, parallel_attn=True,
+            new_decoder_architecture=False, bias=False,
         ),
         "falcon_new": lambda: FalconConfig(
-            vocab_size=VOCAB,
-            hidden_size=H,
-            num_hidden_layers=2,
-            num_attention_heads=HEADS,
-            num_kv_heads=2,
-            new_decoder_architecture=True,
-            bias=True,
+            **hf_names, hidden_size=H, num_kv_heads=2, new_decoder_architecture=True, bias=True
         ),
         "mpt": lambda: MptConfig(
-            vocab_size=VOCAB,
-            d_model=H,
-            n_heads=HEADS,
-            n_layers=2,
-            expansion_ratio=3,
-            max_seq_len=64,
+            vocab_size=VOCAB, d_model=H, n_heads=HEADS, n_layers=2, expansion_ratio=3, max_seq_len=64
         ),
         "bloom": lambda: BloomConfig(vocab_size=VOCAB, hidden_size=H, n_head=HEADS, n_layer=2),
-        "gptj": lambda: GPTJConfig(
-            vocab_size=VOCAB,
-            n_embd=H,
-            n_head=HEADS,
-            n_layer=2,
-            n_inner=FF,
-            rotary_dim=8,
-            n_positions=64,
-        ),
-        "gpt_neox": lambda: GPTNeoXConfig(
-            vocab_size=VOCAB,
-            hidden_size=H,
-            num_attention_heads=HEADS,
-            num_hidden_layers=2,
-            intermediate_size=FF,
-            use_parallel_residual=True,
-            max_position_embeddings=64,
-        ),
-        "gpt2": lambda: GPT2Config(
-            vocab_size=VOCAB, n_embd=H, n_head=HEADS, n_layer=2, n_inner=FF, n_positions=64
-        ),
+        "gptj": lambda: GPTJConfig(**gpt_names, n_inner=FF, rotary_dim=8, n_positions=64),
+        "gpt_neox": lambda: GPTNeoXConfig(**decoder, use_parallel_residual=True),
+        "gpt2": lambda: GPT2Config(**gpt_names, n_inner=FF, n_positions=64),
         # post-norm only (h = x + norm(attn(x)); h = h + norm(mlp(h))): q/k/v and gate/up read
         # the residual stream, so no producer can absorb their input scales
         "olmo2": lambda: Olmo2Config(**llama_like, **ids_in_vocab),

@@ -15,7 +15,7 @@ import torch
 
 pytest.importorskip("cat_kernels")
 sys.path.insert(0, str(Path(__file__).parent))
-from _quantized_models import llama, rtn_all  # noqa: E402
+from _quantized_models import llama, rtn_all, word_tokenizer  # noqa: E402
 from _tiny_models import sample_ids, tiny_model  # noqa: E402
 from cat_core.io import (  # noqa: E402
     CheckpointError,
@@ -26,17 +26,6 @@ from cat_core.io import (  # noqa: E402
 from cat_core.nn import QuantLinear, replace_linears  # noqa: E402
 
 EAGER = {"attn_implementation": "eager"}
-
-
-def _tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **{f"w{i}": i for i in range(4, 128)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
-                                   eos_token="</s>", unk_token="<unk>")
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +41,7 @@ def _logits(model, ids=None):
 
 
 def test_fresh_process_reload_generates_the_same_tokens(qmodel, tmp_path):
-    tok = _tokenizer()
+    tok = word_tokenizer()
     prompt = "w5 w17 w33 w9"
     ids = tok(prompt, return_tensors="pt").input_ids
     with torch.no_grad():
@@ -162,7 +151,7 @@ def test_every_file_follows_the_umask(qmodel, tmp_path, umask):
 
     old = os.umask(umask)
     try:
-        dirs = [save_quantized(qmodel, tmp_path / "one", _tokenizer(), progress=False),
+        dirs = [save_quantized(qmodel, tmp_path / "one", word_tokenizer(), progress=False),
                 save_quantized(qmodel, tmp_path / "sharded", max_shard_size="60KB", progress=False),
                 export_gptq(qmodel, tmp_path / "gptq", checkpoint_format="gptq_v2", progress=False)]
     finally:

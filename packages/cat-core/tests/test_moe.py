@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _quantized_models import randomize  # noqa: E402
+from _quantized_models import randomize, word_tokenizer  # noqa: E402
 from cat_core.config import CalibConfig, QuantConfig  # noqa: E402
 from cat_core.graph import apply_scales, discover  # noqa: E402
 from cat_core.moe import (  # noqa: E402
@@ -219,17 +219,6 @@ CFG = QuantConfig(bits=4, group_size=32, n_grid=6, n_clip_grid=4, loss_token_sub
                   clip_token_subsample=64)
 
 
-def _tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **{f"w{i}": i for i in range(4, VOCAB)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
-                                   eos_token="</s>", unk_token="<unk>")
-
-
 def _texts(n: int = 12, words: int = 40) -> list[str]:
     g = torch.Generator().manual_seed(5)
     return [" ".join(f"w{int(i)}" for i in torch.randint(4, VOCAB, (words,), generator=g)) for _ in range(n)]
@@ -243,7 +232,7 @@ def quantized():
     out = {}
     for name in ("mixtral", "qwen2_moe"):
         model = moe_model(name)
-        res = quantize(model, _tokenizer(), CFG, calib=CalibConfig(source=_texts(), n_samples=4, seqlen=32),
+        res = quantize(model, word_tokenizer(VOCAB), CFG, calib=CalibConfig(source=_texts(), n_samples=4, seqlen=32),
                        progress=False)
         out[name] = (model, res)
     return out
@@ -276,7 +265,7 @@ def test_quantize_runs_packed_saves_and_loads(name: str, quantized, tmp_path) ->
     mem = memory_report(model)
     assert set(experts) <= set(mem["layers"]) and mem["bits_per_weight"] < 8
 
-    out = save_quantized(model, tmp_path / name, _tokenizer(), progress=False)
+    out = save_quantized(model, tmp_path / name, word_tokenizer(VOCAB), progress=False)
     q = json.loads((out / "config.json").read_text())["quantization_config"]
     assert q["unfused_experts"] == {f"model.layers.{i}.mlp.experts": "gate_up" for i in range(2)}
     assert set(experts) <= set(q["modules"])

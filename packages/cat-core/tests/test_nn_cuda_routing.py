@@ -8,8 +8,8 @@ import pytest
 import torch
 
 pytest.importorskip("cat_kernels")
-from cat_core import nn as cnn  # noqa: E402
-from cat_core.nn import GEMM_MAX_M, QuantLinear, cuda_gemm_max_m  # noqa: E402
+# _routing: the module whose lookups (GPU generation, weight fit) the tests replace
+from cat_core.nn import GEMM_MAX_M, QuantLinear, _routing, cuda_gemm_max_m  # noqa: E402
 from cat_core.quant import QuantizedTensor  # noqa: E402
 
 CUDA0 = torch.device("cuda", 0)
@@ -28,7 +28,7 @@ def _layer(scale: float, bits: int = 8, sym: bool = False, zero: int | None = No
 
 @pytest.fixture(autouse=True)
 def _hopper(monkeypatch):
-    monkeypatch.setattr(cnn, "_cc_major", lambda index: 9)
+    monkeypatch.setattr(_routing, "_cc_major", lambda index: 9)
     monkeypatch.delenv("CAT_CUDA_GEMM_MAX_M", raising=False)
 
 
@@ -67,13 +67,13 @@ def test_bound_uses_the_zero_points():
 def test_fit_is_cached_and_follows_buffer_replacement(monkeypatch):
     mod = _layer(300.0, zero=0)
     calls = []
-    real = cnn._dense_weight_fits
+    real = _routing._dense_weight_fits
 
     def counting(*a):
         calls.append(a[3])
         return real(*a)
 
-    monkeypatch.setattr(cnn, "_dense_weight_fits", counting)
+    monkeypatch.setattr(_routing, "_dense_weight_fits", counting)
     for _ in range(3):
         assert mod._fused(500, CUDA0, torch.float16)
     assert calls == [torch.float16]

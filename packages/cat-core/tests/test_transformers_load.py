@@ -17,23 +17,12 @@ import torch
 pytest.importorskip("cat_kernels")
 sys.path.insert(0, str(Path(__file__).parent))
 import cat_core  # noqa: E402,F401  (registers the quantization method)
-from _quantized_models import llama, rtn_all  # noqa: E402
+from _quantized_models import llama, rtn_all, word_tokenizer  # noqa: E402
 from cat_core.io import CheckpointError, load_quantized, save_quantized  # noqa: E402
 from cat_core.nn import QuantLinear, replace_linears  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **{f"w{i}": i for i in range(4, 128)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
-                                   eos_token="</s>", unk_token="<unk>")
 
 
 @pytest.fixture(scope="module", params=[(3, False, "float16"), (4, True, "bfloat16")],
@@ -43,7 +32,7 @@ def ckpt(request, tmp_path_factory):
     model = llama(seed=bits)
     model = replace_linears(model, rtn_all(model, bits=bits, group_size=32, sym=sym, scale_dtype=scale_dtype))
     out = tmp_path_factory.mktemp("hf") / f"native{bits}"
-    save_quantized(model, out, _tokenizer(), progress=False, dtype=torch.bfloat16)
+    save_quantized(model, out, word_tokenizer(), progress=False, dtype=torch.bfloat16)
     return out, scale_dtype
 
 

@@ -23,8 +23,6 @@ import importlib.util
 import json
 import os
 import re
-import socket
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -73,19 +71,9 @@ def builtin_gguf() -> Path:
 
 def network_reachable(host: str = "huggingface.co", port: int = 443, timeout: float = _NETWORK_PROBE_S) -> bool:
     """True when a TCP connection to ``host`` opens within ``timeout`` (DNS included)."""
-    ok: list[bool] = []
+    from cat_core.network import reachable
 
-    def probe() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=timeout):
-                ok.append(True)
-        except OSError:
-            pass
-
-    t = threading.Thread(target=probe, daemon=True)  # DNS ignores socket timeouts
-    t.start()
-    t.join(timeout + 0.5)
-    return bool(ok)
+    return reachable(host, port, timeout)
 
 
 def _hub_host() -> str:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
-import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import torch
 
 from cat_core.config import CalibConfig
 from cat_core.decode import cached_forward
+from cat_core.network import reachable
 
 __all__ = ["CalibError", "calibration_samples", "self_samples"]
 
@@ -152,20 +151,7 @@ def _network_reachable(url: str) -> bool:
 
     u = urlparse(url)
     host, port = u.hostname or "huggingface.co", u.port or (443 if u.scheme == "https" else 80)
-    ok: list[bool] = []
-
-    def probe() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=_NETWORK_PROBE_S):
-                ok.append(True)
-        except OSError:
-            pass
-
-    # DNS resolution ignores socket timeouts, hence the thread.
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(_NETWORK_PROBE_S + 0.5)
-    return bool(ok)
+    return reachable(host, port, _NETWORK_PROBE_S)
 
 
 def _hub_documents(name: str, cfg: CalibConfig) -> Iterable[str]:

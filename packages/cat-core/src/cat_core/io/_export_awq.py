@@ -20,12 +20,11 @@ import torch
 from torch import nn
 
 from cat_core.io._bitstream import pack_stream, unpack_stream
-from cat_core.io._config import read_config
 from cat_core.io._errors import CheckpointError
-from cat_core.io._experts import unfused_record
-from cat_core.io._foreign import export_dir, import_dir
+from cat_core.io._foreign import import_dir, read_foreign_config
 from cat_core.io._shards import DEFAULT_MAX_SHARD_SIZE
 from cat_core.io._state import quantized_modules, unconverted_linears, uniform_settings
+from cat_core.io._write import structure_record, write_checkpoint
 from cat_core.nn import QuantLinear
 from cat_core.quant import QuantizedTensor
 
@@ -105,17 +104,15 @@ def export_awq(
             f"the AWQ GEMM format cannot hold {bits}-bit weights (4-bit only); use "
             f"cat_core.io.export_gptq for 3-bit, or the native format (save_quantized)"
         )
-    from cat_core.io._native import _activation_paths
-
     qcfg = {
         "quant_method": "awq", "version": "gemm", "zero_point": True, "bits": 4, "group_size": gs,
         "w_bit": 4, "q_group_size": gs, "modules_to_not_convert": unconverted_linears(model) or None,
-        "activation_scales": _activation_paths(model),
-        **unfused_record(model),
+        **structure_record(model),
     }
     autoawq = {"zero_point": True, "q_group_size": gs, "w_bit": 4, "version": "GEMM"}
-    return export_dir(model, out_dir, tokenizer, overwrite, max_shard_size, qcfg, _convert, progress,
-                        extra_json={"quant_config.json": autoawq}, dtype=dtype)
+    return write_checkpoint(model, out_dir, tokenizer, qcfg, {"format": "pt", "quant_method": "awq"},
+                            overwrite=overwrite, max_shard_size=max_shard_size, progress=progress, dtype=dtype,
+                            convert=_convert, extra_json={"quant_config.json": autoawq})
 
 
 def import_awq(
@@ -128,11 +125,7 @@ def import_awq(
     """Read an AWQ GEMM checkpoint (4-bit, zero point) into :class:`~cat_core.nn.QuantLinear`
     layers; returns ``(model, tokenizer or None)``. Raises :class:`CheckpointError`."""
     path = Path(path)
-    cfg = read_config(path)
-    q = cfg.get("quantization_config")
-    if not isinstance(q, dict) or str(q.get("quant_method", "")).lower() != "awq":
-        got = q.get("quant_method") if isinstance(q, dict) else None
-        raise CheckpointError(f"{path / 'config.json'}: quant_method is {got!r}, not 'awq': not an AWQ checkpoint")
+    cfg, q = read_foreign_config(path, "awq", "an AWQ checkpoint")
     version = str(q.get("version", "gemm")).lower()
     bits = q.get("bits", q.get("w_bit"))
     gs = q.get("group_size", q.get("q_group_size"))

@@ -24,13 +24,12 @@ import torch
 from torch import nn
 
 from cat_core.io._bitstream import pack_stream, unpack_stream
-from cat_core.io._config import read_config
 from cat_core.io._errors import CheckpointError
-from cat_core.io._experts import unfused_record
 from cat_core.io._export_awq import _scales_fp16
-from cat_core.io._foreign import export_dir, import_dir
+from cat_core.io._foreign import import_dir, read_foreign_config
 from cat_core.io._shards import DEFAULT_MAX_SHARD_SIZE
 from cat_core.io._state import quantized_modules, unconverted_linears, uniform_settings
+from cat_core.io._write import structure_record, write_checkpoint
 from cat_core.nn import QuantLinear
 from cat_core.quant import QuantizedTensor
 
@@ -93,18 +92,17 @@ def export_gptq(
         raise ValueError(f"checkpoint_format must be one of {_FORMATS}, got {checkpoint_format!r}")
     mods = quantized_modules(model)
     bits, gs, sym, _ = uniform_settings(mods)
-    from cat_core.io._native import _activation_paths
-
     qcfg = {
         "quant_method": "gptq", "bits": bits, "group_size": gs, "desc_act": False, "sym": sym,
         "checkpoint_format": checkpoint_format, "static_groups": False, "true_sequential": True,
         "modules_to_not_convert": unconverted_linears(model) or None,
-        "activation_scales": _activation_paths(model),
-        **unfused_record(model),
+        **structure_record(model),
     }
     side = {k: qcfg[k] for k in ("bits", "group_size", "desc_act", "sym", "checkpoint_format", "static_groups", "true_sequential")}
-    return export_dir(model, out_dir, tokenizer, overwrite, max_shard_size, qcfg, _converter(checkpoint_format),
-                        progress, extra_json={"quantize_config.json": {**side, "quant_method": "gptq"}}, dtype=dtype)
+    return write_checkpoint(model, out_dir, tokenizer, qcfg, {"format": "pt", "quant_method": "gptq"},
+                            overwrite=overwrite, max_shard_size=max_shard_size, progress=progress, dtype=dtype,
+                            convert=_converter(checkpoint_format),
+                            extra_json={"quantize_config.json": {**side, "quant_method": "gptq"}})
 
 
 def import_gptq(
@@ -120,11 +118,7 @@ def import_gptq(
     Symmetric checkpoints whose zero points are all ``2**(bits-1)`` load as symmetric layers (no
     zero-point buffer). Raises :class:`CheckpointError`."""
     path = Path(path)
-    cfg = read_config(path)
-    q = cfg.get("quantization_config")
-    if not isinstance(q, dict) or str(q.get("quant_method", "")).lower() != "gptq":
-        got = q.get("quant_method") if isinstance(q, dict) else None
-        raise CheckpointError(f"{path / 'config.json'}: quant_method is {got!r}, not 'gptq': not a GPTQ checkpoint")
+    cfg, q = read_foreign_config(path, "gptq", "a GPTQ checkpoint")
     bits, gs = q.get("bits"), q.get("group_size", -1)
     fmt = str(q.get("checkpoint_format", "gptq")).lower()
     if bits not in (2, 3, 4, 8):

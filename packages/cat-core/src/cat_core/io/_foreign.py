@@ -1,10 +1,8 @@
-"""The shared write and read paths of the foreign layouts (AWQ GEMM, GPTQ): a model whose
-quantized linears are stored in another tool's arrays."""
+"""The shared read path of the foreign layouts (AWQ GEMM, GPTQ): a model whose quantized linears
+are stored in another tool's arrays, converted to QuantLinear layers as it loads."""
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,8 +11,7 @@ import torch
 from torch import nn
 
 from cat_core.io import _shards
-from cat_core.io._atomic import atomic_dir
-from cat_core.io._config import load_generation_and_tokenizer, write_config
+from cat_core.io._config import load_generation_and_tokenizer, read_config
 from cat_core.io._errors import CheckpointError
 from cat_core.io._experts import unfuse_for_names, unfuse_recorded
 from cat_core.io._skeleton import (
@@ -24,51 +21,20 @@ from cat_core.io._skeleton import (
     install_scaled_activations,
     skeleton,
 )
-from cat_core.io._state import (
-    cast_unquantized,
-    check_storage_dtype,
-    quantized_modules,
-    resolve_offloaded,
-    unique_state,
-)
-from cat_core.nn import QuantLinear, _module_at, _set_module, linear_shape
+from cat_core.nn import QuantLinear, _linear_at, _set_module
 
 
-def export_dir(
-    model: nn.Module,
-    out_dir: str | os.PathLike,
-    tokenizer: Any,
-    overwrite: bool,
-    max_shard_size: int | str,
-    qcfg: dict[str, Any],
-    convert: Callable[[str, QuantLinear], dict[str, torch.Tensor]],
-    progress: bool,
-    extra_json: dict[str, dict[str, Any]] | None = None,
-    dtype: torch.dtype | None = None,
-) -> Path:
-    """Write ``model`` with each QuantLinear's native buffers replaced by ``convert(name, mod)``
-    (suffix -> tensor; the bias stays under its own name); the other floating tensors in
-    ``dtype`` when given."""
-    check_storage_dtype(dtype)
-    mods = quantized_modules(model)
-    converted = {name: convert(name, mod) for name, mod in mods.items()}  # errors before any IO
-    tensors: dict[str, torch.Tensor] = {}
-    for key, t in resolve_offloaded(model, unique_state(model)).items():
-        owner, _, attr = key.rpartition(".")
-        if owner in mods and attr in ("qweight", "scales", "qzeros"):
-            if attr == "qweight":
-                tensors.update({f"{owner}.{s}": v for s, v in converted[owner].items()})
-            continue
-        tensors[key] = t
-    foreign = {f"{owner}.{s}" for owner, parts in converted.items() for s in parts}
-    tensors = cast_unquantized(tensors, dtype, keep=foreign)
-    meta = {"format": "pt", "quant_method": str(qcfg["quant_method"])}
-    with atomic_dir(out_dir, overwrite) as tmp:
-        write_config(tmp, model, qcfg, tokenizer, dtype)
-        for fname, content in (extra_json or {}).items():
-            (tmp / fname).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
-        _shards.write_shards(tmp, tensors, max_shard_size, meta, progress)
-    return Path(out_dir).absolute()
+def read_foreign_config(path: Path, method: str, what: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """config.json of the checkpoint at ``path`` and its ``quantization_config``, which must name
+    ``method``; ``what`` ends the error otherwise ("not {what}")."""
+    cfg = read_config(path)
+    q = cfg.get("quantization_config")
+    if not isinstance(q, dict) or str(q.get("quant_method", "")).lower() != method:
+        got = q.get("quant_method") if isinstance(q, dict) else None
+        raise CheckpointError(
+            f"{path / 'config.json'}: quant_method is {got!r}, not {method!r}: not {what}"
+        )
+    return cfg, q
 
 
 def import_dir(
@@ -94,12 +60,11 @@ def import_dir(
     # placeholders give the linear shapes and the expected unquantized tensors
     shapes = {}
     for name in names:
-        mod = _module_at(model, name)
-        if mod is None:
-            raise CheckpointError(f"{path}: tensor '{name}.qweight' belongs to no module of this model")
-        shape = linear_shape(mod)
-        if shape is None:
-            raise CheckpointError(f"{path}: '{name}' is a {type(mod).__name__}, not a linear layer")
+        mod, shape = _linear_at(
+            model, name, error=CheckpointError,
+            missing=f"{path}: tensor '{name}.qweight' belongs to no module of this model",
+            not_linear=f"{path}: '{name}' is a {{kind}}, not a linear layer",
+        )
         shapes[name] = (shape, getattr(mod, "bias", None))
     qcfg = cfg.get("quantization_config") or {}
     acts = qcfg.get("activation_scales")

@@ -11,11 +11,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from cat_core.io._atomic import atomic_dir
-from cat_core.io._config import load_generation_and_tokenizer, read_config, write_config
+from cat_core.io._config import load_generation_and_tokenizer, read_config
 from cat_core.io._errors import CheckpointError
-from cat_core.io._experts import unfuse_recorded, unfused_record
-from cat_core.io._shards import DEFAULT_MAX_SHARD_SIZE, load_tensors, read_headers, write_shards
+from cat_core.io._experts import unfuse_recorded
+from cat_core.io._shards import DEFAULT_MAX_SHARD_SIZE, load_tensors, read_headers
 from cat_core.io._skeleton import (
     check_tensors,
     expected_from,
@@ -24,24 +23,12 @@ from cat_core.io._skeleton import (
     install_scaled_activations,
     skeleton,
 )
-from cat_core.io._state import (
-    cast_unquantized,
-    check_storage_dtype,
-    quantized_modules,
-    resolve_offloaded,
-    unconverted_linears,
-    unique_state,
-)
+from cat_core.io._state import check_storage_dtype, quantized_modules, unconverted_linears
+from cat_core.io._write import structure_record, write_checkpoint
 from cat_core.nn import QuantLinear
 
 QUANT_METHOD = "caterpillar"
 FORMAT_VERSION = 2  # 2: zero points in cat-kernels format v2 (dense rows)
-
-
-def _activation_paths(model: nn.Module) -> list[str]:
-    from cat_core.graph import ScaledActivation
-
-    return [n for n, m in model.named_modules() if isinstance(m, ScaledActivation)]
 
 
 def _module_settings(m: QuantLinear) -> dict[str, Any]:
@@ -83,17 +70,12 @@ def save_quantized(
         **glob,
         "modules": sorted(mods),
         "module_overrides": {n: o for n, o in sorted(overrides.items()) if o},
-        "activation_scales": _activation_paths(model),
         "modules_not_converted": unconverted_linears(model),
-        **unfused_record(model),
+        **structure_record(model),
     }
-    tensors = resolve_offloaded(model, unique_state(model))
-    tensors = cast_unquantized(tensors, dtype, keep={f"{n}.scales" for n in mods})
     meta = {"format": "pt", "quant_method": QUANT_METHOD, "format_version": str(FORMAT_VERSION)}
-    with atomic_dir(out_dir, overwrite) as tmp:
-        write_config(tmp, model, qcfg, tokenizer, dtype)
-        write_shards(tmp, tensors, max_shard_size, meta, progress)
-    return Path(out_dir).absolute()
+    return write_checkpoint(model, out_dir, tokenizer, qcfg, meta, overwrite=overwrite,
+                            max_shard_size=max_shard_size, progress=progress, dtype=dtype)
 
 
 def _settings(qcfg: Any, path: Path) -> tuple[dict[str, tuple[int, int, bool, torch.dtype]], list[str]]:

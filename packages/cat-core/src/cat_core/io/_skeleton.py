@@ -11,7 +11,7 @@ from torch import nn
 
 from cat_core.io._errors import CheckpointError
 from cat_core.io._state import unique_state
-from cat_core.nn import QuantLinear, _module_at, _set_module, linear_shape
+from cat_core.nn import QuantLinear, _linear_at, _module_at, _set_module
 
 
 def _torch_dtype(name: Any) -> torch.dtype:
@@ -54,13 +54,11 @@ def install_quant_linears(
     """Replace each named linear of a meta skeleton by an empty (meta) QuantLinear with its
     (bits, group_size, sym, scale dtype)."""
     for name, (bits, group_size, sym, scale_dtype) in settings.items():
-        mod = _module_at(model, name)
-        if mod is None:
-            raise CheckpointError(f"quantization_config names module {name!r}, which this model does not have")
-        shape = linear_shape(mod)
-        if shape is None:
-            raise CheckpointError(f"quantization_config names {name!r}, a {type(mod).__name__}, not a linear layer")
-        n, k = shape
+        mod, (n, k) = _linear_at(
+            model, name, error=CheckpointError,
+            missing=f"quantization_config names module {name!r}, which this model does not have",
+            not_linear=f"quantization_config names {name!r}, a {{kind}}, not a linear layer",
+        )
         if group_size != -1 and k % group_size:
             raise CheckpointError(f"group_size={group_size} does not divide in_features={k} of {name!r}")
         bias = getattr(mod, "bias", None)

@@ -10,6 +10,7 @@ sharded layer (:mod:`cat_core.vllm._packed`), and computes with :class:`cat_core
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from functools import partial
 from typing import Any
 
@@ -126,10 +127,12 @@ class CaterpillarConfig(QuantizationConfig):
         return CaterpillarLinearMethod(settings, prefix)
 
 
-class CaterpillarLinearMethod(LinearMethodBase):
-    """Packed weights of one (possibly fused, possibly sharded) linear, computed by cat-kernels."""
+class _KernelsMethod(LinearMethodBase):
+    """What both linear methods share: the layer's settings and name, vLLM's ``create_weights``
+    call reduced to the layer's local shape, and the forward through the :class:`QuantLinear`
+    that ``process_weights_after_loading`` keeps in ``layer.__dict__["_cat_linear"]``."""
 
-    def __init__(self, settings: LinearSettings, prefix: str) -> None:
+    def __init__(self, settings: LinearSettings | AwqSettings, prefix: str) -> None:
         self.settings = settings
         self.prefix = prefix
 
@@ -143,8 +146,31 @@ class CaterpillarLinearMethod(LinearMethodBase):
         params_dtype: torch.dtype,
         **extra_weight_attrs: Any,
     ) -> None:
-        s = self.settings
         k, n = input_size_per_partition, sum(output_partition_sizes)
+        self._create_weights(layer, k, n, input_size, output_partition_sizes, extra_weight_attrs)
+        layer.cat_shape = (n, k)
+
+    @abstractmethod
+    def _create_weights(
+        self, layer: torch.nn.Module, k: int, n: int, input_size: int, parts: list[int], extra: dict[str, Any]
+    ) -> None:
+        """Register the parameters of this rank's ``[n, k]`` part of the layer (``parts``: its
+        output partition sizes, ``extra``: vLLM's extra weight attributes)."""
+
+    def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        y = layer.__dict__["_cat_linear"](x)
+        return y if bias is None else y + bias
+
+
+class CaterpillarLinearMethod(_KernelsMethod):
+    """Packed weights of one (possibly fused, possibly sharded) linear, computed by cat-kernels."""
+
+    settings: LinearSettings
+
+    def _create_weights(
+        self, layer: torch.nn.Module, k: int, n: int, input_size: int, parts: list[int], extra: dict[str, Any]
+    ) -> None:
+        s = self.settings
         if s.group_size != -1 and input_size % s.group_size:
             raise ValueError(f"caterpillar: {self.prefix}: in_features={input_size} is not a multiple of "
                              f"group_size={s.group_size} (config.json does not match the model)")
@@ -156,7 +182,6 @@ class CaterpillarLinearMethod(LinearMethodBase):
             # layout needs the slicing of _load below.
             set_weight_attrs(p, {"weight_loader": partial(_load, layer, self.prefix, s, name)})
             layer.register_parameter(name, p)
-        layer.cat_shape = (n, k)
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         s = self.settings
@@ -167,10 +192,6 @@ class CaterpillarLinearMethod(LinearMethodBase):
         lin.qzeros = None if s.sym else layer.qzeros.data
         # kept outside the module tree: vLLM must not see (or move, or count) the shared tensors twice
         layer.__dict__["_cat_linear"] = lin
-
-    def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        y = layer.__dict__["_cat_linear"](x)
-        return y if bias is None else y + bias
 
     def dequantize_weight(self, layer: torch.nn.Module) -> torch.Tensor:
         return layer.__dict__["_cat_linear"].dequantize_weight(layer.params_dtype)
@@ -189,40 +210,29 @@ def _cpu_without_w4a16() -> bool:
 
 
 @_vllm_linear.register_weight_loader_v2_supported_method
-class CaterpillarAwqLinearMethod(LinearMethodBase):
+class CaterpillarAwqLinearMethod(_KernelsMethod):
     """An AWQ-GEMM linear computed by cat-kernels: the checkpoint's layout is loaded (and sharded
     for tensor parallelism) by vLLM's own parameter classes, then each rank's part is unpacked
     and repacked once into the cat-kernels format. The results equal
     ``cat_core.io.import_awq(dir)`` on the same tensors."""
 
     PACK = 8  # 4-bit codes per int32 word
+    settings: AwqSettings
 
-    def __init__(self, settings: AwqSettings, prefix: str) -> None:
-        self.settings = settings
-        self.prefix = prefix
-
-    def create_weights(
-        self,
-        layer: torch.nn.Module,
-        input_size_per_partition: int,
-        output_partition_sizes: list[int],
-        input_size: int,
-        output_size: int,
-        params_dtype: torch.dtype,
-        **extra_weight_attrs: Any,
+    def _create_weights(
+        self, layer: torch.nn.Module, k: int, n: int, input_size: int, parts: list[int], extra: dict[str, Any]
     ) -> None:
         gs = self.settings.group_size if self.settings.group_size != -1 else input_size
-        k, n = input_size_per_partition, sum(output_partition_sizes)
         if k % gs:
             raise ValueError(
                 f"caterpillar: {self.prefix}: this rank holds {k} of the {input_size} input columns, not a "
                 f"multiple of the AWQ group_size={gs}: a shard of the input dimension must hold whole groups; "
                 "use a smaller tensor-parallel size")
-        if any(p % self.PACK for p in output_partition_sizes):
+        if any(p % self.PACK for p in parts):
             raise ValueError(
-                f"caterpillar: {self.prefix}: output parts {output_partition_sizes} per rank are not multiples of "
+                f"caterpillar: {self.prefix}: output parts {parts} per rank are not multiples of "
                 f"{self.PACK} (AWQ packs 8 output columns per int32 word); use a smaller tensor-parallel size")
-        loader = extra_weight_attrs.get("weight_loader")
+        loader = extra.get("weight_loader")
         words = {"input_dim": 0, "output_dim": 1, "packed_dim": 1, "packed_factor": self.PACK, "weight_loader": loader}
         layer.register_parameter("qweight", PackedvLLMParameter(
             data=torch.empty(k, n // self.PACK, dtype=torch.int32), **words))
@@ -231,7 +241,6 @@ class CaterpillarAwqLinearMethod(LinearMethodBase):
         # float16 as stored, whatever the model's dtype: a scale rounded to bf16 is another weight
         layer.register_parameter("scales", GroupQuantScaleParameter(
             data=torch.empty(k // gs, n, dtype=torch.float16), input_dim=0, output_dim=1, weight_loader=loader))
-        layer.cat_shape = (n, k)
         layer.cat_group = gs
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
@@ -241,10 +250,6 @@ class CaterpillarAwqLinearMethod(LinearMethodBase):
             delattr(layer, name)
             layer.register_parameter(name, Parameter(getattr(lin, name), requires_grad=False))
         layer.__dict__["_cat_linear"] = lin
-
-    def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        y = layer.__dict__["_cat_linear"](x)
-        return y if bias is None else y + bias
 
 
 # --------------------------------------------------------------------------- tensor parallelism
