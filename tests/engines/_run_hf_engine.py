@@ -1,12 +1,11 @@
 """Runs inside the engine venv (tools/setup_engines_hf.sh), never imports cat-core: loads each
-checkpoint directory the way a user of transformers + GPTQModel would and writes to
-``<out>/<name>.safetensors`` its logits at every position of a given token sequence (teacher
-forced) and its own greedy tokens after the prompt; reports which quantized-linear classes the
-engine picked and the dtypes their forwards saw.
+checkpoint directory the way a user of transformers + GPTQModel would, generates greedily from the
+prompt and writes to ``<out>/<name>.safetensors`` those tokens, the logits each greedy step chose
+from, and its logits at every position of them in one forward; reports which quantized-linear classes the engine picked and the dtypes
+their forwards saw.
 
     python _run_hf_engine.py SPEC.json   SPEC: {"new_tokens": 20, "out": DIR,
-                                                "runs": {name: {"dir": path, "prompt": [...],
-                                                                "sequence": [...]}}}
+                                                "runs": {name: {"dir": path, "prompt": [...]}}}
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ def _load(path: str):
 
 
 def _quant_modules(model) -> list:
-    return [m for m in model.modules() if "Quant" in type(m).__name__]
+    return [m for m in model.modules() if hasattr(m, "qweight")]
 
 
 def _watch_dtypes(modules: list) -> tuple[dict, list]:
@@ -96,12 +95,16 @@ def main() -> int:
             modules = _quant_modules(model)
             seen, hooks = _watch_dtypes(modules)
             with torch.no_grad():
-                logits = model(torch.tensor([run["sequence"]])).logits[0].float()
+                gen = model.generate(torch.tensor([run["prompt"]]), max_new_tokens=spec["new_tokens"],
+                                     do_sample=False, pad_token_id=spec.get("pad_token_id", 0),
+                                     output_logits=True, return_dict_in_generate=True)
+                out = gen.sequences[0]
+                steps = torch.stack([x[0] for x in gen.logits]).float()
+                logits = model(out[None]).logits[0].float()
                 for h in hooks:
                     h.remove()
-                out = model.generate(torch.tensor([run["prompt"]]), max_new_tokens=spec["new_tokens"],
-                                     do_sample=False, pad_token_id=spec.get("pad_token_id", 0))[0]
-            save_file({"logits": logits.contiguous(), "tokens": out.contiguous()}, f"{spec['out']}/{name}.safetensors")
+            save_file({"logits": logits.contiguous(), "tokens": out.contiguous(), "step_logits": steps.contiguous()},
+                      f"{spec['out']}/{name}.safetensors")
             report[name] = {"ok": True, "how": how, "modules": sorted({type(m).__name__ for m in modules}),
                             "dtypes": seen, "kernel": _kernel_facts(modules),
                             "seconds": round(time.perf_counter() - t0, 1)}
