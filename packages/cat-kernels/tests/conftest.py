@@ -4,6 +4,8 @@ import random
 import numpy as np
 import pytest
 
+import _emulator
+
 
 @pytest.fixture
 def rng(request):
@@ -22,3 +24,13 @@ def _restore_kernel_state():
 
     _C._set_isa("")
     _C._set_num_threads(0)
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory):
+    """The host emulator of the v2 CUDA kernels (tests/emulator/), built once per session."""
+    try:
+        return _emulator.build(tmp_path_factory.mktemp("emulator"))
+    except RuntimeError as e:
+        pytest.fail(str(e))
+

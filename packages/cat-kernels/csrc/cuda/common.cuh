@@ -27,6 +27,7 @@
 #include <utility>
 
 #include "cat/ops.h"
+#include "decode.h"
 
 namespace cat {
 namespace cuda {
@@ -154,11 +155,7 @@ __device__ __forceinline__ void store_from_float<DType::bf16>(void* p, int64_t i
 
 // ------------------------------------------------------------------ unpacking
 
-// Byte offset-free index of word w of block b of tile t, lane (row in tile) r.
-__host__ __device__ __forceinline__ int64_t word_index(int64_t t, int64_t b, int w, int r,
-                                                       int64_t n_blocks, int bits) {
-  return ((t * n_blocks + b) * bits + w) * kTileN + r;
-}
+using decode::word_index;
 
 // Code of value v (0..31) of a block whose `bits` words are w[0..bits-1] (runtime bits and v).
 // Used where speed does not matter (unpack, dequantize, zero points). The word is selected with
