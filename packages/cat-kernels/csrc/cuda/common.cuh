@@ -74,25 +74,6 @@ inline void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 
                                                   : std::string()));
 }
 
-// For <<<...>>> launches (kept for code not yet on detail::launch): reports a pending error
-// only when it is a launch error a <<<>>> launch can cause, and leaves any other pending error
-// (another library's) where it is. Prefer detail::launch, which knows whose error it is.
-inline void check_launch(const char* kernel) {
-  const cudaError_t e = cudaPeekAtLastError();
-  switch (e) {
-    case cudaErrorInvalidConfiguration:
-    case cudaErrorLaunchOutOfResources:
-    case cudaErrorInvalidDeviceFunction:
-    case cudaErrorNoKernelImageForDevice:
-    case cudaErrorInvalidPtx:
-    case cudaErrorUnsupportedPtxVersion:
-      check(e, kernel);
-      break;
-    default:
-      break;
-  }
-}
-
 inline cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
 
 // Grid size for a grid-stride loop over `total` items with `threads` per block: enough blocks to

@@ -357,8 +357,7 @@ void launch_v2(const Args& a, cudaStream_t s) {
     const int64_t mts = std::min(kMaxGridY, m_tiles - mt0);
     const dim3 grid(static_cast<unsigned>(ceil_div(a.n, tv2::kBN)), static_cast<unsigned>(mts),
                     static_cast<unsigned>(a.splits));
-    kernel<<<grid, tv2::kThreads, bytes, s>>>(a, mt0 * bm);
-    detail::check_launch("gemm_tiled_v2_kernel");
+    detail::launch("gemm_tiled_v2_kernel", kernel, grid, dim3(tv2::kThreads), bytes, s, a, mt0 * bm);
   }
 }
 
