@@ -168,15 +168,19 @@ def run_gemm(x, prob: Problem, device):
 def test_pack_unpack_match_cpu_and_reference(bits, shape, code_dtype):
     rng = np.random.default_rng(seed_for("pack", bits, shape, code_dtype))
     codes = rng.integers(0, 2**bits, size=shape).astype(code_dtype)
-    expect = ref_pack(codes, bits)
-    cpu = as_torch(ck.pack(codes, bits)).numpy()
-    gpu = as_torch(ck.pack(torch.from_numpy(codes).to(DEV), bits))
+    check_pack_roundtrip(lambda c: ck.pack(c, bits), lambda p: ck.unpack(p, *shape), codes, ref_pack(codes, bits))
+
+
+def check_pack_roundtrip(pack, unpack, values: np.ndarray, expect: np.ndarray) -> None:
+    """`pack` gives `expect` on the CPU and on the GPU, and `unpack` on the GPU gives `values`."""
+    cpu = as_torch(pack(values)).numpy()
+    gpu = as_torch(pack(torch.from_numpy(values).to(DEV)))
     assert gpu.is_cuda and gpu.dtype == torch.int32
     np.testing.assert_array_equal(cpu, expect)
     np.testing.assert_array_equal(gpu.cpu().numpy(), expect)
-    back = as_torch(ck.unpack(gpu, *shape))
+    back = as_torch(unpack(gpu))
     assert back.is_cuda and back.dtype == torch.uint8
-    np.testing.assert_array_equal(back.cpu().numpy(), codes.astype(np.uint8))
+    np.testing.assert_array_equal(back.cpu().numpy(), values.astype(np.uint8))
 
 
 def ref_pack_zeros(z: np.ndarray, bits: int) -> np.ndarray:
@@ -199,15 +203,8 @@ def ref_pack_zeros(z: np.ndarray, bits: int) -> np.ndarray:
 def test_pack_unpack_zeros_match_cpu_and_reference(bits, shape):
     rng = np.random.default_rng(seed_for("pack_zeros", bits, shape))
     z = rng.integers(0, 2**bits, size=shape).astype(np.uint8)
-    expect = ref_pack_zeros(z, bits)
-    cpu = as_torch(ck.pack_zeros(z, bits)).numpy()
-    gpu = as_torch(ck.pack_zeros(torch.from_numpy(z).to(DEV), bits))
-    assert gpu.is_cuda and gpu.dtype == torch.int32
-    np.testing.assert_array_equal(cpu, expect)
-    np.testing.assert_array_equal(gpu.cpu().numpy(), expect)
-    back = as_torch(ck.unpack_zeros(gpu, *shape, bits))
-    assert back.is_cuda and back.dtype == torch.uint8
-    np.testing.assert_array_equal(back.cpu().numpy(), z)
+    check_pack_roundtrip(lambda v: ck.pack_zeros(v, bits), lambda p: ck.unpack_zeros(p, *shape, bits), z,
+                         ref_pack_zeros(z, bits))
 
 
 @pytest.mark.parametrize("bits", BITS)

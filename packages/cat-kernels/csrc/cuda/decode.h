@@ -77,24 +77,23 @@ CAT_HD uint32_t and_or(uint32_t a, uint32_t b, uint32_t c) {
 #endif
 }
 
-CAT_HD float as_float(uint32_t u) {
+// The same 32 bits as a float, or as a uint32 (a register move on the device).
+template <class To, class From>
+CAT_HD To bits_as(From v) {
+  static_assert(sizeof(To) == 4 && sizeof(From) == 4, "32-bit values only");
 #if defined(__CUDA_ARCH__)
-  return __uint_as_float(u);
+  if constexpr (std::is_same<To, float>::value)
+    return __uint_as_float(v);
+  else
+    return __float_as_uint(v);
 #else
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
+  To r;
+  std::memcpy(&r, &v, 4);
+  return r;
 #endif
 }
-CAT_HD uint32_t as_uint(float f) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(f);
-#else
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-#endif
-}
+CAT_HD float as_float(uint32_t u) { return bits_as<float>(u); }
+CAT_HD uint32_t as_uint(float f) { return bits_as<uint32_t>(f); }
 
 // Bits [off, off + bits) of the 64-bit window hi:lo (off < 32): a value of a row's bit stream
 // whose word is lo (and, for a value that straddles, the next word hi).
@@ -142,28 +141,29 @@ inline uint16_t float_to_h16(float f, bool bf16) {
 }
 #endif
 
+#if defined(__CUDA_ARCH__)
+// __hsub2 on the two 16-bit halves of a and b as the pair type V2 (__half2 or __nv_bfloat162).
+template <class V2>
+__device__ __forceinline__ uint32_t hsub2_bits(uint32_t a, uint32_t b) {
+  V2 x, y;
+  std::memcpy(&x, &a, 4);
+  std::memcpy(&y, &b, 4);
+  const V2 r = __hsub2(x, y);
+  uint32_t u;
+  std::memcpy(&u, &r, 4);
+  return u;
+}
+#endif
+
 // Lane-wise a - b on two packed 16-bit values (fp16 or bf16). Only ever used on exact integers
 // of magnitude <= 2048, where the result is exact in both formats.
 template <bool BF16>
 CAT_HD uint32_t sub2(uint32_t a, uint32_t b) {
 #if defined(__CUDA_ARCH__)
-  if constexpr (BF16) {
-    __nv_bfloat162 x, y;
-    std::memcpy(&x, &a, 4);
-    std::memcpy(&y, &b, 4);
-    const __nv_bfloat162 r = __hsub2(x, y);
-    uint32_t u;
-    std::memcpy(&u, &r, 4);
-    return u;
-  } else {
-    __half2 x, y;
-    std::memcpy(&x, &a, 4);
-    std::memcpy(&y, &b, 4);
-    const __half2 r = __hsub2(x, y);
-    uint32_t u;
-    std::memcpy(&u, &r, 4);
-    return u;
-  }
+  if constexpr (BF16)
+    return hsub2_bits<__nv_bfloat162>(a, b);
+  else
+    return hsub2_bits<__half2>(a, b);
 #else
   const float lo = h16_to_float(a & 0xFFFF, BF16) - h16_to_float(b & 0xFFFF, BF16);
   const float hi = h16_to_float(a >> 16, BF16) - h16_to_float(b >> 16, BF16);
@@ -427,13 +427,16 @@ void dispatch_bits(int bits, const char* what, F&& f) {
     default: throw std::runtime_error(std::string(what) + ": bits must be 2, 3, 4 or 8");
   }
 }
-// Calls f(std::bool_constant<BF16>{}) for 16-bit x: bfloat16 when bf16, else float16.
+// Calls f(std::integral_constant<int, BITS>{}, std::bool_constant<BF16>{}): the v2 kernels'
+// two template arguments (BF16: bfloat16 x, else float16).
 template <class F>
-void dispatch_bf16(bool bf16, F&& f) {
-  if (bf16)
-    f(std::true_type{});
-  else
-    f(std::false_type{});
+void dispatch_bits_bf16(int bits, bool bf16, const char* what, F&& f) {
+  dispatch_bits(bits, what, [&](auto b) {
+    if (bf16)
+      f(b, std::true_type{});
+    else
+      f(b, std::false_type{});
+  });
 }
 
 }  // namespace decode

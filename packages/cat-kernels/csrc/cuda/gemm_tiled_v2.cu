@@ -254,13 +254,17 @@ __global__ void __launch_bounds__(tv2::kThreads) gemm_tiled_v2_kernel(const Args
   }
   RawMeta pending = meta_of(S - 2);
 
+  // The thread's accumulators: M fragment mf, N fragment f, element e (tv2::c_pos places them).
   float acc[MT][2][4], part[MT][2][4];
+  auto each_acc = [](auto&& visit) {
 #pragma unroll
-  for (int i = 0; i < MT; ++i)
+    for (int mf = 0; mf < MT; ++mf)
 #pragma unroll
-    for (int f = 0; f < 2; ++f)
+      for (int f = 0; f < 2; ++f)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) acc[i][f][e] = part[i][f][e] = 0.f;
+        for (int e = 0; e < 4; ++e) visit(mf, f, e);
+  };
+  each_acc([&](int mf, int f, int e) { acc[mf][f][e] = part[mf][f][e] = 0.f; });
 
   for (int64_t li = 0; li < nsteps; ++li) {
     cp_wait<S - 2>();  // step li has landed (this thread's copies) ...
@@ -307,30 +311,20 @@ __global__ void __launch_bounds__(tv2::kThreads) gemm_tiled_v2_kernel(const Args
         for (int f = 0; f < 2; ++f)
 #pragma unroll
           for (int e = 0; e < 2; ++e) s[f][e] = ss[bl * tv2::kBN + tv2::c_pos(lane, warp, 0, f, e).col];
-#pragma unroll
-        for (int mf = 0; mf < MT; ++mf)
-#pragma unroll
-          for (int f = 0; f < 2; ++f)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              acc[mf][f][e] = fmaf(s[f][e & 1], part[mf][f][e], acc[mf][f][e]);
-              part[mf][f][e] = 0.f;
-            }
+        each_acc([&](int mf, int f, int e) {
+          acc[mf][f][e] = fmaf(s[f][e & 1], part[mf][f][e], acc[mf][f][e]);
+          part[mf][f][e] = 0.f;
+        });
       }
     }
   }
   cp_wait<0>();  // no copy may outlive the CTA's shared memory
 
-#pragma unroll
-  for (int mf = 0; mf < MT; ++mf)
-#pragma unroll
-    for (int f = 0; f < 2; ++f)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const tv2::CPos p = tv2::c_pos(lane, warp, mf, f, e);
-        const int64_t row = m0 + p.row, col = n0 + p.col;
-        if (row < a.m && col < a.n) store_result(a, split, row, col, acc[mf][f][e]);
-      }
+  each_acc([&](int mf, int f, int e) {
+    const tv2::CPos p = tv2::c_pos(lane, warp, mf, f, e);
+    const int64_t row = m0 + p.row, col = n0 + p.col;
+    if (row < a.m && col < a.n) store_result(a, split, row, col, acc[mf][f][e]);
+  });
 #endif
 }
 
@@ -379,10 +373,8 @@ void launch_tiled_v2(const Args& a, cudaStream_t s) {
     launch_tiled(a, s);
     return;
   }
-  decode::dispatch_bits(a.bits, kGemmWhat, [&](auto bits) {
-    decode::dispatch_bf16(a.x_dtype == DType::bf16, [&](auto bf16) {
-      launch_v2_mt<decltype(bits)::value, decltype(bf16)::value>(a, s);
-    });
+  decode::dispatch_bits_bf16(a.bits, a.x_dtype == DType::bf16, kGemmWhat, [&](auto bits, auto bf16) {
+    launch_v2_mt<decltype(bits)::value, decltype(bf16)::value>(a, s);
   });
 }
 

@@ -329,10 +329,8 @@ void launch_v2_typed(const Args& a, cudaStream_t s) {
 void launch_gemv_v2(const Args& a, cudaStream_t s) {
   if (a.x_dtype != DType::f16 && a.x_dtype != DType::bf16)
     throw std::runtime_error("cat_kernels CUDA gemm: the v2 GEMV takes float16 or bfloat16 x");
-  decode::dispatch_bits(a.bits, kGemmWhat, [&](auto bits) {
-    decode::dispatch_bf16(a.x_dtype == DType::bf16, [&](auto bf16) {
-      launch_v2_typed<decltype(bits)::value, decltype(bf16)::value>(a, s);
-    });
+  decode::dispatch_bits_bf16(a.bits, a.x_dtype == DType::bf16, kGemmWhat, [&](auto bits, auto bf16) {
+    launch_v2_typed<decltype(bits)::value, decltype(bf16)::value>(a, s);
   });
 }
 

@@ -155,8 +155,8 @@ std::vector<double> gemv_run(const Problem& P) {
   REQUIRE(P.m >= 1 && P.m <= kMaxM, "m must be 1..8");
   REQUIRE(v2_shape_ok(P.k), "the v2 kernel needs K % 32 == 0 (gemm() takes the legacy GEMV otherwise)");
   std::vector<double> y(size_t(P.m * P.n), 0.0);
-  dec::dispatch_bits(P.bits, "emulate", [&](auto bits) {
-    dec::dispatch_bf16(P.bf16, [&](auto bf16) { run<decltype(bits)::value, decltype(bf16)::value>(P, y); });
+  dec::dispatch_bits_bf16(P.bits, P.bf16, "emulate", [&](auto bits, auto bf16) {
+    run<decltype(bits)::value, decltype(bf16)::value>(P, y);
   });
   return y;
 }

@@ -589,14 +589,12 @@ TiledResult tiled_run(const Problem& P) {
   r.per_split = plan.per_split;
   r.mt = plan.mt;
   r.y_raw.assign(size_t(P.m * P.n), 0.f);
-  dec::dispatch_bits(P.bits, "emulate", [&](auto bits) {
-    dec::dispatch_bf16(P.bf16, [&](auto bf16) {
-      constexpr int kBits = decltype(bits)::value;
-      constexpr bool kBf16 = decltype(bf16)::value;
-      if (plan.mt == 2) run_grid<kBits, kBf16, 2>(P, plan, r.y_raw);
-      else if (plan.mt == 4) run_grid<kBits, kBf16, 4>(P, plan, r.y_raw);
-      else run_grid<kBits, kBf16, 8>(P, plan, r.y_raw);
-    });
+  dec::dispatch_bits_bf16(P.bits, P.bf16, "emulate", [&](auto bits, auto bf16) {
+    constexpr int kBits = decltype(bits)::value;
+    constexpr bool kBf16 = decltype(bf16)::value;
+    if (plan.mt == 2) run_grid<kBits, kBf16, 2>(P, plan, r.y_raw);
+    else if (plan.mt == 4) run_grid<kBits, kBf16, 4>(P, plan, r.y_raw);
+    else run_grid<kBits, kBf16, 8>(P, plan, r.y_raw);
   });
   return r;
 }
