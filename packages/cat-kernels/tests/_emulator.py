@@ -33,12 +33,10 @@ def build(out_dir: Path, csrc: Path = CSRC) -> Path:
     tests); raises with the compiler's message when that fails."""
     compiler = cxx()
     if compiler is None:
-        raise RuntimeError("no host C++ compiler (c++, g++ or clang++) to build the kernel emulator")
+        raise RuntimeError("no host C++ compiler (c++, g++ or clang++) for the kernel emulator")
     exe = out_dir / "emulate"
-    r = subprocess.run(
-        [compiler, "-std=c++17", "-O1", "-Wall", "-Werror", f"-I{csrc}", *map(str, SOURCES), "-o", str(exe)],
-        capture_output=True, text=True,
-    )
+    flags = ["-std=c++17", "-O1", "-Wall", "-Werror", f"-I{csrc}"]
+    r = subprocess.run([compiler, *flags, *map(str, SOURCES), "-o", str(exe)], capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"building the emulator failed:\n{r.stderr[-4000:]}")
     return exe
@@ -56,7 +54,9 @@ def bf16_bits(x32: np.ndarray) -> np.ndarray:
 
 def bits16(x32: np.ndarray, bf16: bool) -> np.ndarray:
     """float32 -> uint16 bit patterns of float16 / bfloat16 (round to nearest even)."""
-    return bf16_bits(x32) if bf16 else np.asarray(x32, np.float32).astype(np.float16).view(np.uint16)
+    if bf16:
+        return bf16_bits(x32)
+    return np.asarray(x32, np.float32).astype(np.float16).view(np.uint16)
 
 
 def value16(b: np.ndarray, bf16: bool) -> np.ndarray:
@@ -75,15 +75,15 @@ def scale_storage(s: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
     return b.astype(np.uint32), value16(b, dtype == "bfloat16")
 
 
-def write_problem(path: Path, *, bits: int, bf16: bool, x_bits: np.ndarray, packed, scale_raw: np.ndarray,
-                  scale_dtype: str, zeros, group_size: int, k: int, x_vec_ok: bool = True,
-                  aligned16: bool = True) -> None:
+def write_problem(path: Path, *, bits: int, bf16: bool, x_bits: np.ndarray, packed,
+                  scale_raw: np.ndarray, scale_dtype: str, zeros, group_size: int, k: int,
+                  x_vec_ok: bool = True, aligned16: bool = True) -> None:
     """The problem file of tests/emulator/model.h. group_size resolved (K for a whole row)."""
     m = x_bits.shape[0]
     n, ng = scale_raw.shape
     h = np.zeros(16, np.int64)
-    h[:11] = [bits, bf16, m, n, k, group_size, ng, zeros is not None, SCALE_DTYPES.index(scale_dtype),
-              x_vec_ok, aligned16]
+    h[:11] = [bits, bf16, m, n, k, group_size, ng, zeros is not None,
+              SCALE_DTYPES.index(scale_dtype), x_vec_ok, aligned16]
     with open(path, "wb") as f:
         f.write(h.tobytes())
         f.write(np.ascontiguousarray(x_bits, np.uint16).tobytes())

@@ -168,7 +168,8 @@ def run_gemm(x, prob: Problem, device):
 def test_pack_unpack_match_cpu_and_reference(bits, shape, code_dtype):
     rng = np.random.default_rng(seed_for("pack", bits, shape, code_dtype))
     codes = rng.integers(0, 2**bits, size=shape).astype(code_dtype)
-    check_pack_roundtrip(lambda c: ck.pack(c, bits), lambda p: ck.unpack(p, *shape), codes, ref_pack(codes, bits))
+    check_pack_roundtrip(lambda c: ck.pack(c, bits), lambda p: ck.unpack(p, *shape), codes,
+                         ref_pack(codes, bits))
 
 
 def check_pack_roundtrip(pack, unpack, values: np.ndarray, expect: np.ndarray) -> None:
@@ -203,8 +204,8 @@ def ref_pack_zeros(z: np.ndarray, bits: int) -> np.ndarray:
 def test_pack_unpack_zeros_match_cpu_and_reference(bits, shape):
     rng = np.random.default_rng(seed_for("pack_zeros", bits, shape))
     z = rng.integers(0, 2**bits, size=shape).astype(np.uint8)
-    check_pack_roundtrip(lambda v: ck.pack_zeros(v, bits), lambda p: ck.unpack_zeros(p, *shape, bits), z,
-                         ref_pack_zeros(z, bits))
+    check_pack_roundtrip(lambda v: ck.pack_zeros(v, bits),
+                         lambda p: ck.unpack_zeros(p, *shape, bits), z, ref_pack_zeros(z, bits))
 
 
 @pytest.mark.parametrize("bits", BITS)
@@ -332,7 +333,8 @@ def test_gemm_unaligned_views(m, x_dtype):
     if m <= 8 and x_dtype != torch.float32 and ck.cuda_impl() == "v2":
         # Aligned, the v2 GEMV runs; unaligned, the legacy GEMV (v2 loads 64-bit words). Both meet
         # the contract but sum in different orders, so one output rounding may differ.
-        assert_close(y, y_aligned.double().cpu().numpy(), 2 * tol, "unaligned (legacy GEMV) vs aligned (v2 GEMV)")
+        assert_close(y, y_aligned.double().cpu().numpy(), 2 * tol,
+                     "unaligned (legacy GEMV) vs aligned (v2 GEMV)")
     else:
         assert torch.equal(y, y_aligned), "alignment changed the result"
 
@@ -412,7 +414,8 @@ def test_gemm_cuda_graph_capture_split_k_gemv():
         static_x.copy_(x)
         graph.replay()
         torch.cuda.synchronize()
-        assert torch.equal(static_y, as_torch(ck.gemm(x, packed, scales, zeros, g))), f"replay with x seed {seed}"
+        eager = as_torch(ck.gemm(x, packed, scales, zeros, g))
+        assert torch.equal(static_y, eager), f"replay with x seed {seed}"
         ref, tol = gemm_bound(x.cpu(), prob.w32)
         assert_close(static_y, ref, tol, f"replayed split-K graph, x seed {seed}")
 

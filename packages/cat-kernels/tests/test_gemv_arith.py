@@ -30,8 +30,8 @@ class EmulatorError(AssertionError):
 def _emulate(exe: Path, tmp: Path, bits, bf16, n, k, m, g, packed, scales32, zeros, xb) -> np.ndarray:
     inp, out = tmp / "in.bin", tmp / "out.bin"
     s32 = np.ascontiguousarray(scales32, dtype=np.float32)
-    write_problem(inp, bits=bits, bf16=bf16, x_bits=xb, packed=packed, scale_raw=s32.view(np.uint32),
-                  scale_dtype="float32", zeros=zeros, group_size=g, k=k)
+    write_problem(inp, bits=bits, bf16=bf16, x_bits=xb, packed=packed,
+                  scale_raw=s32.view(np.uint32), scale_dtype="float32", zeros=zeros, group_size=g, k=k)
     r = run(exe, "gemv", inp, out)
     if r.returncode != 0:
         raise EmulatorError(f"emulator failed ({r.returncode}): {r.stderr.strip()}")

@@ -55,8 +55,9 @@ class Case:
 
     def write(self, path: Path) -> None:
         write_problem(path, bits=self.bits, bf16=self.bf16, x_bits=self.x_bits, packed=self.packed,
-                      scale_raw=self.scale_raw, scale_dtype=self.scale_dtype, zeros=self.packed_zeros,
-                      group_size=self.gs, k=self.k, x_vec_ok=self.x_vec_ok, aligned16=self.aligned16)
+                      scale_raw=self.scale_raw, scale_dtype=self.scale_dtype,
+                      zeros=self.packed_zeros, group_size=self.gs, k=self.k,
+                      x_vec_ok=self.x_vec_ok, aligned16=self.aligned16)
 
     def reference(self) -> tuple[np.ndarray, np.ndarray]:
         """float64 value of the contract, and the sum of |terms| (for the fp32 tolerance)."""
@@ -175,13 +176,15 @@ MUTATIONS = {
     "gemv_3bit_lane_word": ("const int w0 = (24 * c) >> 5;", "const int w0 = (24 * c + 8) >> 5;"),
     "gemv_mma_operand_row": ("a[1] = hB[2 * s];", "a[1] = hA[2 * s];"),
 }
-_FAST_MUTATIONS = {"decode_4bit_high_nibble", "stage_ring", "gemv_decode_4bit_bf16_shift", "gemv_x_pair"}
+_FAST_MUTATIONS = {
+    "decode_4bit_high_nibble", "stage_ring", "gemv_decode_4bit_bf16_shift", "gemv_x_pair",
+}
 
 
 def _mutated_headers(tmp: Path, pattern: str, repl: str) -> Path:
     headers = sorted((CSRC / "cuda").glob("*.h"))
     hits = {h.name: h.read_text().count(pattern) for h in headers}
-    assert sum(hits.values()) == 1, f"pattern {pattern!r} not found exactly once in the headers: {hits}"
+    assert sum(hits.values()) == 1, f"pattern {pattern!r} not exactly once in the headers: {hits}"
     out = tmp / "csrc" / "cuda"
     out.mkdir(parents=True)
     for h in headers:
