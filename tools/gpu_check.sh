@@ -118,11 +118,12 @@ step catbench 200 cat-bench.log catbench
 tail -14 "$OUT/cat-bench.log" 2>/dev/null
 
 # 5. compute-sanitizer on the odd-shape matrix, always on the first runs of new kernels: odd
-# N/K/M, split-K with uneven chunks, unaligned views, the zero-point stream. Without torch's
+# N/K/M, split-K with uneven chunks, unaligned views, the zero-point stream, a captured split-K
+# GEMV (the v2 GEMV's per-tile counters across graph replays). Without torch's
 # caching allocator every tensor is its own cudaMalloc, so memcheck sees the true end of each
 # array rather than of a pooled block.
 cd "$ROOT/packages/cat-kernels"
-subset="test_gemm_odd_shapes_split_k or test_gemm_shapes or test_gemm_unaligned_views or test_pack_unpack_zeros"
+subset="test_gemm_odd_shapes_split_k or test_gemm_shapes or test_gemm_unaligned_views or test_pack_unpack_zeros or test_gemm_cuda_graph_capture_split_k_gemv"
 sanitize() {
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$1" --error-exitcode 99 --print-limit 20 \
     $PY -m pytest tests/test_cuda.py -q -x -p no:cacheprovider -k "$subset"

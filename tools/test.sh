@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test suite: each package's own tests (each package is tested on its own, with its
 # own pytest configuration), then the end-to-end tests under tests/. Fails on any failure and on
-# a suite that collects no test (pytest exit code 5).
+# a suite that collects no test (pytest exit code 5). The kernel suite runs in .venv-kernels
+# (cat-kernels without torch, as other frameworks install it; it must run more than 300 tests
+# there), and its tests that need torch (marked `torch` or `cuda`) once more in .venv.
 #   tools/test.sh          everything but the tests marked `slow` (real models, minutes each)
 #   tools/test.sh --slow   everything, the slow tests and the engine tier too
 #   tools/test.sh --engines  only the engine tier: builds .venv-engines-hf (transformers +
@@ -45,7 +47,30 @@ if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
   python -c "import cat_kernels, sys; sys.exit(0 if cat_kernels.build_info()['cuda'] else 'cat-kernels was built without CUDA although nvcc is present')" || status=1
 fi
 
-run packages/cat-kernels/tests
+# The kernel suite without torch: a count, not only a pass, so that a test module that stops at
+# collection (an unguarded `import torch`) fails the run.
+kernels_alone() {
+  echo "=== pytest packages/cat-kernels/tests (.venv-kernels: no torch)"
+  local log rc passed
+  if [ ! -x .venv-kernels/bin/python ]; then
+    echo "ERROR: no .venv-kernels: run tools/setup.sh"
+    status=1
+    return
+  fi
+  log=$(mktemp)
+  .venv-kernels/bin/python -m pytest "${marker[@]}" packages/cat-kernels/tests 2>&1 | tee "$log"
+  rc=${PIPESTATUS[0]}
+  passed=$(grep -Eo '[0-9]+ passed' "$log" | tail -1 | cut -d' ' -f1)
+  rm -f "$log"
+  if [ $rc -ne 0 ]; then status=1; fi
+  if [ "${passed:-0}" -le 300 ]; then
+    echo "ERROR: ${passed:-0} kernel tests passed in .venv-kernels, expected more than 300"
+    status=1
+  fi
+}
+
+kernels_alone
+run -m "torch or cuda" packages/cat-kernels/tests
 run packages/cat-core/tests
 run packages/cat-apps/tests
 run tests

@@ -190,6 +190,7 @@ def test_private_module_rechecks(case):
         _C._unpack(np.zeros((1, 4, 16), np.int32), 16, 32, 5, np.empty((16, 32), np.uint8), 0, True)
 
 
+@pytest.mark.torch
 def test_device_mismatch_torch_cpu_vs_numpy_ok(case):
     """Arrays from different frameworks on the same device mix fine (DLPack, no copies)."""
     torch = pytest.importorskip("torch")
@@ -211,6 +212,7 @@ def test_device_mismatch():
         _check_same_device({"x": gpu0, "packed": gpu1})
 
 
+@pytest.mark.torch
 def test_cuda_input_without_cuda_build():
     """A CPU-only build reports CUDA arrays clearly (only testable where torch sees a GPU)."""
     torch = pytest.importorskip("torch")

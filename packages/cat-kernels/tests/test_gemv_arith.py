@@ -1,11 +1,12 @@
 """The CUDA GEMV's arithmetic, checked on the CPU: no GPU needed.
 
-csrc/cuda/gemv_arith.h holds everything the v2 GEMV kernel decides about its data (split plan,
-each warp's chunk of K, the words each lane loads, the bit decode of every width, the pairing of
-codes with x, the mma operand registers, the output mapping, groups, scales and zero points) as
-__host__ __device__ code. tests/gemv_host/emulate.cpp compiles that same header with the host
-C++ compiler and runs the kernel's data flow lane by lane, modelling only the hardware (16-bit
-float values, the exactness of the fma2 decode, and mma.m16n8k16 per PTX's fragment layout).
+csrc/cuda/gemv_arith.h and decode.h hold everything the v2 GEMV kernel decides about its data
+(split plan, each warp's chunk of K, the words each lane loads, the bit decode of every width,
+the pairing of codes with x, the mma operand registers, the output mapping, groups, scales and
+zero points) as __host__ __device__ code. The emulator (tests/emulator/) compiles those headers
+with the host C++ compiler and runs the kernel's data flow lane by lane, modelling only the
+hardware (16-bit float values, the exactness of the fma2 decode, and mma.m16n8k16 per PTX's
+fragment layout).
 Its result is compared with a float64 numpy reference written from docs/format.md, with a
 tolerance far below one code's effect, so a wrong shift, mask, pairing, lane or plan fails.
 The legacy GEMV's plan (and its 48 KB shared-memory cap) lives in the same header.
@@ -13,65 +14,37 @@ The legacy GEMV's plan (and its 48 KB shared-memory cap) lives in the same heade
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import cat_kernels as ck
-
-HERE = Path(__file__).resolve().parent
-SRC = HERE / "gemv_host" / "emulate.cpp"
-HEADER = HERE.parent / "csrc" / "cuda" / "gemv_arith.h"
+from _emulator import bits16, run, value16, write_problem
 
 
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory) -> Path:
-    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
-    if cxx is None:
-        pytest.skip("no host C++ compiler (c++/g++/clang++) to build the GEMV emulator")
-    assert HEADER.exists(), f"missing {HEADER}"
-    exe = tmp_path_factory.mktemp("gemv_host") / "emulate"
-    subprocess.run(
-        [cxx, "-std=c++17", "-O2", "-Wall", "-Werror", "-o", str(exe), str(SRC)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return exe
-
-
-def _bits16(x32: np.ndarray, bf16: bool) -> np.ndarray:
-    """float32 -> uint16 bit patterns of float16 / bfloat16 (round to nearest even)."""
-    if not bf16:
-        return x32.astype(np.float16).view(np.uint16)
-    u = x32.astype(np.float32).view(np.uint32).astype(np.uint64)
-    u = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
-    return u.astype(np.uint16)
-
-
-def _value16(b: np.ndarray, bf16: bool) -> np.ndarray:
-    if not bf16:
-        return b.view(np.float16).astype(np.float64)
-    return (b.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+class EmulatorError(AssertionError):
+    pass
 
 
 def _emulate(exe: Path, tmp: Path, bits, bf16, n, k, m, g, packed, scales32, zeros, xb) -> np.ndarray:
     inp, out = tmp / "in.bin", tmp / "out.bin"
-    hdr = np.array([bits, int(bf16), n, k, m, g, int(zeros is not None)], dtype=np.int64)
-    with open(inp, "wb") as f:
-        f.write(hdr.tobytes())
-        f.write(np.ascontiguousarray(packed, dtype=np.int32).tobytes())
-        f.write(np.ascontiguousarray(scales32, dtype=np.float32).tobytes())
-        if zeros is not None:
-            f.write(np.ascontiguousarray(zeros, dtype=np.int32).tobytes())
-        f.write(np.ascontiguousarray(xb, dtype=np.uint16).tobytes())
-    r = subprocess.run([str(exe), "run", str(inp), str(out)], capture_output=True, text=True)
-    assert r.returncode == 0, f"emulator failed ({r.returncode}): {r.stderr.strip()}"
+    s32 = np.ascontiguousarray(scales32, dtype=np.float32)
+    write_problem(inp, bits=bits, bf16=bf16, x_bits=xb, packed=packed,
+                  scale_raw=s32.view(np.uint32), scale_dtype="float32", zeros=zeros, group_size=g, k=k)
+    r = run(exe, "gemv", inp, out)
+    if r.returncode != 0:
+        raise EmulatorError(f"emulator failed ({r.returncode}): {r.stderr.strip()}")
     return np.fromfile(out, dtype=np.float64).reshape(m, n)
+
+
+def gemv_mismatch(exe, tmp, rng, bits, bf16, n, k, m, group_size, sym) -> str:
+    """'' when the emulated GEMV of a fresh random problem matches the reference, else why not."""
+    try:
+        _case(exe, tmp, rng, bits, bf16, n, k, m, group_size, sym)
+    except AssertionError as e:
+        return str(e)
+    return ""
 
 
 def _case(exe, tmp, rng, bits, bf16, n, k, m, group_size, sym, scale_dtype="float16"):
@@ -86,12 +59,12 @@ def _case(exe, tmp, rng, bits, bf16, n, k, m, group_size, sym, scale_dtype="floa
     packed = np.asarray(ck.pack(codes, bits))
     zeros = None if sym else np.asarray(ck.pack_zeros(z, bits))
     x32 = rng.standard_normal((m, k)).astype(np.float32)
-    xb = _bits16(x32, bf16)
+    xb = bits16(x32, bf16)
     y = _emulate(exe, tmp, bits, bf16, n, k, m, g, packed, s32, zeros, xb)
     # float64 reference from format.md: W = (q - z) * s, y = x @ W.T
     zz = np.full((n, ng), 2 ** (bits - 1)) if sym else z.astype(np.int64)
     w = (codes.astype(np.int64) - np.repeat(zz, g, axis=1)).astype(np.float64) * np.repeat(s32.astype(np.float64), g, axis=1)
-    x = _value16(xb, bf16)
+    x = value16(xb, bf16)
     ref = x @ w.T
     mag = np.abs(x) @ np.abs(w).T
     # The emulation sums in double: allow 1e-12 of the magnitude. One wrong code moves an
@@ -101,7 +74,7 @@ def _case(exe, tmp, rng, bits, bf16, n, k, m, group_size, sym, scale_dtype="floa
     bad = ~(err <= tol)
     if bad.any():
         i = tuple(np.argwhere(bad)[0])
-        pytest.fail(
+        raise AssertionError(
             f"bits={bits} bf16={bf16} n={n} k={k} m={m} g={group_size} sym={sym}: {int(bad.sum())} of "
             f"{bad.size} outputs wrong; first {i}: got {y[i]!r}, reference {ref[i]!r}"
         )
@@ -139,7 +112,7 @@ def test_emulated_gemv_same_row_same_result_for_any_m(emulator, tmp_path, rng):
     codes = rng.integers(0, 16, size=(n, k), dtype=np.uint8)
     packed = np.asarray(ck.pack(codes, bits))
     s32 = rng.uniform(0.01, 0.02, size=(n, k // g)).astype(np.float32)
-    x = _bits16(rng.standard_normal((8, k)).astype(np.float32), False)
+    x = bits16(rng.standard_normal((8, k)).astype(np.float32), False)
     ys = [_emulate(emulator, tmp_path, bits, False, n, k, m, g, packed, s32, None, x[:m])[0] for m in range(1, 9)]
     for m, y in enumerate(ys[1:], start=2):
         assert np.array_equal(y, ys[0]), f"row 0 differs between M=1 and M={m}"
@@ -156,7 +129,8 @@ def test_emulated_gemv_matches_cpu_gemm(emulator, tmp_path, rng):
 
 
 def _plan(exe: Path, n: int, k: int, g: int) -> dict:
-    r = subprocess.run([str(exe), "plan", str(n), str(k), str(g if g != -1 else k)], capture_output=True, text=True, check=True)
+    r = run(exe, "gemv-plan", n, k, g if g != -1 else k)
+    assert r.returncode == 0, r.stderr
     lines = r.stdout.split("\n")
     unit, warps, splits, units, chunks = map(int, lines[0].split())
     ranges = [tuple(map(int, ln.split())) for ln in lines[1 : 1 + chunks]]
@@ -195,7 +169,8 @@ def test_legacy_plan_shared_memory_cap(emulator):
     blocks (4096 x 11008 at M = 8 hits the cap), and the splits still cover K."""
     for m in range(1, 301):
         for n, k in [(4096, 11008), (4096, 4096), (40, 1001), (11008, 4096)]:
-            r = subprocess.run([str(emulator), "legacy", str(m), str(n), str(k)], capture_output=True, text=True, check=True)
+            r = run(emulator, "legacy-plan", m, n, k)
+            assert r.returncode == 0, r.stderr
             splits, per_split, cap = map(int, r.stdout.split())
             bucket = 1 if m <= 1 else 2 if m <= 2 else 4 if m <= 4 else 8
             assert cap == (12288 // (36 * bucket)) // 8 * 8
@@ -203,5 +178,5 @@ def test_legacy_plan_shared_memory_cap(emulator):
             assert per_split * bucket * 36 * 4 <= 48 * 1024
             nb = -(-k // 32)
             assert splits * per_split >= nb > (splits - 1) * per_split
-    r = subprocess.run([str(emulator), "legacy", "8", "4096", "11008"], capture_output=True, text=True, check=True)
+    r = run(emulator, "legacy-plan", 8, 4096, 11008)
     assert r.stdout.split()[1] == "40"

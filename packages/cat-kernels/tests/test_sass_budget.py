@@ -33,7 +33,8 @@ def test_gemv_sass_budget():
     if sb.find_tool("nvcc") is None:
         pytest.skip("nvcc not found: no CUDA kernels are built here, so there is no SASS to check")
     assert sb.find_tool("cuobjdump"), (
-        "cuobjdump not found: pip install nvidia-cuda-cuobjdump (tools/setup.sh installs it into .venv)"
+        "cuobjdump not found: pip install nvidia-cuda-cuobjdump "
+        "(tools/setup.sh installs it into .venv and .venv-kernels)"
     )
     kernels = sb.run(["89", "90"], sorted((sb.CUDA_DIR).glob("gemv_v2*.cu")))
     names = {k.name for k in kernels}

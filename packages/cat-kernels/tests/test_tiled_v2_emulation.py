@@ -1,65 +1,29 @@
 """The v2 tiled CUDA kernel's arithmetic, checked without a GPU.
 
-`tiled_v2_emu.cpp` is compiled with the host C++ compiler against the kernel's own index header
-(csrc/cuda/tiled_v2_math.h) and emulates the whole grid: every CTA, warp, lane and pipeline stage
-(cp.async with deferred completion, ldmatrix, mma.m16n8k16 modelled from the PTX ISA). Its
-output is compared, for every element, with a float64 evaluation of the numeric contract
+The emulator (tests/emulator/) is compiled with the host C++ compiler against the kernel's own
+headers (csrc/cuda/tiled_v2_math.h, decode.h) and emulates the whole grid: every CTA, warp, lane
+and pipeline stage (cp.async with deferred completion, ldmatrix, mma.m16n8k16 modelled from the
+PTX ISA). Its output is compared, for every element, with a float64 evaluation of the numeric
+contract
 
     y[m, n] = sum_g s[n, g] * sum_{k in g} x[m, k] * (q[n, k] - z[n, g])
 
 on fresh random data with odd shapes. `selftest` checks the pieces one by one (decode of every
 code of every bit width, fragment maps, swizzle bijection and bank conflicts, copy coverage,
-group flushes, split plan). The mutation tests break one index in a copy of the header and
-require the checks to fail.
+group flushes, split plan). The mutation tests break one index in a copy of the headers and
+require the checks (of this kernel and of the GEMV) to fail. numpy only: no torch needed.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import cat_kernels as ck
-
-HERE = Path(__file__).resolve().parent
-CSRC = HERE.parent / "csrc"
-EMU_SRC = HERE / "tiled_v2_emu.cpp"
-HEADER = CSRC / "cuda" / "tiled_v2_math.h"
-
-_DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-
-
-def _cxx() -> str:
-    for c in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if c and shutil.which(c):
-            return shutil.which(c)
-    pytest.fail("no host C++ compiler (c++, g++ or clang++) to build the v2 kernel emulation")
-
-
-def _build(out: Path, csrc: Path) -> Path:
-    exe = out / "tiled_v2_emu"
-    r = subprocess.run(
-        [_cxx(), "-std=c++17", "-O1", f"-I{csrc}", str(EMU_SRC), "-o", str(exe)],
-        capture_output=True, text=True,
-    )
-    assert r.returncode == 0, f"building the emulation failed:\n{r.stderr[-4000:]}"
-    return exe
-
-
-@pytest.fixture(scope="module")
-def emu(tmp_path_factory) -> Path:
-    return _build(tmp_path_factory.mktemp("tiled_v2"), CSRC)
-
-
-def _raw_u32(t: torch.Tensor) -> np.ndarray:
-    if t.dtype == torch.float32:
-        return t.contiguous().view(torch.int32).numpy().view(np.uint32).copy()
-    return t.contiguous().view(torch.int16).numpy().view(np.uint16).astype(np.uint32)
+from _emulator import CSRC, bits16, build, run, scale_storage, value16, write_problem
+from test_gemv_arith import gemv_mismatch
 
 
 class Case:
@@ -69,31 +33,35 @@ class Case:
         self.m, self.n, self.k, self.bits, self.sym = m, n, k, bits, sym
         self.gs = k if group == -1 else group
         self.ng = k // self.gs
-        self.x_dtype, self.x_vec_ok, self.aligned16 = x_dtype, x_vec_ok, aligned16
+        self.bf16, self.x_vec_ok, self.aligned16 = x_dtype == "bfloat16", x_vec_ok, aligned16
         self.codes = rng.integers(0, 1 << bits, (n, k), dtype=np.uint8)
         self.zeros = None if sym else rng.integers(0, 1 << bits, (n, self.ng), dtype=np.uint8)
         s = rng.uniform(0.25, 2.0, (n, self.ng)) * rng.choice([-1.0, 1.0], (n, self.ng)) / (1 << bits)
-        self.scales = torch.from_numpy(s.astype(np.float32)).to(scale_dtype)
-        self.x = torch.from_numpy(rng.standard_normal((m, k)).astype(np.float32)).to(x_dtype)
-        self.packed = ck.pack(torch.from_numpy(self.codes), bits)
-        self.packed_zeros = None if sym else ck.pack_zeros(torch.from_numpy(self.zeros), bits)
+        self.set_scales(s, scale_dtype)
+        self.set_x(rng.standard_normal((m, k)))
+        self.packed = ck.pack(self.codes, bits)
+        self.packed_zeros = None if sym else ck.pack_zeros(self.zeros, bits)
+
+    def set_scales(self, s: np.ndarray, dtype: str) -> None:
+        self.scale_dtype = dtype
+        self.scale_raw, self.scales = scale_storage(s.astype(np.float32), dtype)
+
+    def set_x(self, x: np.ndarray) -> None:
+        self.x_bits = bits16(x.astype(np.float32), self.bf16)
+
+    @property
+    def x(self) -> np.ndarray:
+        return value16(self.x_bits, self.bf16)
 
     def write(self, path: Path) -> None:
-        h = np.zeros(16, np.int64)
-        h[:11] = [self.bits, self.x_dtype == torch.bfloat16, self.m, self.n, self.k, self.gs, self.ng,
-                  not self.sym, _DTYPE_CODE[self.scales.dtype], self.x_vec_ok, self.aligned16]
-        with open(path, "wb") as f:
-            h.tofile(f)
-            self.x.view(torch.int16).numpy().view(np.uint16).tofile(f)
-            self.packed.numpy().astype(np.int32).tofile(f)
-            _raw_u32(self.scales).tofile(f)
-            if not self.sym:
-                self.packed_zeros.numpy().astype(np.int32).tofile(f)
+        write_problem(path, bits=self.bits, bf16=self.bf16, x_bits=self.x_bits, packed=self.packed,
+                      scale_raw=self.scale_raw, scale_dtype=self.scale_dtype,
+                      zeros=self.packed_zeros, group_size=self.gs, k=self.k,
+                      x_vec_ok=self.x_vec_ok, aligned16=self.aligned16)
 
     def reference(self) -> tuple[np.ndarray, np.ndarray]:
         """float64 value of the contract, and the sum of |terms| (for the fp32 tolerance)."""
-        x = self.x.float().numpy().astype(np.float64)
-        s = self.scales.float().numpy().astype(np.float64)
+        x, s = self.x, self.scales
         z = np.full((self.n, self.ng), 1 << (self.bits - 1)) if self.sym else self.zeros.astype(np.int64)
         qz = (self.codes.astype(np.int64) - np.repeat(z, self.gs, axis=1)).astype(np.float64)
         ref = np.zeros((self.m, self.n))
@@ -108,7 +76,7 @@ class Case:
 def _run(exe: Path, case: Case, tmp: Path):
     inp, out = tmp / "in.bin", tmp / "out.bin"
     case.write(inp)
-    r = subprocess.run([str(exe), str(inp), str(out)], capture_output=True, text=True)
+    r = run(exe, "tiled", inp, out)
     if r.returncode != 0:
         return None, r.stderr.strip()
     raw = np.fromfile(out, np.uint8)
@@ -124,7 +92,7 @@ def _mismatch(case: Case, y_raw: np.ndarray, y: np.ndarray) -> str:
     ref, bound = case.reference()
     # fp32 accumulation: a few ulps of the sum of |terms| (K <= ~1.2k here).
     tol_raw = 2e-5 * bound + 1e-30
-    half_ulp = 2.0 ** -8 if case.x_dtype == torch.bfloat16 else 2.0 ** -11
+    half_ulp = 2.0 ** -8 if case.bf16 else 2.0 ** -11
     tol = tol_raw + half_ulp * np.abs(ref) + 2.0 ** -24
     err_raw = np.abs(y_raw.astype(np.float64) - ref)
     err = np.abs(y.astype(np.float64) - ref)
@@ -137,8 +105,8 @@ def _mismatch(case: Case, y_raw: np.ndarray, y: np.ndarray) -> str:
     return ""
 
 
-def test_selftest_pieces(emu):
-    r = subprocess.run([str(emu), "selftest"], capture_output=True, text=True)
+def test_selftest_pieces(emulator):
+    r = run(emulator, "tiled-selftest")
     assert r.returncode == 0 and "selftest ok" in r.stdout, r.stderr
 
 
@@ -158,14 +126,14 @@ SHAPES = [
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
-@pytest.mark.parametrize("x_dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("x_dtype", ["float16", "bfloat16"], ids=["f16", "bf16"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_emulated_kernel_matches_contract(emu, rng, tmp_path, bits, x_dtype, shape):
+def test_emulated_kernel_matches_contract(emulator, rng, tmp_path, bits, x_dtype, shape):
     m, n, k, group = shape
     sym = bool(rng.integers(0, 2))
-    scale_dtype = [torch.float16, torch.bfloat16, torch.float32][int(rng.integers(0, 3))]
+    scale_dtype = ["float16", "bfloat16", "float32"][int(rng.integers(0, 3))]
     case = Case(rng, m, n, k, bits, group, sym, x_dtype, scale_dtype)
-    res, err = _run(emu, case, tmp_path)
+    res, err = _run(emulator, case, tmp_path)
     assert res is not None, err
     splits, per_split, mt, y_raw, y = res
     assert 16 * mt >= min(m, 128)
@@ -173,38 +141,73 @@ def test_emulated_kernel_matches_contract(emu, rng, tmp_path, bits, x_dtype, sha
 
 
 @pytest.mark.parametrize("x_vec_ok,aligned16", [(False, True), (True, False), (False, False)])
-def test_emulated_fallback_copies(emu, rng, tmp_path, x_vec_ok, aligned16):
+def test_emulated_fallback_copies(emulator, rng, tmp_path, x_vec_ok, aligned16):
     """Element-wise x staging (unaligned x) and 4-byte packed copies (unaligned packed)."""
-    case = Case(rng, 45, 77, 192, 3, 64, False, torch.float16, torch.float16, x_vec_ok, aligned16)
-    res, err = _run(emu, case, tmp_path)
+    case = Case(rng, 45, 77, 192, 3, 64, False, "float16", "float16", x_vec_ok, aligned16)
+    res, err = _run(emulator, case, tmp_path)
     assert res is not None, err
     assert not _mismatch(case, res[3], res[4]), _mismatch(case, res[3], res[4])
 
 
-def test_large_weights_stay_finite(emu, rng, tmp_path):
+def test_large_weights_stay_finite(emulator, rng, tmp_path):
     """fp16 x with weights far beyond 65504 (s = 2000, |q - z| up to 255): the contract never
     forms W in 16 bits, so the result is finite and exact to fp32 accuracy (until the final
     rounding, which overflows only when y itself does)."""
-    case = Case(rng, 12, 33, 64, 8, 32, False, torch.float16, torch.float32)
-    case.scales = torch.full_like(case.scales, 2000.0)
-    case.x = (case.x.float() * 1e-4).to(torch.float16)
-    res, err = _run(emu, case, tmp_path)
+    case = Case(rng, 12, 33, 64, 8, 32, False, "float16", "float32")
+    case.set_scales(np.full_like(case.scales, 2000.0), "float32")
+    case.set_x(case.x.astype(np.float32) * np.float32(1e-4))
+    res, err = _run(emulator, case, tmp_path)
     assert res is not None, err
     assert np.isfinite(res[3]).all() and np.isfinite(res[4]).all()
     assert not _mismatch(case, res[3], res[4]), _mismatch(case, res[3], res[4])
 
 
-# One broken index each; the checks must notice. (pattern, replacement) apply to a copy of the
-# header, never to the source tree.
+# One broken index each, in a copy of the kernels' headers (never the source tree): the checks
+# must notice. name -> (pattern, replacement); the pattern occurs once in all the headers.
 MUTATIONS = {
     "decode_4bit_high_nibble": ("(uint32_t(4 + t) << 8)", "(uint32_t(4 + (t ^ 1)) << 8)"),
     "stage_ring": ("return static_cast<int>(li % stages);", "return static_cast<int>(li % (stages - 1));"),
+    "gemv_decode_4bit_bf16_shift": ("{0, 1, 8, 9}", "{0, 1, 8, 8}"),
+    "gemv_x_pair": ("((lo & 1) ? 0x32u : 0x10u)", "((lo & 1) ? 0x10u : 0x32u)"),
     "group_flush_at_split_end": ("return b + 1 == b_end || c.last_in_group();", "return c.last_in_group();"),
     "c_fragment_column": ("2 * (lane & 3) + (i & 1)}", "2 * (lane & 3) + (i >> 1)}"),
     "packed_tile_bound": ("p.tile_ok = t < n_tiles;", "p.tile_ok = t <= n_tiles;"),
     "swizzle_bank_spread": ("^ row) & 7) << 3)", "^ (row >> 1)) & 7) << 3)"),
+    "gemv_3bit_lane_word": ("const int w0 = (24 * c) >> 5;", "const int w0 = (24 * c + 8) >> 5;"),
+    "gemv_mma_operand_row": ("a[1] = hB[2 * s];", "a[1] = hA[2 * s];"),
 }
-_FAST_MUTATIONS = {"decode_4bit_high_nibble", "stage_ring"}
+_FAST_MUTATIONS = {
+    "decode_4bit_high_nibble", "stage_ring", "gemv_decode_4bit_bf16_shift", "gemv_x_pair",
+}
+
+
+def _mutated_headers(tmp: Path, pattern: str, repl: str) -> Path:
+    headers = sorted((CSRC / "cuda").glob("*.h"))
+    hits = {h.name: h.read_text().count(pattern) for h in headers}
+    assert sum(hits.values()) == 1, f"pattern {pattern!r} not exactly once in the headers: {hits}"
+    out = tmp / "csrc" / "cuda"
+    out.mkdir(parents=True)
+    for h in headers:
+        (out / h.name).write_text(h.read_text().replace(pattern, repl))
+    return out.parent
+
+
+def _what_catches(exe: Path, rng, tmp: Path) -> list[str]:
+    """The checks that fail on this build: the tiled selftest, two tiled and two GEMV problems."""
+    r = run(exe, "tiled-selftest")
+    caught = [f"selftest: {r.stderr.strip()}"] if r.returncode != 0 else []
+    for m, n, k, group in [(20, 40, 1024, 128), (70, 37, 257, -1)]:
+        case = Case(rng, m, n, k, 4, group, False, "float16", "float16")
+        res, err = _run(exe, case, tmp)
+        if res is None:
+            caught.append(f"tiled {(m, n, k)}: {err}")
+        elif _mismatch(case, res[3], res[4]):
+            caught.append(f"tiled {(m, n, k)}: {_mismatch(case, res[3], res[4])}")
+    for bits, bf16, n, k, m, group in [(4, True, 37, 1024, 3, 128), (3, False, 20, 4160, 5, 64)]:
+        why = gemv_mismatch(exe, tmp, rng, bits, bf16, n, k, m, group, False)
+        if why:
+            caught.append(f"gemv {(bits, bf16, n, k, m)}: {why}")
+    return caught
 
 
 @pytest.mark.parametrize(
@@ -212,20 +215,12 @@ _FAST_MUTATIONS = {"decode_4bit_high_nibble", "stage_ring"}
     [n if n in _FAST_MUTATIONS else pytest.param(n, marks=pytest.mark.slow) for n in MUTATIONS],
 )
 def test_mutation_is_caught(rng, tmp_path, name):
-    pattern, repl = MUTATIONS[name]
-    text = HEADER.read_text()
-    assert text.count(pattern) == 1, f"mutation {name}: pattern not found once in {HEADER.name}"
-    (tmp_path / "csrc" / "cuda").mkdir(parents=True)
-    (tmp_path / "csrc" / "cuda" / HEADER.name).write_text(text.replace(pattern, repl))
-    exe = _build(tmp_path, tmp_path / "csrc")
-    r = subprocess.run([str(exe), "selftest"], capture_output=True, text=True)
-    caught = [f"selftest: {r.stderr.strip()}"] if r.returncode != 0 else []
-    for m, n, k, group in [(20, 40, 1024, 128), (70, 37, 257, -1)]:
-        case = Case(rng, m, n, k, 4, group, False, torch.float16, torch.float16)
-        res, err = _run(exe, case, tmp_path)
-        if res is None:
-            caught.append(f"emulation {(m, n, k)}: {err}")
-        elif _mismatch(case, res[3], res[4]):
-            caught.append(f"emulation {(m, n, k)}: {_mismatch(case, res[3], res[4])}")
+    exe = build(tmp_path, _mutated_headers(tmp_path, *MUTATIONS[name]))
+    caught = _what_catches(exe, rng, tmp_path)
     assert caught, f"mutation {name} went unnoticed"
     print(f"mutation {name} caught by: {caught}")
+
+
+def test_unmutated_headers_pass_every_check(emulator, rng, tmp_path):
+    """The mutation tests mean something only if the same checks pass on the real headers."""
+    assert _what_catches(emulator, rng, tmp_path) == []

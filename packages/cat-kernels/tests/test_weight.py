@@ -87,6 +87,7 @@ def test_bad_weight_is_rejected_up_front(rng):
         ck.PackedWeight(case.packed, case.scales, case.packed, 64)
 
 
+@pytest.mark.torch
 def test_torch_tensors(rng):
     torch = pytest.importorskip("torch")
     case = make_case(rng, 37, 320, 3, 64, False, "float16")

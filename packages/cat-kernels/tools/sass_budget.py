@@ -4,8 +4,8 @@
 Builds the gemm kernel sources for sm_89 and sm_90 with nvcc (-cubin, -Xptxas -v), reads the SASS
 with cuobjdump and prints, per kernel: SASS instructions per weight in the main loop, registers,
 spills and shared memory. Exits non-zero when a v2 GEMV kernel exceeds its budget (issue 15: at
-most 3 instructions per weight at 4 bits with float16 x, 3.5 with bfloat16 x, 4 at 3 bits) or any GEMV
-kernel spills.
+most 3 instructions per weight at 4 bits with float16 x, 3.5 with bfloat16 x, 4 at 3 bits) or
+spills. The legacy kernels (kept until a GPU run has verified v2) are listed, not budgeted.
 
     python packages/cat-kernels/tools/sass_budget.py [--archs 89 90] [--out docs/sass_budget.md]
 
@@ -17,8 +17,8 @@ WEIGHTS maps a kernel name to its weights per thread per trip (a kernel it does 
 gets its row, with the loop's instruction count and no per-weight figure).
 
 Tools: nvcc from --nvcc / $NVCC / PATH / /usr/local/cuda/bin; cuobjdump from the same toolkit or
-the PyPI package nvidia-cuda-cuobjdump (tools/setup.sh installs it into .venv); cu++filt or
-c++filt demangles.
+the PyPI package nvidia-cuda-cuobjdump (tools/setup.sh installs it into .venv and .venv-kernels);
+cu++filt or c++filt demangles.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ WEIGHTS: list[tuple[str, object]] = [
     (r"gemv_v2_kernel<(\d+), (true|false), (\d+)>", lambda m: 32 * int(m.group(3))),
     # legacy GEMV: one block of 4 rows per lane per trip
     (r"gemv_kernel<(\d+), (\d+)>", lambda m: 128),
-    # legacy tiled: a 64 x 64 W tile per 128 threads per k-step
-    (r"gemm_(tc|fma)_kernel<", lambda m: 32),
+    # tiled (legacy and v2): a 64 x 64 W tile per 128 threads per k-step
+    (r"gemm_(tc|fma|tiled_v2)_kernel<", lambda m: 32),
 ]
 # (bits, bf16) -> max instructions per weight. Issue 15: 3 at 4 bits, 4 at 3 bits (its speed
 # goals are stated for float16 x). bfloat16's 7-bit mantissa cannot hold a nibble at bit 4, so
@@ -237,7 +237,7 @@ def table(kernels: list[Kernel]) -> str:
 def check(kernels: list[Kernel]) -> list[str]:
     errors = []
     for k in kernels:
-        if "gemv" in k.name and (k.spill_stores or k.spill_loads):
+        if "gemv_v2" in k.name and (k.spill_stores or k.spill_loads):
             errors.append(f"{k.name} sm_{k.arch}: spills ({k.spill_stores} B stored, {k.spill_loads} B loaded)")
         b = budget_for(k.name)
         if b is not None:
@@ -281,14 +281,16 @@ def write_doc(out: Path, kernels: list[Kernel], errors: list[str], source_names:
         "packages/cat-kernels/docs/sass_budget.md` (no GPU needed); CI runs the same check "
         "(tests/test_sass_budget.py). Budget (issue 15): the v2 GEMV's main loop (group 128) at most 3 "
         "SASS instructions per weight at 4 bits with float16 x (3.5 with bfloat16 x, whose 4-bit "
-        "decode needs two more shifts per word), 4 at 3 bits, and no GEMV kernel spills. The main "
+        "decode needs two more shifts per word), 4 at 3 bits, and no v2 GEMV kernel spills; the other "
+        "kernels are listed, not budgeted (the legacy ones are kept until a GPU run has verified v2). The main "
         "loop is the innermost loop with the most instructions; instructions per weight = its "
         "static instruction count / the weights one thread handles per trip (an upper bound: "
         "rarely taken branches inside count fully). The v2 GEMV's figure holds for every M <= 8 "
         "(one kernel serves them all); a trip of its main loop is two steps of `unit` blocks "
         "(`gemv_v2_kernel<bits, bf16, unit>`: unit 4 for groups of 128 or more, 2 for 64, 1 for 32), "
         "each step including the group change (scale, zero point, next group's fetch) that group 128 "
-        "makes at every step.\n\n"
+        "makes at every step. A trip of a tiled kernel's main loop is one k-step of 64 columns "
+        "(`gemm_tiled_v2_kernel<bits, bf16, MT>`: MT x 16 rows of x).\n\n"
         f"Toolkit: {' '.join(ver)}. Sources: {', '.join(source_names)}.\n\n"
         + table(kernels) + "\n\n" + ("Budget: OK\n" if not errors else "Budget FAILED:\n" + "\n".join(errors) + "\n")
     )

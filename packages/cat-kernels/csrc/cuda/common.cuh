@@ -27,6 +27,7 @@
 #include <utility>
 
 #include "cat/ops.h"
+#include "decode.h"
 
 namespace cat {
 namespace cuda {
@@ -71,25 +72,6 @@ inline void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 
                            (before != cudaSuccess ? " [an earlier error was already pending: " +
                                                         std::string(cudaGetErrorName(before)) + "]"
                                                   : std::string()));
-}
-
-// For <<<...>>> launches (kept for code not yet on detail::launch): reports a pending error
-// only when it is a launch error a <<<>>> launch can cause, and leaves any other pending error
-// (another library's) where it is. Prefer detail::launch, which knows whose error it is.
-inline void check_launch(const char* kernel) {
-  const cudaError_t e = cudaPeekAtLastError();
-  switch (e) {
-    case cudaErrorInvalidConfiguration:
-    case cudaErrorLaunchOutOfResources:
-    case cudaErrorInvalidDeviceFunction:
-    case cudaErrorNoKernelImageForDevice:
-    case cudaErrorInvalidPtx:
-    case cudaErrorUnsupportedPtxVersion:
-      check(e, kernel);
-      break;
-    default:
-      break;
-  }
 }
 
 inline cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
@@ -154,11 +136,7 @@ __device__ __forceinline__ void store_from_float<DType::bf16>(void* p, int64_t i
 
 // ------------------------------------------------------------------ unpacking
 
-// Byte offset-free index of word w of block b of tile t, lane (row in tile) r.
-__host__ __device__ __forceinline__ int64_t word_index(int64_t t, int64_t b, int w, int r,
-                                                       int64_t n_blocks, int bits) {
-  return ((t * n_blocks + b) * bits + w) * kTileN + r;
-}
+using decode::word_index;
 
 // Code of value v (0..31) of a block whose `bits` words are w[0..bits-1] (runtime bits and v).
 // Used where speed does not matter (unpack, dequantize, zero points). The word is selected with

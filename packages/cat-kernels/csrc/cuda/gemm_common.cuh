@@ -11,6 +11,9 @@ namespace gemm_detail {
 
 using detail::ceil_div_dev;
 
+// Names the gemm in its errors (decode::dispatch_bits).
+constexpr const char* kGemmWhat = "cat_kernels CUDA gemm";
+
 // ------------------------------------------------------------------ plans (host, shapes only)
 
 constexpr int kGemvMaxM = 8;            // M <= 8: GEMV path

@@ -14,6 +14,23 @@ namespace {
 
 // ------------------------------------------------------------------ tiled path, shared parts
 
+// The CTA's output tile (rows m0.., columns n0..) and its split's k-steps [s_begin, s_end).
+struct CtaTile {
+  int64_t n0, m0;
+  int split;
+  int64_t s_begin, s_end;
+};
+__device__ __forceinline__ CtaTile cta_tile(const Args& a, int64_t m_base) {
+  CtaTile t;
+  t.n0 = int64_t(blockIdx.x) * kBN;
+  t.m0 = m_base + int64_t(blockIdx.y) * kBM;
+  t.split = blockIdx.z;
+  const int64_t steps = ceil_div_dev(a.k, kBK);
+  t.s_begin = int64_t(t.split) * a.per_split;
+  t.s_end = min(t.s_begin + a.per_split, steps);
+  return t;
+}
+
 // Dequantizes row (n0 + r) x block (b0 + bl) of W into 32 floats, r = tid % 64, bl = tid / 64:
 // one thread per (row, block), threads with consecutive rows read consecutive words (64 bytes
 // per 16 rows). Columns >= k and rows >= n give 0.
@@ -85,12 +102,9 @@ __global__ void __launch_bounds__(kTileThreads) gemm_tc_kernel(const Args a, int
 
     const int tid = threadIdx.x, warp = tid / 32;
     const int wm = warp >> 1, wn = warp & 1;  // 2 x 2 warps, 32 x 32 outputs each
-    const int64_t n0 = int64_t(blockIdx.x) * kBN;
-    const int64_t m0 = m_base + int64_t(blockIdx.y) * kBM;
-    const int split = blockIdx.z;
-    const int64_t steps = ceil_div_dev(a.k, kBK);
-    const int64_t s_begin = int64_t(split) * a.per_split;
-    const int64_t s_end = min(s_begin + a.per_split, steps);
+    const CtaTile ct = cta_tile(a, m_base);
+    const int64_t n0 = ct.n0, m0 = ct.m0, s_begin = ct.s_begin, s_end = ct.s_end;
+    const int split = ct.split;
     const T* x = static_cast<const T*>(a.x);
     // 8-element (16-byte) vector loads of x when every row start is 16-byte aligned.
     const bool xvec = (a.k % 8 == 0) && (reinterpret_cast<uintptr_t>(a.x) % 16 == 0);
@@ -182,12 +196,9 @@ __global__ void __launch_bounds__(kTileThreads) gemm_fma_kernel(const Args a, in
 
   const int tid = threadIdx.x;
   const int tx = tid & 15, ty = tid >> 4;  // outputs: rows 8 ty .. 8 ty + 7, cols 4 tx .. 4 tx + 3
-  const int64_t n0 = int64_t(blockIdx.x) * kBN;
-  const int64_t m0 = m_base + int64_t(blockIdx.y) * kBM;
-  const int split = blockIdx.z;
-  const int64_t steps = ceil_div_dev(a.k, kBK);
-  const int64_t s_begin = int64_t(split) * a.per_split;
-  const int64_t s_end = min(s_begin + a.per_split, steps);
+  const CtaTile ct = cta_tile(a, m_base);
+  const int64_t n0 = ct.n0, m0 = ct.m0, s_begin = ct.s_begin, s_end = ct.s_end;
+  const int split = ct.split;
 
   float acc[8][4];
 #pragma unroll
@@ -266,13 +277,7 @@ void launch_tiled_bits(const Args& a, cudaStream_t s) {
 }  // namespace
 
 void launch_tiled(const Args& a, cudaStream_t s) {
-  switch (a.bits) {
-    case 2: launch_tiled_bits<2>(a, s); break;
-    case 3: launch_tiled_bits<3>(a, s); break;
-    case 4: launch_tiled_bits<4>(a, s); break;
-    case 8: launch_tiled_bits<8>(a, s); break;
-    default: throw std::runtime_error("cat_kernels CUDA gemm: bits must be 2, 3, 4 or 8");
-  }
+  decode::dispatch_bits(a.bits, kGemmWhat, [&](auto bits) { launch_tiled_bits<decltype(bits)::value>(a, s); });
 }
 
 }  // namespace gemm_detail

@@ -20,21 +20,12 @@
 // epilogue checks (row < M, col < N).
 //
 // fp32 x, and GPUs below sm_80 (no cp.async, no m16n8k16), use the legacy kernels
-// (gemm_tiled.cu) with the same split plan. All index arithmetic lives in tiled_v2_math.h,
-// which a host-compiled test runs through a full emulation of this kernel.
+// (gemm_tiled.cu) with the same split plan. All index arithmetic lives in tiled_v2_math.h and
+// the decode in decode.h, which the host emulator (tests/emulator/) runs for every CTA.
 //
-// SASS check (nvcc 13.0 -O3 -cubin, cuobjdump 13; commit c7aa907). Main loop = one k-step (64
-// columns x 64 W rows = 32 weights per thread), static count of the loop body (includes the
-// group-flush FFMAs, run once per group):
-//            regs (MT 2/4/8)   loop instrs MT 2/4/8 (per weight per thread)   HMMA 16/32/64
-//   sm_90 4b  164/168/255       500/725/997  (15.6/22.7/31.2)
-//   sm_90 3b  154/168/255       588/751/1051 (18.4/23.5/32.8)
-//   sm_89 4b  160/168/254       464/638/908  (14.5/19.9/28.4)
-//   i.e. ~3.9 (sm_90) / ~3.5 (sm_89) instructions per weight per 16 rows of x at MT 8.
-// KNOWN ISSUE: a 152-byte stack frame in every instantiation and 4 B spill stores / 16 B spill
-// loads for 2- and 4-bit MT 4 on sm_90: the __noinline__ fallback helpers take `const Args&`,
-// which forces a local copy of Args. Pass their scalars by value (or inline them) to restore
-// the first version's 0 stack / 0 spills (commit ed24d66: 0 spills, 96-249 registers).
+// SASS: docs/sass_budget.md (tools/sass_budget.py) has, per instantiation, the main loop's
+// instructions per weight (one k-step: 64 columns x 64 W rows, 32 weights per thread; the
+// group-flush FFMAs, run once per group, count in full), registers and spills.
 // Shared memory (dynamic): stages_for(MT) * stage_bytes(MT, bits), 23-63 KB.
 #include <algorithm>
 #include <atomic>
@@ -151,11 +142,11 @@ __device__ __forceinline__ void store_meta(const Args& a, const RawMeta& m, floa
   float s = 0.f;
   uint32_t z = 0;
   if (m.valid) {
-    s = tv2::scale_from_raw(m.s, static_cast<int>(a.scale_dtype));
-    z = a.zeros == nullptr ? (1u << (BITS - 1)) : tv2::zero_from_words(m.zlo, m.zhi, m.zoff, BITS);
+    s = decode::scale_from_raw(m.s, static_cast<int>(a.scale_dtype));
+    z = a.zeros == nullptr ? (1u << (BITS - 1)) : decode::field(m.zlo, m.zhi, m.zoff, BITS);
   }
   *s_slot = s;
-  *z_slot = tv2::zero_operand<BITS, BF16>(z);
+  *z_slot = decode::zero_operand<BITS, BF16>(z);
 }
 
 // ------------------------------------------------------------------ the kernel
@@ -235,7 +226,7 @@ __global__ void __launch_bounds__(tv2::kThreads) gemm_tiled_v2_kernel(const Args
   const int64_t meta_row_g = n0 + ms.row;
   const tv2::MetaRow mrow = tv2::meta_row(meta_row_g, a.n_groups, BITS);
   const bool meta_row_ok = meta_row_g < a.n;
-  const int64_t bpg = tv2::blocks_per_group(a.group_size, a.n_blocks);
+  const int64_t bpg = decode::blocks_per_group(a.group_size, a.n_blocks);
   tv2::GroupCursor mcur;
   mcur.start(s_begin * tv2::kBlocksPerStep + ms.bl, bpg);
   auto meta_of = [&](int64_t li) {
@@ -263,13 +254,17 @@ __global__ void __launch_bounds__(tv2::kThreads) gemm_tiled_v2_kernel(const Args
   }
   RawMeta pending = meta_of(S - 2);
 
+  // The thread's accumulators: M fragment mf, N fragment f, element e (tv2::c_pos places them).
   float acc[MT][2][4], part[MT][2][4];
+  auto each_acc = [](auto&& visit) {
 #pragma unroll
-  for (int i = 0; i < MT; ++i)
+    for (int mf = 0; mf < MT; ++mf)
 #pragma unroll
-    for (int f = 0; f < 2; ++f)
+      for (int f = 0; f < 2; ++f)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) acc[i][f][e] = part[i][f][e] = 0.f;
+        for (int e = 0; e < 4; ++e) visit(mf, f, e);
+  };
+  each_acc([&](int mf, int f, int e) { acc[mf][f][e] = part[mf][f][e] = 0.f; });
 
   for (int64_t li = 0; li < nsteps; ++li) {
     cp_wait<S - 2>();  // step li has landed (this thread's copies) ...
@@ -295,7 +290,7 @@ __global__ void __launch_bounds__(tv2::kThreads) gemm_tiled_v2_kernel(const Args
         const int r = tv2::b_row(lane, f);
         const uint32_t zop = zs[bl * tv2::kBN + warp * 16 + r];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) bf[f][j] = tv2::decode_pair<BITS, BF16>(blk, r, j, t, zop);
+        for (int j = 0; j < 4; ++j) bf[f][j] = decode::tiled_decode<BITS, BF16>(blk, r, j, t, zop);
       }
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
@@ -316,30 +311,20 @@ __global__ void __launch_bounds__(tv2::kThreads) gemm_tiled_v2_kernel(const Args
         for (int f = 0; f < 2; ++f)
 #pragma unroll
           for (int e = 0; e < 2; ++e) s[f][e] = ss[bl * tv2::kBN + tv2::c_pos(lane, warp, 0, f, e).col];
-#pragma unroll
-        for (int mf = 0; mf < MT; ++mf)
-#pragma unroll
-          for (int f = 0; f < 2; ++f)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              acc[mf][f][e] = fmaf(s[f][e & 1], part[mf][f][e], acc[mf][f][e]);
-              part[mf][f][e] = 0.f;
-            }
+        each_acc([&](int mf, int f, int e) {
+          acc[mf][f][e] = fmaf(s[f][e & 1], part[mf][f][e], acc[mf][f][e]);
+          part[mf][f][e] = 0.f;
+        });
       }
     }
   }
   cp_wait<0>();  // no copy may outlive the CTA's shared memory
 
-#pragma unroll
-  for (int mf = 0; mf < MT; ++mf)
-#pragma unroll
-    for (int f = 0; f < 2; ++f)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const tv2::CPos p = tv2::c_pos(lane, warp, mf, f, e);
-        const int64_t row = m0 + p.row, col = n0 + p.col;
-        if (row < a.m && col < a.n) store_result(a, split, row, col, acc[mf][f][e]);
-      }
+  each_acc([&](int mf, int f, int e) {
+    const tv2::CPos p = tv2::c_pos(lane, warp, mf, f, e);
+    const int64_t row = m0 + p.row, col = n0 + p.col;
+    if (row < a.m && col < a.n) store_result(a, split, row, col, acc[mf][f][e]);
+  });
 #endif
 }
 
@@ -366,8 +351,7 @@ void launch_v2(const Args& a, cudaStream_t s) {
     const int64_t mts = std::min(kMaxGridY, m_tiles - mt0);
     const dim3 grid(static_cast<unsigned>(ceil_div(a.n, tv2::kBN)), static_cast<unsigned>(mts),
                     static_cast<unsigned>(a.splits));
-    kernel<<<grid, tv2::kThreads, bytes, s>>>(a, mt0 * bm);
-    detail::check_launch("gemm_tiled_v2_kernel");
+    detail::launch("gemm_tiled_v2_kernel", kernel, grid, dim3(tv2::kThreads), bytes, s, a, mt0 * bm);
   }
 }
 
@@ -380,14 +364,6 @@ void launch_v2_mt(const Args& a, cudaStream_t s) {
   }
 }
 
-template <int BITS>
-void launch_v2_bits(const Args& a, cudaStream_t s) {
-  if (a.x_dtype == DType::bf16)
-    launch_v2_mt<BITS, true>(a, s);
-  else
-    launch_v2_mt<BITS, false>(a, s);
-}
-
 }  // namespace
 
 void launch_tiled_v2(const Args& a, cudaStream_t s) {
@@ -397,13 +373,9 @@ void launch_tiled_v2(const Args& a, cudaStream_t s) {
     launch_tiled(a, s);
     return;
   }
-  switch (a.bits) {
-    case 2: launch_v2_bits<2>(a, s); break;
-    case 3: launch_v2_bits<3>(a, s); break;
-    case 4: launch_v2_bits<4>(a, s); break;
-    case 8: launch_v2_bits<8>(a, s); break;
-    default: throw std::runtime_error("cat_kernels CUDA gemm: bits must be 2, 3, 4 or 8");
-  }
+  decode::dispatch_bits_bf16(a.bits, a.x_dtype == DType::bf16, kGemmWhat, [&](auto bits, auto bf16) {
+    launch_v2_mt<decltype(bits)::value, decltype(bf16)::value>(a, s);
+  });
 }
 
 }  // namespace gemm_detail

@@ -185,13 +185,7 @@ void launch_gemv_bits(const Args& a, cudaStream_t s) {
 }  // namespace
 
 void launch_gemv(const Args& a, cudaStream_t s) {
-  switch (a.bits) {
-    case 2: launch_gemv_bits<2>(a, s); break;
-    case 3: launch_gemv_bits<3>(a, s); break;
-    case 4: launch_gemv_bits<4>(a, s); break;
-    case 8: launch_gemv_bits<8>(a, s); break;
-    default: throw std::runtime_error("cat_kernels CUDA gemm: bits must be 2, 3, 4 or 8");
-  }
+  decode::dispatch_bits(a.bits, kGemmWhat, [&](auto bits) { launch_gemv_bits<decltype(bits)::value>(a, s); });
 }
 
 }  // namespace gemm_detail

@@ -1,6 +1,6 @@
 // GEMV path v2 of gemm (M <= 8, float16 / bfloat16 x, sm_80+): tensor-core GEMV, memory-bound
-// by construction. The lane layout, the decode and the split plan are in gemv_arith.h (shared
-// with the host-compiled test); this file is the CUDA around them.
+// by construction. The lane layout and the split plan are in gemv_arith.h, the decode in decode.h
+// (both shared with the host emulator); this file is the CUDA around them.
 //
 // Per block of 32 columns a lane does one or two 64-bit loads of codes (its 8 codes of two rows),
 // one 128-bit load of x (8 columns of one x row, L1-resident), 2 x (shifts + 4 LOP3 + 4 fma2)
@@ -96,23 +96,23 @@ __device__ __forceinline__ void block_mma(float (&d)[4], const uint2 (&w)[gemv::
                                           const float (&zb)[2]) {
   constexpr int NW = gemv::lane_words<BITS>();
   uint32_t hA[4], hB[4];
-  if constexpr (gemv::decode_f32<BITS, BF16>()) {
+  if constexpr (decode::f32_route<BITS, BF16>()) {
     uint32_t fA[8], fB[8];
-    gemv::decode_f32_8(w[0].x, w[NW - 1].x, fA);
-    gemv::decode_f32_8(w[0].y, w[NW - 1].y, fB);
+    decode::gemv_decode_f32(w[0].x, w[NW - 1].x, fA);
+    decode::gemv_decode_f32(w[0].y, w[NW - 1].y, fB);
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const gemv::PairInfo pi = gemv::pair_info<BITS, BF16>(j);
+      const decode::PairInfo pi = decode::pair_info<BITS, BF16>(j);
       hA[j] = pack2<BF16>(__uint_as_float(fA[pi.lo]) - zb[0], __uint_as_float(fA[pi.hi]) - zb[0]);
       hB[j] = pack2<BF16>(__uint_as_float(fB[pi.lo]) - zb[1], __uint_as_float(fB[pi.hi]) - zb[1]);
     }
   } else {
-    gemv::decode_pairs<BITS, BF16>(w[0].x, w[NW - 1].x, c, hA);
-    gemv::decode_pairs<BITS, BF16>(w[0].y, w[NW - 1].y, c, hB);
+    decode::gemv_decode<BITS, BF16>(w[0].x, w[NW - 1].x, c, hA);
+    decode::gemv_decode<BITS, BF16>(w[0].y, w[NW - 1].y, c, hB);
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const gemv::PairInfo pi = gemv::pair_info<BITS, BF16>(j);
-      const uint32_t mult = gemv::pow2_neg_bits<BF16>(pi.plo) | gemv::pow2_neg_bits<BF16>(pi.phi) << 16;
+      const decode::PairInfo pi = decode::pair_info<BITS, BF16>(j);
+      const uint32_t mult = decode::pow2_neg_bits<BF16>(pi.plo) | decode::pow2_neg_bits<BF16>(pi.phi) << 16;
       hA[j] = hfma2<BF16>(hA[j], mult, bias[0][j]);
       hB[j] = hfma2<BF16>(hB[j], mult, bias[1][j]);
     }
@@ -120,7 +120,7 @@ __device__ __forceinline__ void block_mma(float (&d)[4], const uint2 (&w)[gemv::
   const uint32_t xr[4] = {xv.x, xv.y, xv.z, xv.w};
   uint32_t xp[4];
 #pragma unroll
-  for (int j = 0; j < 4; ++j) xp[j] = gemv::x_pair<BITS, BF16>(xr, j);
+  for (int j = 0; j < 4; ++j) xp[j] = decode::x_pair<BITS, BF16>(xr, j);
 #pragma unroll
   for (int sl = 0; sl < 2; ++sl) {
     uint32_t av[4], bv[2];
@@ -171,7 +171,8 @@ __global__ void __launch_bounds__(32 * gemv::kMaxWarps) gemv_v2_kernel(const Arg
     const int64_t row0 = t * kTileN + r0;
     const int64_t rA = min(row0, a.n - 1), rB = min(row0 + 1, a.n - 1);
     const bool s32 = a.scale_dtype == DType::f32, sbf = a.scale_dtype == DType::bf16;
-    const int64_t bpg64 = gemv::blocks_per_group(a.k, a.group_size);
+    // n_blocks from k, not a.n_blocks: the same value, in the form ptxas schedules this kernel best
+    const int64_t bpg64 = decode::blocks_per_group(a.group_size, decode::cdiv(a.k, kBlockK));
     const int bpg = static_cast<int>(min(bpg64, int64_t(1) << 30));
     int bi = static_cast<int>(b);
     const int bend = static_cast<int>(b1);
@@ -186,7 +187,7 @@ __global__ void __launch_bounds__(32 * gemv::kMaxWarps) gemv_v2_kernel(const Arg
     // compares and multiplies) at every group inside the loop
     asm volatile("" : "+r"(siA), "+r"(siB));
     const int32_t* zrow = a.zeros == nullptr ? nullptr
-                          : a.zeros + t * gemv::zero_row_words(a.n_groups, BITS) * kTileN + r0;
+                          : a.zeros + t * decode::zero_row_words(a.n_groups, BITS) * kTileN + r0;
     uint32_t sr[2], zr[2];
     auto fetch = [&](int gg) {
       const char* pA = sbase + size_t(siA + uint32_t(gg)) * es;
@@ -205,8 +206,8 @@ __global__ void __launch_bounds__(32 * gemv::kMaxWarps) gemv_v2_kernel(const Arg
         const uint2 lo = __ldg(reinterpret_cast<const uint2*>(zrow + (pos >> 5) * kTileN));
         uint2 hi = lo;
         if (BITS == 3 && off > 29) hi = __ldg(reinterpret_cast<const uint2*>(zrow + ((pos >> 5) + 1) * kTileN));
-        zr[0] = gemv::zero_value(lo.x, hi.x, off, BITS);
-        zr[1] = gemv::zero_value(lo.y, hi.y, off, BITS);
+        zr[0] = decode::field(lo.x, hi.x, off, BITS);
+        zr[1] = decode::field(lo.y, hi.y, off, BITS);
       }
     };
     auto to_float = [&](uint32_t r) {
@@ -221,11 +222,11 @@ __global__ void __launch_bounds__(32 * gemv::kMaxWarps) gemv_v2_kernel(const Arg
       s1 = to_float(sr[1]);
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        if constexpr (gemv::decode_f32<BITS, BF16>()) {
+        if constexpr (decode::f32_route<BITS, BF16>()) {
           zb[i] = 8388608.f + static_cast<float>(zr[i]);
         } else {
 #pragma unroll
-          for (int j = 0; j < 4; ++j) bias[i][j] = gemv::bias_bits<BITS, BF16>(j, zr[i]);
+          for (int j = 0; j < 4; ++j) bias[i][j] = decode::bias_bits<BITS, BF16>(j, zr[i]);
         }
       }
       if (gnext < bend) fetch(g + 1);  // the next group's, ahead
@@ -323,26 +324,14 @@ void launch_v2_typed(const Args& a, cudaStream_t s) {
   }
 }
 
-template <int BITS>
-void launch_v2_bits(const Args& a, cudaStream_t s) {
-  if (a.x_dtype == DType::bf16)
-    launch_v2_typed<BITS, true>(a, s);
-  else
-    launch_v2_typed<BITS, false>(a, s);
-}
-
 }  // namespace
 
 void launch_gemv_v2(const Args& a, cudaStream_t s) {
   if (a.x_dtype != DType::f16 && a.x_dtype != DType::bf16)
     throw std::runtime_error("cat_kernels CUDA gemm: the v2 GEMV takes float16 or bfloat16 x");
-  switch (a.bits) {
-    case 2: launch_v2_bits<2>(a, s); break;
-    case 3: launch_v2_bits<3>(a, s); break;
-    case 4: launch_v2_bits<4>(a, s); break;
-    case 8: launch_v2_bits<8>(a, s); break;
-    default: throw std::runtime_error("cat_kernels CUDA gemm: bits must be 2, 3, 4 or 8");
-  }
+  decode::dispatch_bits_bf16(a.bits, a.x_dtype == DType::bf16, kGemmWhat, [&](auto bits, auto bf16) {
+    launch_v2_typed<decltype(bits)::value, decltype(bf16)::value>(a, s);
+  });
 }
 
 }  // namespace gemm_detail

@@ -43,16 +43,7 @@ def pack(codes: Array, bits: int) -> Array:
             its position and value).
         TypeError: ``codes`` is not an array or not uint8/int32.
     """
-    bits = _check_bits(bits)
-    codes, ci = _inspect(codes, "codes")
-    _check_ndim(ci, 2, "codes", "[N, K]")
-    _check_dtype(ci, ("uint8", "int32"), "codes")
-    _check_contiguous(ci, "codes")
-    _check_same_device({"codes": ci})
-    n, k = ci.shape
-    out = _empty(codes, ci, _packed_shape(n, k, bits), "int32", "pack")
-    _pack_into(codes, ci, bits, out, zero_layout=False)
-    return out
+    return _pack(codes, bits, zero_layout=False)
 
 
 def unpack(packed: Array, n: int, k: int) -> Array:
@@ -79,14 +70,27 @@ def unpack(packed: Array, n: int, k: int) -> Array:
     return out
 
 
-def _pack_into(codes: Any, ci: _Info, bits: int, out: Any, *, zero_layout: bool) -> None:
-    ok, row, col, value = _C._pack(codes, bits, out, _stream(codes, ci), zero_layout)
+def _pack(values: Any, bits: int, *, zero_layout: bool) -> Any:
+    """pack (codes [N, K]) or pack_zeros (zero points [N, n_groups]): the same checks and kernel,
+    two output layouts."""
+    bits = _check_bits(bits)
+    if zero_layout:
+        name, dims, shape_of, op = "zeros", "[N, n_groups]", _zeros_shape, "pack_zeros"
+    else:
+        name, dims, shape_of, op = "codes", "[N, K]", _packed_shape, "pack"
+    values, vi = _inspect(values, name)
+    _check_ndim(vi, 2, name, dims)
+    _check_dtype(vi, ("uint8", "int32"), name)
+    _check_contiguous(vi, name)
+    _check_same_device({name: vi})
+    out = _empty(values, vi, shape_of(*vi.shape, bits), "int32", op)
+    ok, row, col, value = _C._pack(values, bits, out, _stream(values, vi), zero_layout)
     if not ok:
-        what = "zeros" if zero_layout else "codes"
         raise ValueError(
-            f"{what}: {what}[{row}, {col}] = {value} is out of range for bits={bits} "
+            f"{name}: {name}[{row}, {col}] = {value} is out of range for bits={bits} "
             f"(expected 0 <= value < {1 << bits})"
         )
+    return out
 
 
 def pack_zeros(zeros: Array, bits: int) -> Array:
@@ -106,16 +110,7 @@ def pack_zeros(zeros: Array, bits: int) -> Array:
         ValueError: bad ``bits``, shape, contiguity, or a value out of range (with its position).
         TypeError: ``zeros`` is not an array or not uint8/int32.
     """
-    bits = _check_bits(bits)
-    zeros, zi = _inspect(zeros, "zeros")
-    _check_ndim(zi, 2, "zeros", "[N, n_groups]")
-    _check_dtype(zi, ("uint8", "int32"), "zeros")
-    _check_contiguous(zi, "zeros")
-    _check_same_device({"zeros": zi})
-    n, ng = zi.shape
-    out = _empty(zeros, zi, _zeros_shape(n, ng, bits), "int32", "pack_zeros")
-    _pack_into(zeros, zi, bits, out, zero_layout=True)
-    return out
+    return _pack(zeros, bits, zero_layout=True)
 
 
 def unpack_zeros(packed_zeros: Array, n: int, n_groups: int, bits: int) -> Array:
@@ -176,19 +171,29 @@ def _validate_weight(
     k = _int(k, "k")
     if k <= 0:
         raise ValueError(f"k: must be positive, got {k}")
-    g = _resolve_group_size(gs, k)
+    _, _, infos = _check_weight_shapes(pi, si, zi, k, gs, "")
+    _check_same_device(infos)
+    return packed, pi, scales, si, zeros, zi, n, k, gs
+
+
+def _check_weight_shapes(
+    pi: _Info, si: _Info, zi: Optional[_Info], k: int, group_size: Any, k_note: str
+) -> tuple[int, int, dict[str, _Info]]:
+    """The weight's arrays against each other and K (`k_note` says where K came from): returns
+    N, bits and the infos for the device check."""
+    g = _resolve_group_size(group_size, k)
+    n, ng = _check_scales(si)
     if ng != k // g:
         raise ValueError(
-            f"scales: expected shape [N, K/group_size] = [{n}, {k // g}] for K={k}, "
-            f"group_size={gs}, got {si.shape}"
+            f"scales: expected shape [N, K/group_size] = [{n}, {k // g}] for K={k}{k_note}, "
+            f"group_size={group_size}, got {si.shape}"
         )
     bits = _check_packed(pi, n, k)
     _check_zeros(zi, n, ng, bits)
     infos = {"packed": pi, "scales": si}
     if zi is not None:
         infos["zeros"] = zi
-    _check_same_device(infos)
-    return packed, pi, scales, si, zeros, zi, n, k, gs
+    return n, bits, infos
 
 
 def dequantize(
@@ -261,18 +266,9 @@ def gemm(
     if k <= 0:
         raise ValueError(f"x: K = x.shape[1] must be positive, got shape {xi.shape}")
     packed, pi, scales, si, zeros, zi = _weight_infos(packed, scales, zeros)
+    n, bits, weight_infos = _check_weight_shapes(pi, si, zi, k, group_size, " (x.shape[1])")
+    infos = {"x": xi, **weight_infos}
     g = _resolve_group_size(group_size, k)
-    n, ng = _check_scales(si)
-    if ng != k // g:
-        raise ValueError(
-            f"scales: expected shape [N, K/group_size] = [{n}, {k // g}] for K={k} "
-            f"(x.shape[1]), group_size={group_size}, got {si.shape}"
-        )
-    bits = _check_packed(pi, n, k)
-    _check_zeros(zi, n, ng, bits)
-    infos = {"x": xi, "packed": pi, "scales": si}
-    if zi is not None:
-        infos["zeros"] = zi
     if out is not None:
         out, oi = _inspect(out, "out")
         if oi.shape != (m, n):

@@ -95,7 +95,11 @@ void dequantize(const QWeight& w, void* out, DType out_dtype, void* stream);
 int gemm_splits(int64_t m, int64_t n, int64_t k, int bits, int64_t group_size);
 int64_t gemm_workspace_elems(int64_t m, int64_t n, int64_t k, int bits, int64_t group_size);
 // workspace: float32, gemm_workspace_elems(...) elements, allocated by the caller (so that the
-// caller's allocator, e.g. torch's caching allocator and CUDA graphs, owns the memory).
+// caller's allocator, e.g. torch's caching allocator and CUDA graphs, owns the memory). It holds
+// the split-K partial sums and, for the v2 GEMV, per-tile arrival counters that the call zeroes
+// on entry and its last CTA per tile resets: one workspace must not be shared by calls that can
+// run at the same time (on different streams, or graphs replayed concurrently). Calls ordered on
+// one stream may reuse it.
 void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out, float* workspace,
           void* stream);
 

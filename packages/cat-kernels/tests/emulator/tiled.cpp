@@ -1,77 +1,35 @@
-// Host emulation of the v2 tiled CUDA kernel (csrc/cuda/gemm_tiled_v2.cu), built by
-// tests/test_tiled_v2_emulation.py with the host C++ compiler: every CTA of the grid, every warp,
-// lane and pipeline stage, with the kernel's own index functions (csrc/cuda/tiled_v2_math.h)
-// and independent models of the hardware written from the PTX ISA (cp.async with zero fill and
-// deferred completion, ldmatrix.x4, mma.m16n8k16 fragments). It also checks, as it goes:
+// The v2 tiled CUDA kernel (csrc/cuda/gemm_tiled_v2.cu): every CTA of the grid, every warp,
+// lane and pipeline stage, with the kernel's own index functions (tiled_v2_math.h) and decode
+// (decode.h), and independent models of the hardware written from the PTX ISA (cp.async with
+// zero fill and deferred completion, ldmatrix.x4 here; the mma in model.h). It also checks, as
+// it goes:
 //   - every shared-memory byte the compute reads was written for that k-step (slots are
 //     poisoned before each refill; every slot carries the k-step it holds);
 //   - no copy still in flight targets the slot being read;
 //   - every global read is inside its array;
 //   - the fragment maps are bijections onto their tiles;
 //   - every output is stored exactly once per split.
-//
-//   tiled_v2_emu IN OUT [selftest]
-// IN: int64 header [bits, bf16, m, n, k, group_size (resolved), n_groups, has_zeros,
-// scale_dtype (0 f32, 1 f16, 2 bf16), x_vec_ok, packed_aligned16, 5 x reserved], then x (uint16
-// [m, k]), packed (int32), scales (uint32 raw bits [n, n_groups]), zeros (int32, if any).
-// OUT: int64 [splits, per_split, mt], then y_raw (float32 [m, n]: the fp32 result before the
-// final rounding) and y (float32 values of the result rounded to x's dtype).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "cuda/tiled_v2_math.h"
+#include "model.h"
+
+namespace emu {
+namespace {
 
 namespace tv2 = cat::tiled_v2;
 
-#define REQUIRE(c, msg)                                                                   \
-  do {                                                                                    \
-    if (!(c)) throw std::runtime_error(std::string("emulation check failed: ") + (msg)); \
-  } while (0)
-
-struct Problem {
-  int bits = 4;
-  bool bf16 = false;
-  int64_t m = 0, n = 0, k = 0, group_size = 0, n_groups = 0;
-  bool has_zeros = false;
-  int scale_dtype = 0;
-  bool x_vec_ok = true, aligned16 = true;
-  std::vector<uint16_t> x;
-  std::vector<int32_t> packed, zeros;
-  std::vector<uint32_t> scales;
-  int64_t n_blocks = 0, n_tiles = 0;
-};
-
 // ------------------------------------------------------------------ hardware models (PTX ISA)
-
-// A 16x16 (row-major) fragment of mma.m16n8k16: reg r, half e of lane l.
-static void a_elem(int l, int r, int e, int& row, int& col) {
-  const int g = l >> 2, t = l & 3;
-  row = g + ((r == 1 || r == 3) ? 8 : 0);
-  col = 2 * t + e + (r >= 2 ? 8 : 0);
-}
-// B 16x8 ("col"): reg r, half e of lane l -> (k, n).
-static void b_elem(int l, int r, int e, int& k, int& n) {
-  const int g = l >> 2, t = l & 3;
-  k = 2 * t + e + (r == 1 ? 8 : 0);
-  n = g;
-}
-// C/D 16x8 f32: element i of lane l.
-static void c_elem(int l, int i, int& row, int& col) {
-  const int g = l >> 2, t = l & 3;
-  row = g + (i >= 2 ? 8 : 0);
-  col = 2 * t + (i & 1);
-}
 
 // ldmatrix.sync.aligned.m8n8.x4.shared.b16: lanes 8 i .. 8 i + 7 give the addresses (element
 // offsets) of the 8 rows of matrix i; lane l receives in register i the elements
 // 2 (l % 4), 2 (l % 4) + 1 of row l / 4 of matrix i.
-static void ldmatrix_x4(const std::vector<uint8_t>& smem, int x_base_byte, const int (&addr)[32],
+void ldmatrix_x4(const std::vector<uint8_t>& smem, int x_base_byte, const int (&addr)[32],
                         uint32_t (&out)[32][4], const std::vector<int64_t>& tag, int64_t want) {
   for (int i = 0; i < 4; ++i)
     for (int l = 0; l < 32; ++l) {
@@ -89,39 +47,16 @@ static void ldmatrix_x4(const std::vector<uint8_t>& smem, int x_base_byte, const
     }
 }
 
-// D = A B + C for one warp; products exact, the 16-term sum in double, rounded once to fp32
-// when added (the hardware adds with at least fp32 precision).
-static void mma_m16n8k16(float (&c)[32][4], const uint32_t (&a)[32][4], const uint32_t (&b)[32][2],
-                         bool bf16) {
-  double A[16][16], B[16][8];
-  int seenA[16][16] = {}, seenB[16][8] = {};
-  for (int l = 0; l < 32; ++l)
-    for (int r = 0; r < 4; ++r)
-      for (int e = 0; e < 2; ++e) {
-        int row, col;
-        a_elem(l, r, e, row, col);
-        A[row][col] = tv2::h16_to_float(static_cast<uint16_t>(a[l][r] >> (16 * e)), bf16);
-        ++seenA[row][col];
-      }
-  for (int l = 0; l < 32; ++l)
-    for (int r = 0; r < 2; ++r)
-      for (int e = 0; e < 2; ++e) {
-        int k, n;
-        b_elem(l, r, e, k, n);
-        B[k][n] = tv2::h16_to_float(static_cast<uint16_t>(b[l][r] >> (16 * e)), bf16);
-        ++seenB[k][n];
-      }
-  for (int i = 0; i < 16; ++i)
-    for (int j = 0; j < 16; ++j) REQUIRE(seenA[i][j] == 1, "A fragment map is not a bijection");
-  for (int i = 0; i < 16; ++i)
-    for (int j = 0; j < 8; ++j) REQUIRE(seenB[i][j] == 1, "B fragment map is not a bijection");
+// D = A B + C for one warp: the exact product (model.h), rounded once to fp32 when added (the
+// hardware adds with at least fp32 precision).
+void mma_m16n8k16(float (&c)[32][4], const uint32_t (&a)[32][4], const uint32_t (&b)[32][2], bool bf16) {
+  double d[16][8];
+  mma_exact(a, b, bf16, d);
   for (int l = 0; l < 32; ++l)
     for (int i = 0; i < 4; ++i) {
       int row, col;
       c_elem(l, i, row, col);
-      double s = 0;
-      for (int kk = 0; kk < 16; ++kk) s += A[row][kk] * B[kk][col];
-      c[l][i] = static_cast<float>(static_cast<double>(c[l][i]) + s);
+      c[l][i] = static_cast<float>(static_cast<double>(c[l][i]) + d[row][col]);
     }
 }
 
@@ -185,7 +120,7 @@ struct Cta {
     const int64_t b_end = std::min((s_begin + nsteps) * tv2::kBlocksPerStep, P.n_blocks);
     const bool xvec = P.k % 8 == 0 && P.x_vec_ok;
     const bool fast = xvec && P.aligned16;
-    const int64_t bpg = tv2::blocks_per_group(P.group_size, P.n_blocks);
+    const int64_t bpg = dec::blocks_per_group(P.group_size, P.n_blocks);
 
     auto issue = [&](int64_t li) {
       if (li >= nsteps) return;
@@ -267,10 +202,10 @@ struct Cta {
       float s = 0.f;
       uint32_t z = 0;
       if (r.valid) {
-        s = tv2::scale_from_raw(r.s, P.scale_dtype);
-        z = P.has_zeros ? tv2::zero_from_words(r.zlo, r.zhi, r.zoff, BITS) : (1u << (BITS - 1));
+        s = dec::scale_from_raw(r.s, P.scale_dtype);
+        z = P.has_zeros ? dec::field(r.zlo, r.zhi, r.zoff, BITS) : (1u << (BITS - 1));
       }
-      const uint32_t zop = tv2::zero_operand<BITS, BF16>(z);
+      const uint32_t zop = dec::zero_operand<BITS, BF16>(z);
       write(st + tv2::scale_off(MT, BITS) + 4 * i, &s, 4, li);
       write(st + tv2::zero_off(MT, BITS) + 4 * i, &zop, 4, li);
     };
@@ -330,7 +265,7 @@ struct Cta {
             for (int f = 0; f < 2; ++f) {
               const int r = tv2::b_row(lane, f);
               const uint32_t zop = read_u32(st + tv2::zero_off(MT, BITS) + 4 * (bl * tv2::kBN + warp * 16 + r));
-              for (int j = 0; j < 4; ++j) bf[f][lane][j] = tv2::decode_pair<BITS, BF16>(blk, r, j, lane & 3, zop);
+              for (int j = 0; j < 4; ++j) bf[f][lane][j] = dec::tiled_decode<BITS, BF16>(blk, r, j, lane & 3, zop);
             }
           for (int h = 0; h < 2; ++h)
             for (int mf = 0; mf < MT; ++mf) {
@@ -390,7 +325,7 @@ struct Cta {
 };
 
 template <int BITS, bool BF16, int MT>
-static void run_grid(const Problem& P, const tv2::Plan& plan, std::vector<float>& y_raw) {
+void run_grid(const Problem& P, const tv2::Plan& plan, std::vector<float>& y_raw) {
   std::vector<float> ws(size_t(plan.splits) * P.m * P.n, 0.f);
   std::vector<int> written(ws.size(), 0);
   const int64_t bm = 16 * MT;
@@ -410,28 +345,11 @@ static void run_grid(const Problem& P, const tv2::Plan& plan, std::vector<float>
   }
 }
 
-template <int BITS, bool BF16>
-static void run_mt(const Problem& P, const tv2::Plan& plan, std::vector<float>& y_raw) {
-  switch (plan.mt) {
-    case 2: run_grid<BITS, BF16, 2>(P, plan, y_raw); break;
-    case 4: run_grid<BITS, BF16, 4>(P, plan, y_raw); break;
-    default: run_grid<BITS, BF16, 8>(P, plan, y_raw); break;
-  }
-}
-template <int BITS>
-static void run_bits(const Problem& P, const tv2::Plan& plan, std::vector<float>& y_raw) {
-  if (P.bf16)
-    run_mt<BITS, true>(P, plan, y_raw);
-  else
-    run_mt<BITS, false>(P, plan, y_raw);
-}
-
-
 // ------------------------------------------------------------------ piecewise checks
 
 // Code of column v of a block from its `bits` words, straight from docs/format.md (one bit stream
 // per block, value v at stream bits [bits v, bits v + bits)).
-static uint32_t ref_code(const uint32_t* words_of_row_stride16, int row, int bits, int v) {
+uint32_t ref_code(const uint32_t* words_of_row_stride16, int row, int bits, int v) {
   uint32_t q = 0;
   for (int i = 0; i < bits; ++i) {
     const int bit = bits * v + i;
@@ -441,7 +359,7 @@ static uint32_t ref_code(const uint32_t* words_of_row_stride16, int row, int bit
 }
 
 template <int BITS, bool BF16>
-static void check_decode(uint64_t& rng) {
+void check_decode(uint64_t& rng) {
   auto next = [&]() {
     rng ^= rng << 13;
     rng ^= rng >> 7;
@@ -454,16 +372,16 @@ static void check_decode(uint64_t& rng) {
     if (trial == 0)
       for (int i = 0; i < BITS * 16; ++i) blk[i] = 0xFFFFFFFFu;  // all codes at their maximum
     for (uint32_t z = 0; z < (1u << BITS); ++z) {
-      const uint32_t zop = tv2::zero_operand<BITS, BF16>(z);
+      const uint32_t zop = dec::zero_operand<BITS, BF16>(z);
       for (int row = 0; row < 16; ++row)
         for (int j = 0; j < 4; ++j)
           for (int t = 0; t < 4; ++t) {
-            const uint32_t d = tv2::decode_pair<BITS, BF16>(blk, row, j, t, zop);
+            const uint32_t d = dec::tiled_decode<BITS, BF16>(blk, row, j, t, zop);
             for (int e = 0; e < 2; ++e) {
-              const int v = tv2::pair_value(j, t) + e;
+              const int v = dec::pair_value(j, t) + e;
               const float want = float(int(ref_code(blk, row, BITS, v)) - int(z));
-              const float got = tv2::h16_to_float(static_cast<uint16_t>(d >> (16 * e)), BF16);
-              REQUIRE(got == want, "decode_pair: wrong (q - z) for bits " + std::to_string(BITS) +
+              const float got = dec::h16_to_float(static_cast<uint16_t>(d >> (16 * e)), BF16);
+              REQUIRE(got == want, "tiled_decode: wrong (q - z) for bits " + std::to_string(BITS) +
                                        (BF16 ? " bf16" : " f16") + " v " + std::to_string(v));
             }
           }
@@ -477,7 +395,7 @@ static void check_decode(uint64_t& rng) {
         for (int e = 0; e < 2; ++e) {
           int k, n;
           b_elem(l, r, e, k, n);
-          const int v = tv2::pair_value(2 * h + r, l & 3) + e;
+          const int v = dec::pair_value(2 * h + r, l & 3) + e;
           REQUIRE(v == 16 * h + k, "decode pair does not match the B fragment's k");
           REQUIRE(tv2::b_row(l, 0) == n && tv2::b_row(l, 1) == 8 + n, "b_row does not match the B fragment's n");
           if (l < 4) ++seen[k];
@@ -487,7 +405,7 @@ static void check_decode(uint64_t& rng) {
 }
 
 template <int MT>
-static void check_x_maps() {
+void check_x_maps() {
   const int rows = 16 * MT, elems = rows * tv2::kBK;
   std::vector<int> hit(elems, 0);
   for (int r = 0; r < rows; ++r)
@@ -539,7 +457,7 @@ static void check_x_maps() {
 }
 
 template <int BITS>
-static void check_packed_map() {
+void check_packed_map() {
   for (int bytes : {16, 4}) {
     std::vector<int> hit(tv2::packed_stage_words(BITS), 0);
     const int64_t n_tiles = 7, n_blocks = 5, tile0 = 4;  // tile 7 and block 5 do not exist
@@ -570,7 +488,7 @@ static void check_packed_map() {
       }
 }
 
-static void check_c_and_groups() {
+void check_c_and_groups() {
   for (int l = 0; l < 32; ++l)
     for (int i = 0; i < 4; ++i) {
       int row, col;
@@ -594,17 +512,17 @@ static void check_c_and_groups() {
           const int64_t b_end = std::min((s0 + per) * 2, nb);
           int64_t run_group = -1;
           tv2::GroupCursor cur;
-          cur.start(s0 * 2, tv2::blocks_per_group(gs, nb));
+          cur.start(s0 * 2, dec::blocks_per_group(gs, nb));
           for (int64_t b = s0 * 2; b < b_end; ++b) {
-            REQUIRE(cur.g == tv2::group_of(b, gs), "group cursor: wrong group");
+            REQUIRE(cur.g == dec::group_of(b, gs), "group cursor: wrong group");
             REQUIRE(tv2::flush_after(cur, b, b_end) == tv2::group_ends(b, gs, b_end), "group cursor: wrong flush");
             cur.next();
-            const int64_t g = tv2::group_of(b, gs);
+            const int64_t g = dec::group_of(b, gs);
             REQUIRE(g >= 0 && g < (gs0 == -1 ? 1 : k / gs), "group_of out of range");
             REQUIRE(g == (32 * b) / gs, "group_of");
             if (run_group >= 0) REQUIRE(g == run_group, "a flush-free run crosses a group boundary");
             run_group = g;
-            const bool last_of_group = b + 1 == nb || tv2::group_of(b + 1, gs) != g;
+            const bool last_of_group = b + 1 == nb || dec::group_of(b + 1, gs) != g;
             if (last_of_group || b + 1 == b_end) REQUIRE(tv2::group_ends(b, gs, b_end), "a group part ends without a flush");
             if (tv2::group_ends(b, gs, b_end)) run_group = -1;
           }
@@ -625,7 +543,7 @@ static void check_c_and_groups() {
       }
 }
 
-static void check_meta_src() {
+void check_meta_src() {
   // zero points and scales against format.md, for a few stream layouts
   for (int bits : {2, 3, 4, 8})
     for (int64_t ng : {1, 3, 9, 11, 64}) {
@@ -644,21 +562,44 @@ static void check_meta_src() {
       const int64_t k = ng * 64, gs = 64, nb = k / 32;
       for (int64_t r = 0; r < n + 3; ++r)
         for (int64_t b = 0; b < nb + 2; ++b) {
-          const tv2::MetaSrc s = tv2::meta_src(tv2::meta_row(r, ng, bits), r < n, b, tv2::group_of(b, gs), nb, bits);
+          const tv2::MetaSrc s = tv2::meta_src(tv2::meta_row(r, ng, bits), r < n, b, dec::group_of(b, gs), nb, bits);
           REQUIRE(s.valid == (r < n && b < nb), "meta_src validity");
           if (!s.valid) continue;
           REQUIRE(s.scale == r * ng + b / 2, "meta_src scale index");
           const uint32_t lo = zeros.at(size_t(s.zlo)), hi = s.zhi >= 0 ? zeros.at(size_t(s.zhi)) : 0u;
-          REQUIRE(tv2::zero_from_words(lo, hi, s.zoff, bits) == z[r * ng + b / 2], "zero point decode");
+          REQUIRE(dec::field(lo, hi, s.zoff, bits) == z[r * ng + b / 2], "zero point decode");
         }
     }
   // scale storage formats
-  REQUIRE(tv2::scale_from_raw(0x3C00u, 1) == 1.0f && tv2::scale_from_raw(0xC000u, 1) == -2.0f, "f16 scale");
-  REQUIRE(tv2::scale_from_raw(0x3F80u, 2) == 1.0f && tv2::scale_from_raw(0x0001u, 1) == 5.9604644775390625e-08f,
+  REQUIRE(dec::scale_from_raw(0x3C00u, 1) == 1.0f && dec::scale_from_raw(0xC000u, 1) == -2.0f, "f16 scale");
+  REQUIRE(dec::scale_from_raw(0x3F80u, 2) == 1.0f && dec::scale_from_raw(0x0001u, 1) == 5.9604644775390625e-08f,
           "bf16 / subnormal f16 scale");
 }
 
-static int selftest() {
+}  // namespace
+
+TiledResult tiled_run(const Problem& P) {
+  const tv2::Plan plan = tv2::plan(P.m, P.n, P.k);
+  const int64_t steps = dec::cdiv(P.k, tv2::kBK);
+  REQUIRE(plan.splits >= 1 && plan.splits <= 32, "plan: splits out of range");
+  REQUIRE((plan.splits - 1) * plan.per_split < steps && plan.splits * plan.per_split >= steps,
+          "plan: splits do not cover K exactly");
+  TiledResult r;
+  r.splits = plan.splits;
+  r.per_split = plan.per_split;
+  r.mt = plan.mt;
+  r.y_raw.assign(size_t(P.m * P.n), 0.f);
+  dec::dispatch_bits_bf16(P.bits, P.bf16, "emulate", [&](auto bits, auto bf16) {
+    constexpr int kBits = decltype(bits)::value;
+    constexpr bool kBf16 = decltype(bf16)::value;
+    if (plan.mt == 2) run_grid<kBits, kBf16, 2>(P, plan, r.y_raw);
+    else if (plan.mt == 4) run_grid<kBits, kBf16, 4>(P, plan, r.y_raw);
+    else run_grid<kBits, kBf16, 8>(P, plan, r.y_raw);
+  });
+  return r;
+}
+
+void tiled_selftest() {
   uint64_t rng = 0x9E3779B97F4A7C15ull;
   check_decode<2, false>(rng);
   check_decode<3, false>(rng);
@@ -680,69 +621,6 @@ static int selftest() {
   // smem budget: fits the sm_86/89 opt-in limit (99 KB) with room for 2 CTAs where it can
   for (int bits : {2, 3, 4, 8})
     for (int mt : {2, 4, 8}) REQUIRE(tv2::smem_bytes(mt, bits) <= 99 * 1024, "shared memory above 99 KB");
-  printf("selftest ok\n");
-  return 0;
 }
 
-template <typename T>
-static void read_vec(FILE* f, std::vector<T>& v, size_t n) {
-  v.resize(n);
-  if (n && fread(v.data(), sizeof(T), n, f) != n) throw std::runtime_error("short input file");
-}
-
-int main(int argc, char** argv) {
-  try {
-    if (argc == 2 && std::string(argv[1]) == "selftest") return selftest();
-    if (argc != 3) throw std::runtime_error("usage: tiled_v2_emu selftest | tiled_v2_emu IN OUT");
-    FILE* f = fopen(argv[1], "rb");
-    if (!f) throw std::runtime_error("cannot open input");
-    int64_t h[16];
-    if (fread(h, 8, 16, f) != 16) throw std::runtime_error("short header");
-    Problem P;
-    P.bits = int(h[0]);
-    P.bf16 = h[1] != 0;
-    P.m = h[2];
-    P.n = h[3];
-    P.k = h[4];
-    P.group_size = h[5];
-    P.n_groups = h[6];
-    P.has_zeros = h[7] != 0;
-    P.scale_dtype = int(h[8]);
-    P.x_vec_ok = h[9] != 0;
-    P.aligned16 = h[10] != 0;
-    P.n_blocks = (P.k + 31) / 32;
-    P.n_tiles = (P.n + 15) / 16;
-    read_vec(f, P.x, size_t(P.m * P.k));
-    read_vec(f, P.packed, size_t(P.n_tiles * P.n_blocks * P.bits * 16));
-    read_vec(f, P.scales, size_t(P.n * P.n_groups));
-    if (P.has_zeros) read_vec(f, P.zeros, size_t(P.n_tiles * ((P.n_groups * P.bits + 31) / 32) * 16));
-    fclose(f);
-
-    const tv2::Plan plan = tv2::plan(P.m, P.n, P.k);
-    const int64_t steps = (P.k + tv2::kBK - 1) / tv2::kBK;
-    REQUIRE(plan.splits >= 1 && plan.splits <= 32, "plan: splits out of range");
-    REQUIRE((plan.splits - 1) * plan.per_split < steps && plan.splits * plan.per_split >= steps,
-            "plan: splits do not cover K exactly");
-    std::vector<float> y_raw(size_t(P.m * P.n));
-    switch (P.bits) {
-      case 2: run_bits<2>(P, plan, y_raw); break;
-      case 3: run_bits<3>(P, plan, y_raw); break;
-      case 4: run_bits<4>(P, plan, y_raw); break;
-      case 8: run_bits<8>(P, plan, y_raw); break;
-      default: throw std::runtime_error("bits");
-    }
-    std::vector<float> y(y_raw.size());
-    for (size_t i = 0; i < y.size(); ++i) y[i] = tv2::h16_to_float(tv2::float_to_h16(y_raw[i], P.bf16), P.bf16);
-    FILE* o = fopen(argv[2], "wb");
-    if (!o) throw std::runtime_error("cannot open output");
-    const int64_t oh[3] = {plan.splits, plan.per_split, plan.mt};
-    fwrite(oh, 8, 3, o);
-    fwrite(y_raw.data(), 4, y_raw.size(), o);
-    fwrite(y.data(), 4, y.size(), o);
-    fclose(o);
-    return 0;
-  } catch (const std::exception& e) {
-    fprintf(stderr, "%s\n", e.what());
-    return 2;
-  }
-}
+}  // namespace emu
