@@ -28,6 +28,17 @@ def check_bool(value: Any, field: str) -> bool:
     return value
 
 
+def check_fields(obj: Any, prefix: str, *, ints: Sequence[str] = (), optional_ints: Sequence[str] = (),
+                 bools: Sequence[str] = ()) -> None:
+    """Check the named fields of a settings object; errors name them as ``prefix.field``."""
+    for name in ints:
+        check_int(getattr(obj, name), f"{prefix}.{name}")
+    for name in optional_ints:
+        check_int(getattr(obj, name), f"{prefix}.{name}", optional=True)
+    for name in bools:
+        check_bool(getattr(obj, name), f"{prefix}.{name}")
+
+
 def check_float(value: Any, field: str, lo: float, hi: float, *, hi_closed: bool = False, what: str = "") -> float:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if ok:

@@ -20,26 +20,17 @@ __all__ = ["QuantConfig"]
 
 _BITS = (2, 3, 4, 8)
 
-# flat keyword -> (nested field, its name there)
-_MOVED = {
-    "duo_scaling": ("scales", "duo_scaling"),
-    "n_grid": ("scales", "n_grid"),
-    "loss_token_subsample": ("scales", "token_subsample"),
-    "screen_tokens": ("scales", "screen_tokens"),
-    "screen_keep": ("scales", "screen_keep"),
-    "loss_scope": ("scales", "loss_scope"),
-    "max_shrink": ("clip", "max_shrink"),
-    "n_clip_grid": ("clip", "n_grid"),
-    "clip_refine": ("clip", "refine"),
-    "skip_clip": ("clip", "skip"),
-    "clip_token_subsample": ("grams", "token_subsample"),
-    "gram_samples": ("grams", "samples"),
-    "sequential": ("grams", "sequential"),
-    "gptq_damp": ("rounding", "damp"),
-    "gptq_block": ("rounding", "block"),
-    **{f"learned_round_{f}": ("rounding", f)
-       for f in ("iters", "batch", "seqlen", "samples", "lr", "minmax", "init", "target")},
+# the flat keywords of earlier releases, per nested field: "old" (same name there) or "old:new"
+_FLAT = {
+    "scales": "duo_scaling n_grid loss_token_subsample:token_subsample screen_tokens screen_keep loss_scope",
+    "clip": "max_shrink n_clip_grid:n_grid clip_refine:refine skip_clip:skip",
+    "grams": "clip_token_subsample:token_subsample gram_samples:samples sequential",
+    "rounding": "gptq_damp:damp gptq_block:block " + " ".join(
+        f"learned_round_{f}:{f}" for f in ("iters", "batch", "seqlen", "samples", "lr", "minmax", "init", "target")),
 }
+# flat keyword -> (nested field, its name there)
+_MOVED = {old: (field, new or old) for field, words in _FLAT.items()
+          for old, _, new in (w.partition(":") for w in words.split())}
 
 
 def _spelling(old: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar, Union
 
-from cat_core.config._checks import check_bool, check_choice, check_float, check_int
+from cat_core.config._checks import check_choice, check_fields, check_float
 
 __all__ = ["Nearest", "GPTQ", "Learned", "Rounding", "rounding_from_name"]
 
@@ -41,7 +41,7 @@ class GPTQ:
     def __post_init__(self) -> None:
         object.__setattr__(self, "damp", check_float(self.damp, "GPTQ.damp", 0.0, 1.0,
                                                      what=" (a fraction of the mean Gram diagonal)"))
-        check_int(self.block, "GPTQ.block")
+        check_fields(self, "GPTQ", ints=("block",))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,14 +84,10 @@ class Learned:
     target: str = "model"
 
     def __post_init__(self) -> None:
-        check_int(self.iters, "Learned.iters")
-        check_int(self.batch, "Learned.batch")
-        check_int(self.seqlen, "Learned.seqlen", optional=True)
-        check_int(self.samples, "Learned.samples", optional=True)
+        check_fields(self, "Learned", ints=("iters", "batch"), optional_ints=("seqlen", "samples"), bools=("minmax",))
         if self.lr is not None:
             object.__setattr__(self, "lr", check_float(self.lr, "Learned.lr", 0.0, 0.5, hi_closed=True,
                                                        what=" or None (1 / iters)"))
-        check_bool(self.minmax, "Learned.minmax")
         init = {"gptq": GPTQ(), "nearest": Nearest()}.get(self.init, self.init) if isinstance(self.init, str) else self.init
         if not isinstance(init, (GPTQ, Nearest)):
             raise ValueError(f"Learned.init must be GPTQ(...) or Nearest() (or 'gptq' / 'nearest'), got {self.init!r}")

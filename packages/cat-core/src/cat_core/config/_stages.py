@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from cat_core.config._checks import check_bool, check_choice, check_float, check_int, patterns
+from cat_core.config._checks import check_choice, check_fields, check_float, patterns
 
 __all__ = ["ScaleSearch", "ClipSearch", "Grams"]
 
@@ -33,11 +33,8 @@ class ScaleSearch:
     loss_scope: str = "module"
 
     def __post_init__(self) -> None:
-        check_bool(self.duo_scaling, "scales.duo_scaling")
-        check_int(self.n_grid, "scales.n_grid")
-        check_int(self.token_subsample, "scales.token_subsample", optional=True)
-        check_int(self.screen_tokens, "scales.screen_tokens", optional=True)
-        check_int(self.screen_keep, "scales.screen_keep")
+        check_fields(self, "scales", ints=("n_grid", "screen_keep"), optional_ints=("token_subsample", "screen_tokens"),
+                     bools=("duo_scaling",))
         check_choice(self.loss_scope, "scales.loss_scope", ("module", "block"))
 
 
@@ -61,8 +58,7 @@ class ClipSearch:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "max_shrink", check_float(self.max_shrink, "clip.max_shrink", 0.0, 1.0))
-        check_int(self.n_grid, "clip.n_grid")
-        check_bool(self.refine, "clip.refine")
+        check_fields(self, "clip", ints=("n_grid",), bools=("refine",))
         object.__setattr__(self, "skip", patterns(self.skip, "clip.skip"))
 
 
@@ -90,5 +86,4 @@ class Grams:
 
     def __post_init__(self) -> None:
         check_choice(self.samples, "grams.samples", ("search", "all"))
-        check_int(self.token_subsample, "grams.token_subsample", optional=True)
-        check_bool(self.sequential, "grams.sequential")
+        check_fields(self, "grams", optional_ints=("token_subsample",), bools=("sequential",))
