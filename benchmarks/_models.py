@@ -103,7 +103,9 @@ def test_ids(tokenizer: Any, data_dir: Path) -> torch.Tensor:
 #: evaluation texts: file in the data dir, and the "domain" it belongs to (calibration text of the
 #: same domain makes a row in-domain).
 EVAL_TEXTS = {"wikitext2-test": ("wikitext2-raw-test.txt", "wikitext2"),
-              "lee-background": ("lee-background.txt", "lee")}
+              "lee-background": ("lee-background.txt", "lee"),
+              # built from the machine's license texts (_heldout_licenses.py), not a data-dir file
+              "licenses": (None, "legal")}
 #: calibration sources and their domains ("self": text sampled from the model, no user's domain).
 CALIB_DOMAINS = {"wikitext2-valid": "wikitext2", "lee-background": "lee", "self": "self"}
 
@@ -113,7 +115,12 @@ def eval_ids(tokenizer: Any, data_dir: Path, name: str = "wikitext2-test") -> to
     tokenized once (1-D int64)."""
     if name not in EVAL_TEXTS:
         raise ValueError(f"eval text must be one of {sorted(EVAL_TEXTS)}, got {name!r}")
-    lines = (Path(data_dir) / EVAL_TEXTS[name][0]).read_text(encoding="utf-8").split("\n")
+    if EVAL_TEXTS[name][0] is None:
+        from _heldout_licenses import checked_lines
+
+        lines = checked_lines()
+    else:
+        lines = (Path(data_dir) / EVAL_TEXTS[name][0]).read_text(encoding="utf-8").split("\n")
     text = "\n\n".join(line for line in lines if line.strip())
     return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
 
