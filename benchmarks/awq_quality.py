@@ -62,6 +62,31 @@ def calib_source(name: str, data_dir: Path, eval_text: str):
     return str(Path(data_dir) / CALIB_FILES[name])
 
 
+def flat_config(qcfg) -> dict:
+    """The config as the flat keys of the rows recorded before the stage settings were nested (the
+    settings column reads them): format fields as they are, every stage field under its old name."""
+    import dataclasses
+
+    from cat_core.awq._gptq import gptq_settings
+    from cat_core.config import Learned
+    from cat_core.config._quant import _MOVED
+
+    out = {f.name: getattr(qcfg, f.name) for f in dataclasses.fields(qcfg)
+           if f.name not in ("scales", "clip", "grams", "rounding")}
+    out["clip"] = qcfg.clip is not None
+    out["rounding"] = qcfg.rounding.name
+    for old, (field, new) in _MOVED.items():
+        if field == "rounding":
+            source = gptq_settings(qcfg) if old.startswith("gptq_") else qcfg.rounding
+            if not old.startswith("gptq_") and not isinstance(source, Learned):
+                continue
+            value = getattr(source, new)
+            out[old] = value.name if new == "init" else value
+        elif getattr(qcfg, field) is not None:
+            out[old] = getattr(getattr(qcfg, field), new)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
+
+
 def eval_text_of(r: dict) -> str:
     """Rows before the field existed were all evaluated on WikiText-2 test."""
     return r.get("eval_text", "wikitext2-test")
@@ -91,8 +116,7 @@ def run_row(args, method: str, bits: int | None, calib: str | None, ids: torch.T
     if method != "fp":
         qcfg = QuantConfig(bits=bits, group_size=group, **json.loads(args.quant_overrides or "{}"))
         row["overrides"] = json.loads(args.quant_overrides or "{}")
-        row["quant_config"] = {k: (list(v) if isinstance(v, tuple) else v)
-                               for k, v in qcfg.__dict__.items()}
+        row["quant_config"] = flat_config(qcfg)
     if method == "rtn":
         t = time.perf_counter()
         rtn_quantize(model, qcfg)
