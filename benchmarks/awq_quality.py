@@ -294,7 +294,7 @@ def write_results(path_json: Path, rows: list[dict], meta: dict) -> None:
           f"Machine: {meta['machine'].get('cpu')}, {meta['machine'].get('cores')} cores (ISA per row: the machines of this kind differ), torch "
           f"{meta['machine'].get('torch')}, 2 torch threads unless the row says otherwise, on a CPU shared with other "
           "jobs: wall times depend on the load averages listed.", "",
-          "Perplexity: the evaluation text's non-empty lines (WikiText-2 raw test rows; Lee articles) joined with "
+          "Perplexity: the evaluation text's non-empty lines (WikiText-2 raw test rows; Lee articles; license paragraphs, see _heldout_licenses.py) joined with "
           "\"\\n\\n\", first N non-overlapping windows of the eval length. \"fp\" = the dequantized GGUF of the "
           "test package (Q4_1 SmolLM2, Q4_K_M Gemma-3), float32. Gap closed = (RTN - AWQ) / (RTN - fp).", "",
           f"Bars (issue #18), on off-domain rows: at least {GAP_BAR[4]:.0%} of the gap closed at 4 bits and "
