@@ -60,7 +60,7 @@ def run_awq(
                 for part in linear_parts(work, batches, rounding.wants_full_grams):
                     rounding.round(work, part, search_clips(work, part))
                 rounding.after_parts(work, batches)
-                _propagate(work, batches, getattr(rounding, "outputs", None))
+                _propagate(work, batches, rounding.outputs)
             finally:
                 held.release()
             results.tick("propagate")

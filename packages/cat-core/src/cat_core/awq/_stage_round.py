@@ -31,6 +31,8 @@ class _Nearest:
     wants_full_grams = False
     extra_shape: tuple[int, int] | None = None
     keep_sequences = 0
+    #: the block's quantized outputs on calibration sequences, when the rounding computed them
+    outputs: torch.Tensor | None = None
 
     def plan(self, n: int, seqlen: int) -> None:
         pass
