@@ -42,10 +42,12 @@ class _Nearest:
 
     def round(self, work: BlockWork, part: Part, clips: Clips) -> None:
         for rel, name, mod in part.linears:
-            if rel in clips:
+            if rel in clips and not self.wants_full_grams:  # GPTQ clips a copy: the grid only
                 apply_clip(mod.weight, *clips.pop(rel))
             w = _finite_weight(work, rel, mod)
-            _keep(work, name, w, self._codes(work, rel, name, mod, w, part, clips))
+            qt = self._codes(work, rel, name, mod, w, part, clips)
+            w.copy_(dequantize(qt, w.dtype))
+            work.store(name, qt)
         work.results.tick("quantize")
 
     def _codes(self, work: BlockWork, rel: str, name: str, mod, w: torch.Tensor, part: Part,
@@ -67,12 +69,6 @@ class _GPTQ(_Nearest):
 
     def __init__(self, settings: GPTQ) -> None:
         self.settings = settings
-
-    def round(self, work: BlockWork, part: Part, clips: Clips) -> None:
-        for rel, name, mod in part.linears:
-            w = _finite_weight(work, rel, mod)
-            _keep(work, name, w, self._codes(work, rel, name, mod, w, part, clips))
-        work.results.tick("quantize")
 
     def _codes(self, work: BlockWork, rel: str, name: str, mod, w: torch.Tensor, part: Part,
                clips: Clips) -> QuantizedTensor:
@@ -166,11 +162,6 @@ def _finite_weight(work: BlockWork, rel: str, mod) -> torch.Tensor:
     if not bool(torch.isfinite(w).all()):
         work.nonfinite(f"weight of {rel}", [], rel)
     return w
-
-
-def _keep(work: BlockWork, name: str, w: torch.Tensor, qt: QuantizedTensor) -> None:
-    w.copy_(dequantize(qt, w.dtype))
-    work.store(name, qt)
 
 
 def _start(rel: str, full: str, mod, base: torch.Tensor, qt: QuantizedTensor, grid: torch.Tensor,

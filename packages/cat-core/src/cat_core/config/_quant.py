@@ -56,8 +56,8 @@ def _apply_flat(kw: dict[str, Any]) -> dict[str, Any]:
         msg = str(e)
         for old in flat:
             field, name = _MOVED[old]
-            cls = {"scales": "scales", "clip": "clip", "grams": "grams"}.get(field)
-            nested = f"{cls}.{name}" if cls else ("GPTQ." if old.startswith("gptq_") else "Learned.") + name
+            owner = field if field != "rounding" else ("GPTQ" if old.startswith("gptq_") else "Learned")
+            nested = f"{owner}.{name}"
             if msg.startswith(nested + " "):
                 raise ValueError(f"{old}{msg[len(nested):]} (now spelled {_spelling(old)})") from None
         raise
