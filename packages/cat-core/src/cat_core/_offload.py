@@ -41,8 +41,12 @@ def _hook_tensor_names(m: nn.Module, h: Any) -> list[str]:
 
 
 def execution_device(module: nn.Module) -> torch.device:
-    """Where ``module`` computes: the execution device of an accelerate hook on it or inside it,
+    """Where ``module`` computes: the device of a lazily loaded model's units
+    (:mod:`cat_core.stream`), the execution device of an accelerate hook on it or inside it,
     else the device of its first parameter or buffer that is not on ``meta``, else the CPU."""
+    lazy = getattr(module, "_cat_lazy", None)
+    if lazy is not None:
+        return lazy.device
     for m in module.modules():
         for h in _hooks(m):
             dev = getattr(h, "execution_device", None)
@@ -99,10 +103,17 @@ class Held:
 
     ``release(write_back=True)`` stores the (possibly rewritten) offloaded tensors back into
     their offload store, returns them to ``meta`` and the other tensors to their own devices.
-    Idempotent.
+    Idempotent. A unit of a lazily loaded model (:mod:`cat_core.stream`) is read from its files
+    instead, and on release with ``write_back`` spilled to disk.
     """
 
     def __init__(self, module: nn.Module, device: torch.device) -> None:
+        lazy = getattr(module, "_cat_lazy", None)
+        self._lazy = (lazy, module) if lazy is not None and lazy.is_unit(module) else None
+        if self._lazy is not None:  # a unit of a lazily loaded model: read from its files
+            lazy.acquire(module, device)
+            self._held = True
+            return
         from_hooks = list(_offload_hooks(module))
         self._offloaded: list[tuple[nn.Module, Any, list[str]]] = []
         if from_hooks:
@@ -132,6 +143,10 @@ class Held:
         if not self._held:
             return
         self._held = False
+        if self._lazy is not None:
+            lazy, module = self._lazy
+            lazy.release(module, changed=write_back)
+            return
         for m, n, dev in self._home:
             _move(m, n, dev)
         if self._offloaded:

@@ -90,6 +90,8 @@ def capture_block_calls(
             return (hidden,) if tuple_out[0] else hidden
         return forward
 
+    # a forward set on the instance (accelerate's hooks, a lazily loaded unit) is put back after
+    own = [block.__dict__.get("forward") for block in blocks]
     try:
         for i, block in enumerate(blocks):
             handles.append(block.register_forward_pre_hook(pre_hook(i), with_kwargs=True))
@@ -110,8 +112,10 @@ def capture_block_calls(
     finally:
         for h in handles:
             h.remove()
-        for block in blocks:
+        for block, forward in zip(blocks, own):
             block.__dict__.pop("forward", None)
+            if forward is not None:
+                block.forward = forward
     return calls
 
 

@@ -22,6 +22,7 @@ from cat_core.awq._batches import Batches, capture_batches
 from cat_core.awq._block import BlockWork, GroupReport, Results, block_linears
 from cat_core.awq._errors import AWQError
 from cat_core.awq._grams import run_block
+from cat_core.awq._inputs import check_finite
 from cat_core.awq._stage_clip import linear_parts, search_clips
 from cat_core.awq._stage_round import rounder
 from cat_core.awq._stage_scales import Fold, search_and_fold
@@ -43,6 +44,7 @@ def run_awq(
     device = torch.device(device) if device is not None else execution_device(blocks[0].module)
     rounding = rounder(config)
     rounding.plan(*samples.shape)
+    lazy = getattr(model, "_cat_lazy", None) is not None
     with _progress_bar(len(blocks), progress) as bar:
         results = Results(timings, bar)
         batches = capture_batches(model, [bg.module for bg in blocks], samples, config, device, rounding.extra_shape)
@@ -50,6 +52,8 @@ def run_awq(
         for position, bg in enumerate(blocks):
             held = Held(bg.module, device)  # only this block on the compute device
             try:
+                if lazy:  # read just now: the check before calibration could not see it
+                    check_finite((f"{bg.path}.{n}", p) for n, p in bg.module.named_parameters())
                 work = BlockWork(bg, position, device, config, batches.calls[position],
                                  block_linears(bg.module, bg.path, config), results)
                 collect_statistics(work, batches, rounding.keep_sequences)
@@ -61,6 +65,8 @@ def run_awq(
                     rounding.round(work, part, search_clips(work, part))
                 rounding.after_parts(work, batches)
                 _propagate(work, batches, rounding.outputs)
+                if lazy:
+                    _pack(work)
             finally:
                 held.release()
             results.tick("propagate")
@@ -79,6 +85,15 @@ def _propagate(work: BlockWork, batches: Batches, pool_outputs: torch.Tensor | N
         if not bool(torch.isfinite(out).all()):
             work.nonfinite("block output after quantization", [])
         batches.hiddens[ci] = out
+
+
+def _pack(work: BlockWork) -> None:
+    """A lazily loaded model's block becomes its packed layers now, so that neither its float
+    weights nor every block's codes stay in memory (the block is spilled when released)."""
+    from cat_core.nn import replace_linears
+
+    mine = {rel: work.results.tensors.pop(full) for rel, full, _ in work.linears if full in work.results.tensors}
+    replace_linears(work.module, mine)
 
 
 def _pool_chunks(hiddens: list[torch.Tensor], outputs: torch.Tensor | None) -> dict[int, torch.Tensor]:

@@ -172,7 +172,7 @@ def discover(
                 blk, inp = _fp32_copy(blocks[i], inputs[i])
                 found[sig] = analyze_block(blk, inp, f"{path}.{i}", specs, strict)
             finally:
-                held.release()
+                held.release(write_back=False)  # the analysis works on a copy
     out = []
     for i, (b, s) in enumerate(zip(blocks, sigs, strict=False)):
         gs, sk = found[s]

@@ -71,9 +71,11 @@ def write_shards(
     max_shard_size: int | str,
     metadata: dict[str, str],
     progress: bool = True,
+    fetch: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
 ) -> list[str]:
     """Write ``tensors`` as ``model.safetensors`` or ``model-0000i-of-0000n.safetensors`` plus an
-    index. Returns the file names."""
+    index. Returns the file names. ``fetch(name, placeholder)``: the value of a tensor given as a
+    ``meta`` placeholder, read when its shard is written (so one shard at a time is in memory)."""
     from tqdm.auto import tqdm
 
     limit = parse_size(max_shard_size)
@@ -94,7 +96,8 @@ def write_shards(
     try:
         for fname, shard in zip(names, shards, strict=True):
             # safetensors wants contiguous CPU tensors that do not share storage.
-            cpu = {k: v.detach().to("cpu").contiguous().clone() for k, v in shard.items()}
+            cpu = {k: (fetch(k, v) if fetch is not None and v.device.type == "meta" else v.detach())
+                   .to("cpu").contiguous().clone() for k, v in shard.items()}
             _write_shard(cpu, out / fname, metadata)
             weight_map.update({k: fname for k in shard})
             bar.update(sum(v.numel() * v.element_size() for v in cpu.values()))

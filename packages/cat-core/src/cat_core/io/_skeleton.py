@@ -22,18 +22,20 @@ def _torch_dtype(name: Any) -> torch.dtype:
     return torch.float32
 
 
-def skeleton(cfg: dict[str, Any], model_kwargs: dict[str, Any] | None = None) -> tuple[nn.Module, torch.dtype]:
+def skeleton(cfg: dict[str, Any], model_kwargs: dict[str, Any] | None = None,
+             dtype: torch.dtype | None = None) -> tuple[nn.Module, torch.dtype]:
     """The model of ``cfg`` with parameters on the meta device (no memory, no download).
 
     Non-persistent buffers (rotary ``inv_freq``...) are computed for real: they are not in any
-    checkpoint. Returns the model and the dtype its floating parameters were built in."""
+    checkpoint. ``dtype``: build the floating parameters in this dtype instead of the one
+    config.json names. Returns the model and the dtype its floating parameters were built in."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
     cfg = {k: v for k, v in cfg.items() if k != "quantization_config"}
     if "model_type" not in cfg:
         raise CheckpointError("config.json has no model_type: cannot build the model")
-    dtype = _torch_dtype(cfg.get("dtype", cfg.get("torch_dtype")))
+    dtype = dtype or _torch_dtype(cfg.get("dtype", cfg.get("torch_dtype")))
     model_type = cfg.pop("model_type")
     try:
         config = AutoConfig.for_model(model_type, **cfg)

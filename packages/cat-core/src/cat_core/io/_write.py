@@ -58,13 +58,22 @@ def write_checkpoint(
     ``convert(name, layer)`` gives the arrays (suffix -> tensor) a foreign layout stores in place
     of a quantized layer's native buffers; None stores the buffers as they are. The other floating
     tensors are stored in ``dtype`` when given. ``extra_json``: more files (name -> content)."""
+    from cat_core.stream import lazy_weights
+
     check_storage_dtype(dtype)
     mods = quantized_modules(model)
+    lazy = lazy_weights(model)
     # every layer converted before anything is written: a layer the layout cannot hold fails first
-    arrays = {name: convert(name, mod) for name, mod in mods.items()} if convert else None
+    if convert is None:
+        arrays = None
+    elif lazy is None:
+        arrays = {name: convert(name, mod) for name, mod in mods.items()}
+    else:  # converted block by block and spilled: the placeholders only size the shards
+        arrays = lazy.convert_layers(mods, convert)
     tensors: dict[str, torch.Tensor] = {}
     keep: set[str] = set()  # the layers' own arrays keep their storage dtype
-    for key, t in resolve_offloaded(model, unique_state(model)).items():
+    state = unique_state(model)
+    for key, t in (state if lazy is not None else resolve_offloaded(model, state)).items():
         owner, _, attr = key.rpartition(".")
         if owner in mods and attr in _NATIVE_ARRAYS:
             if arrays is None:
@@ -81,5 +90,7 @@ def write_checkpoint(
         write_config(tmp, model, qcfg, tokenizer, dtype)
         for fname, content in (extra_json or {}).items():
             (tmp / fname).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
-        _shards.write_shards(tmp, tensors, max_shard_size, metadata, progress)
+        # a lazily loaded model's tensors are read shard by shard (placeholders size the shards)
+        fetch = None if lazy is None else (lambda key, like: lazy.read(key).to(like.dtype))
+        _shards.write_shards(tmp, tensors, max_shard_size, metadata, progress, fetch=fetch)
     return Path(out_dir).absolute()

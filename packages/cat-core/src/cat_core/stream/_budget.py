@@ -1,0 +1,151 @@
+"""How much memory a run may use, and what that leaves for keeping weights in memory.
+
+The budget covers the process's RAM (and, with a GPU, its memory). A block being searched needs
+its weights in float32 plus the search's working copies (about three times the block, measured
+on Llama shapes), the calibration activations (in and out of a block), and the process itself
+(torch, the tokenizer). What the budget leaves over that keeps converted weights resident between
+uses, so a model that fits runs at in-memory speed and one that does not still runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import torch
+
+__all__ = ["MemoryBudget", "MemoryPlan", "parse_bytes", "plan_memory"]
+
+#: a block's search needs about this many times its float32 weights (the weights, the scale
+#: search's trial copies, the clip search's and GPTQ's Grams); measured on the 1b/8b Llama presets
+WORK_FACTOR = 3.0
+#: what the process needs besides (torch and its thread pools, the tokenizer, Python)
+BASE_BYTES = 800 * 2**20
+#: the automatic budget: this share of the memory the system reports available at start
+AUTO_SHARE = 0.85
+
+
+def parse_bytes(text: str, what: str = "--max-memory") -> int:
+    """Bytes from ``"6GB"``, ``"500MiB"``, ``"2.5G"`` or a plain number of bytes."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*", str(text), re.IGNORECASE)
+    if not m:
+        raise ValueError(f"{what}: expected a size such as 6GB, 500MB or 12GiB, got {text!r}")
+    base = 1024 if m.group(3) else 1000
+    power = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}[m.group(2).upper()]
+    n = int(float(m.group(1)) * base**power)
+    if n <= 0:
+        raise ValueError(f"{what}: must be positive, got {text!r}")
+    return n
+
+
+def _available_ram() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def _rss() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryBudget:
+    """Bytes of RAM (``cpu``) and of GPU memory (``gpu``, None: no GPU in use) a run may use;
+    ``auto``: derived from the free memory rather than given."""
+
+    cpu: int
+    gpu: int | None = None
+    auto: bool = False
+
+    @classmethod
+    def parse(cls, text: str | None, device: torch.device | str = "cpu") -> MemoryBudget:
+        """``--max-memory``: ``"6GB"`` (RAM), ``"cpu=6GB,cuda=20GB"``, or None for automatic (85% of
+        the RAM available now plus what this process already holds; 90% of the GPU's free memory)."""
+        device = torch.device(device)
+        cpu = gpu = None
+        if text:
+            for part in str(text).split(","):
+                key, eq, value = part.partition("=")
+                if not eq:
+                    key, value = "cpu", key
+                key = key.strip().lower()
+                if key not in ("cpu", "cuda", "gpu"):
+                    raise ValueError(f"--max-memory: expected SIZE or cpu=SIZE,cuda=SIZE, got {part!r}")
+                if key == "cpu":
+                    cpu = parse_bytes(value)
+                else:
+                    gpu = parse_bytes(value)
+        auto = cpu is None
+        if cpu is None:
+            cpu = int(AUTO_SHARE * _available_ram()) + _rss()
+        if device.type == "cuda" and gpu is None:
+            free, _ = torch.cuda.mem_get_info(device)
+            gpu = int(0.9 * free)
+        return cls(cpu=cpu, gpu=gpu if device.type == "cuda" else None, auto=auto)
+
+    def describe(self) -> str:
+        out = f"{self.cpu / 1e9:.1f} GB RAM"
+        if self.gpu is not None:
+            out += f", {self.gpu / 1e9:.1f} GB GPU"
+        return out + (" (automatic: from the free memory)" if self.auto else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryPlan:
+    """What a budget allows: ``keep_bytes`` of converted weights resident between uses, and
+    whether the calibration activations go to disk."""
+
+    budget: MemoryBudget
+    block_bytes: int
+    work_bytes: int
+    activation_bytes: int
+    keep_bytes: int
+    spill_activations: bool
+
+    def describe(self) -> str:
+        return (f"budget {self.budget.describe()}: a block {self.block_bytes / 1e9:.2f} GB in float32, its search "
+                f"about {self.work_bytes / 1e9:.2f} GB, activations {self.activation_bytes / 1e9:.2f} GB"
+                f"{' (on disk)' if self.spill_activations else ''}, "
+                f"{self.keep_bytes / 1e9:.1f} GB of weights kept in memory between uses")
+
+
+def plan_memory(budget: MemoryBudget, block_bytes: int, largest_other: int, activation_bytes: int,
+                device: torch.device | str = "cpu") -> MemoryPlan:
+    """The plan for a model whose largest block is ``block_bytes`` in the compute dtype and whose
+    largest other unit (embedding, head) is ``largest_other``, with ``activation_bytes`` of
+    calibration hidden states (one copy). Raises ValueError, naming the sizes, when even one block
+    cannot be searched within the budget."""
+    device = torch.device(device)
+    work = int(WORK_FACTOR * block_bytes)
+    on_gpu = device.type == "cuda"
+    ram_work = BASE_BYTES + (0 if on_gpu else max(work, largest_other))
+    if on_gpu:
+        gpu_need = work + 2 * activation_bytes // 4  # a chunk of activations at a time
+        if budget.gpu is not None and gpu_need > budget.gpu:
+            raise ValueError(
+                f"--max-memory: one decoder block needs about {gpu_need / 1e9:.2f} GB of GPU memory while it is "
+                f"searched ({block_bytes / 1e9:.2f} GB of weights in float32, x{WORK_FACTOR:g} for the search), "
+                f"more than the budget's {budget.gpu / 1e9:.2f} GB")
+    if ram_work > budget.cpu:
+        raise ValueError(
+            f"--max-memory: one decoder block needs about {ram_work / 1e9:.2f} GB while it is searched "
+            f"({block_bytes / 1e9:.2f} GB of weights in float32, x{WORK_FACTOR:g} for the search, plus "
+            f"{BASE_BYTES / 1e9:.1f} GB for the process), more than the budget's {budget.cpu / 1e9:.2f} GB")
+    # the activations in and out of the block live in RAM unless that would crowd out the work
+    spill = ram_work + 2 * activation_bytes > budget.cpu
+    left = budget.cpu - ram_work - (0 if spill else 2 * activation_bytes)
+    return MemoryPlan(budget=budget, block_bytes=block_bytes, work_bytes=work, activation_bytes=activation_bytes,
+                      keep_bytes=max(0, left), spill_activations=spill)

@@ -1,0 +1,108 @@
+"""The tensors of a safetensors checkpoint (one file or shards plus an index), read one at a time
+with plain file reads: nothing is memory-mapped, so a tensor costs memory only while it is held."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from cat_core.io._errors import CheckpointError
+from cat_core.io._shards import _ST_DTYPES, INDEX_FILE, SINGLE_FILE
+
+__all__ = ["TensorFiles"]
+
+
+class TensorFiles:
+    """``{name: (file, shape, dtype, byte range)}`` of every tensor under ``folder`` (or of the
+    given safetensors files), from the headers alone."""
+
+    def __init__(self, folder: str | os.PathLike | None = None, files: list[Path] | None = None) -> None:
+        if files is None:
+            files = _checkpoint_files(Path(folder))
+        self._where: dict[str, tuple[Path, tuple[int, ...], torch.dtype, int, int]] = {}
+        for f in files:
+            self.add(f)
+
+    def add(self, path: Path) -> None:
+        """Index one more safetensors file (a later file's tensor of the same name wins)."""
+        for name, entry in _header(path).items():
+            self._where[name] = entry
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._where
+
+    def names(self) -> list[str]:
+        return list(self._where)
+
+    def spec(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
+        _, shape, dtype, _, _ = self._where[name]
+        return shape, dtype
+
+    def nbytes(self, name: str) -> int:
+        _, _, _, start, end = self._where[name]
+        return end - start
+
+    def read(self, name: str) -> torch.Tensor:
+        """The tensor ``name`` as stored (a fresh CPU tensor)."""
+        path, shape, dtype, start, end = self._where[name]
+        raw = torch.empty(end - start, dtype=torch.uint8)
+        with open(path, "rb") as f:
+            f.seek(start)
+            got = f.readinto(memoryview(raw.numpy()))
+        if got != end - start:
+            raise CheckpointError(f"{path}: tensor {name!r} is cut short ({got} of {end - start} bytes): "
+                                  "the file is truncated")
+        return raw.view(dtype).reshape(shape)
+
+
+def _checkpoint_files(folder: Path) -> list[Path]:
+    index = folder / INDEX_FILE
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from e
+        files = [folder / f for f in sorted(set(weight_map.values()))]
+        for f in files:
+            if not f.is_file():
+                raise CheckpointError(f"{f}: shard listed in {INDEX_FILE} is missing")
+        return files
+    if (folder / SINGLE_FILE).is_file():
+        return [folder / SINGLE_FILE]
+    found = sorted(folder.glob("*.safetensors"))
+    if not found:
+        raise CheckpointError(f"{folder}: no safetensors weights ({SINGLE_FILE} or {INDEX_FILE}); only "
+                              "safetensors checkpoints can be read block by block")
+    return found
+
+
+def _header(path: Path) -> dict[str, tuple[Path, tuple[int, ...], torch.dtype, int, int]]:
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n <= 0 or 8 + n > size:
+                raise ValueError(f"header length {n} does not fit the file ({size} bytes)")
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({e})") from e
+    out = {}
+    for name, h in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = _ST_DTYPES[h["dtype"]]
+            begin, end = (int(x) for x in h["data_offsets"])
+            shape = tuple(int(s) for s in h["shape"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: tensor {name!r} has a bad header entry ({e})") from e
+        numel = 1
+        for s in shape:
+            numel *= s
+        if end - begin != numel * dtype.itemsize or 8 + n + end > size:
+            raise CheckpointError(f"{path}: tensor {name!r} does not fit the file (truncated or corrupt)")
+        out[name] = (path, shape, dtype, 8 + n + begin, 8 + n + end)
+    return out
