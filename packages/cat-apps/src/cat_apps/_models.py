@@ -52,6 +52,8 @@ class Loaded:
     #: the dtype the model's own config names ("bfloat16", "float16", ...): its checkpoint's
     #: storage dtype, whatever it was loaded in; None where it names none (GGUF)
     declared_dtype: str | None = None
+    #: for a model read block by block (cat_core.stream): the memory plan it runs under
+    memory_plan: Any = None
 
     @property
     def quantized(self) -> bool:
@@ -208,14 +210,36 @@ def _load_hf(name: str, bar: Any, local_only: bool) -> tuple[Any, Any, str | Non
     return model.eval(), tok, declared
 
 
-def load(spec: str | None, *, quiet: bool = False, device: Any = "cpu", dtype: str | None = None) -> Loaded:
+@dataclasses.dataclass
+class Streaming:
+    """How an unquantized Hugging Face model may be read block by block (cat_core.stream).
+
+    ``max_memory``: the ``--max-memory`` text (None: automatic, from the free memory);
+    ``calib_tokens``: calibration tokens the run will carry through the blocks; ``always``: read
+    block by block even when the whole model fits the budget (cat-quantize: its search works a
+    block at a time anyway), else only when it does not (cat-eval, cat-bench: their timings
+    want the plain model)."""
+
+    max_memory: str | None = None
+    calib_tokens: int = 0
+    always: bool = False
+
+
+def load(spec: str | None, *, quiet: bool = False, device: Any = "cpu", dtype: str | None = None,
+         streaming: Streaming | None = None) -> Loaded:
     """Load the model of ``spec`` (see the module docstring) in eval mode on ``device``.
 
     ``dtype``: None keeps what loading gives (float32 for unquantized models, the stored dtype
-    for quantized checkpoints); else a ``--dtype`` choice, resolved by :func:`_cli.compute_dtype`."""
+    for quantized checkpoints); else a ``--dtype`` choice, resolved by :func:`_cli.compute_dtype`.
+    ``streaming``: an unquantized safetensors model (local folder or hub id) may be read block
+    by block within a memory budget (see :class:`Streaming`)."""
     from cat_apps._cli import compute_dtype, progress
 
     kind, norm = classify(spec)
+    if streaming is not None and kind in ("hf-dir", "hub"):
+        out = _load_streaming(kind, norm, device, dtype, streaming)
+        if out is not None:
+            return out
     bar = progress(2, f"loading {norm}", quiet, unit="step")
     try:
         if kind == "builtin":
@@ -271,3 +295,61 @@ def _load_hub(name: str, bar: Any) -> Loaded:
     _require_network(name)
     model, tok, declared = _load_hf(name, bar, local_only=False)
     return Loaded(model, tok, name, "hub", declared_dtype=declared)
+
+
+def _local_folder(kind: str, norm: str) -> Path:
+    if kind == "hf-dir":
+        return Path(norm)
+    from huggingface_hub import snapshot_download
+
+    if not _offline_env():
+        _require_network(norm)
+    try:
+        return Path(snapshot_download(norm, local_files_only=_offline_env(),
+                                      allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
+    except Exception as e:  # noqa: BLE001 - hub errors come in many types; one line names the model
+        raise CLIError(f"hub model {norm!r}: could not get its files ({' '.join(str(e).split())[:200]})") from e
+
+
+def _load_streaming(kind: str, norm: str, device: Any, dtype: str | None, streaming: Streaming) -> Loaded | None:
+    """The model read block by block under the budget, or None when it should load whole
+    (it fits and ``always`` is off, or its tensors are not named as its modules)."""
+    import torch
+    from cat_core.io import CheckpointError
+    from cat_core.stream import MemoryBudget, lazy_weights, load_lazy, model_bytes, plan_model
+    from transformers import AutoTokenizer
+
+    from cat_apps._cli import UsageError
+
+    from cat_apps._cli import compute_dtype
+
+    folder = _local_folder(kind, norm)
+    declared = _declared_dtype(_config(folder))
+    try:
+        budget = MemoryBudget.parse(streaming.max_memory, device)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    compute = torch.float32 if dtype is None else compute_dtype(dtype, device, declared)
+    try:
+        model = load_lazy(folder, device=device, dtype=compute)
+    except CheckpointError as e:
+        if streaming.max_memory is None and "not in the safetensors files under their module names" in str(e):
+            return None  # e.g. fused experts renamed while loading: only the whole-model path reads it
+        raise CLIError(str(e)) from e
+    lazy = lazy_weights(model)
+    try:
+        plan = plan_model(model, budget, streaming.calib_tokens, device)
+    except ValueError as e:
+        lazy.close()
+        raise CLIError(str(e)) from e
+    if not streaming.always and plan.keep_bytes >= model_bytes(model):
+        lazy.close()
+        return None
+    lazy.keep_bytes = plan.keep_bytes
+    lazy.write_bytes = max(2**28, min(lazy.write_bytes, plan.budget.cpu // 4))
+    lazy.spill_activations = plan.spill_activations
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder))
+    except Exception as e:  # noqa: BLE001 - as _load_hf
+        raise CLIError(f"{norm}: no usable tokenizer ({' '.join(str(e).split())[:200]})") from e
+    return Loaded(model, tok, norm, kind, declared_dtype=declared, memory_plan=plan)

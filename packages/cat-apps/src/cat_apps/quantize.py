@@ -92,6 +92,13 @@ def build() -> argparse.ArgumentParser:
                    help=f"tokens per such sequence (default: {QUALITY_SEQLEN})")
     p.add_argument("--no-quality", action="store_true",
                    help="skip the closing data-free quality figure (KL / top-1 vs the unquantized model)")
+    p.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="memory the run may use: SIZE (RAM, e.g. 6GB) or cpu=SIZE,cuda=SIZE. A Hugging Face "
+                        "model is read one decoder block at a time from its safetensors files, converted to "
+                        "float32 only while it is searched, and written out block by block; what the budget "
+                        "leaves over keeps blocks in memory between uses (faster self-calibration). Fails "
+                        "before any work when one block cannot be searched within it. Default: 85%% of the "
+                        "memory available at start")
     p.add_argument("--strict-graph", action="store_const", const=True, default=None,
                    help="fail when some linears' input cannot get AWQ scales because nothing in front can "
                         "absorb them, as q/k/v and gate/up of post-norm-only blocks (they read the residual "
@@ -210,8 +217,22 @@ def run(args: argparse.Namespace) -> int:
     device = _cli.resolve_device(args.device)
     torch.manual_seed(args.seed)
     stage = _Stages()
-    loaded = load(args.model, quiet=args.quiet, device=device)
+    from cat_apps._models import Streaming
+
+    streaming = Streaming(args.max_memory, calib_tokens=args.n_samples * args.seqlen, always=True)
+    loaded = load(args.model, quiet=args.quiet, device=device, streaming=streaming)
     stage("load")
+    try:
+        return _quantize_loaded(args, loaded, out, gs_req, device, stage, timer)
+    finally:
+        from cat_core.stream import lazy_weights
+
+        if (lazy := lazy_weights(loaded.model)) is not None:
+            lazy.close()
+
+
+def _quantize_loaded(args: argparse.Namespace, loaded: Any, out: Path, gs_req: int | str, device: Any,
+                     stage: _Stages, timer: Any) -> int:
     if loaded.quantized:
         raise CLIError(f"{loaded.source} is already quantized ({loaded.quant_format}); give the unquantized model")
     model, tok = loaded.model, loaded.tokenizer
@@ -247,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
     fmt = save_staged(model, tok, out, args.export or "native", args.overwrite, record, args.quiet, save_dtype)
     stage("save")
     print("\n".join(_summary(args, out, fmt, loaded.source, gs, gs_req, qcfg, result, mem, quality, timer,
-                             stage.seconds, save_dtype, device)))
+                             stage.seconds, save_dtype, device, loaded.memory_plan)))
     return 0
 
 
@@ -313,7 +334,7 @@ def _calibration(args: argparse.Namespace, model: Any, tok: Any, stage: _Stages)
 
 def _summary(args: argparse.Namespace, out: Path, fmt: str, source: str, gs: int, gs_req: int | str, qcfg: Any,
              result: Any, mem: dict, quality: Any, timer: Any, stages: dict[str, float], save_dtype: Any,
-             device: Any) -> list[str]:
+             device: Any, plan: Any = None) -> list[str]:
     peak, peak_what = _cli.peak_memory(device)
     lines = [
         f"wrote {out} ({fmt} format)",
@@ -328,6 +349,7 @@ def _summary(args: argparse.Namespace, out: Path, fmt: str, source: str, gs: int
         + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items())
         + f" (AWQ: {', '.join(f'{k} {result.timings[k]:.1f} s' for k in AWQ_PHASES if k in result.timings)})",
         f"  peak memory      {peak:.0f} MB ({peak_what})",
+        *([f"  read by block    {plan.describe()}"] if plan is not None else []),
         f"  threads          {_threads.chosen or 'as torch chose'}",
         f"  on disk          {_cli.fmt_bytes(_cli.dir_bytes(out))} (unquantized tensors in {_cli.dtype_name(save_dtype)})",
         f"  bits per weight  {mem['bits_per_weight']:.2f} (quantized linears, incl. scales and zero points; "

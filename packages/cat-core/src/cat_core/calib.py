@@ -291,7 +291,9 @@ def _sample_batch(model: torch.nn.Module, start: int, groups: list[tuple[int, in
     seqlen; each group draws from its own generator only while it is shorter than its seqlen (a
     finished group's rows are fed their top token, which nothing reads), and comes back cut to
     its length, ``[rows, seqlen]``."""
-    device = model.get_input_embeddings().weight.device
+    from cat_core._offload import execution_device
+
+    device = execution_device(model.get_input_embeddings())  # its weight may be on meta (read lazily)
     rows = sum(n for n, _, _ in groups)
     steps = max(seqlen for _, seqlen, _ in groups) - 1
     was_training = model.training

@@ -64,8 +64,10 @@ def windows(ids: torch.Tensor, seqlen: int, max_windows: int | None = None) -> t
 
 
 def _device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
+    from cat_core._offload import execution_device
+
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    return execution_device(emb if emb is not None else model)
 
 
 def _split_head(model: nn.Module) -> tuple[Any, Any] | None:

@@ -51,6 +51,9 @@ class Batches:
 
     def sequences(self, upto: int) -> int:
         """Sequences in the chunks before ``upto``."""
+        shape = getattr(self.hiddens, "shape", None)  # a DiskList knows them without reading
+        if shape is not None:
+            return sum(int(shape(i)[0]) for i in range(min(upto, len(self.hiddens))))
         return sum(int(h.shape[0]) for h in self.hiddens[:upto])
 
 
@@ -95,5 +98,13 @@ def capture_batches(
     calls = capture_block_calls(model, blocks, chunks, store)
     extra = [c.pop() for c in calls] if extra_shape is not None else None
     screen = [c.pop() for c in calls] if n_screen else None
-    return Batches(calls=calls, hiddens=[hidden_of(c) for c in calls[0]], seqlen=seqlen,
+    hiddens: list[torch.Tensor] = [hidden_of(c) for c in calls[0]]
+    # from here on the hidden states live in ``hiddens`` only, so a block's outputs replace them
+    calls[0] = [replace_hidden(c, None) for c in calls[0]]
+    lazy = getattr(model, "_cat_lazy", None)
+    if lazy is not None and lazy.spill_activations:
+        from cat_core.stream._disk_list import DiskList
+
+        hiddens = DiskList(hiddens, lazy.spill_dir, store)  # type: ignore[assignment]
+    return Batches(calls=calls, hiddens=hiddens, seqlen=seqlen,
                    n_screen=n_screen, screen_calls=screen, extra_calls=extra)

@@ -11,12 +11,17 @@ from torch import nn
 from cat_core.awq._errors import AWQError
 
 
+_SLICE = 1 << 22
+
+
 def check_finite(named: Iterable[tuple[str, torch.Tensor]]) -> None:
     """Raise :class:`AWQError` naming the first floating-point tensor holding NaN or inf."""
     for name, t in named:
         if t is None or not t.is_floating_point() or t.device.type == "meta" or t.numel() == 0:
             continue
-        bad = int((~torch.isfinite(t)).sum())
+        flat = t.reshape(-1)
+        # in slices: isfinite makes full-size temporaries (an 8B model's head is 2 GB in float32)
+        bad = sum(int((~torch.isfinite(flat[i:i + _SLICE])).sum()) for i in range(0, flat.numel(), _SLICE))
         if bad:
             raise AWQError(
                 f"{name} holds {bad} non-finite value(s) (NaN/inf) out of {t.numel()}: the model's "

@@ -55,10 +55,13 @@ class ClipSearch:
     refine: bool = True
     #: glob patterns of linears never clipped.
     skip: tuple[str, ...] = _SKIP_CLIP
+    #: try every ``stride``-th factor of a sweep first, then per group the factors around its best
+    #: (1: every factor; see ``_clip_search._sweep``)
+    stride: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "max_shrink", check_float(self.max_shrink, "clip.max_shrink", 0.0, 1.0))
-        check_fields(self, "clip", ints=("n_grid",), bools=("refine",))
+        check_fields(self, "clip", ints=("n_grid", "stride"), bools=("refine",))
         object.__setattr__(self, "skip", patterns(self.skip, "clip.skip"))
 
 

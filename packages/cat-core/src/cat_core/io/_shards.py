@@ -96,8 +96,8 @@ def write_shards(
     try:
         for fname, shard in zip(names, shards, strict=True):
             # safetensors wants contiguous CPU tensors that do not share storage.
-            cpu = {k: (fetch(k, v) if fetch is not None and v.device.type == "meta" else v.detach())
-                   .to("cpu").contiguous().clone() for k, v in shard.items()}
+            cpu = {k: (fetch(k, v).to("cpu").contiguous() if fetch is not None and v.device.type == "meta"
+                       else v.detach().to("cpu").contiguous().clone()) for k, v in shard.items()}
             _write_shard(cpu, out / fname, metadata)
             weight_map.update({k: fname for k in shard})
             bar.update(sum(v.numel() * v.element_size() for v in cpu.values()))

@@ -92,5 +92,7 @@ def write_checkpoint(
             (tmp / fname).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
         # a lazily loaded model's tensors are read shard by shard (placeholders size the shards)
         fetch = None if lazy is None else (lambda key, like: lazy.read(key).to(like.dtype))
+        if lazy is not None:  # a shard is in memory while written: keep it within the budget
+            max_shard_size = min(_shards.parse_size(max_shard_size), lazy.write_bytes)
         _shards.write_shards(tmp, tensors, max_shard_size, metadata, progress, fetch=fetch)
     return Path(out_dir).absolute()

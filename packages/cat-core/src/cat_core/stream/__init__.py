@@ -13,9 +13,9 @@ writes it shard by shard.
     save_quantized(model, "llama-8b-awq4", tokenizer)
 """
 
-from cat_core.stream._budget import MemoryBudget, parse_bytes, plan_memory
+from cat_core.stream._budget import MemoryBudget, MemoryPlan, model_bytes, parse_bytes, plan_memory, plan_model
 from cat_core.stream._lazy import LazyWeights, lazy_weights
 from cat_core.stream._load import checkpoint_bytes, load_lazy
 
-__all__ = ["LazyWeights", "MemoryBudget", "checkpoint_bytes", "lazy_weights", "load_lazy", "parse_bytes",
-           "plan_memory"]
+__all__ = ["LazyWeights", "MemoryBudget", "MemoryPlan", "checkpoint_bytes", "lazy_weights", "load_lazy",
+           "model_bytes", "parse_bytes", "plan_memory", "plan_model"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["MemoryBudget", "MemoryPlan", "parse_bytes", "plan_memory"]
+__all__ = ["MemoryBudget", "MemoryPlan", "parse_bytes", "plan_memory", "plan_model"]
 
 #: a block's search needs about this many times its float32 weights (the weights, the scale
 #: search's trial copies, the clip search's and GPTQ's Grams); measured on the 1b/8b Llama presets
@@ -144,8 +144,38 @@ def plan_memory(budget: MemoryBudget, block_bytes: int, largest_other: int, acti
             f"--max-memory: one decoder block needs about {ram_work / 1e9:.2f} GB while it is searched "
             f"({block_bytes / 1e9:.2f} GB of weights in float32, x{WORK_FACTOR:g} for the search, plus "
             f"{BASE_BYTES / 1e9:.1f} GB for the process), more than the budget's {budget.cpu / 1e9:.2f} GB")
-    # the activations in and out of the block live in RAM unless that would crowd out the work
-    spill = ram_work + 2 * activation_bytes > budget.cpu
-    left = budget.cpu - ram_work - (0 if spill else 2 * activation_bytes)
+    if on_gpu:  # units live on the GPU: what its budget leaves keeps them there between uses
+        spill = False
+        left = (budget.gpu if budget.gpu is not None else 0) - gpu_need
+    else:  # the activations in and out of the block live in RAM unless that would crowd out the work
+        spill = ram_work + 2 * activation_bytes > budget.cpu
+        left = budget.cpu - ram_work - (0 if spill else 2 * activation_bytes)
     return MemoryPlan(budget=budget, block_bytes=block_bytes, work_bytes=work, activation_bytes=activation_bytes,
                       keep_bytes=max(0, left), spill_activations=spill)
+
+
+def plan_model(model: torch.nn.Module, budget: MemoryBudget, calib_tokens: int,
+               device: torch.device | str = "cpu") -> MemoryPlan:
+    """:func:`plan_memory` for a lazily loaded ``model`` (its units' sizes in the compute dtype)
+    quantized on ``calib_tokens`` calibration tokens."""
+    from cat_core.graph import find_blocks
+    from cat_core.stream._lazy import lazy_weights
+
+    lazy = lazy_weights(model)
+    if lazy is None:
+        raise ValueError("plan_model takes a lazily loaded model (cat_core.stream.load_lazy)")
+    _, _, blocks = find_blocks(model)
+    ids = {id(b) for b in blocks}
+    sizes = [(id(m) in ids, lazy.unit_bytes(m)) for _, m in lazy.units()]
+    block = max((n for is_block, n in sizes if is_block), default=0)
+    other = max((n for is_block, n in sizes if not is_block), default=0)
+    hidden = int(getattr(getattr(model, "config", None), "hidden_size", 0) or 0)
+    return plan_memory(budget, block, other, calib_tokens * hidden * lazy.dtype.itemsize, device)
+
+
+def model_bytes(model: torch.nn.Module) -> int:
+    """Bytes of every unit of a lazily loaded model in the compute dtype."""
+    from cat_core.stream._lazy import lazy_weights
+
+    lazy = lazy_weights(model)
+    return sum(lazy.unit_bytes(m) for _, m in lazy.units())

@@ -39,7 +39,7 @@ def load_lazy(
 
     ``dtype``: what the floating weights become when a unit is read; ``device``: where units
     compute; ``keep_bytes``: how many bytes of converted weights may stay in memory between uses
-    (least recently used out first; 0 reads every unit again each time it runs). ``spill_dir``:
+    (most recently used out first; 0 reads every unit again each time it runs). ``spill_dir``:
     where changed units are written (default: a temporary folder, removed by
     ``lazy_weights(model).close()``). Raises :class:`~cat_core.io.CheckpointError` when a weight
     the model needs is missing from the files or has another shape."""

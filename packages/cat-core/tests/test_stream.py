@@ -1,0 +1,179 @@
+"""Models read block by block (cat_core.stream): the same results as the model in memory, within
+a memory budget, with clear errors for budgets and files that cannot work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from cat_core.awq import quantize
+from cat_core.config import GPTQ, ClipSearch, Learned, Nearest, QuantConfig
+from cat_core.io import CheckpointError, load_quantized, save_quantized
+from cat_core.nn import QuantLinear, replace_linears
+from cat_core.stream import MemoryBudget, lazy_weights, load_lazy, plan_memory, plan_model
+
+VOCAB = 300
+
+
+def _save_source(path, *, tied: bool, dtype=torch.bfloat16, layers: int = 3, seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=128, intermediate_size=192, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    with torch.no_grad():  # norms away from one, so that a wrong fold shows
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.2 * torch.randn(p.shape))
+    model.to(dtype).save_pretrained(path)
+    return path
+
+
+def _ids(n: int = 6, seqlen: int = 24, seed: int = 1) -> torch.Tensor:
+    return torch.randint(3, VOCAB, (n, seqlen), generator=torch.Generator().manual_seed(seed))
+
+
+def _tensors(folder) -> dict[str, torch.Tensor]:
+    out = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+CONFIGS = {
+    "learned": QuantConfig(bits=4, group_size=64, rounding=Learned(iters=3, samples=4, batch=2)),
+    "gptq-3bit-sym": QuantConfig(bits=3, group_size=32, sym=True, rounding=GPTQ()),
+    "nearest-coarse-clip": QuantConfig(bits=4, group_size=32, clip=ClipSearch(n_grid=7, stride=3),
+                                       rounding=Nearest()),
+}
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_block_by_block_gives_the_in_memory_checkpoint(tmp_path, tied, name):
+    """Quantizing a lazily read model (every unit back on meta after each use, activations on
+    disk) writes the same tensors, bit for bit, as quantizing the model loaded whole."""
+    src = _save_source(tmp_path / "src", tied=tied)
+    config, ids = CONFIGS[name], _ids()
+
+    whole = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    res = quantize(whole, None, config, calib=ids, progress=False)
+    replace_linears(whole, res.tensors)
+    save_quantized(whole, tmp_path / "whole", dtype=torch.bfloat16, progress=False)
+
+    lazy_model = load_lazy(src, keep_bytes=0)
+    lazy = lazy_weights(lazy_model)
+    lazy.spill_activations = True
+    lazy.write_bytes = 100_000  # several shards, each read when written
+    res_lazy = quantize(lazy_model, None, config, calib=ids, progress=False)
+    assert res_lazy.tensors == {}  # packed block by block instead
+    assert sum(isinstance(m, QuantLinear) for m in lazy_model.modules()) == len(res.tensors)
+    assert all(p.device.type == "meta" for p in lazy_model.parameters())  # nothing left in memory
+    save_quantized(lazy_model, tmp_path / "lazy", dtype=torch.bfloat16, progress=False)
+    assert len(list((tmp_path / "lazy").glob("*.safetensors"))) > 1
+
+    a, b = _tensors(tmp_path / "whole"), _tensors(tmp_path / "lazy")
+    assert sorted(a) == sorted(b)
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    ca = json.loads((tmp_path / "whole" / "config.json").read_text())
+    cb = json.loads((tmp_path / "lazy" / "config.json").read_text())
+    assert ca == cb
+
+    # the written checkpoint runs as the lazily read quantized model does (up to its bf16 norms)
+    loaded, _ = load_quantized(tmp_path / "lazy")
+    with torch.no_grad():
+        ref = lazy_model(ids[:2]).logits  # the lazily read quantized model runs from its spill
+        torch.testing.assert_close(loaded.float()(ids[:2]).logits, ref, rtol=0, atol=0.05)
+    lazy.close()
+
+
+@pytest.mark.parametrize("keep", [0, 10**6, 10**9])
+def test_lazy_forward_equals_the_whole_model_and_stays_in_budget(tmp_path, keep):
+    src = _save_source(tmp_path / "src", tied=True, layers=4)
+    whole = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    model = load_lazy(src, keep_bytes=keep)
+    lazy = lazy_weights(model)
+    unit = max(lazy.unit_bytes(m) for _, m in lazy.units())
+    seen = []
+    for _, m in lazy.units():
+        m.register_forward_hook(lambda *_: seen.append(lazy.resident_bytes()))
+    ids = _ids(2, 16)
+    with torch.no_grad():
+        for _ in range(2):
+            assert torch.equal(model(ids).logits, whole(ids).logits)
+            out = model.generate(ids[:, :4], max_new_tokens=5, do_sample=False)
+            assert torch.equal(out, whole.generate(ids[:, :4], max_new_tokens=5, do_sample=False))
+    # one unit in use at a time, plus what the budget keeps
+    assert max(seen) <= keep + unit
+    if keep == 0:
+        assert all(p.device.type == "meta" for p in model.parameters())
+    if keep >= 10**9:
+        assert lazy.resident_bytes() == sum(lazy.unit_bytes(m) for _, m in lazy.units())
+    lazy.close()
+
+
+def test_budget_that_cannot_hold_one_block_fails_before_any_work(tmp_path):
+    src = _save_source(tmp_path / "src", tied=False)
+    model = load_lazy(src)
+    with pytest.raises(ValueError, match=r"one decoder block needs about .* GB .* more than the budget's 0\.00 GB"):
+        plan_model(model, MemoryBudget(cpu=1000), calib_tokens=64)
+    plan = plan_model(model, MemoryBudget(cpu=4 * 10**9), calib_tokens=64)
+    assert plan.keep_bytes > 0 and not plan.spill_activations
+    # activations that do not fit beside the work go to disk
+    tight = plan_memory(MemoryBudget(cpu=2 * 10**9), block_bytes=10**8, largest_other=10**8,
+                        activation_bytes=10**9)
+    assert tight.spill_activations and tight.keep_bytes > 0
+    with pytest.raises(ValueError, match="--max-memory"):
+        MemoryBudget.parse("six gigabytes")
+    assert MemoryBudget.parse("cpu=6GB").cpu == 6 * 10**9
+    assert MemoryBudget.parse("1.5GiB").cpu == int(1.5 * 2**30)
+    lazy_weights(model).close()
+
+
+def test_missing_or_truncated_weights_are_named(tmp_path):
+    src = _save_source(tmp_path / "src", tied=False)
+    f = src / "model.safetensors"
+    tensors = load_file(f)
+    del tensors["model.layers.1.mlp.down_proj.weight"]
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(f), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"model\.layers\.1\.mlp\.down_proj\.weight"):
+        load_lazy(src)
+
+    src2 = _save_source(tmp_path / "src2", tied=False)
+    data = (src2 / "model.safetensors").read_bytes()
+    (src2 / "model.safetensors").write_bytes(data[: len(data) - 1000])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_lazy(src2)
+
+
+def test_nonfinite_weight_of_a_lazily_read_block_is_named(tmp_path):
+    src = _save_source(tmp_path / "src", tied=False)
+    tensors = load_file(src / "model.safetensors")
+    tensors["model.layers.2.self_attn.v_proj.weight"][3, 5] = float("nan")
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(src / "model.safetensors"), metadata={"format": "pt"})
+    model = load_lazy(src)
+    from cat_core.awq import AWQError
+
+    with pytest.raises(AWQError, match=r"model\.layers\.2\.self_attn\.v_proj\.weight"):
+        quantize(model, None, QuantConfig(bits=4, group_size=64, rounding=Nearest()), calib=_ids(), progress=False)
+    lazy_weights(model).close()
+
+
+def test_disk_list_behaves_as_a_list(tmp_path):
+    from cat_core.stream._disk_list import DiskList
+
+    items = [torch.randn(i + 1, 3) for i in range(4)]
+    dl = DiskList(items, tmp_path, torch.device("cpu"))
+    assert len(dl) == 4 and all(torch.equal(a, b) for a, b in zip(dl, items))
+    dl[1] = torch.zeros(7, 3)
+    assert dl.shape(1) == (7, 3) and torch.equal(dl[1], torch.zeros(7, 3))
+    del dl[2:]
+    assert len(dl) == 2 and len(list(tmp_path.rglob("*.pt"))) == 2
