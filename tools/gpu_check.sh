@@ -16,7 +16,7 @@
 # CUDA test log for a first look.
 #   usage (device tool): bash tools/gpu_check.sh      (timeout_s 600)
 #   env: DEADLINE=540 (seconds for the whole script), STEPS="cuda bench core catbench memcheck
-#        legacy" (which steps, in order), BENCH_PRESET=1b|8b (model of the decode table),
+#        legacy" (which steps, in order; add "stream" for the block-by-block GPU memory test), BENCH_PRESET=1b|8b (model of the decode table),
 #        PYTEST_ARGS=..., SANITIZE=1 (racecheck too), CPU_TESTS=1 (the CPU kernel tests too:
 #        CI runs them, so they are off by default)
 # The device image has its own python3 with torch, nanobind, scikit-build-core, cmake and ninja;
@@ -104,6 +104,9 @@ export PYTHONPATH=$ROOT/packages/cat-core/src:$ROOT/packages/cat-apps/src:$PYTHO
 step core 150 core-cuda-tests.log $PY -m pytest packages/cat-core/tests/test_cuda_runtime.py \
     packages/cat-core/tests/test_awq_devices.py -q -rfE -p no:cacheprovider
 tail -15 "$OUT/core-cuda-tests.log" 2>/dev/null
+# 3b. (STEPS="... stream") a model read block by block keeps one block on the GPU (issue #27)
+step stream 120 stream-cuda-tests.log $PY -m pytest packages/cat-core/tests/test_stream.py -q -rfE -p no:cacheprovider \
+    -k cuda
 
 # 4. decode speed in transformers: unquantized fp16 vs RTN 4- and 3-bit (same kernels and memory
 # as an AWQ checkpoint) on random Llama weights of a public model's shapes

@@ -376,3 +376,32 @@ def test_export_no_engine_serves_is_refused_before_any_work(tmp_path, capsys):
     _one_line_error(capsys, rc, 2, "--export awq: the AWQ GEMM format needs groups")
     rc = quantize.main([missing, "--bits", "3", "--export", "awq", "--out", str(tmp_path / "o")])
     _one_line_error(capsys, rc, 2, "--export awq: the AWQ GEMM format holds 4-bit weights only")
+
+
+def test_quantize_within_a_memory_budget(tiny_dir, text_file, tmp_path, capsys):
+    """A budget too small for one block fails before any work, naming the block and the budget;
+    a budget that keeps nothing resident writes the same checkpoint as the default budget."""
+    rc = quantize.main([str(tiny_dir), "--max-memory", "5MB", "--out", str(tmp_path / "none"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "one decoder block needs about" in err and "more than the budget's 0.01 GB" in err
+    assert not (tmp_path / "none").exists()
+    rc = quantize.main([str(tiny_dir), "--max-memory", "a lot", "--out", str(tmp_path / "bad"), "--quiet"])
+    assert rc == 2 and "--max-memory: expected a size" in capsys.readouterr().err
+
+    outs = {}
+    for budget in (None, "1.01GB"):  # 1.01 GB: the process's share and one block, nothing kept
+        out = tmp_path / f"q-{budget}"
+        extra = ["--max-memory", budget] if budget else []
+        rc = quantize.main([str(tiny_dir), "--bits", "4", "--group-size", "64", "--calib", str(text_file),
+                            "--n-samples", "4", "--seqlen", "32", "--no-quality", "--out", str(out), "--quiet",
+                            *extra])
+        cap = capsys.readouterr()
+        assert rc == 0, cap.err
+        assert "read by block" in cap.out
+        outs[budget] = out
+    from safetensors.torch import load_file
+
+    a = load_file(outs[None] / "model.safetensors")
+    b = load_file(outs["1.01GB"] / "model.safetensors")
+    assert sorted(a) == sorted(b) and all(a[k].equal(b[k]) for k in a)

@@ -177,3 +177,49 @@ def test_disk_list_behaves_as_a_list(tmp_path):
     assert dl.shape(1) == (7, 3) and torch.equal(dl[1], torch.zeros(7, 3))
     del dl[2:]
     assert len(dl) == 2 and len(list(tmp_path.rglob("*.pt"))) == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (torch.cuda.is_available() is False)")
+def test_cuda_search_holds_one_block_at_a_time(tmp_path):
+    """On a GPU, a model bigger than the bound is quantized with at most the embedding, one block
+    under search and the activations on the device (tools/gpu_check.sh STEPS=stream)."""
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=2000, hidden_size=512, intermediate_size=1536, num_hidden_layers=12,
+                      num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=256,
+                      tie_word_embeddings=False)
+    AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).save_pretrained(tmp_path / "src")
+    model = load_lazy(tmp_path / "src", device="cuda", keep_bytes=0)
+    lazy = lazy_weights(model)
+    sizes = {name: lazy.unit_bytes(m) for name, m in lazy.units()}
+    block = max(v for k, v in sizes.items() if ".layers." in k)
+    ids = torch.randint(0, 2000, (8, 64), generator=torch.Generator().manual_seed(0))
+    acts = 8 * 64 * 512 * 4
+    from cat_core.stream._budget import WORK_FACTOR
+
+    bound = max(sizes.values()) + WORK_FACTOR * block + 4 * acts + 32 * 2**20
+    assert sum(sizes.values()) > 2 * bound  # the model itself would not fit the bound
+    torch.cuda.reset_peak_memory_stats()
+    quantize(model, None, QuantConfig(bits=4, group_size=128, rounding=GPTQ()), calib=ids, device="cuda",
+             progress=False)
+    peak = torch.cuda.max_memory_allocated()
+    assert peak <= bound, f"peak {peak / 1e6:.0f} MB over the bound {bound / 1e6:.0f} MB"
+    assert all(p.device.type == "meta" for p in model.parameters())
+    lazy.close()
+
+
+@pytest.mark.parametrize("fmt", ["awq", "gptq"])
+def test_exports_of_a_lazily_read_model_equal_the_in_memory_exports(tmp_path, fmt):
+    from cat_core.io import export_awq, export_gptq
+
+    export = {"awq": export_awq, "gptq": export_gptq}[fmt]
+    src = _save_source(tmp_path / "src", tied=False, layers=2)
+    config = QuantConfig(bits=4, group_size=64, rounding=Nearest())
+    whole = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    replace_linears(whole, quantize(whole, None, config, calib=_ids(), progress=False).tensors)
+    export(whole, tmp_path / "whole", progress=False, dtype=torch.float16)
+    lazy_model = load_lazy(src)
+    quantize(lazy_model, None, config, calib=_ids(), progress=False)
+    export(lazy_model, tmp_path / "lazy", progress=False, dtype=torch.float16)
+    a, b = _tensors(tmp_path / "whole"), _tensors(tmp_path / "lazy")
+    assert sorted(a) == sorted(b) and [k for k in a if not torch.equal(a[k], b[k])] == []
+    lazy_weights(lazy_model).close()

@@ -57,6 +57,12 @@ def parser(prog: str, description: str, epilog: str | None = None) -> Parser:
     return p
 
 
+def add_max_memory(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help=f"memory the run may use: SIZE (RAM, e.g. 6GB) or cpu=SIZE,cuda=SIZE. {what} "
+                        "Default: 85%% of the memory available at start")
+
+
 def add_common(p: argparse.ArgumentParser, device: bool = True) -> None:
     if device:
         p.add_argument("--device", default="auto",

@@ -333,9 +333,11 @@ def _load_streaming(kind: str, norm: str, device: Any, dtype: str | None, stream
     try:
         model = load_lazy(folder, device=device, dtype=compute)
     except CheckpointError as e:
-        if streaming.max_memory is None and "not in the safetensors files under their module names" in str(e):
-            return None  # e.g. fused experts renamed while loading: only the whole-model path reads it
-        raise CLIError(str(e)) from e
+        # names transformers rewrites while loading (fused experts), or no safetensors at all: only
+        # the whole-model path reads those; with a stated budget that is an error, not a fallback
+        if streaming.max_memory is None and ("under their module names" in str(e) or "no safetensors" in str(e)):
+            return None
+        raise CLIError(f"{e}{' (--max-memory needs a checkpoint read block by block)' if streaming.max_memory else ''}") from e
     lazy = lazy_weights(model)
     try:
         plan = plan_model(model, budget, streaming.calib_tokens, device)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cat_apps import _checks, _cli
-from cat_apps._cli import UsageError
+from cat_apps._cli import CLIError, UsageError
 
 PROG = "cat-bench"
 
@@ -178,6 +178,28 @@ def measure(model: Any, batch: int, prompt_len: int, new_tokens: int, device: An
 # ----------------------------------------------------------------------------- variants
 
 
+def _check_fits(spec: str) -> None:
+    """An unquantized safetensors model is benchmarked from two float32 copies in RAM (the baseline
+    and the one quantized in place): refuse, before loading, one that cannot fit."""
+    from cat_apps._models import classify
+
+    kind, norm = classify(spec)
+    if kind != "hf-dir":
+        return
+    from cat_core.stream import MemoryBudget, checkpoint_bytes
+
+    try:
+        params, _ = checkpoint_bytes(norm)
+    except Exception:  # noqa: BLE001 - not safetensors: the loader reports what is wrong
+        return
+    need, have = 2 * 4 * params, MemoryBudget.parse(None).cpu
+    if need > have:
+        raise CLIError(f"{norm}: benchmarking it unquantized needs about {need / 1e9:.1f} GB (two float32 copies "
+                       f"of {params / 1e9:.2f} B parameters), more than the {have / 1e9:.1f} GB available; "
+                       "quantize it with cat-quantize (it reads the model block by block) and benchmark the "
+                       "quantized checkpoint")
+
+
 def _short(dtype: Any) -> str:
     name = _cli.dtype_name(dtype)
     return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(name, name)
@@ -187,6 +209,7 @@ def _variants(spec: str, args: argparse.Namespace, device: Any):
     """Yield (label, how, model) for one command-line model; models are freed by the caller."""
     from cat_apps._models import load
 
+    _check_fits(spec)
     loaded = load(spec, quiet=args.quiet, device="cpu")
     name = Path(loaded.source).name if loaded.kind not in ("builtin", "hub") else loaded.source
     fp = _cli.compute_dtype(args.dtype, device, loaded.declared_dtype)

@@ -55,6 +55,8 @@ def build() -> argparse.ArgumentParser:
     p.add_argument("--kl-seqlen", type=int, default=128, help="tokens per such sequence (default: 128)")
     p.add_argument("--no-kl", action="store_true", help="skip the data-free figure")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the results as JSON to FILE")
+    _cli.add_max_memory(p, "An unquantized Hugging Face model (or --reference) that does not fit is read one "
+                           "decoder block at a time from its safetensors files (slower, but within the budget).")
     _cli.add_dtype(p)
     _cli.add_common(p)
     return p
@@ -129,9 +131,10 @@ def _preflight(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cat_apps._models import load, recorded_source
+    from cat_apps._models import Streaming, load, recorded_source
 
     kind, norm = _preflight(args)
+    streaming = Streaming(args.max_memory)  # only what does not fit is read block by block
     import torch
 
     device = _cli.resolve_device(args.device)
@@ -148,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_kl and reference is not None:
         from cat_core.eval import reference_logprobs, sample_texts
 
-        ref_loaded = load(reference, quiet=args.quiet, device=device, dtype=args.dtype)
+        ref_loaded = load(reference, quiet=args.quiet, device=device, dtype=args.dtype, streaming=streaming)
         if ref_loaded.quantized:
             raise CLIError(f"reference {ref_loaded.source} is itself quantized; give the unquantized model")
         bar = _cli.progress(2, f"sampling {args.kl_samples} x {args.kl_seqlen} tokens from the reference",
@@ -159,12 +162,16 @@ def run(args: argparse.Namespace) -> int:
         bar.update(1)
         bar.close()
         results["reference"] = ref_loaded.source
+        from cat_core.stream import lazy_weights
+
+        if (lazy := lazy_weights(ref_loaded.model)) is not None:
+            lazy.close()
         del ref_loaded
         gc.collect()
     elif not args.no_kl and kind != "quantized":
         print("note: unquantized model and no --reference: data-free figure skipped")
 
-    loaded = load(args.model, quiet=args.quiet, device=device, dtype=args.dtype)
+    loaded = load(args.model, quiet=args.quiet, device=device, dtype=args.dtype, streaming=streaming)
     model, tok = loaded.model, loaded.tokenizer
     lines = [f"model: {loaded.source}" + (f" ({loaded.quant_format} quantized checkpoint)" if loaded.quantized else "")]
 

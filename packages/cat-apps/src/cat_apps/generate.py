@@ -54,7 +54,10 @@ def run(args: argparse.Namespace) -> int:
     from transformers import TextStreamer
 
     device = _cli.resolve_device(args.device)
-    loaded = load(args.model, quiet=args.quiet, device=device, dtype=args.dtype)
+    from cat_apps._models import Streaming
+
+    # an unquantized model bigger than the free memory is read block by block (slow, but it runs)
+    loaded = load(args.model, quiet=args.quiet, device=device, dtype=args.dtype, streaming=Streaming())
     model, tok = loaded.model, loaded.tokenizer
     if args.chat:
         if not getattr(tok, "chat_template", None):

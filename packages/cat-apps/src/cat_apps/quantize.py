@@ -92,13 +92,10 @@ def build() -> argparse.ArgumentParser:
                    help=f"tokens per such sequence (default: {QUALITY_SEQLEN})")
     p.add_argument("--no-quality", action="store_true",
                    help="skip the closing data-free quality figure (KL / top-1 vs the unquantized model)")
-    p.add_argument("--max-memory", default=None, metavar="SIZE",
-                   help="memory the run may use: SIZE (RAM, e.g. 6GB) or cpu=SIZE,cuda=SIZE. A Hugging Face "
-                        "model is read one decoder block at a time from its safetensors files, converted to "
-                        "float32 only while it is searched, and written out block by block; what the budget "
-                        "leaves over keeps blocks in memory between uses (faster self-calibration). Fails "
-                        "before any work when one block cannot be searched within it. Default: 85%% of the "
-                        "memory available at start")
+    _cli.add_max_memory(p, "A Hugging Face model is read one decoder block at a time from its safetensors "
+                           "files, converted to float32 only while it is searched, and written out block by block; "
+                           "what the budget leaves over keeps blocks in memory between uses (faster "
+                           "self-calibration). Fails before any work when one block cannot be searched within it.")
     p.add_argument("--strict-graph", action="store_const", const=True, default=None,
                    help="fail when some linears' input cannot get AWQ scales because nothing in front can "
                         "absorb them, as q/k/v and gate/up of post-norm-only blocks (they read the residual "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import tempfile
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,8 +64,7 @@ class LazyWeights:
         #: keep the calibration activations between blocks on disk (the budget has no room for them)
         self.spill_activations = False
         self._own_spill = spill_dir is None
-        self.spill_dir = Path(tempfile.mkdtemp(prefix="cat-spill-")) if spill_dir is None else Path(spill_dir)
-        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        self._spill_dir = None if spill_dir is None else Path(spill_dir)
         self.spilled = TensorFiles(files=[])
         self._canon = _canonical_names(model)
         # the meta tensor each weight returns to (one object per tied weight, so ties survive)
@@ -86,6 +86,16 @@ class LazyWeights:
             self._add_unit(name, m)
         model._cat_lazy = self
         _reuse_freed_memory()
+
+    @property
+    def spill_dir(self) -> Path:
+        """Where changed units (and activations, when they do not fit) go; made on first use, and
+        a temporary one is removed by :meth:`close` or when the registry is collected."""
+        if self._spill_dir is None:
+            self._spill_dir = Path(tempfile.mkdtemp(prefix="cat-spill-"))
+            weakref.finalize(self, shutil.rmtree, str(self._spill_dir), True)
+        self._spill_dir.mkdir(parents=True, exist_ok=True)
+        return self._spill_dir
 
     # ------------------------------------------------------------------ units
 
@@ -153,6 +163,9 @@ class LazyWeights:
             self._spill(unit)
         unit.holders = max(0, unit.holders - 1)
         if unit.holders == 0:
+            if changed:  # AWQ is done with it: the budget is worth more to the blocks still to come
+                self._evict(unit)
+                return
             self._idle[id(module)] = None
             self._make_room(0)
 
@@ -281,8 +294,8 @@ class LazyWeights:
 
     def close(self) -> None:
         """Delete the spill files (the model cannot run after this)."""
-        if self._own_spill:
-            shutil.rmtree(self.spill_dir, ignore_errors=True)
+        if self._own_spill and self._spill_dir is not None:
+            shutil.rmtree(self._spill_dir, ignore_errors=True)
 
     def _slots_with_values(self, unit: _Unit) -> Iterator[tuple[nn.Module, str, bool, str, torch.Tensor]]:
         for mod_name, m in unit.module.named_modules():
