@@ -381,12 +381,14 @@ def test_export_no_engine_serves_is_refused_before_any_work(tmp_path, capsys):
 def test_quantize_within_a_memory_budget(tiny_dir, text_file, tmp_path, capsys):
     """A budget too small for one block fails before any work, naming the block and the budget;
     a budget that keeps nothing resident writes the same checkpoint as the default budget."""
-    rc = quantize.main([str(tiny_dir), "--max-memory", "5MB", "--out", str(tmp_path / "none"), "--quiet"])
+    rc = quantize.main([str(tiny_dir), "--max-memory", "5MB", "--seqlen", "32", "--quality-seqlen", "16",
+                        "--out", str(tmp_path / "none"), "--quiet"])
     err = capsys.readouterr().err
     assert rc == 1
     assert "one decoder block needs about" in err and "more than the budget's 0.01 GB" in err
     assert not (tmp_path / "none").exists()
-    rc = quantize.main([str(tiny_dir), "--max-memory", "a lot", "--out", str(tmp_path / "bad"), "--quiet"])
+    rc = quantize.main([str(tiny_dir), "--max-memory", "a lot", "--seqlen", "32", "--quality-seqlen", "16",
+                        "--out", str(tmp_path / "bad"), "--quiet"])
     assert rc == 2 and "--max-memory: expected a size" in capsys.readouterr().err
 
     outs = {}

@@ -339,6 +339,14 @@ def _load_streaming(kind: str, norm: str, device: Any, dtype: str | None, stream
             return None
         raise CLIError(f"{e}{' (--max-memory needs a checkpoint read block by block)' if streaming.max_memory else ''}") from e
     lazy = lazy_weights(model)
+    from cat_core.nn import _is_conv1d
+
+    if any(_is_conv1d(m) for m in model.modules()):  # the AWQ swap of [in, out] weights needs them whole
+        lazy.close()
+        if streaming.max_memory is None:
+            return None
+        raise CLIError(f"{norm}: models with GPT-2 Conv1D layers are not read block by block; "
+                       "drop --max-memory to load it whole")
     try:
         plan = plan_model(model, budget, streaming.calib_tokens, device)
     except ValueError as e:

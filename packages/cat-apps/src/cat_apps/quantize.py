@@ -338,7 +338,7 @@ def _summary(args: argparse.Namespace, out: Path, fmt: str, source: str, gs: int
         f"  serves on        {engines(fmt, args.bits, args.sym)}",
         f"  model            {source}",
         f"  quantization     AWQ {args.bits}-bit, group size {gs}{' (auto)' if gs_req == 'auto' else ''}, "
-        f"{'symmetric' if args.sym else 'asymmetric'}, {len(result.tensors)} linears, {qcfg.search_dtype} search"
+        f"{'symmetric' if args.sym else 'asymmetric'}, {len(mem['layers'])} linears, {qcfg.search_dtype} search"
         + {"gptq": ", GPTQ rounding", "learned": ", learned rounding"}.get(qcfg.rounding.name, ""),
         f"  input scaling    {result.scaling_summary()}",
         f"  calibration      {args.calib}: {args.n_samples} x {args.seqlen} tokens",
