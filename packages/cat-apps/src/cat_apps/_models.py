@@ -308,6 +308,8 @@ def _local_folder(kind: str, norm: str) -> Path:
         return Path(snapshot_download(norm, local_files_only=_offline_env(),
                                       allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
     except Exception as e:  # noqa: BLE001 - hub errors come in many types; one line names the model
+        if _offline_env():
+            raise CLIError(f"hub model {norm!r} is not in the local cache and HF_HUB_OFFLINE is set") from e
         raise CLIError(f"hub model {norm!r}: could not get its files ({' '.join(str(e).split())[:200]})") from e
 
 

@@ -66,6 +66,8 @@ class LazyWeights:
         self._own_spill = spill_dir is None
         self._spill_dir = None if spill_dir is None else Path(spill_dir)
         self.spilled = TensorFiles(files=[])
+        #: a foreign layout's arrays (convert_layers), which may reuse native names (``qweight``)
+        self.converted = TensorFiles(files=[])
         self._canon = _canonical_names(model)
         # the meta tensor each weight returns to (one object per tied weight, so ties survive)
         self._placeholders: dict[str, torch.Tensor] = {
@@ -255,6 +257,8 @@ class LazyWeights:
         """The current value of the tensor ``name`` (as the model names it) on the CPU, as it is
         stored: from memory when its unit is in, else from the spill or the checkpoint (there in
         its checkpoint dtype, not converted)."""
+        if name in self.converted:  # written by convert_layers for the writer: takes precedence
+            return self.converted.read(name)
         key = self._canon.get(name, name)
         if key in self._resident:
             return self._resident[key][0].detach().to("cpu")
@@ -284,7 +288,7 @@ class LazyWeights:
             self._spills += 1
             path = self.spill_dir / f"converted-{self._spills:05d}.safetensors"
             save_file(flat, str(path))
-            self.spilled.add(path)
+            self.converted.add(path)
             for name, parts in arrays.items():
                 out[name] = {s: torch.empty(v.shape, dtype=v.dtype, device="meta") for s, v in parts.items()}
         missing = set(layers) - set(out)
