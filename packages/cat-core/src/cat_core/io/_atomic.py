@@ -1,4 +1,4 @@
-"""Directories that appear only once complete."""
+"""Directories and files that appear only once complete."""
 
 from __future__ import annotations
 
@@ -41,3 +41,22 @@ def atomic_dir(out_dir: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; when the block succeeds, move it into place (one
+    rename, which replaces an existing file with ``overwrite``). On any error the temporary file
+    is removed and ``path`` is untouched."""
+    out = Path(path).absolute()
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass overwrite=True to replace it")
+    if out.is_dir():
+        raise IsADirectoryError(f"{out} is a directory, not a file")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
