@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from cat_core.engines import engines, export_problem
+from cat_core.engines import engines, export_problem, gguf_type
 
 from cat_apps import _checks, _cli, _threads
 from cat_apps._cli import CLIError, UsageError
@@ -28,6 +28,10 @@ AUTO_GROUP_SIZES = (128, 64, 32)
 QUALITY_SAMPLES = 4
 QUALITY_SEQLEN = 128
 QUALITY_SEED = 1234
+#: the llama.cpp file of --export gguf, inside --out
+GGUF_FILE = "model.gguf"
+#: GGUF architecture names whose transformers model has another model_type
+_GGUF_SOURCE_TYPES = {"gemma3": "gemma3_text"}
 #: the phases of QuantizeResult.timings shown in the summary (seconds)
 AWQ_PHASES = ("capture", "stats", "scale_search", "grams", "clip_search", "quantize", "learned_round", "propagate")
 
@@ -41,6 +45,7 @@ leaves nothing behind. The source model is recorded in config.json
 
 examples:
   cat-quantize --bits 4 --out smollm2-awq4
+  cat-quantize --bits 4 --sym --group-size 32 --export gguf --out smollm2-q4   # llama-cli -m smollm2-q4/model.gguf
   cat-quantize ./my-llama --bits 3 --group-size 128 --calib data/ --n-samples 64 --out llama-awq3
 """
 
@@ -63,11 +68,14 @@ def build() -> argparse.ArgumentParser:
     p.add_argument("--n-samples", type=int, default=128, help="calibration sequences (default: 128)")
     p.add_argument("--seqlen", type=int, default=512, help="tokens per calibration sequence (default: 512)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (must not exist unless --overwrite)")
-    p.add_argument("--export", choices=("awq", "gptq"), default=None,
+    p.add_argument("--export", choices=("awq", "gptq", "gguf"), default=None,
                    help="write the checkpoint as an AutoAWQ GEMM (4-bit only) or GPTQ directory instead "
                         "of the native Caterpillar format (all load with cat-generate/cat-eval). For vLLM: "
                         "awq (asymmetric 4-bit) or gptq with --sym --bits 4; asymmetric and 3-bit GPTQ "
-                        "load in transformers + GPTQModel only. The summary names the engines")
+                        "load in transformers + GPTQModel only. gguf: also DIR/model.gguf for llama.cpp "
+                        "(llama-cli -m DIR/model.gguf; Q4_0 for --bits 4 --sym, Q4_1 for --bits 4, Q8_0 for "
+                        "--bits 8 --sym; Llama, Qwen2/3, Gemma 1/2/3), beside the native checkpoint. The "
+                        "summary names the engines")
     p.add_argument("--save-dtype", choices=("auto", "float16", "bfloat16", "float32"), default="auto",
                    help="dtype of the tensors stored unquantized (embeddings, norms, biases, lm_head; the "
                         "model is searched in float32 whatever this says): 'auto' keeps a float16/bfloat16 "
@@ -135,8 +143,13 @@ def save_staged(model: Any, tokenizer: Any, out: Path, fmt: str, overwrite: bool
     old = out.parent / f".{out.name}.cat-old-{tag}"
     written = fmt
     try:
-        if fmt == "native":
+        if fmt in ("native", "gguf"):
             save_quantized(model, stage, tokenizer, progress=not quiet, dtype=dtype)
+            if fmt == "gguf":  # llama.cpp's file beside the native checkpoint that records the source
+                from cat_core.io import export_gguf
+
+                export_gguf(model, stage / GGUF_FILE, tokenizer, dtype=dtype, progress=not quiet)
+                record = {**record, "gguf_file": GGUF_FILE}
         elif fmt == "awq":
             export_awq(model, stage, tokenizer, progress=not quiet, dtype=dtype)
         else:
@@ -186,6 +199,12 @@ def _preflight(args: argparse.Namespace) -> tuple[Path, int | str]:
     if kind == "quantized":
         raise CLIError(f"{norm} is already quantized; give the unquantized model")
     cfg = model_config(kind, norm)
+    if args.export == "gguf" and cfg and cfg.get("model_type"):
+        model_type = cfg["model_type"]
+        if kind in ("builtin", "gguf"):  # the GGUF's architecture name, as transformers will load it
+            model_type = _GGUF_SOURCE_TYPES.get(model_type, model_type)
+        if why := export_problem("gguf", args.bits, gs_req, args.sym, model_type):
+            raise UsageError(f"--export gguf: {why}")
     _checks.fits_context(cfg, args.seqlen, "--seqlen")
     if not args.no_quality:
         _checks.fits_context(cfg, args.quality_seqlen, "--quality-seqlen")
@@ -234,7 +253,7 @@ def _quantize_loaded(args: argparse.Namespace, loaded: Any, out: Path, gs_req: i
         raise CLIError(f"{loaded.source} is already quantized ({loaded.quant_format}); give the unquantized model")
     model, tok = loaded.model, loaded.tokenizer
 
-    qcfg, graph, gs = _configure(args, loaded.source, model, gs_req, device)
+    qcfg, graph, gs = _configure(args, loaded.source, model, tok, gs_req, device)
     stage("graph")
     samples, quality_ids, ref = _calibration(args, model, tok, stage)
 
@@ -269,7 +288,8 @@ def _quantize_loaded(args: argparse.Namespace, loaded: Any, out: Path, gs_req: i
     return 0
 
 
-def _configure(args: argparse.Namespace, source: str, model: Any, gs_req: int | str, device: Any) -> tuple:
+def _configure(args: argparse.Namespace, source: str, model: Any, tokenizer: Any, gs_req: int | str,
+               device: Any) -> tuple:
     """The quantization settings, and the layer graph they were checked against (cat-core's own
     preparation, done before calibration so that a model or group size that cannot work fails in
     seconds)."""
@@ -284,10 +304,30 @@ def _configure(args: argparse.Namespace, source: str, model: Any, gs_req: int | 
     except AWQError as e:  # nothing to quantize
         raise CLIError("no linear layer inside the decoder blocks to quantize") from e
     gs = _choose_group_size(gs_req, prepared.layers)
+    if args.export == "gguf":
+        _gguf_checks(args, model, tokenizer, prepared.layers, source)
     search = auto_search_dtype(device) if args.search_dtype == "auto" else args.search_dtype
     qcfg = QuantConfig(bits=args.bits, group_size=gs, sym=args.sym, seed=args.seed, search_dtype=search,
                        rounding=args.rounding or QuantConfig().rounding)
     return qcfg, prepared.graph, gs
+
+
+def _gguf_checks(args: argparse.Namespace, model: Any, tokenizer: Any, layers: list[tuple[str, int]],
+                 source: str) -> None:
+    """What --export gguf would refuse after quantizing, found in a second before it: the
+    architecture and config as loaded, the tokenizer, and in_features of the layers to quantize."""
+    from cat_core.io import check_gguf
+
+    if why := export_problem("gguf", args.bits, "auto", args.sym, getattr(model.config, "model_type", None)):
+        raise UsageError(f"--export gguf: {why}")
+    odd = [f"{name} ({k})" for name, k in layers if k % 32]
+    if odd:
+        raise UsageError(f"--export gguf: GGUF blocks hold 32 weights, and these layers' in_features are not "
+                         f"multiples of 32: {', '.join(odd[:3])}{' ...' if len(odd) > 3 else ''}")
+    try:
+        check_gguf(model, tokenizer)
+    except ValueError as e:
+        raise CLIError(f"--export gguf: {source}: {e}") from e
 
 
 def _calibration(args: argparse.Namespace, model: Any, tok: Any, stage: _Stages) -> tuple:
@@ -333,9 +373,15 @@ def _summary(args: argparse.Namespace, out: Path, fmt: str, source: str, gs: int
              result: Any, mem: dict, quality: Any, timer: Any, stages: dict[str, float], save_dtype: Any,
              device: Any, plan: Any = None) -> list[str]:
     peak, peak_what = _cli.peak_memory(device)
+    if fmt == "gguf":
+        gguf_path = out / GGUF_FILE
+        head = [f"wrote {gguf_path} (GGUF {gguf_type(args.bits, args.sym)}) and the native checkpoint beside it",
+                f"  serves on        {engines(fmt, args.bits, args.sym)}: llama-cli -m {gguf_path}; "
+                f"the directory: {engines('native', args.bits, args.sym)}"]
+    else:
+        head = [f"wrote {out} ({fmt} format)", f"  serves on        {engines(fmt, args.bits, args.sym)}"]
     lines = [
-        f"wrote {out} ({fmt} format)",
-        f"  serves on        {engines(fmt, args.bits, args.sym)}",
+        *head,
         f"  model            {source}",
         f"  quantization     AWQ {args.bits}-bit, group size {gs}{' (auto)' if gs_req == 'auto' else ''}, "
         f"{'symmetric' if args.sym else 'asymmetric'}, {len(mem['layers'])} linears, {qcfg.search_dtype} search"
