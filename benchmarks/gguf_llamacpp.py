@@ -152,7 +152,8 @@ def main() -> None:
     for label, path in (("GGUF", gguf), ("F32 copy", f32)):
         cmd = [str(BIN / "llama-simple"), "-m", str(path), "-n", str(args.new_tokens), args.prompt]
         lc_text, _ = _run(cmd, stdout_only=True)
-        report += ["", f"llama.cpp, {label} (identical to Caterpillar's: {lc_text.strip() == cat_text.strip()}):", "",
+        same = lc_text.strip().removeprefix(tok.bos_token or "") == cat_text.strip()  # llama-simple shows the BOS
+        report += ["", f"llama.cpp, {label} (identical to Caterpillar's: {same}):", "",
                    "```", "$ " + " ".join(cmd[:-1]) + f" {json.dumps(args.prompt)}", lc_text.strip(), "```"]
     print("\n".join(report))
 
