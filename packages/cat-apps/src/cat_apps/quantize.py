@@ -376,8 +376,8 @@ def _summary(args: argparse.Namespace, out: Path, fmt: str, source: str, gs: int
     if fmt == "gguf":
         gguf_path = out / GGUF_FILE
         head = [f"wrote {gguf_path} (GGUF {gguf_type(args.bits, args.sym)}) and the native checkpoint beside it",
-                f"  serves on        {engines(fmt, args.bits, args.sym)}: llama-cli -m {gguf_path}; "
-                f"the directory: {engines('native', args.bits, args.sym)}"]
+                f"  serves on        {engines(fmt, args.bits, args.sym)}: llama-cli -m {gguf_path}",
+                f"  the directory    {engines('native', args.bits, args.sym)}"]
     else:
         head = [f"wrote {out} ({fmt} format)", f"  serves on        {engines(fmt, args.bits, args.sym)}"]
     lines = [

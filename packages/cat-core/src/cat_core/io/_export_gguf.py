@@ -99,9 +99,10 @@ def export_gguf(
         raise ValueError("tokenizer: llama.cpp tokenizes from the file itself, so a GGUF needs the model's tokenizer")
     config = model.config
     arch = arch_of(config)
-    tensors, kinds = _tensors(model, arch, dtype)
-    n_vocab = _embedding_rows(tensors)
+    check_config(config, arch)  # the cheap refusals before the tensors are converted
+    n_vocab = int(model.get_input_embeddings().weight.shape[0])
     vocab = vocab_of(tokenizer, n_vocab, config)
+    tensors, kinds = _tensors(model, arch, dtype)
 
     writer = GGUFWriter(None, arch.name)
     writer.add_type("model")
@@ -136,13 +137,6 @@ def check_gguf(model: nn.Module, tokenizer: Any) -> None:
 def _model_name(config: Any) -> str:
     source = str(getattr(config, "name_or_path", "") or getattr(config, "_name_or_path", "") or "")
     return Path(source).name or config.model_type
-
-
-def _embedding_rows(tensors: dict[str, tuple[np.ndarray, Any]]) -> int:
-    emb = tensors.get("token_embd.weight")
-    if emb is None:
-        raise ValueError("model: no token embedding (token_embd) among its tensors")
-    return int(emb[0].shape[0])
 
 
 def _tensors(model: nn.Module, arch: Arch, dtype: torch.dtype | None
