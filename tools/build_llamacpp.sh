@@ -3,7 +3,8 @@
 # the llama.cpp that the PyPI sdist of llama-cpp-python vendors, so nothing but PyPI is needed.
 # Used to judge `cat-quantize --export gguf` with llama.cpp itself (see
 # benchmarks/results/gguf_export_*.md). Idempotent: a second run with every tool present for the
-# same version does nothing. About 15 min on 2 cores (llama-cli links the server library).
+# same version does nothing. About 6 min on a 2-core AMD EPYC (2026-12-06; llama-cli links the
+# server library).
 #   LLAMA_CPP_PYTHON_VERSION=0.3.36  the sdist to take llama.cpp from (default below)
 #   JOBS=N                           parallel compile jobs (default: all cores)
 # Shared machines: run it as `flock /tmp/cat-heavy.lock bash tools/build_llamacpp.sh`.
