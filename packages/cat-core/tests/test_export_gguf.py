@@ -280,6 +280,32 @@ def test_llama3_rope_factors_give_transformers_frequencies(tmp_path, tok):
     np.testing.assert_allclose(base / factors, hf, rtol=1e-6)
 
 
+@pytest.mark.parametrize("keep", [0, 10**9], ids=["nothing-kept", "all-kept"])
+def test_a_model_read_block_by_block_exports_the_same_file(tmp_path, tok, keep):
+    """cat-quantize reads Hugging Face models lazily (cat_core.stream): the export reads each
+    tensor from where it lives (memory, spill, checkpoint) and writes the same bytes."""
+    from cat_core.awq import quantize
+    from cat_core.config import Nearest, QuantConfig
+    from cat_core.stream import lazy_weights, load_lazy
+    from transformers import AutoModelForCausalLM
+
+    src = tmp_path / "src"
+    _model("qwen2").to(torch.bfloat16).save_pretrained(src)
+    config = QuantConfig(bits=4, group_size=32, sym=False, rounding=Nearest())
+    ids = torch.randint(3, VOCAB, (4, 24), generator=torch.Generator().manual_seed(0))
+    whole = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    replace_linears(whole, quantize(whole, None, config, calib=ids, progress=False).tensors)
+    a = export_gguf(whole, tmp_path / "whole.gguf", tok, dtype=torch.bfloat16, progress=False)
+    lazy_model = load_lazy(src, keep_bytes=keep)
+    quantize(lazy_model, None, config, calib=ids, progress=False)
+    if keep:
+        with torch.no_grad():
+            lazy_model(ids[:1])  # with room, the packed blocks are resident when the export reads them
+    b = export_gguf(lazy_model, tmp_path / "lazy.gguf", tok, dtype=torch.bfloat16, progress=False)
+    assert a.read_bytes() == b.read_bytes()
+    lazy_weights(lazy_model).close()
+
+
 # ----------------------------------------------------------------------------- refusals
 
 

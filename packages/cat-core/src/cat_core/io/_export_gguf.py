@@ -28,7 +28,9 @@ unquantized) in ``dtype`` (F16, BF16 or F32).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +80,9 @@ def export_gguf(
     (float16, bfloat16 or float32; default: each keeps its own). Architectures:
     :data:`cat_core.engines.GGUF_MODEL_TYPES`.
 
-    Everything is converted before the file is opened, and the file appears only once complete.
-    Raises ValueError (naming the argument, layer or config field) for what llama.cpp cannot run
+    Every layer and scale is checked before the file is opened; the tensors are then converted
+    and written one at a time (a model read block by block, :mod:`cat_core.stream`, stays so),
+    and the file appears only once complete. Raises ValueError (naming the argument, layer or config field) for what llama.cpp cannot run
     as this model: another architecture, 2/3-bit or asymmetric 8-bit layers, an in_features that
     is not a multiple of 32, scales that are not float16 numbers, an unsupported tokenizer;
     FileExistsError when ``path`` exists without ``overwrite``.
@@ -102,7 +105,8 @@ def export_gguf(
     check_config(config, arch)  # the cheap refusals before the tensors are converted
     n_vocab = int(model.get_input_embeddings().weight.shape[0])
     vocab = vocab_of(tokenizer, n_vocab, config)
-    tensors, kinds = _tensors(model, arch, dtype)
+    items = _plan(model, arch, dtype)
+    kinds = [i.raw.name for i in items if i.raw is not None and i.raw.name in _FILE_TYPES]
 
     writer = GGUFWriter(None, arch.name)
     writer.add_type("model")
@@ -112,13 +116,18 @@ def export_gguf(
     writer.add_quantization_version(2)  # GGML_QNT_VERSION of the block layouts above
     add_hparams(writer, config, arch, n_vocab)
     vocab.add_to(writer)
-    for name, (array, raw) in tensors.items():
-        writer.add_tensor(name, array, raw_dtype=raw)
+    for i in items:
+        writer.add_tensor_info(i.name, i.shape, i.np_dtype, i.nbytes, raw_dtype=i.raw)
     with atomic_file(path, overwrite) as tmp:
         try:
             writer.write_header_to_file(path=tmp)
             writer.write_kv_data_to_file()
-            writer.write_tensors_to_file(progress=progress)
+            writer.write_ti_data_to_file()
+            bar = _progress(sum(i.nbytes for i in items), progress)
+            for i in items:
+                writer.write_tensor_data(i.make())  # one tensor in memory at a time
+                bar.update(i.nbytes)
+            bar.close()
         finally:
             writer.close()
     return path.absolute()
@@ -139,50 +148,113 @@ def _model_name(config: Any) -> str:
     return Path(source).name or config.model_type
 
 
-def _tensors(model: nn.Module, arch: Arch, dtype: torch.dtype | None
-             ) -> tuple[dict[str, tuple[np.ndarray, Any]], list[str]]:
-    """GGUF name -> (array, GGML type or None for plain F32/F16) of every tensor, converted and
-    checked before anything is written; and the block type of each quantized layer."""
-    from gguf import GGMLQuantizationType, get_tensor_name_map
+@dataclasses.dataclass
+class _Item:
+    """One tensor of the file: what its header says, and how to make its data."""
+
+    name: str
+    shape: tuple[int, ...]
+    np_dtype: Any
+    nbytes: int
+    raw: Any  # gguf.GGMLQuantizationType, or None for F32 / F16 arrays
+    make: Callable[[], np.ndarray]
+
+
+def _plan(model: nn.Module, arch: Arch, dtype: torch.dtype | None) -> list[_Item]:
+    """Every tensor of the file in order, each layer and scale checked, nothing converted yet."""
+    from gguf import get_tensor_name_map
+
+    from cat_core.stream import lazy_weights
 
     config = model.config
     names = get_tensor_name_map(_gguf_arch_enum(arch.name), config.num_hidden_layers)
     mods = quantized_modules(model)
-    out: dict[str, tuple[np.ndarray, Any]] = {}
-    kinds: list[str] = []
-    state = resolve_offloaded(model, unique_state(model))
+    lazy = lazy_weights(model)
+    state = unique_state(model)
+    if lazy is None:
+        state = resolve_offloaded(model, state)
+
+    def read(key: str) -> torch.Tensor:  # a lazily read model's values live in its files
+        return (lazy.read(key) if lazy is not None else state[key]).detach().cpu()
+
+    items: list[_Item] = []
     for key, t in state.items():
         owner, _, attr = key.rpartition(".")
         if owner in mods and attr in _OWN_ARRAYS:
             if attr == "qweight":
-                gname = _gguf_name(names, f"{owner}.weight", key)
-                kind = _block_type(owner, mods[owner])
-                qt = _reorder(_codes(owner, mods[owner], state), _row_order(config, arch, gname))
-                out[gname] = (_blocks(owner, qt, kind), GGMLQuantizationType[kind])
-                kinds.append(kind)
+                items.append(_quantized_item(owner, mods[owner], names, arch, config, read))
             continue
         if key == "lm_head.weight" and arch.tied_only:
-            emb = state.get("model.embed_tokens.weight")
-            if emb is None or not torch.equal(emb, t):
+            emb = "model.embed_tokens.weight"
+            if emb not in state or not torch.equal(read(emb), read(key)):
                 raise ValueError(f"model: llama.cpp's {arch.name} always ties the output to the embedding, and "
                                  "this model's lm_head.weight differs from it")
             continue
         gname = _gguf_name(names, key, key)
-        arr = _plain(key, t, dtype, _norm_offset(model, owner, arch))
+        if not t.is_floating_point():
+            raise ValueError(f"model: tensor {key!r} is {t.dtype}, not a floating-point tensor GGUF can hold here")
         order = _row_order(config, arch, gname)
-        out[gname] = (arr if order is None else arr[order], _raw_type(arr))
+        add_one = _norm_offset(model, owner, arch)
+        # the dtype the header states: a lazily read tensor may come back in its file's dtype
+        as_dtype = dtype if dtype is not None else t.dtype
+
+        def make(key=key, order=order, add_one=add_one, as_dtype=as_dtype) -> np.ndarray:
+            arr = _plain(key, read(key), as_dtype, add_one)
+            return arr if order is None else np.ascontiguousarray(arr[order])
+
+        np_dtype, raw, size = _plain_type(t, dtype)
+        items.append(_Item(gname, tuple(t.shape), np_dtype, t.numel() * size, raw, make))
     if (factors := rope_factors(config)) is not None:
-        out["rope_freqs.weight"] = (factors, None)
-    return out, kinds
+        items.append(_Item("rope_freqs.weight", tuple(factors.shape), np.float32, factors.nbytes, None,
+                           lambda: factors))
+    return items
 
 
-def _codes(owner: str, mod: QuantLinear, state: dict[str, torch.Tensor]) -> QuantizedTensor:
-    """The layer's codes from its buffers as the state holds them (fetched when offloaded)."""
+def _quantized_item(owner: str, mod: QuantLinear, names: Any, arch: Arch, config: Any,
+                    read: Callable[[str], torch.Tensor]) -> _Item:
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    gname = _gguf_name(names, f"{owner}.weight", f"{owner}.qweight")
+    kind = _block_type(owner, mod)
+    g = mod.in_features if mod.group_size == -1 else mod.group_size
+    _fp16_scales(owner, read(f"{owner}.scales").float().numpy(), mod.scales.dtype)  # refused before writing
+    raw = GGMLQuantizationType[kind]
+    block, size = GGML_QUANT_SIZES[raw]
+    assert block == _BLOCK and g % _BLOCK == 0
+    row = mod.in_features // _BLOCK * size
+    order = _row_order(config, arch, gname)
+
+    def make() -> np.ndarray:
+        return _blocks(owner, _reorder(_codes(owner, mod, read), order), kind)
+
+    return _Item(gname, (mod.out_features, row), np.uint8, mod.out_features * row, raw, make)
+
+
+def _plain_type(t: torch.Tensor, dtype: torch.dtype | None) -> tuple[Any, Any, int]:
+    """(numpy dtype, GGML type or None, bytes per element) of an unquantized tensor as written."""
+    from gguf import GGMLQuantizationType
+
+    stored = dtype if dtype is not None else t.dtype
+    if t.dim() <= 1 or stored not in (torch.float16, torch.bfloat16):
+        return np.float32, None, 4
+    if stored == torch.bfloat16:
+        return np.uint16, GGMLQuantizationType.BF16, 2
+    return np.float16, None, 2
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="writing GGUF", unit="B", unit_scale=True, disable=not enabled)
+
+
+def _codes(owner: str, mod: QuantLinear, read: Callable[[str], torch.Tensor]) -> QuantizedTensor:
+    """The layer's codes from its buffers as stored (fetched when offloaded or read lazily)."""
     shell = QuantLinear(mod.in_features, mod.out_features, mod.bits, mod.group_size, sym=mod.sym,
-                        scale_dtype=state[f"{owner}.scales"].dtype, device="meta")
+                        scale_dtype=mod.scales.dtype, device="meta")
     for attr in _OWN_ARRAYS:
-        if f"{owner}.{attr}" in state:
-            setattr(shell, attr, state[f"{owner}.{attr}"].detach().cpu())
+        if attr != "qzeros" or not mod.sym:
+            setattr(shell, attr, read(f"{owner}.{attr}"))
     return shell.to_quantized_tensor()
 
 
@@ -286,12 +358,8 @@ def _plain(key: str, t: torch.Tensor, dtype: torch.dtype | None, add_one: bool) 
         return (v + 1.0 if add_one else v).numpy()
     if stored.dtype == torch.bfloat16:
         return stored.contiguous().view(torch.int16).numpy().view(np.uint16)
-    if stored.dtype not in (torch.float16, torch.float32):
+    if stored.dtype != torch.float16:
         stored = stored.float()
     return stored.contiguous().numpy()
 
 
-def _raw_type(arr: np.ndarray) -> Any:
-    from gguf import GGMLQuantizationType
-
-    return GGMLQuantizationType.BF16 if arr.dtype == np.uint16 else None
