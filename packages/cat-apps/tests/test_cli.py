@@ -150,12 +150,48 @@ def test_ctrl_c_leaves_nothing(module, function, tiny_dir, tmp_path, capsys, mon
         raise KeyboardInterrupt
 
     monkeypatch.setattr(importlib.import_module(module), function, interrupted)
+    monkeypatch.setenv("CAT_QUIET_PROGRESS_S", "1e9")  # a slow machine's minute lines are not the error
     out = tmp_path / "o"
     rc = quantize.main([str(tiny_dir), "--out", str(out), "--n-samples", "2", "--seqlen", "16", "--no-quality",
                         "--quiet"])
     _one_line_error(capsys, rc, 130, "interrupted")
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".o")]
+
+
+def test_sigterm_unwinds_like_ctrl_c(tiny_dir, tmp_path, capsys, monkeypatch):
+    """A job scheduler's stop (SIGTERM) mid-AWQ of a model read block by block: exit 143, no
+    output directory, and the spilled blocks' temporary folder removed."""
+    import gc
+    import os
+    import signal
+    import tempfile
+
+    from cat_core.awq import _pipeline
+
+    spill_root = tmp_path / "tmp"
+    spill_root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spill_root))
+    pack, calls = _pipeline._pack, []
+
+    def pack_then_stop(work):
+        calls.append(1)
+        if len(calls) == 2:  # the first block is spilled by now
+            assert [p for p in spill_root.iterdir() if p.name.startswith("cat-spill-")]
+            os.kill(os.getpid(), signal.SIGTERM)
+        return pack(work)
+
+    monkeypatch.setattr(_pipeline, "_pack", pack_then_stop)
+    monkeypatch.setenv("CAT_QUIET_PROGRESS_S", "1e9")
+    out = tmp_path / "o"
+    handler = signal.getsignal(signal.SIGTERM)
+    rc = quantize.main([str(tiny_dir), "--out", str(out), "--n-samples", "2", "--seqlen", "16", "--no-quality",
+                        "--max-memory", "4GB", "--quiet"])
+    _one_line_error(capsys, rc, 143, "SIGTERM")
+    assert signal.getsignal(signal.SIGTERM) is handler  # restored for whatever runs next
+    assert len(calls) == 2 and not out.exists()
+    gc.collect()
+    assert not list(spill_root.iterdir())
 
 
 def test_debug_shows_traceback(tmp_path):

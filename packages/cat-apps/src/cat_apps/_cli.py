@@ -3,14 +3,16 @@
 Exit codes, the same for every front-end: 0 success; 2 a usage error, the command line is wrong as
 written (argparse's own checks and the tools' range checks alike: ``--n-samples 0``, a malformed
 ``--group-size``); 1 any other failure (a missing or unreadable file, an output path that cannot be
-written, a model that does not fit the arguments, an error during the work); 130 Ctrl-C."""
+written, a model that does not fit the arguments, an error during the work); 130 Ctrl-C; 143 SIGTERM (both unwind: nothing half-written stays)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +24,16 @@ from cat_apps._quiet import QuietProgress
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler's or `kill`'s stop) raised in the main thread, so that the work
+    unwinds as for Ctrl-C: staged output and spilled blocks are removed, nothing half-written stays."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated
 
 
 class CLIError(Exception):
@@ -44,7 +56,8 @@ class Parser(argparse.ArgumentParser):
 EXIT_CODES_HELP = """\
 exit codes: 0 success; 1 a failure (missing or unreadable file, unwritable output path, a model that
 does not fit the arguments, an error during the work); 2 a usage error (the command line is wrong as
-written: argparse's checks and the command's own range checks alike); 130 interrupted (Ctrl-C).
+written: argparse's checks and the command's own range checks alike); 130 interrupted (Ctrl-C);
+143 stopped by SIGTERM.
 Arguments, files and paths are checked before the model loads, lengths against its config before
 its weights.
 """
@@ -98,15 +111,17 @@ def main_wrapper(prog: str, build: Callable[[], argparse.ArgumentParser],
         quiet_libraries()
         # the bars still run, into a buffer: one line of it reaches stderr per minute
         quiet, args.quiet = QuietProgress(prog), False
+    previous = _catch_sigterm()
     try:
         with quiet:
             rc = run(args)
         return int(rc or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if debug:
             raise
-        sys.stderr.write(f"\n{prog}: interrupted (Ctrl-C); nothing was written\n")
-        return EXIT_INTERRUPTED
+        how = "stopped (SIGTERM)" if isinstance(e, _Terminated) else "interrupted (Ctrl-C)"
+        sys.stderr.write(f"\n{prog}: {how}; nothing was written\n")
+        return EXIT_TERMINATED if isinstance(e, _Terminated) else EXIT_INTERRUPTED
     except SystemExit:
         raise
     except UsageError as e:
@@ -119,6 +134,17 @@ def main_wrapper(prog: str, build: Callable[[], argparse.ArgumentParser],
             raise
         sys.stderr.write(f"{prog}: error: {_one_line(e)} (--debug for a traceback)\n")
         return EXIT_ERROR
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _catch_sigterm() -> Any:
+    """Install the SIGTERM handler (main thread only, where Python delivers signals); the
+    previous handler, or None when not installed."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def entry(prog: str, build: Callable[[], argparse.ArgumentParser],
