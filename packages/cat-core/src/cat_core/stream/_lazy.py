@@ -167,6 +167,7 @@ class LazyWeights:
         if unit.holders == 0:
             if changed:  # AWQ is done with it: the budget is worth more to the blocks still to come
                 self._evict(unit)
+                _give_back_freed_memory()
                 return
             self._idle[id(module)] = None
             self._make_room(0)
@@ -340,8 +341,8 @@ def _reuse_freed_memory() -> None:
     Units come and go thousands of times (every decode step reads the blocks again); by default
     glibc maps each tensor over 32 MB afresh and unmaps it when freed, so every read pays the
     kernel's page faults again: measured 7.5 s to convert a 1b model's blocks to float32 into
-    fresh memory, 0.2 s into reused memory. The budget bounds what is in use at once, so keeping
-    freed memory does not raise the peak. Process-wide; a no-op where glibc is not the allocator."""
+    fresh memory, 0.2 s into reused memory. What stays is handed back once per searched block
+    (:func:`_give_back_freed_memory`). Process-wide; a no-op where glibc is not the allocator."""
     global _MALLOC_SET
     if _MALLOC_SET:
         return
@@ -351,6 +352,23 @@ def _reuse_freed_memory() -> None:
 
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: serve blocks up to 1 GiB from the heap
-        libc.mallopt(-1, 1 << 40)  # M_TRIM_THRESHOLD: do not hand the heap's top back
+    except (OSError, AttributeError):
+        pass
+
+
+def _give_back_freed_memory() -> None:
+    """Return the heap's free pages to the kernel (glibc ``malloc_trim``).
+
+    Kept freed memory fragments: on the 8b preset under ``--max-memory 6GB`` the heap's resident
+    size between blocks grew by about 0.1 GB a block (3.4 GB after block 1, 4.6 GB after block
+    15), and with it the peak, towards 6.6 GB by the last block. Trimming after each searched
+    block brings the resident size back to what is in use; the next block faults its pages in
+    again, about a second against a block's minute and more of search."""
+    if not _MALLOC_SET:
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
