@@ -116,6 +116,33 @@ def test_lazy_forward_equals_the_whole_model_and_stays_in_budget(tmp_path, keep)
     lazy.close()
 
 
+def test_freed_memory_is_handed_back_above_the_set_rss(tmp_path, monkeypatch):
+    """Above ``trim_above`` every unit let go hands the heap's free pages back; AWQ does it after
+    each block it changed whatever the setting; below it nothing is trimmed."""
+    from cat_core.stream import _lazy
+
+    calls = []
+    monkeypatch.setattr(_lazy, "_give_back_freed_memory", lambda: calls.append(1))
+    src = _save_source(tmp_path / "src", tied=True, layers=3)
+    model = load_lazy(src)
+    lazy = lazy_weights(model)
+    ids = _ids(2, 8)
+    with torch.no_grad():
+        model(ids)  # trim_above None: never on a plain forward
+        assert calls == []
+        lazy.trim_above = 1 << 50
+        model(ids)
+        assert calls == []
+        lazy.trim_above = 0
+        model(ids)
+    assert len(calls) == len(list(lazy.units()))
+    calls.clear()
+    lazy.trim_above = None
+    quantize(model, None, QuantConfig(bits=4, group_size=32, rounding=Nearest()), calib=_ids(2, 8), progress=False)
+    assert len(calls) == 3  # one per block
+    lazy.close()
+
+
 def test_budget_that_cannot_hold_one_block_fails_before_any_work(tmp_path):
     src = _save_source(tmp_path / "src", tied=False)
     model = load_lazy(src)

@@ -358,6 +358,7 @@ def _load_streaming(kind: str, norm: str, device: Any, dtype: str | None, stream
         lazy.close()
         return None
     lazy.keep_bytes = plan.keep_bytes
+    lazy.trim_above = plan.budget.cpu // 2  # freed memory kept for reuse, up to half the budget
     lazy.write_bytes = max(2**28, min(lazy.write_bytes, plan.budget.cpu // 4))
     lazy.spill_activations = plan.spill_activations
     try:
