@@ -132,7 +132,9 @@ def plan_memory(budget: MemoryBudget, block_bytes: int, largest_other: int, acti
     device = torch.device(device)
     work = int(WORK_FACTOR * block_bytes)
     on_gpu = device.type == "cuda"
-    ram_work = BASE_BYTES + (0 if on_gpu else max(work, largest_other))
+    # a unit read from a 16-bit file holds its stored bytes and its converted copy at once (the
+    # 1b preset's head: 0.5 + 1.05 GB, the peak of its self-calibration sampling)
+    ram_work = BASE_BYTES + (0 if on_gpu else max(work, largest_other * 3 // 2))
     if on_gpu:
         gpu_need = work + 2 * activation_bytes // 4  # a chunk of activations at a time
         if budget.gpu is not None and gpu_need > budget.gpu:
