@@ -12,7 +12,6 @@ spilled to a safetensors file first, and read from there from then on.
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import tempfile
 import weakref
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cat_core.stream._budget import _rss
 from cat_core.stream._files import TensorFiles
 
 __all__ = ["LazyWeights", "lazy_weights"]
@@ -177,7 +177,7 @@ class LazyWeights:
                 return
             self._idle[id(module)] = None
             self._make_room(0)
-            if self.trim_above is not None and _resident_bytes() > self.trim_above:
+            if self.trim_above is not None and _rss() > self.trim_above:
                 _give_back_freed_memory()
 
     def _make_room(self, extra: int) -> None:
@@ -380,11 +380,3 @@ def _give_back_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-def _resident_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
