@@ -341,6 +341,7 @@ def _canonical_names(model: nn.Module) -> dict[str, str]:
 
 
 _MALLOC_SET = False
+_LIBC: Any = None  # glibc, once _reuse_freed_memory has tuned it
 
 
 def _reuse_freed_memory() -> None:
@@ -349,9 +350,10 @@ def _reuse_freed_memory() -> None:
     Units come and go thousands of times (every decode step reads the blocks again); by default
     glibc maps each tensor over 32 MB afresh and unmaps it when freed, so every read pays the
     kernel's page faults again: measured 7.5 s to convert a 1b model's blocks to float32 into
-    fresh memory, 0.2 s into reused memory. What stays is handed back once per searched block
-    (:func:`_give_back_freed_memory`). Process-wide; a no-op where glibc is not the allocator."""
-    global _MALLOC_SET
+    fresh memory, 0.2 s into reused memory. What stays is handed back after each searched block
+    and above ``LazyWeights.trim_above`` (:func:`_give_back_freed_memory`). Process-wide; a no-op
+    where glibc is not the allocator."""
+    global _MALLOC_SET, _LIBC
     if _MALLOC_SET:
         return
     _MALLOC_SET = True
@@ -360,6 +362,7 @@ def _reuse_freed_memory() -> None:
 
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: serve blocks up to 1 GiB from the heap
+        _LIBC = libc
     except (OSError, AttributeError):
         pass
 
@@ -372,11 +375,5 @@ def _give_back_freed_memory() -> None:
     15), and with it the peak, towards 6.6 GB by the last block. Trimming after each searched
     block brings the resident size back to what is in use; the next block faults its pages in
     again, about a second against a block's minute and more of search."""
-    if not _MALLOC_SET:
-        return
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
