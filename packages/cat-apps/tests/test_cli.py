@@ -243,10 +243,18 @@ def test_end_to_end_quantize_generate_eval_bench(tiny_dir, text_file, tmp_path, 
     assert rc == 0, cap.err
     res = json.loads(js.read_text())
     assert res["perplexity"]["tokens_scored"] == 3 * 63 and res["perplexity"]["windows"] == 3
-    assert res["perplexity"]["ppl"] > 1
+    assert res["perplexity"]["ppl"] > 1 and res["head_bits"] == 8  # the output head as served
+    assert "output head 8-bit" in cap.out
     assert res["data_free"]["reference"] == str(tiny_dir.absolute())
     assert res["data_free"]["mean_kl"] > 0 and 0 <= res["data_free"]["top1_agreement"] <= 1
     assert "tokens scored" in cap.out and "top-1 agreement" in cap.out
+    # --head-bits 16 evaluates the head as stored: the same windows, another (fp) head
+    rc = cat_eval.main([str(out), "--text", str(text_file), "--seqlen", "64", "--max-windows", "3", "--no-kl",
+                        "--head-bits", "16", "--json", str(js), "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    capsys.readouterr()
+    res16 = json.loads(js.read_text())
+    assert res16["head_bits"] is None and res16["perplexity"]["ppl"] != res["perplexity"]["ppl"]
 
     bdir = tmp_path / "bench"
     rc = bench.main([str(tiny_dir), str(out), "--batch-sizes", "1", "2", "--prompt-len", "8", "--new-tokens", "3",
@@ -263,6 +271,7 @@ def test_end_to_end_quantize_generate_eval_bench(tiny_dir, text_file, tmp_path, 
     # peak = weights + what the runs added (the runtime and the other models are not counted)
     assert all(r["weight_mb"] <= r["peak_mb"] < r["weight_mb"] + 500 for r in data["rows"])
     assert "RTN on the fly" in cap.out and "excludes the first" in cap.out
+    assert all(("head 8-bit" in r["how"]) == (r["weights"] != "fp32") for r in data["rows"])
     assert (bdir / "bench.md").is_file() and (bdir / "bench.png").stat().st_size > 1000
 
 

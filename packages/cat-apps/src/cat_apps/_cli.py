@@ -179,6 +179,17 @@ def add_dtype(p: argparse.ArgumentParser) -> None:
                         "dtype (bfloat16 or float16), else float16. Default: auto")
 
 
+HEAD_BITS = (16, 8, 4)
+
+
+def add_head_bits(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--head-bits", type=int, choices=HEAD_BITS, default=8,
+                   help="output head of a quantized checkpoint, rounded to nearest when it is loaded: 8 "
+                        "(symmetric, groups of 32: the logits move far less than the 3/4-bit body moves them, "
+                        "and every decoded token reads it whole), 4 (asymmetric, groups of 32), or 16 to keep "
+                        "it as stored. Unquantized models keep theirs. Default: 8")
+
+
 def compute_dtype(arg: str, device: Any, declared: str | None) -> Any:
     """The torch dtype to run in: ``arg`` unless 'auto' (see :func:`add_dtype`). ``declared`` is
     the dtype the model's own config names (its checkpoint's storage dtype), if any."""

@@ -54,6 +54,8 @@ class Loaded:
     declared_dtype: str | None = None
     #: for a model read block by block (cat_core.stream): the memory plan it runs under
     memory_plan: Any = None
+    #: bits of the output head as loaded: 8 or 4 when load() quantized it, else None
+    head_bits: int | None = None
 
     @property
     def quantized(self) -> bool:
@@ -226,13 +228,14 @@ class Streaming:
 
 
 def load(spec: str | None, *, quiet: bool = False, device: Any = "cpu", dtype: str | None = None,
-         streaming: Streaming | None = None) -> Loaded:
+         streaming: Streaming | None = None, head_bits: int = 16) -> Loaded:
     """Load the model of ``spec`` (see the module docstring) in eval mode on ``device``.
 
     ``dtype``: None keeps what loading gives (float32 for unquantized models, the stored dtype
     for quantized checkpoints); else a ``--dtype`` choice, resolved by :func:`_cli.compute_dtype`.
     ``streaming``: an unquantized safetensors model (local folder or hub id) may be read block
-    by block within a memory budget (see :class:`Streaming`)."""
+    by block within a memory budget (see :class:`Streaming`). ``head_bits`` 8 or 4: a quantized
+    checkpoint's output head is quantized as it loads (``cat_core.nn.quantize_head``); 16 keeps it."""
     from cat_apps._cli import compute_dtype, progress
 
     kind, norm = classify(spec)
@@ -258,6 +261,11 @@ def load(spec: str | None, *, quiet: bool = False, device: Any = "cpu", dtype: s
         bar.update(bar.total - bar.n)
     finally:
         bar.close()
+    if out.quantized and head_bits != 16:
+        from cat_core.nn import quantize_head
+
+        if quantize_head(out.model, head_bits) is not None:
+            out.head_bits = head_bits
     if dtype is None:
         out.model.to(device)
     else:  # a QuantLinear keeps its packed weight and its scales' dtype through this

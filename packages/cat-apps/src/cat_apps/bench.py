@@ -63,6 +63,7 @@ def build() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", default=None,
                    help="write bench.md, bench.json and bench.png (plot) into DIR")
     _cli.add_dtype(p)
+    _cli.add_head_bits(p)
     _cli.add_common(p)
     return p
 
@@ -210,18 +211,21 @@ def _variants(spec: str, args: argparse.Namespace, device: Any):
     from cat_apps._models import load
 
     _check_fits(spec)
-    loaded = load(spec, quiet=args.quiet, device="cpu")
+    loaded = load(spec, quiet=args.quiet, device="cpu", head_bits=args.head_bits)
     name = Path(loaded.source).name if loaded.kind not in ("builtin", "hub") else loaded.source
     fp = _cli.compute_dtype(args.dtype, device, loaded.declared_dtype)
+    head = f", head {args.head_bits}-bit" if args.head_bits != 16 else ""
     if loaded.quantized:
         q = loaded.quant_config or {}
-        how = f"given checkpoint ({loaded.quant_format}, group {q.get('group_size', '?')}, {_short(fp)} compute)"
+        head = f", head {loaded.head_bits}-bit" if loaded.head_bits else ""
+        how = (f"given checkpoint ({loaded.quant_format}, group {q.get('group_size', '?')}{head}, "
+               f"{_short(fp)} compute)")
         yield name, f"{q.get('bits', '?')}-bit", how, loaded.model.to(device, fp)
         return
     base = loaded.model
     from cat_core.awq import prepare, rtn_quantize
     from cat_core.config import QuantConfig
-    from cat_core.nn import replace_linears
+    from cat_core.nn import quantize_head, replace_linears
 
     from cat_apps.quantize import _choose_group_size, _group_size
 
@@ -240,7 +244,8 @@ def _variants(spec: str, args: argparse.Namespace, device: Any):
         # as AWQ does, so the two are comparable
         res = rtn_quantize(m, cfg)
         replace_linears(m, {k: v for k, v in res.tensors.items() if k in names})
-        yield name, f"{bits}-bit", f"RTN on the fly (group {gs}, {_short(fp)} compute)", m.to(device, fp)
+        quantize_head(m, args.head_bits)  # as a quantized checkpoint is served
+        yield name, f"{bits}-bit", f"RTN on the fly (group {gs}{head}, {_short(fp)} compute)", m.to(device, fp)
     del base
 
 

@@ -58,6 +58,7 @@ def build() -> argparse.ArgumentParser:
     _cli.add_max_memory(p, "An unquantized Hugging Face model (or --reference) that does not fit is read one "
                            "decoder block at a time from its safetensors files (slower, but within the budget).")
     _cli.add_dtype(p)
+    _cli.add_head_bits(p)
     _cli.add_common(p)
     return p
 
@@ -171,9 +172,12 @@ def run(args: argparse.Namespace) -> int:
     elif not args.no_kl and kind != "quantized":
         print("note: unquantized model and no --reference: data-free figure skipped")
 
-    loaded = load(args.model, quiet=args.quiet, device=device, dtype=args.dtype, streaming=streaming)
+    loaded = load(args.model, quiet=args.quiet, device=device, dtype=args.dtype, streaming=streaming,
+                  head_bits=args.head_bits)
     model, tok = loaded.model, loaded.tokenizer
-    lines = [f"model: {loaded.source}" + (f" ({loaded.quant_format} quantized checkpoint)" if loaded.quantized else "")]
+    head = f", output head {loaded.head_bits}-bit" if loaded.head_bits else ""
+    lines = [f"model: {loaded.source}" + (f" ({loaded.quant_format} quantized checkpoint{head})" if loaded.quantized else "")]
+    results["head_bits"] = loaded.head_bits  # None: the head as stored
 
     if args.text:
         from cat_core.eval import perplexity

@@ -36,6 +36,7 @@ def build() -> argparse.ArgumentParser:
                    help="wrap the prompt as a user message with the tokenizer's chat template")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     _cli.add_dtype(p)
+    _cli.add_head_bits(p)
     _cli.add_common(p)
     return p
 
@@ -57,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     from cat_apps._models import Streaming
 
     # an unquantized model bigger than the free memory is read block by block (slow, but it runs)
-    loaded = load(args.model, quiet=args.quiet, device=device, dtype=args.dtype, streaming=Streaming())
+    loaded = load(args.model, quiet=args.quiet, device=device, dtype=args.dtype, streaming=Streaming(),
+                  head_bits=args.head_bits)
     model, tok = loaded.model, loaded.tokenizer
     if args.chat:
         if not getattr(tok, "chat_template", None):
