@@ -27,3 +27,14 @@ def test_cached_steps_match_the_full_pass():
                 steps.append(logits)
     assert cache is not None
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-4)
+
+
+def test_last_only_gives_the_last_positions_logits():
+    model = llama(5)
+    ids = torch.randint(0, 128, (2, 7), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full, _ = cached_forward(model, ids)
+        last, cache = cached_forward(model, ids, last_only=True)
+        nxt, _ = cached_forward(model, ids[:, -1:], cache, last_only=True)
+    assert last.shape == (2, 1, full.shape[-1]) and nxt.shape == (2, 1, full.shape[-1])
+    torch.testing.assert_close(last[:, 0], full[:, -1], rtol=1e-5, atol=1e-5)

@@ -29,7 +29,8 @@ as given. Every model computes in --dtype (auto: fp32 on a CPU, the model's 16-b
 on a GPU); a quantized layer keeps its packed weights and scales.
 
 Timing method: a random prompt of --prompt-len tokens per sequence; prefill = one forward pass
-over the batch's prompts (tokens/s = batch x prompt-len / time); decode = --new-tokens greedy
+over the batch's prompts, computing the logits of the last position only as generate() does
+(tokens/s = batch x prompt-len / time); decode = --new-tokens greedy
 steps with the KV cache, the first token (produced by the prefill) excluded from the timing
 (tokens/s = batch x (new-tokens - 1) / time). The device is synchronized around every timed
 region. After one warm-up run, runs repeat until at least --min-runs are done and the relative
@@ -123,12 +124,12 @@ def _one_run(model: Any, ids: Any, new_tokens: int, device: Any) -> tuple[float,
     with torch.no_grad():
         _cli.sync(device)
         t0 = time.perf_counter()
-        logits, cache = cached_forward(model, ids)
+        logits, cache = cached_forward(model, ids, last_only=True)
         nxt = logits[:, -1].argmax(-1, keepdim=True)  # the first new token
         _cli.sync(device)
         t1 = time.perf_counter()
         for _ in range(new_tokens - 1):
-            logits, cache = cached_forward(model, nxt, cache)
+            logits, cache = cached_forward(model, nxt, cache, last_only=True)
             nxt = logits[:, -1].argmax(-1, keepdim=True)
         _cli.sync(device)
         t2 = time.perf_counter()
