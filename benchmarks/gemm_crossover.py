@@ -5,7 +5,7 @@
 For the linear shapes of the embedded SmolLM2 and of the 1b preset (Llama-3.2-1B widths), 4 and
 3 bits, float32 activations, times per M (median of --reps calls after a warm-up, quiet machine
 assumed, torch's threads): the fused split-K kernel (``PackedWeight.gemm``), the dequantize-once
-+ ``torch.matmul`` route QuantLinear takes above ``GEMM_MAX_M``, and the float32 ``x @ W.T`` of
++ ``torch.matmul`` route QuantLinear takes above ``cpu_gemm_max_m(dtype)``, and the float32 ``x @ W.T`` of
 the unquantized layer. Prints a Markdown table and, per shape and bit width, the largest M at
 which the kernel is still the faster route.
 """

@@ -17,7 +17,9 @@ pytest.importorskip("cat_kernels")
 sys.path.insert(0, str(Path(__file__).parent))
 from _quantized_models import llama, rtn_all  # noqa: E402
 from _tiny_models import NAMES, sample_ids, tiny_model  # noqa: E402
-from cat_core.nn import GEMM_MAX_M, QuantLinear, memory_report, replace_linears  # noqa: E402
+from cat_core.nn import QuantLinear, cpu_gemm_max_m, memory_report, replace_linears  # noqa: E402
+
+_DENSE_M = cpu_gemm_max_m(torch.float32)  # above it a float32 CPU product takes dequantize + matmul
 from cat_core.quant import dequantize, quantize_tensor  # noqa: E402
 
 LOGIT_RTOL = 1e-4
@@ -34,7 +36,7 @@ def _layer(n=40, k=64, bits=4, gs=32, sym=False, bias=True, seed=0, scale_dtype=
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("sym", [False, True])
 @pytest.mark.parametrize("gs", [32, -1])
-@pytest.mark.parametrize("m", [3, GEMM_MAX_M + 5])  # fused kernel and dequantize+matmul paths
+@pytest.mark.parametrize("m", [3, _DENSE_M + 5])  # fused kernel and dequantize+matmul paths
 def test_quantlinear_matches_dequantized(bits, sym, gs, m):
     qt, b, mod = _layer(bits=bits, gs=gs, sym=sym)
     x = torch.randn(2, m, 64, generator=torch.Generator().manual_seed(bits))  # leading dims flattened
@@ -72,7 +74,7 @@ def test_unsupported_dtype_is_a_clear_error():
 
 def test_opcheck():
     ops = torch.ops.cat
-    for bits, sym, gs, m, dt in [(4, False, 32, 3, torch.float32), (3, True, -1, GEMM_MAX_M + 1, torch.float32),
+    for bits, sym, gs, m, dt in [(4, False, 32, 3, torch.float32), (3, True, -1, _DENSE_M + 1, torch.float32),
                                  (4, False, 32, 2, torch.bfloat16)]:
         qt, _, mod = _layer(bits=bits, sym=sym, gs=gs)
         x = torch.randn(m, 64, dtype=dt)
@@ -106,7 +108,7 @@ def test_torch_compile_fullgraph():
     qt, b, mod = _layer()
     torch._dynamo.reset()
     compiled = torch.compile(mod, fullgraph=True, backend="aot_eager")
-    for m in (2, GEMM_MAX_M + 3):
+    for m in (2, _DENSE_M + 3):
         x = torch.randn(m, 64)
         torch.testing.assert_close(compiled(x), mod(x))
 
@@ -214,7 +216,7 @@ def test_memory_ratio_3bit(group_size):
 # --------------------------------------------------------------------------- eager fast path
 
 
-@pytest.mark.parametrize("m", [1, 5, GEMM_MAX_M + 3])
+@pytest.mark.parametrize("m", [1, 5, _DENSE_M + 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_eager_path_equals_the_custom_op(m, dtype):
     # Plain inference calls the kernels directly; with a gradient to track it goes through the

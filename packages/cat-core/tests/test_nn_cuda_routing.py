@@ -9,7 +9,7 @@ import torch
 
 pytest.importorskip("cat_kernels")
 # _routing: the module whose lookups (GPU generation, weight fit) the tests replace
-from cat_core.nn import GEMM_MAX_M, QuantLinear, _routing, cuda_gemm_max_m  # noqa: E402
+from cat_core.nn import QuantLinear, _routing, cpu_gemm_max_m, cuda_gemm_max_m  # noqa: E402
 from cat_core.quant import QuantizedTensor  # noqa: E402
 
 CUDA0 = torch.device("cuda", 0)
@@ -93,20 +93,31 @@ def test_threshold_table_and_env_override(monkeypatch):
         cuda_gemm_max_m(9)
 
 
-def test_cpu_routing_unchanged(monkeypatch):
+def test_cpu_routing_by_dtype(monkeypatch):
     mod = _layer(1e-3)
     cpu = torch.device("cpu")
-    assert mod._fused(GEMM_MAX_M, cpu, torch.float32)
-    assert not mod._fused(GEMM_MAX_M + 1, cpu, torch.float32)
+    for dt in (torch.float32, torch.bfloat16, torch.float16):
+        m = cpu_gemm_max_m(dt)
+        assert mod._fused(m, cpu, dt) and not mod._fused(m + 1, cpu, dt)
+    # float32 keeps longer prompts on the kernel than the 16-bit dtypes (measured crossovers)
+    assert cpu_gemm_max_m(torch.float32) > cpu_gemm_max_m(torch.bfloat16)
     # the CUDA threshold and fit never reach the CPU path
     monkeypatch.setenv("CAT_CUDA_GEMM_MAX_M", "100000")
-    assert not mod._fused(GEMM_MAX_M + 1, cpu, torch.float16)
+    assert not mod._fused(cpu_gemm_max_m(torch.float16) + 1, cpu, torch.float16)
+    monkeypatch.setenv("CAT_CPU_GEMM_MAX_M", "7")
+    assert mod._fused(7, cpu, torch.float32) and not mod._fused(8, cpu, torch.float32)
+    monkeypatch.setenv("CAT_CPU_GEMM_MAX_M", "-1")
+    with pytest.raises(ValueError, match="CAT_CPU_GEMM_MAX_M"):
+        cpu_gemm_max_m(torch.float32)
+    monkeypatch.delenv("CAT_CPU_GEMM_MAX_M")
+    with pytest.raises(ValueError, match="dtype"):
+        cpu_gemm_max_m(torch.float64)
 
 
 def test_cpu_forward_matches_both_routes():
-    """The CPU forward (fused below GEMM_MAX_M, dense above) still gives the same rows."""
+    """The CPU forward (fused up to cpu_gemm_max_m, dense above) still gives the same rows."""
     mod = _layer(1e-2, bits=4)
-    x = torch.randn(GEMM_MAX_M + 7, 64, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(cpu_gemm_max_m(torch.float32) + 7, 64, generator=torch.Generator().manual_seed(1))
     y_big = mod(x)
     y_small = torch.cat([mod(x[i : i + 8]) for i in range(0, x.shape[0], 8)])
     w = mod.dequantize_weight(torch.float32)

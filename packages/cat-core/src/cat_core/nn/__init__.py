@@ -18,7 +18,7 @@ from __future__ import annotations
 from cat_core.nn._head import HEAD_CHOICES, quantize_head
 from cat_core.nn._linear import SUPPORTED_DTYPES, QuantLinear
 from cat_core.nn._memory import memory_report
-from cat_core.nn._routing import CUDA_GEMM_MAX_M, GEMM_MAX_M, cuda_gemm_max_m
+from cat_core.nn._routing import CPU_GEMM_MAX_M, CUDA_GEMM_MAX_M, cpu_gemm_max_m, cuda_gemm_max_m
 from cat_core.nn._routing import _eager_fast_path as _eager_fast_path
 from cat_core.nn._surgery import _is_conv1d as _is_conv1d
 from cat_core.nn._surgery import _linear_at as _linear_at
@@ -27,6 +27,6 @@ from cat_core.nn._surgery import _set_module as _set_module
 from cat_core.nn._surgery import linear_shape, replace_linears
 
 __all__ = [
-    "QuantLinear", "replace_linears", "memory_report", "GEMM_MAX_M", "CUDA_GEMM_MAX_M", "cuda_gemm_max_m",
+    "QuantLinear", "replace_linears", "memory_report", "CPU_GEMM_MAX_M", "CUDA_GEMM_MAX_M", "cpu_gemm_max_m", "cuda_gemm_max_m",
     "SUPPORTED_DTYPES", "linear_shape", "quantize_head", "HEAD_CHOICES",
 ]

@@ -149,7 +149,7 @@ class QuantLinear(nn.Module):
 
     def _fused(self, m: int, device: torch.device, dtype: torch.dtype) -> bool:
         """Fused kernel (True) or dequantize once + matmul (False) for M rows of x."""
-        if _routing._m_takes_kernel(m, device):
+        if _routing._m_takes_kernel(m, device, dtype):
             return True
         if device.type != "cuda":
             return False

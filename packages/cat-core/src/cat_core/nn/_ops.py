@@ -42,7 +42,7 @@ def _gemm_op(
     """``x [M, K] @ W.T -> [M, N]`` in x's dtype; fused kernel for small M, else dense matmul."""
     ck = _kernels()
     x = x.contiguous()
-    fused = _routing._m_takes_kernel(x.shape[0], x.device) or (
+    fused = _routing._m_takes_kernel(x.shape[0], x.device, x.dtype) or (
         x.device.type == "cuda"
         and (
             torch.cuda.is_current_stream_capturing()  # no host sync while capturing a graph

@@ -10,20 +10,25 @@ import torch
 
 from cat_core.nn._kernels import _kernels
 
-#: Largest number of rows M (tokens) for which ``cat::gemm`` calls the fused split-K kernel;
-#: above it the op dequantizes the weight once and uses torch's matmul.
-#: Chosen from a CPU measurement (2 shared cores, AVX-512, torch 2.13; best of 7, ms as
-#: fused / dequantize+matmul):
-#:   N=K=2048 4-bit G=128 fp32:   M=32 1.7/5.0   M=48 2.6/5.5   M=64 3.4/9.3   M=96 5.4/9.6
-#:   N=K=2048 4-bit G=128 bf16:   M=32 2.4/5.0   M=48 3.6/5.1   M=64 4.6/4.8   M=96 6.9/5.2
-#:   1536x576 4-bit G=64 fp32:    M=32 0.8/1.6   M=48 0.7/1.3   M=64 1.6/1.7   M=96 1.8/2.1
-#:   576x1536 3-bit G=64 fp32:    M=32 1.3/1.7   M=48 1.2/2.1   M=64 1.7/1.6   M=96 2.3/1.7
-#:   576x1536 3-bit G=64 bf16:    M=32 0.9/0.8   M=48 2.0/1.4   M=64 2.0/1.0
-#: The crossover lies between M=32 (3-bit bf16) and M=96 (4-bit fp32); 48 is in the middle of
-#: that range and never more than ~1.5x off the better path. Decode steps (M = batch size)
-#: take the fused kernel, long prompts the dense path. A GPU has another crossover (tensor
-#: cores); the same op runs there and the constant can be re-measured.
-GEMM_MAX_M = 48
+#: CPU: largest number of rows M (tokens) for which ``cat::gemm`` calls the fused split-K kernel,
+#: by activation dtype; above it the op dequantizes the weight once and uses torch's matmul.
+#: Measured on both CI machine kinds (2 shared cores, torch 2.13; ms as fused / dequantize+matmul;
+#: benchmarks/results/decode_2026-12-07.md has the full tables and benchmarks/probes/dense_route.py
+#: re-measures them):
+#:   float32, Sapphire Rapids (AMX): N=K=2048 4-bit M=128 4.6/5.9, M=512 19.6/16.3;
+#:     8192x2048 M=128 19.3/40.0, M=512 74.0/75.4, M=1024 157/135; 1536x576 M=128 1.3/1.3,
+#:     M=512 5.0/3.3
+#:   float32, AMD EPYC (AVX-512, no AMX): the kernel is ahead of dequantize+matmul at every M up to
+#:     512 on the SmolLM2 and 1b-preset shapes, and 1.1-8x ahead of the unquantized matmul on the
+#:     1b shapes (benchmarks/gemm_crossover.py)
+#:   bfloat16, Sapphire Rapids: AMX makes the dense bf16 matmul 5-10x faster than float32, so the
+#:     dense route wins from M=64-128 (N=K=2048: M=64 2.4/3.1, M=128 4.5/2.6)
+#: float32 crosses between M=128 and M=1024 depending on the machine and shape: 256 keeps prompts
+#: of a few hundred tokens on the kernel, where it never lost by more than 1.2x and often won by
+#: 2x. 16-bit activations keep the earlier 48 (bf16 crossover 64-128 with AMX; float16 has no
+#: fast dense CPU matmul, so 48 is conservative there). Decode steps (M = batch size) always take
+#: the fused kernel. Override with ``CAT_CPU_GEMM_MAX_M`` (read at each call, all dtypes).
+CPU_GEMM_MAX_M = {torch.float32: 256, torch.bfloat16: 48, torch.float16: 48}
 
 #: CUDA: largest M for which the fused kernel runs, by compute-capability major; above it the
 #: weight is dequantized once to x's dtype and multiplied by the framework's matmul (cuBLAS), but
@@ -36,13 +41,30 @@ CUDA_GEMM_MAX_M = {7: 128, 8: 128, 9: 128, 10: 128, 12: 128}
 _CUDA_GEMM_MAX_M_DEFAULT = 128
 
 
+def _env_max_m(name: str) -> int | None:
+    env = os.environ.get(name, "").strip()
+    if not env:
+        return None
+    if not env.isdigit():
+        raise ValueError(f"{name} must be a non-negative integer, got {env!r}")
+    return int(env)
+
+
+def cpu_gemm_max_m(dtype: torch.dtype) -> int:
+    """Largest M that takes the fused kernel on the CPU for activations of ``dtype``."""
+    env = _env_max_m("CAT_CPU_GEMM_MAX_M")
+    if env is not None:
+        return env
+    if dtype not in CPU_GEMM_MAX_M:
+        raise ValueError(f"dtype must be one of {list(CPU_GEMM_MAX_M)}, got {dtype}")
+    return CPU_GEMM_MAX_M[dtype]
+
+
 def cuda_gemm_max_m(cc_major: int) -> int:
     """Largest M that takes the fused kernel on a GPU of this compute-capability major."""
-    env = os.environ.get("CAT_CUDA_GEMM_MAX_M", "").strip()
-    if env:
-        if not env.isdigit():
-            raise ValueError(f"CAT_CUDA_GEMM_MAX_M must be a non-negative integer, got {env!r}")
-        return int(env)
+    env = _env_max_m("CAT_CUDA_GEMM_MAX_M")
+    if env is not None:
+        return env
     return CUDA_GEMM_MAX_M.get(cc_major, _CUDA_GEMM_MAX_M_DEFAULT)
 
 
@@ -65,11 +87,12 @@ def _dense_weight_fits(scales: torch.Tensor, qzeros: torch.Tensor | None, bits: 
     return bound <= torch.finfo(dtype).max
 
 
-def _m_takes_kernel(m: int, device: torch.device) -> bool:
-    """Whether M rows of x are few enough for the fused kernel on ``device`` whatever the weights."""
+def _m_takes_kernel(m: int, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether M rows of x (in ``dtype``) are few enough for the fused kernel on ``device``
+    whatever the weights."""
     if device.type == "cuda":
         return m <= cuda_gemm_max_m(_cc_major(device.index or 0))
-    return m <= GEMM_MAX_M
+    return m <= cpu_gemm_max_m(dtype)
 
 
 def _eager_fast_path(x: torch.Tensor) -> bool:
