@@ -452,3 +452,14 @@ def test_quantize_within_a_memory_budget(tiny_dir, text_file, tmp_path, capsys):
     a = load_file(outs[None] / "model.safetensors")
     b = load_file(outs["1.01GB"] / "model.safetensors")
     assert sorted(a) == sorted(b) and all(a[k].equal(b[k]) for k in a)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc")
+def test_peak_rss_is_in_the_units_of_max_memory():
+    """The 'peak memory' line is compared with --max-memory (10**6-byte MB): ru_maxrss is KiB on
+    Linux, so the peak must equal /proc's high-water mark (also KiB) times 1024 bytes."""
+    from cat_apps._cli import peak_rss_mb
+
+    hwm_kib = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+                   if line.startswith("VmHWM:"))
+    assert abs(peak_rss_mb() - hwm_kib * 1024 / 1e6) <= 0.01 * peak_rss_mb()

@@ -597,7 +597,7 @@ def _block_input_runs(model, samples, config, block_index):
     n = samples.shape[0]
     perm = samples[torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))]
     n_search = max(1, min(n, math.ceil(config.scales.token_subsample / samples.shape[1])))
-    calls = capture_block_calls(model, list(model.model.layers), [perm[s] for s in _chunks(n, n_search)],
+    calls = capture_block_calls(model, list(model.model.layers), [perm[s] for s in _chunks(n, n_search, samples.shape[1])],
                                 torch.device("cpu"))[block_index]
     return [(c, hidden_of(c)) for c in calls]
 

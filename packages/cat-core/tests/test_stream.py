@@ -161,6 +161,35 @@ def test_budget_that_cannot_hold_one_block_fails_before_any_work(tmp_path):
     lazy_weights(model).close()
 
 
+def test_plan_counts_the_transients_of_a_forward_over_a_chunk(tmp_path):
+    """A block's forward over a chunk holds its MLP intermediates: the plan keeps less resident
+    as the forwarded tokens grow (up to AWQ's chunk bound), and a budget that holds the search
+    but not the forward fails before any work, naming the forward."""
+    from cat_core.awq._batches import CHUNK_TOKENS, _chunks
+
+    src = _save_source(tmp_path / "src", tied=False)
+    model = load_lazy(src)
+    budget = MemoryBudget(cpu=4 * 10**9)
+    small, big = (plan_model(model, budget, calib_tokens=t) for t in (64, 10**6))
+    cfg = model.config
+    per_token = (3 * cfg.intermediate_size + 6 * cfg.hidden_size) * 4
+    assert small.keep_bytes - big.keep_bytes == (CHUNK_TOKENS - 64) * per_token + (10**6 - 64) * cfg.hidden_size * 4 * 2
+    assert plan_model(model, budget, calib_tokens=10**6, forward_tokens=64).keep_bytes > big.keep_bytes
+    lazy_weights(model).close()
+    fits = plan_memory(MemoryBudget(cpu=2 * 10**9), block_bytes=10**8, largest_other=0, activation_bytes=0)
+    assert fits.keep_bytes > 0
+    with pytest.raises(ValueError, match=r"0\.70 GB for a forward over the calibration chunk"):
+        plan_memory(MemoryBudget(cpu=2 * 10**9), block_bytes=10**8, largest_other=0, activation_bytes=0,
+                    forward_bytes=7 * 10**8)
+    # chunks are bounded in tokens, unchanged up to 256 tokens a sequence
+    for seqlen in (128, 256, 512, 1000, 5000):
+        sl = _chunks(40, 3, seqlen)
+        assert sl[0] == slice(0, 3) and sl[-1].stop == 40
+        assert all(b.start == a.stop for a, b in zip(sl, sl[1:]))
+        sizes = {s.stop - s.start for s in sl[1:-1]}
+        assert sizes == {max(1, min(16, CHUNK_TOKENS // seqlen))}
+
+
 def test_missing_or_truncated_weights_are_named(tmp_path):
     src = _save_source(tmp_path / "src", tied=False)
     f = src / "model.safetensors"

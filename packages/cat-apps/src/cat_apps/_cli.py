@@ -253,11 +253,11 @@ def rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
-    """High-water mark of this process's resident memory (MB)."""
+    """High-water mark of this process's resident memory (MB, 10**6 bytes, as --max-memory counts)."""
     import resource
 
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1e3 if sys.platform != "darwin" else kb / 1e6
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak * 1024 / 1e6 if sys.platform != "darwin" else peak / 1e6
 
 
 def peak_memory(device: Any) -> tuple[float, str]:

@@ -16,8 +16,15 @@ from cat_core.config import QuantConfig, ScaleSearch
 
 __all__ = ["Batches", "capture_batches"]
 
-# Sequences per forward outside the search batch: bounds activation memory, amortizes overhead.
+# Sequences per forward outside the search batch: amortizes per-forward overhead, while
+# CHUNK_TOKENS bounds the transients of one forward (a Llama-1B-shaped block over 8192 tokens
+# holds about 1.1 GB of MLP intermediates in float32), which the memory plan counts.
 _CHUNK = 16
+CHUNK_TOKENS = 4096
+
+
+def _chunk_sequences(seqlen: int) -> int:
+    return max(1, min(_CHUNK, CHUNK_TOKENS // max(1, seqlen)))
 
 
 @dataclasses.dataclass
@@ -70,9 +77,10 @@ def _screen_sequences(scales: ScaleSearch, n_search: int, seqlen: int) -> int:
     return n_screen if n_screen < n_search else 0
 
 
-def _chunks(n: int, n_search: int) -> list[slice]:
+def _chunks(n: int, n_search: int, seqlen: int) -> list[slice]:
+    step = _chunk_sequences(seqlen)
     out = [slice(0, n_search)]
-    out += [slice(i, min(i + _CHUNK, n)) for i in range(n_search, n, _CHUNK)]
+    out += [slice(i, min(i + step, n)) for i in range(n_search, n, step)]
     return out
 
 
@@ -87,7 +95,7 @@ def capture_batches(
     samples = samples[torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))]
     sub = config.scales.token_subsample
     n_search = n if sub is None else max(1, min(n, math.ceil(sub / seqlen)))
-    slices = _chunks(n, n_search)
+    slices = _chunks(n, n_search, seqlen)
     n_screen = _screen_sequences(config.scales, n_search, seqlen)
     if n_screen:
         slices.append(slice(0, n_screen))

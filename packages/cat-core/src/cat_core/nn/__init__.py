@@ -15,6 +15,7 @@ from __future__ import annotations
 
 # The underscored names, aliased to mark them re-exported, are internals that cat_core.awq,
 # cat_core.io and the tests import from this path.
+from cat_core.nn._fuse import fuse_shared_inputs
 from cat_core.nn._head import HEAD_CHOICES, quantize_head
 from cat_core.nn._linear import SUPPORTED_DTYPES, QuantLinear
 from cat_core.nn._memory import memory_report
@@ -28,5 +29,5 @@ from cat_core.nn._surgery import linear_shape, replace_linears
 
 __all__ = [
     "QuantLinear", "replace_linears", "memory_report", "CPU_GEMM_MAX_M", "CUDA_GEMM_MAX_M", "cpu_gemm_max_m", "cuda_gemm_max_m",
-    "SUPPORTED_DTYPES", "linear_shape", "quantize_head", "HEAD_CHOICES",
+    "SUPPORTED_DTYPES", "linear_shape", "quantize_head", "HEAD_CHOICES", "fuse_shared_inputs",
 ]

@@ -115,7 +115,10 @@ def _unpack_rows(words: torch.Tensor, bits: int) -> torch.Tensor:
 def _dequantized_rows(head: QuantLinear, ids: torch.Tensor) -> torch.Tensor:
     """float32 ``[len(ids), K]``: rows ``ids`` of the head's weight, from its packed buffers."""
     k, bits = head.in_features, head.bits
-    if ids.device.type == "cpu" and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= head.out_features):
+    # the clear message costs a host read of the ids: eager CPU only (under torch.compile it
+    # would break the graph at every step; the indexing below still fails on a bad id)
+    if (ids.device.type == "cpu" and not torch.compiler.is_compiling() and ids.numel()
+            and (int(ids.min()) < 0 or int(ids.max()) >= head.out_features)):
         raise IndexError(f"token ids must be in [0, {head.out_features}), got {int(ids.min())}..{int(ids.max())}")
     tile, lane = ids // 16, ids % 16
     qw = head.qweight[tile, :, :, lane]  # [rows, K/32 blocks, bits words]

@@ -126,6 +126,11 @@ class QuantLinear(nn.Module):
         return _dequantize_op(self.qweight, self.scales, self.qzeros, self.group_size, self.in_features, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fusion = self.__dict__.get("_fusion")  # set by fuse_shared_inputs
+        if fusion is not None:
+            y = fusion.rows(self, x)
+            if y is not None:
+                return y
         if x.dtype not in SUPPORTED_DTYPES:
             raise TypeError(
                 f"QuantLinear: activations must be float32, float16 or bfloat16, got {x.dtype}; "
@@ -183,6 +188,7 @@ class QuantLinear(nn.Module):
         state = self.__dict__.copy()
         state.pop("_pw_cache", None)
         state.pop("_fits_cache", None)
+        state.pop("_fusion", None)  # a copy computes alone (its buffers are its own copies)
         return state
 
     def _apply(self, fn, recurse=True):  # type: ignore[override]
