@@ -13,6 +13,7 @@ last=0; dumps=0; mx=0
 while True:
     try: s=open(f"/proc/{pid}/status").read()
     except FileNotFoundError: break
+    if "VmRSS:" not in s: break  # exiting (a zombie has no memory lines)
     rss=int(s.split("VmRSS:")[1].split()[0])//1024
     if rss>mx: mx=rss
     if abs(rss-last)>200: log.write(f"{time.strftime('%H:%M:%S')} {rss}\n"); last=rss
