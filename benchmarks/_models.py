@@ -139,6 +139,31 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def cpu_isa() -> str:
+    """The CPU's matrix/vector extension that matters to the kernels and to torch's matmuls:
+    "AMX" (Sapphire Rapids on), "AVX-512", "AVX2" or "no AVX2"."""
+    try:
+        flags = next((l for l in open("/proc/cpuinfo") if l.startswith("flags")), "").split()
+    except OSError:
+        return "?"
+    return ("AMX" if "amx_tile" in flags else "AVX-512" if "avx512f" in flags
+            else "AVX2" if "avx2" in flags else "no AVX2")
+
+
+def median_ms(f: Any, reps: int = 5) -> float:
+    """Median wall time of ``f()`` in ms over ``reps`` calls, after one untimed call."""
+    import statistics
+    import time
+
+    f()
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        f()
+        ts.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(ts)
+
+
 def machine_info() -> dict[str, Any]:
     import platform
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
+
+import _models as M  # this folder
 
 SHAPES = {  # (name, N, K, group)
     "smollm2": [("qkv-like 576x576", 576, 576, 64), ("up 1536x576", 1536, 576, 64), ("down 576x1536", 576, 1536, 64)],
@@ -27,21 +27,6 @@ SHAPES = {  # (name, N, K, group)
            ("down 2048x8192", 2048, 8192, 128)],
 }
 MS = (1, 8, 16, 32, 48, 64, 96, 128, 192, 256, 512)
-
-
-def _median_ms(f, reps: int) -> float:
-    f()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(ts)
-
-
-def _isa() -> str:
-    flags = open("/proc/cpuinfo").read()
-    return "AMX" if "amx_tile" in flags else "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "?"
 
 
 def main() -> None:
@@ -54,7 +39,7 @@ def main() -> None:
     from cat_core.nn import QuantLinear
     from cat_core.quant import quantize_tensor
 
-    lines = [f"Machine: {platform.machine()} {_isa()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+    lines = [f"Machine: {platform.machine()} {M.cpu_isa()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
              f"{dt.datetime.now().isoformat(timespec='seconds')}; ms per call, median of {args.reps}.", "",
              "| shape | bits | M | kernel | dequant+matmul | fp32 matmul | kernel vs fp32 |",
              "|---|---:|---:|---:|---:|---:|---:|"]
@@ -70,9 +55,9 @@ def main() -> None:
                 last = 0
                 for m in MS:
                     x = torch.randn(m, k, generator=g)
-                    tk = _median_ms(lambda: pw.gemm(x), args.reps)
-                    td = _median_ms(lambda: x @ pw.dequantize(torch.float32).T, args.reps)
-                    tf = _median_ms(lambda: x @ wd.T, args.reps)
+                    tk = M.median_ms(lambda: pw.gemm(x), args.reps)
+                    td = M.median_ms(lambda: x @ pw.dequantize(torch.float32).T, args.reps)
+                    tf = M.median_ms(lambda: x @ wd.T, args.reps)
                     if tk <= td:
                         last = m
                     lines.append(f"| {model} {name} | {bits} | {m} | {tk:.3f} | {td:.3f} | {tf:.3f} | {tf / tk:.2f}x |")

@@ -38,14 +38,16 @@ def rtn_all(model: nn.Module, bits: int = 4, group_size: int = 32, sym: bool = F
     return out
 
 
-def llama(seed: int = 0, hidden: int = 128, inter: int = 256, vocab: int = 128) -> nn.Module:
-    """A 2-layer Llama with random N(0, 1/K) weights and sizes that are multiples of 32 and 128."""
+def llama(seed: int = 0, hidden: int = 128, inter: int = 256, vocab: int = 128, *, tied: bool = False,
+          positions: int = 128) -> nn.Module:
+    """A 2-layer Llama (4 heads, 2 KV heads) with random N(0, 1/K) weights; the default sizes are
+    multiples of 32 and 128. ``tied``: the head shares the input embedding's weight."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=0)
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=positions,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=tied)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="eager").eval()
     return randomize(model, seed + 1)
 

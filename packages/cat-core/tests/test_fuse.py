@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import copy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _quantized_models import llama  # noqa: E402
 
 pytest.importorskip("cat_kernels")
 from cat_core.awq import rtn_quantize  # noqa: E402
@@ -18,15 +22,7 @@ from cat_core.quant import quantize_tensor  # noqa: E402
 
 
 def _quant_model(bits: int = 4, seed: int = 0):
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=301, hidden_size=96, intermediate_size=160, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      tie_word_embeddings=False)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape) / p.shape[-1] ** 0.5)
+    model = llama(seed, hidden=96, inter=160, vocab=301, positions=512)
     replace_linears(model, rtn_quantize(model, QuantConfig(bits=bits, group_size=32)).tensors)
     return model
 

@@ -9,9 +9,14 @@ second copy of the table); an untied one keeps its values.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _quantized_models import llama  # noqa: E402
 
 pytest.importorskip("cat_kernels")
 from cat_core.nn import QuantLinear, quantize_head  # noqa: E402
@@ -21,16 +26,7 @@ from cat_core.quant import fake_quantize  # noqa: E402
 
 
 def _model(*, tied: bool, vocab: int = 1037, hidden: int = 96, seed: int = 0):
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=160, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                      tie_word_embeddings=tied)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape) / p.shape[-1] ** 0.5)
-    return model
+    return llama(seed, hidden=hidden, inter=160, vocab=vocab, tied=tied, positions=64)
 
 
 def _ids(vocab: int, n: int = 3, t: int = 11) -> torch.Tensor:

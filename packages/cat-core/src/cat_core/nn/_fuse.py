@@ -47,10 +47,11 @@ class _Group:
     def __init__(self, members: list[QuantLinear]) -> None:
         first = members[0]
         self.members = members
-        self.offsets: list[int] = []
+        # each member's columns of the fused output, keyed by the member's identity
+        self._cols: dict[int, slice] = {}
         off = 0
         for m in members:
-            self.offsets.append(off)
+            self._cols[id(m)] = slice(off, off + m.out_features)
             off += m.out_features
         self.fused = QuantLinear(first.in_features, off, first.bits, first.group_size, sym=first.sym,
                                  bias=first.bias is not None, scale_dtype=first.scales.dtype,
@@ -62,14 +63,12 @@ class _Group:
         for name in names:
             base = torch.cat([m._buffers[name] for m in members])
             self.fused._buffers[name] = base
-            rows_per = (lambda m: m.out_features // _TILE_ROWS) if name in ("qweight", "qzeros") else \
-                (lambda m: m.out_features)
+            tiled = name in ("qweight", "qzeros")  # packed in tiles of 16 rows
             start = 0
-            for i, m in enumerate(members):
-                view = base[start:start + rows_per(m)]
-                start += rows_per(m)
-                m._buffers[name] = view
-                self._views[i][name] = view
+            for views, m in zip(self._views, members):
+                rows = m.out_features // _TILE_ROWS if tiled else m.out_features
+                views[name] = m._buffers[name] = base[start:start + rows]
+                start += rows
         self._x: torch.Tensor | None = None
         self._version = -1
         self._y: torch.Tensor | None = None
@@ -91,8 +90,7 @@ class _Group:
         if x is not self._x or x._version != self._version or self._y is None:
             self._y = self.fused(x)
             self._x, self._version, self._left = x, x._version, len(self.members)
-        i = self.members.index(member)
-        y = self._y[..., self.offsets[i]:self.offsets[i] + member.out_features].contiguous()
+        y = self._y[..., self._cols[id(member)]].contiguous()
         self._left -= 1
         if self._left <= 0:  # every member served: drop the references to x and the product
             self._x = self._y = None

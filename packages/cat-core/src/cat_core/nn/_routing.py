@@ -13,7 +13,7 @@ from cat_core.nn._kernels import _kernels
 #: CPU: largest number of rows M (tokens) for which ``cat::gemm`` calls the fused split-K kernel,
 #: by activation dtype; above it the op dequantizes the weight once and uses torch's matmul.
 #: Measured on both CI machine kinds (2 shared cores, torch 2.13; ms as fused / dequantize+matmul;
-#: benchmarks/results/decode_2026-12-07.md has the full tables and benchmarks/probes/dense_route.py
+#: benchmarks/results/decode_2026-12-07/README.md has the full tables and benchmarks/probes/dense_route.py
 #: re-measures them):
 #:   float32, Sapphire Rapids (AMX): N=K=2048 4-bit M=128 4.6/5.9, M=512 19.6/16.3;
 #:     8192x2048 M=128 19.3/40.0, M=512 74.0/75.4, M=1024 157/135; 1536x576 M=128 1.3/1.3,
