@@ -135,7 +135,7 @@ def test_freed_memory_is_handed_back_above_the_set_rss(tmp_path, monkeypatch):
         assert calls == []
         lazy.trim_above = 0
         model(ids)
-    assert len(calls) == len(list(lazy.units()))
+    assert len(calls) == len(list(lazy.units())) - 1  # all but the embedding, which looks rows up
     calls.clear()
     lazy.trim_above = None
     quantize(model, None, QuantConfig(bits=4, group_size=32, rounding=Nearest()), calib=_ids(2, 8), progress=False)
@@ -188,6 +188,29 @@ def test_plan_counts_the_transients_of_a_forward_over_a_chunk(tmp_path):
         assert all(b.start == a.stop for a, b in zip(sl, sl[1:]))
         sizes = {s.stop - s.start for s in sl[1:-1]}
         assert sizes == {max(1, min(16, CHUNK_TOKENS // seqlen))}
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_embedding_looks_up_rows_without_reading_the_table(tmp_path, tied):
+    """A plain embedding that is not in memory reads only its tokens' rows from the file, gives
+    the whole table's lookup bit for bit, and stays on meta; a tied head still reads it whole."""
+    src = _save_source(tmp_path / "src", tied=tied)
+    whole = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    model = load_lazy(src, keep_bytes=0)
+    lazy = lazy_weights(model)
+    embed = model.get_input_embeddings()
+    read = []
+    real_read = lazy.files.read
+    lazy.files.read = lambda name: read.append(name) or real_read(name)
+    ids = torch.cat([_ids(3, 17, seed=4), torch.tensor([[0, VOCAB - 1] * 8 + [5]])])  # both ends, repeats
+    with torch.no_grad():
+        assert torch.equal(embed(ids), whole.get_input_embeddings()(ids))
+        assert "model.embed_tokens.weight" not in read and embed.weight.device.type == "meta"
+        assert torch.equal(model(ids).logits, whole(ids).logits)
+    assert ("model.embed_tokens.weight" in read) == tied  # the tied head needs every row
+    with pytest.raises(IndexError, match=rf"model\.embed_tokens\.weight.*\[0, {VOCAB}\)"):
+        embed(torch.tensor([[3, VOCAB]]))
+    lazy.close()
 
 
 def test_missing_or_truncated_weights_are_named(tmp_path):

@@ -30,20 +30,38 @@ _TRI_BLOCK = 256
 _MAX_ELEMENTS = 1 << 18
 
 
-def _clipped_error(wg: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, config: QuantConfig) -> torch.Tensor:
-    """``dequant(quant(clamp(wg, lo, hi))) - wg``: the operations of ``cat_core.quant._params``
-    in the same order (same values bit for bit), done in place on one temporary."""
-    wc = torch.clamp(wg, min=lo, max=hi)  # lo <= hi always: the same as max(min(wg, hi), lo)
+def _clipped_error(wg: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, mn0: torch.Tensor, mx0: torch.Tensor,
+                   config: QuantConfig) -> torch.Tensor:
+    """``dequant(quant(clamp(wg, lo, hi))) - wg``, the same values bit for bit as
+    ``cat_core.quant._params`` gives for the clamped weights, on one temporary.
+
+    ``mn0``/``mx0`` are each group's min and max: a clamp is monotone, so the clamped group's min
+    and max are the clamped min and max, exactly, with no pass over the weights; and
+    ``clamp(round(x) + z, 0, qmax) - z`` is ``clamp(round(x), -z, qmax - z)`` (small integers in
+    float32: exact). Eight cheap passes over the weights instead of ten with two slow clamps
+    (:func:`_clamp_`): 1.35x faster on a 1b preset MLP linear (2048 x 8192, g64: 3.17 -> 2.36 s),
+    where the passes, not the Gram product, were most of the search's time."""
+    mn = torch.clamp(mn0, min=lo, max=hi)
+    mx = torch.clamp(mx0, min=lo, max=hi)
+    wc = _clamp_(torch.maximum(wg, lo), None, hi)  # lo <= hi always: torch.clamp(wg, lo, hi)
     if config.sym:
         half = 2 ** (config.bits - 1)
-        absmax = wc.abs().amax(dim=-1, keepdim=True)
+        absmax = torch.maximum(mn.abs(), mx.abs())
         s = (absmax / (half - 1)).clamp_min_(_MIN_SCALE).to(config.scale_torch_dtype).float()
         return wc.div_(s).round_().clamp_(-half, half - 1).mul_(s).sub_(wg)
     qmax = config.qmax
-    mn, mx = torch.aminmax(wc, dim=-1, keepdim=True)
     s = ((mx - mn) / qmax).clamp_min_(_MIN_SCALE).to(config.scale_torch_dtype).float()
     z = torch.round(-mn / s).clamp_(0, qmax)
-    return wc.div_(s).round_().add_(z).clamp_(0, qmax).sub_(z).mul_(s).sub_(wg)
+    return _clamp_(wc.div_(s).round_(), -z, qmax - z).mul_(s).sub_(wg)
+
+
+def _clamp_(x: torch.Tensor, lo: torch.Tensor | None, hi: torch.Tensor) -> torch.Tensor:
+    """``x.clamp_(lo, hi)`` for broadcast tensor bounds, as ``minimum(maximum(x, lo), hi)`` (its
+    definition): torch's clamp with tensor bounds ran 5x slower than the two (143 vs 26 us on
+    a [128, 32, 64] float32 group batch, Sapphire Rapids) and was half the search's time."""
+    if lo is not None:
+        torch.maximum(x, lo, out=x)
+    return torch.minimum(x, hi, out=x)
 
 
 class GramAccumulator:
@@ -133,18 +151,19 @@ def search_clip(
     rows = max(1, min(n, _MAX_ELEMENTS // max(1, k)))
     lo_out, hi_out, err_out = [], [], []
     for r0 in range(0, n, rows):
-        wg = weight[r0:r0 + rows].float().reshape(-1, ng, g)
+        # groups first ([ng, rows, g]): the Gram product then reads each trial's error in place
+        wg = weight[r0:r0 + rows].float().reshape(-1, ng, g).transpose(0, 1).contiguous()
+        mn0, mx0 = torch.aminmax(wg, dim=-1, keepdim=True)
         if config.sym:
-            hi0 = wg.abs().amax(dim=-1, keepdim=True)
+            hi0 = torch.maximum(mn0.abs(), mx0.abs())
             lo0 = -hi0
         else:
-            lo0 = wg.amin(dim=-1, keepdim=True)
-            hi0 = wg.amax(dim=-1, keepdim=True)
+            lo0, hi0 = mn0, mx0
 
         def error(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-            """Partial-output error per (row, group), ``[rows, ng]``, averaged over the tokens."""
-            diff = _clipped_error(wg, lo, hi, config).transpose(0, 1)  # [ng, rows, g]
-            return (torch.bmm(diff, gram) * diff).sum(dim=-1).transpose(0, 1)
+            """Partial-output error per (group, row), ``[ng, rows]``, averaged over the tokens."""
+            diff = _clipped_error(wg, lo, hi, mn0, mx0, config)
+            return torch.bmm(diff, gram).mul_(diff).sum(dim=-1)
 
         best = _Best(lo0, hi0)
         _sweep(factors, clip.stride, lambda f: (lo0 * f, hi0 * f), error, best)
@@ -155,14 +174,14 @@ def search_clip(
             _sweep(factors[1:], clip.stride, lambda f: (lo0 * f, held_hi), error, best)
             held_lo = best.lo.clone()
             _sweep(factors[1:], clip.stride, lambda f: (held_lo, hi0 * f), error, best)
-        lo_out.append(best.lo)
-        hi_out.append(best.hi)
-        err_out.append(best.err)
+        lo_out.append(best.lo.transpose(0, 1))
+        hi_out.append(best.hi.transpose(0, 1))
+        err_out.append(best.err.transpose(0, 1))
     return torch.cat(lo_out), torch.cat(hi_out), torch.cat(err_out)
 
 
 class _Best:
-    """The best clip bounds per (row, group) so far, and their error."""
+    """The best clip bounds per (group, row) so far, and their error."""
 
     def __init__(self, lo0: torch.Tensor, hi0: torch.Tensor) -> None:
         self.err = torch.full(lo0.shape[:2], float("inf"), device=lo0.device)
@@ -203,7 +222,7 @@ def _sweep(factors: list[float], stride: int, bounds, error, best: _Best) -> Non
     for d in [d for d in range(-(stride - 1), stride) if d]:
         idx = at + d
         valid = (idx >= 0) & (idx < len(factors))
-        f = grid[idx.clamp(0, len(factors) - 1)].unsqueeze(-1)  # [rows, ng, 1]
+        f = grid[idx.clamp(0, len(factors) - 1)].unsqueeze(-1)  # [ng, rows, 1]
         lo, hi = bounds(f)
         err = error(lo, hi).masked_fill_(~valid, float("inf"))
         best.consider(lo, hi, err)

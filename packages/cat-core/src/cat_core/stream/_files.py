@@ -57,6 +57,33 @@ class TensorFiles:
                                   "the file is truncated")
         return raw.view(dtype).reshape(shape)
 
+    def read_rows(self, name: str, rows: torch.Tensor) -> torch.Tensor:
+        """Rows ``rows`` (distinct, ascending int64 indices into the first dimension) of the tensor
+        ``name`` as stored, read one run of consecutive rows at a time: an embedding lookup
+        needs only the rows of the tokens it looks up."""
+        path, shape, dtype, start, end = self._where[name]
+        if not shape:
+            raise ValueError(f"{name}: a scalar has no rows")
+        rows = rows.to("cpu", torch.int64)
+        if rows.numel() and (int(rows[0]) < 0 or int(rows[-1]) >= shape[0]):
+            raise IndexError(f"{name}: row index out of range [0, {shape[0]})")
+        row_bytes = (end - start) // shape[0] if shape[0] else 0
+        out = torch.empty((rows.numel(), *shape[1:]), dtype=dtype)
+        buf = memoryview(out.view(-1).view(torch.uint8).numpy()) if out.numel() else None
+        ids = rows.tolist()
+        with open(path, "rb") as f:
+            i = 0
+            while i < len(ids):
+                j = i + 1
+                while j < len(ids) and ids[j] == ids[j - 1] + 1:
+                    j += 1
+                f.seek(start + ids[i] * row_bytes)
+                want = (j - i) * row_bytes
+                if f.readinto(buf[i * row_bytes:j * row_bytes]) != want:
+                    raise CheckpointError(f"{path}: tensor {name!r} is cut short: the file is truncated")
+                i = j
+        return out
+
 
 def _checkpoint_files(folder: Path) -> list[Path]:
     index = folder / INDEX_FILE

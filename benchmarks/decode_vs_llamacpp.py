@@ -1,0 +1,213 @@
+"""Decode speed side by side: llama.cpp and Caterpillar on the same model, threads and machine.
+
+    flock /tmp/cat-heavy.lock bash tools/build_llamacpp.sh        # once: .llamacpp/bin
+    flock /tmp/cat-heavy.lock python benchmarks/decode_vs_llamacpp.py --threads 2 \\
+        --out benchmarks/results/decode_vs_llamacpp_<date>.md
+
+Benchmark tier (needs llama.cpp built from PyPI's llama-cpp-python sdist), not CI. One run, in
+this order, nothing else running:
+
+1. DRAM read bandwidth: the best of five ``torch.sum`` passes over 1 GiB of float32 with
+   ``--threads`` threads (what a decode step can read at most).
+2. llama.cpp: ``llama-bench -p 0 -n TOKENS -r REPS -t THREADS`` (decode: TOKENS tokens after
+   none) and ``-p PREFILL -n 0`` on the embedded SmolLM2 GGUF requantized by ``llama-quantize
+   --allow-requantize`` to each of ``--formats``; the package's own file (Q4_1 linears, Q8_0
+   embedding/head) as it ships; and ``--extra-gguf`` files (e.g. ``cat-quantize --export gguf``).
+3. Caterpillar, in this process with ``torch.set_num_threads(THREADS)``: the float32 model, and
+   every block linear RTN-quantized at 4 and 3 bits, group 64, head 8 bits (as cat-generate
+   serves it; decode speed does not depend on how codes were chosen): TOKENS greedy steps after
+   one start token with the KV cache and last-position logits, REPS times (median); prefill of
+   PREFILL tokens, batch 1.
+
+Every row gives tokens/s, the weight bytes a decode step reads (llama.cpp: the file's tensors
+minus the embedding table when the head is a separate tensor; Caterpillar: every parameter and
+buffer the step touches, the lookup-only embedding excluded) and the share of the measured DRAM
+bandwidth those bytes at that speed make. Prints a Markdown report (and writes it to ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "probes"))
+import _models as M  # noqa: E402
+from decode_profile import quantize_body  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = REPO / ".llamacpp" / "bin"
+
+
+def dram_read_gbs(threads: int) -> float:
+    x = torch.ones(1 << 28, dtype=torch.float32)  # 1 GiB
+    best = 0.0
+    for _ in range(5):
+        t = time.perf_counter()
+        x.sum()
+        best = max(best, x.nbytes / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+# ------------------------------------------------------------------ llama.cpp
+
+def _gguf_weight_bytes(path: Path) -> tuple[int, str]:
+    """Bytes of the tensors a decode step reads, and the head's type."""
+    from gguf import GGUFReader
+
+    r = GGUFReader(str(path))
+    sizes = {t.name: int(t.n_bytes) for t in r.tensors}
+    types = {t.name: t.tensor_type.name for t in r.tensors}
+    total = sum(sizes.values())
+    if "output.weight" in sizes:  # untied: the embedding table is only looked up
+        return total - sizes.get("token_embd.weight", 0), types["output.weight"]
+    return total, types.get("token_embd.weight", "?") + " (tied)"
+
+
+def llama_bench(path: Path, threads: int, tokens: int, prefill: int, reps: int) -> dict[str, float]:
+    out = {}
+    for key, args in (("decode", ["-p", "0", "-n", str(tokens)]), ("prefill", ["-p", str(prefill), "-n", "0"])):
+        cmd = [str(BIN / "llama-bench"), "-m", str(path), "-t", str(threads), "-r", str(reps), "-o", "json", *args]
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        if p.returncode != 0:
+            sys.exit(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-2000:]}")
+        rows = json.loads(p.stdout)
+        out[key] = float(rows[0]["avg_ts"])
+        out[key + "_sd"] = float(rows[0]["stddev_ts"])
+    return out
+
+
+def requantize(src: Path, fmt: str, folder: Path) -> Path:
+    dst = folder / f"smollm2-{fmt}.gguf"
+    cmd = [str(BIN / "llama-quantize"), "--allow-requantize", str(src), str(dst), fmt, "2"]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-2000:]}")
+    return dst
+
+
+# ------------------------------------------------------------------ Caterpillar
+
+def _step_bytes(model: torch.nn.Module) -> int:
+    """Bytes of every tensor a decode step reads once: all parameters and buffers, each storage
+    once, less the input embedding when the head does not read it (a lookup reads a few rows)."""
+    seen, total = set(), 0
+    emb = model.get_input_embeddings()
+    head = model.get_output_embeddings()
+    skip = set()
+    if getattr(emb, "weight", None) is not None and getattr(head, "weight", None) is not emb.weight:
+        skip.add(emb.weight.untyped_storage().data_ptr())
+    for m in model.modules():
+        for t in list(m._parameters.values()) + list(m._buffers.values()):
+            if t is None or t.device.type == "meta":
+                continue
+            ptr = t.untyped_storage().data_ptr()
+            if ptr in seen or ptr in skip:
+                continue
+            seen.add(ptr)
+            total += t.untyped_storage().nbytes()
+    return total
+
+
+def cat_decode(model: torch.nn.Module, tokens: int, reps: int) -> float:
+    """Median tokens/s of ``tokens`` greedy steps after one start token (batch 1)."""
+    from cat_core.decode import cached_forward
+
+    start = torch.tensor([[model.config.bos_token_id or 1]])
+
+    def run() -> float:
+        with torch.no_grad():
+            logits, cache = cached_forward(model, start, last_only=True)
+            t = time.perf_counter()
+            for _ in range(tokens):
+                nxt = logits[:, -1].argmax(-1, keepdim=True)
+                logits, cache = cached_forward(model, nxt, cache, last_only=True)
+            return tokens / (time.perf_counter() - t)
+
+    run()  # warm-up
+    return statistics.median(run() for _ in range(reps))
+
+
+def cat_prefill(model: torch.nn.Module, n: int, reps: int) -> float:
+    from cat_core.decode import cached_forward
+
+    ids = torch.randint(3, model.config.vocab_size, (1, n), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ms = M.median_ms(lambda: cached_forward(model, ids, last_only=True), reps)
+    return n / (ms / 1e3)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--tokens", type=int, default=128, help="decoded tokens per run (default 128)")
+    p.add_argument("--prefill", type=int, default=512, help="prompt tokens of the prefill row (default 512)")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--formats", nargs="+", default=["F32", "F16", "Q8_0", "Q4_0", "Q4_1", "Q3_K_S"],
+                   help="llama-quantize types to requantize the embedded GGUF to")
+    p.add_argument("--extra-gguf", nargs="*", type=Path, default=[], help="more GGUF files for llama.cpp")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    for tool in ("llama-bench", "llama-quantize"):
+        if not (BIN / tool).is_file():
+            sys.exit(f"{BIN / tool} not found: build llama.cpp first (bash tools/build_llamacpp.sh)")
+
+    torch.set_num_threads(args.threads)
+    bw = dram_read_gbs(args.threads)
+    src = M.gguf_path("smollm2")
+    rows: list[tuple[str, str, float, float, float, int]] = []  # engine, format, decode, sd, prefill, bytes
+
+    with tempfile.TemporaryDirectory(prefix="cat-llamacpp-") as tmp:
+        files = [("as shipped (Q4_1, Q8_0 head)", src)]
+        files += [(fmt, requantize(src, fmt, Path(tmp))) for fmt in args.formats]
+        files += [(f"{f.name}", f) for f in args.extra_gguf]
+        for label, path in files:
+            r = llama_bench(path, args.threads, args.tokens, args.prefill, args.reps)
+            nbytes, head = _gguf_weight_bytes(path)
+            rows.append(("llama.cpp", f"{label} [head {head}]", r["decode"], r["decode_sd"], r["prefill"], nbytes))
+            print(rows[-1], flush=True)
+
+    for bits in (None, 4, 3):
+        model, _ = M.load_model("smollm2")
+        model.eval()
+        if bits is not None:
+            quantize_body(model, bits, 8)
+        label = "float32" if bits is None else f"{bits}-bit g64 RTN, head 8-bit"
+        tps = cat_decode(model, args.tokens, args.reps)
+        pre = cat_prefill(model, args.prefill, args.reps)
+        rows.append(("Caterpillar", label, tps, 0.0, pre, _step_bytes(model)))
+        print(rows[-1], flush=True)
+        del model
+
+    lines = [f"# Decode side by side: llama.cpp and Caterpillar ({time.strftime('%Y-%m-%d')})", "",
+             f"Machine: {M.machine_info()} ({M.cpu_isa()}); {args.threads} threads; torch {torch.__version__}; "
+             f"llama.cpp of llama-cpp-python {(REPO / '.llamacpp' / 'VERSION').read_text().strip()}.",
+             f"Model: the embedded SmolLM2-135M-Instruct. Decode: {args.tokens} tokens after one start token, "
+             f"batch 1; prefill: {args.prefill} tokens. Measured DRAM read bandwidth: {bw:.1f} GB/s "
+             f"(torch.sum over 1 GiB, {args.threads} threads).", "",
+             "| engine | format | decode tok/s | vs llama.cpp Q4_0 | weight MB read / token | share of DRAM bw "
+             "| prefill tok/s |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    q40 = next((r[2] for r in rows if r[0] == "llama.cpp" and r[1].startswith("Q4_0")), None)
+    for eng, label, tps, sd, pre, nbytes in rows:
+        share = nbytes * tps / (bw * 1e9)
+        rel = f"{tps / q40:.2f}x" if q40 else "-"
+        sd_s = f" ± {sd:.1f}" if sd else ""
+        lines.append(f"| {eng} | {label} | {tps:.1f}{sd_s} | {rel} | {nbytes / 1e6:.1f} | {100 * share:.0f}% "
+                     f"| {pre:.0f} |")
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report)
+
+
+if __name__ == "__main__":
+    main()
