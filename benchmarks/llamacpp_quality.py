@@ -20,7 +20,8 @@ Benchmark tier (needs llama.cpp built from PyPI's llama-cpp-python sdist), not C
    (asymmetric, ``--rtn-group``) and fp are scored the same way in the same run, for the share of
    the RTN-to-fp gap each row closes.
 
-Bits per weight count the block linears' bytes (codes, scales, offsets) over their weights.
+Bits per weight count the block linears' bytes (codes, scales, offsets) over their weights (the
+RTN row: Caterpillar's format, float16 scales and zero points packed at 4 bits).
 Rows are appended to ``benchmarks/results/llamacpp_quality_<date>.json``; a Markdown table is
 printed (and written with ``--out``).
 """
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     add({"method": "fp", "bits_per_weight": 32.0, "ppl": perplexities(model, tok, args.eval_text, args.data_dir,
                                                                       args.eval_seqlen, args.windows)})
     rtn_quantize(model, QuantConfig(bits=4, group_size=group))
-    add({"method": f"RTN asym g{group}", "bits_per_weight": 4 + 32 / group,
+    # Caterpillar's format: float16 scales and zero points packed at the weights' width
+    add({"method": f"RTN asym g{group}", "bits_per_weight": round(4 + (16 + 4) / group, 3),
          "ppl": perplexities(model, tok, args.eval_text, args.data_dir, args.eval_seqlen, args.windows)})
     del model
 

@@ -108,12 +108,12 @@ tail -15 "$OUT/core-cuda-tests.log" 2>/dev/null
 step stream 120 stream-cuda-tests.log $PY -m pytest packages/cat-core/tests/test_stream.py -q -rfE -p no:cacheprovider \
     -k cuda
 
-# 4. decode speed in transformers: unquantized fp16 vs RTN 4- and 3-bit (same kernels and memory
+# 4. decode speed in transformers, batch 1 and 16 (issue #28): unquantized fp16 vs RTN 4- and 3-bit (same kernels and memory
 # as an AWQ checkpoint) on random Llama weights of a public model's shapes
 preset=${BENCH_PRESET:-1b}
 catbench() {
   $PY benchmarks/random_llama.py --preset "$preset" --out "/tmp/llama-$preset-random" \
-    && $PY -m cat_apps.bench "/tmp/llama-$preset-random" --device cuda --bits 4 3 --batch-sizes 1 10 \
+    && $PY -m cat_apps.bench "/tmp/llama-$preset-random" --device cuda --bits 4 3 --batch-sizes 1 16 \
          --prompt-len 128 --new-tokens 64 --out "$OUT/cat-bench"
 }
 export -f catbench; export PY OUT preset
