@@ -96,7 +96,8 @@ def off_domain(r: dict) -> bool:
     return M.CALIB_DOMAINS.get(r.get("calib")) != M.EVAL_TEXTS[eval_text_of(r)][1]
 
 
-def run_row(args, method: str, bits: int | None, calib: str | None, ids: torch.Tensor) -> dict:
+def run_row(args, method: str, bits: int | None, calib: str | None, texts: dict[str, torch.Tensor]) -> list[dict]:
+    """Quantize once (``method``), then one row per evaluation text of ``texts`` (name -> ids)."""
     from cat_core.awq import quantize, rtn_quantize
     from cat_core.calib import calibration_samples
     from cat_core.config import CalibConfig, QuantConfig
@@ -123,7 +124,7 @@ def run_row(args, method: str, bits: int | None, calib: str | None, ids: torch.T
         row["quant_s"] = round(time.perf_counter() - t, 2)
     elif method == "awq":
         t = time.perf_counter()
-        ccfg = CalibConfig(source=calib_source(calib, args.data_dir, args.eval_text), n_samples=args.n_samples,
+        ccfg = CalibConfig(source=calib_source(calib, args.data_dir, next(iter(texts))), n_samples=args.n_samples,
                            seqlen=args.seqlen, seed=args.seed)
         samples = calibration_samples(ccfg, tok, model)
         row.update(calib=calib, n_samples=args.n_samples, seqlen=args.seqlen,
@@ -137,17 +138,19 @@ def run_row(args, method: str, bits: int | None, calib: str | None, ids: torch.T
         row["identity_groups"] = sum(a is None for a in alphas)
         row["groups"] = len(alphas)
         print(json.dumps({"quantized": row}), flush=True)  # before the (long) evaluation
-    t = time.perf_counter()
-    wins = M.windows(ids, args.eval_seqlen, args.windows)
-    res = cat_eval.perplexity(model, wins.reshape(-1), args.eval_seqlen, wins.shape[0])
-    ppl, n_tok = res.ppl, res.tokens
-    row.update(ppl=round(ppl, 4), tokens_scored=n_tok, windows=args.windows, eval_seqlen=args.eval_seqlen,
-               eval_text=args.eval_text,
-               eval_s=round(time.perf_counter() - t, 2), wall_s=round(time.perf_counter() - t0, 2),
-               cpu_s=round(time.process_time() - c0, 2),
-               peak_rss_mib=round(M.peak_rss_mib(), 1), loadavg_before=load0, loadavg_after=os.getloadavg(),
-               finished=dt.datetime.now().isoformat(timespec="seconds"))
-    return row
+    out = []
+    for eval_text, ids in texts.items():
+        t = time.perf_counter()
+        wins = M.windows(ids, args.eval_seqlen, args.windows)
+        res = cat_eval.perplexity(model, wins.reshape(-1), args.eval_seqlen, wins.shape[0])
+        ppl, n_tok = res.ppl, res.tokens
+        out.append({**row, "ppl": round(ppl, 4), "tokens_scored": n_tok, "windows": args.windows,
+                    "eval_seqlen": args.eval_seqlen, "eval_text": eval_text,
+                    "eval_s": round(time.perf_counter() - t, 2), "wall_s": round(time.perf_counter() - t0, 2),
+                    "cpu_s": round(time.process_time() - c0, 2), "peak_rss_mib": round(M.peak_rss_mib(), 1),
+                    "loadavg_before": load0, "loadavg_after": os.getloadavg(),
+                    "finished": dt.datetime.now().isoformat(timespec="seconds")})
+    return out
 
 
 def _threads(r: dict) -> int:
@@ -338,7 +341,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--methods", nargs="+", default=["fp", "rtn", "awq"], choices=["fp", "rtn", "awq"])
     p.add_argument("--calib", nargs="+", default=["lee-background"],
                    help="wikitext2-valid, lee-background, self (one AWQ row per source)")
-    p.add_argument("--eval-text", choices=sorted(M.EVAL_TEXTS), default="wikitext2-test")
+    p.add_argument("--eval-text", nargs="+", choices=sorted(M.EVAL_TEXTS), default=["wikitext2-test"],
+                   help="evaluation texts (each model is quantized once and scored on every one)")
     p.add_argument("--recompute", action="store_true", help="recompute fp/RTN rows already in the results")
     p.add_argument("--windows", type=int, default=10)
     p.add_argument("--eval-seqlen", type=int, default=2048)
@@ -350,9 +354,10 @@ def main(argv: list[str] | None = None) -> None:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     path = args.out_dir / f"awq_quality_{args.date}.json"
     _, tok = M.load_model(args.model)
-    ids = M.eval_ids(tok, args.data_dir, args.eval_text)
+    all_texts = {name: M.eval_ids(tok, args.data_dir, name) for name in args.eval_text}
     for c in args.calib if "awq" in args.methods else ():
-        calib_source(c, args.data_dir, args.eval_text)  # refuse calib == eval before any work
+        for name in all_texts:
+            calib_source(c, args.data_dir, name)  # refuse calib == eval before any work
 
     plan: list[tuple[str, int | None, str | None]] = []
     if "fp" in args.methods:
@@ -363,20 +368,25 @@ def main(argv: list[str] | None = None) -> None:
         if "awq" in args.methods:
             plan += [("awq", b, c) for c in args.calib]
     for method, bits, calib in plan:
+        texts = dict(all_texts)
         if method in ("fp", "rtn") and not args.recompute and path.exists():
-            key = (args.model, args.blocks or None, args.windows, args.eval_seqlen, args.eval_text)
-            old = _baseline(json.loads(path.read_text())["rows"], method, key, bits,
-                            (args.group_size or M.MODELS[args.model].group_size) if bits else None)
-            if old is not None:
-                print(f"reusing {method} {bits or ''} row: ppl {old['ppl']}", flush=True)
-                continue
-        row = run_row(args, method, bits, calib, ids)
-        row["command"] = " ".join(sys.argv)
-        row["code"] = _code_version()
-        print(json.dumps(row), flush=True)
+            for name in list(texts):
+                key = (args.model, args.blocks or None, args.windows, args.eval_seqlen, name)
+                old = _baseline(json.loads(path.read_text())["rows"], method, key, bits,
+                                (args.group_size or M.MODELS[args.model].group_size) if bits else None)
+                if old is not None:
+                    print(f"reusing {method} {bits or ''} row on {name}: ppl {old['ppl']}", flush=True)
+                    del texts[name]
+        if not texts:
+            continue
+        new_rows = run_row(args, method, bits, calib, texts)
+        for row in new_rows:
+            row["command"] = " ".join(sys.argv)
+            row["code"] = _code_version()
+            print(json.dumps(row), flush=True)
         # re-read so concurrent or earlier invocations of the same date accumulate
         rows = json.loads(path.read_text())["rows"] if path.exists() else []
-        rows.append(row)
+        rows.extend(new_rows)
         meta = {"date": args.date, "machine": M.machine_info(), "note": "rows accumulate across invocations"}
         write_results(path, rows, meta)
     print(f"wrote {path} and {path.with_suffix('.md')}")

@@ -41,7 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "probes"))
 import _models as M  # noqa: E402
-from decode_profile import quantize_body  # noqa: E402
+from decode_profile import greedy_steps, quantize_body  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / ".llamacpp" / "bin"
@@ -127,21 +127,9 @@ def _step_bytes(model: torch.nn.Module) -> int:
 
 def cat_decode(model: torch.nn.Module, tokens: int, reps: int) -> float:
     """Median tokens/s of ``tokens`` greedy steps after one start token (batch 1)."""
-    from cat_core.decode import cached_forward
-
-    start = torch.tensor([[model.config.bos_token_id or 1]])
-
-    def run() -> float:
-        with torch.no_grad():
-            logits, cache = cached_forward(model, start, last_only=True)
-            t = time.perf_counter()
-            for _ in range(tokens):
-                nxt = logits[:, -1].argmax(-1, keepdim=True)
-                logits, cache = cached_forward(model, nxt, cache, last_only=True)
-            return tokens / (time.perf_counter() - t)
-
-    run()  # warm-up
-    return statistics.median(run() for _ in range(reps))
+    start = [model.config.bos_token_id or 1]
+    greedy_steps(model, tokens, start)  # warm-up
+    return statistics.median(1.0 / greedy_steps(model, tokens, start)[0] for _ in range(reps))
 
 
 def cat_prefill(model: torch.nn.Module, n: int, reps: int) -> float:

@@ -35,12 +35,12 @@ def quantize_body(model, bits: int, head_bits: int):
     return model
 
 
-def greedy_steps(model, n: int) -> tuple[float, torch.Tensor]:
+def greedy_steps(model, n: int, prompt: list[int] | None = None) -> tuple[float, torch.Tensor]:
     """Seconds per greedy decode step (batch 1, KV cache, last-position logits) over ``n`` steps
-    after a 4-token prompt, and the last step's logits."""
+    after ``prompt`` (default: a fixed 4-token one), and the last step's logits."""
     from cat_core.decode import cached_forward
 
-    ids = torch.tensor([[1, 504, 3458, 282]]) % model.config.vocab_size
+    ids = torch.tensor([prompt or [1, 504, 3458, 282]]) % model.config.vocab_size
     with torch.no_grad():
         logits, cache = cached_forward(model, ids, last_only=True)
         t = time.perf_counter()
