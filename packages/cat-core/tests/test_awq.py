@@ -241,6 +241,29 @@ def test_clip_refine_never_worse_and_moves_ends_independently():
     assert all(torch.equal(p, q) for p, q in zip(a, b))
 
 
+def test_clip_scored_by_the_gram_diagonal():
+    """``ClipSearch(gram="diagonal")`` is the full search on a Gram with its off-diagonal terms
+    removed: with strongly correlated inputs it picks other bounds than the full objective."""
+    from cat_core.awq._clip_search import GramAccumulator, search_clip
+    from cat_core.config import ClipSearch
+
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(19, 96, generator=g)
+    acc = GramAccumulator(96, 32)
+    base = torch.randn(300, 96, generator=g)
+    acc.add(base + 3 * base[:, :1] * torch.randn(96, generator=g))  # every channel shares one component
+    h = acc.mean()
+    full = QuantConfig(bits=3, group_size=32)
+    diag = dataclasses.replace(full, clip=ClipSearch(gram="diagonal"))
+    only_diag = torch.diag_embed(torch.diagonal(h, dim1=-2, dim2=-1))
+    a, b = search_clip(w, h, diag), search_clip(w, only_diag, full)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    lo_full, hi_full, _ = search_clip(w, h, full)
+    assert not (torch.equal(a[0], lo_full) and torch.equal(a[1], hi_full))
+    with pytest.raises(ValueError, match="clip.gram"):
+        ClipSearch(gram="block")
+
+
 def test_gram_accumulates_in_batches_and_checks_shapes():
     from cat_core.awq._clip_search import GramAccumulator, search_clip
 

@@ -146,6 +146,8 @@ def search_clip(
     clip = config.clip
     if clip is None:
         raise ValueError("search_clip: config.clip is None (the clip search is off)")
+    if clip.gram == "diagonal":
+        gram = torch.diag_embed(torch.diagonal(gram, dim1=-2, dim2=-1))
     steps = clip.n_grid
     factors = [1.0 - (1.0 - clip.max_shrink) * i / max(steps - 1, 1) for i in range(steps)]
     rows = max(1, min(n, _MAX_ELEMENTS // max(1, k)))

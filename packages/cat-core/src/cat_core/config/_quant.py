@@ -23,7 +23,7 @@ _BITS = (2, 3, 4, 8)
 # the flat keywords of earlier releases, per nested field: "old" (same name there) or "old:new"
 _FLAT = {
     "scales": "duo_scaling n_grid loss_token_subsample:token_subsample screen_tokens screen_keep loss_scope",
-    "clip": "max_shrink n_clip_grid:n_grid clip_refine:refine skip_clip:skip",
+    "clip": "max_shrink n_clip_grid:n_grid clip_refine:refine skip_clip:skip clip_gram:gram",
     "grams": "clip_token_subsample:token_subsample gram_samples:samples sequential",
     "rounding": "gptq_damp:damp gptq_block:block " + " ".join(
         f"learned_round_{f}:{f}" for f in ("iters", "batch", "seqlen", "samples", "lr", "minmax", "init", "target")),

@@ -58,10 +58,15 @@ class ClipSearch:
     #: try every ``stride``-th factor of a sweep first, then per group the factors around its best
     #: (1: every factor; see ``_clip_search._sweep``)
     stride: int = 1
+    #: the error a clip is scored by: "full", the group's partial output over the calibration
+    #: tokens (``d^T H_g d``), or "diagonal", only ``H_g``'s diagonal (each input channel's mean
+    #: square activation weighting its weights' squared errors, as an importance matrix does)
+    gram: str = "full"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "max_shrink", check_float(self.max_shrink, "clip.max_shrink", 0.0, 1.0))
         check_fields(self, "clip", ints=("n_grid", "stride"), bools=("refine",))
+        check_choice(self.gram, "clip.gram", ("full", "diagonal"))
         object.__setattr__(self, "skip", patterns(self.skip, "clip.skip"))
 
 
