@@ -9,8 +9,9 @@ weight to -8. Here the scale is the smallest that keeps the group inside the cod
 whenever the group's most negative weight is not much smaller in magnitude than its maximum.
 The three places that compute symmetric scales for nearest rounding (the final quantizer, the
 scale search's fake quantization and the clip search's error) are patched alike; then
-``benchmarks/awq_quality.py`` runs with the given arguments (use ``--quant-overrides`` with
-``"sym": true, "rounding": "nearest"``: learned rounding and GPTQ are not patched).
+``benchmarks/awq_quality.py`` runs with the given arguments. Nearest rounding and learned
+rounding from nearest codes (which keeps the start's scales and clamps codes to 0..15) follow the
+patch; GPTQ and learned rounding's min/max tuning keep the old grid, so do not use them here.
 """
 
 from __future__ import annotations
