@@ -50,11 +50,7 @@ class TensorFiles:
         path, shape, dtype, start, end = self._where[name]
         raw = torch.empty(end - start, dtype=torch.uint8)
         with open(path, "rb") as f:
-            f.seek(start)
-            got = f.readinto(memoryview(raw.numpy()))
-        if got != end - start:
-            raise CheckpointError(f"{path}: tensor {name!r} is cut short ({got} of {end - start} bytes): "
-                                  "the file is truncated")
+            _read_exact(f, start, memoryview(raw.numpy()), path, name)
         return raw.view(dtype).reshape(shape)
 
     def read_rows(self, name: str, rows: torch.Tensor) -> torch.Tensor:
@@ -77,12 +73,18 @@ class TensorFiles:
                 j = i + 1
                 while j < len(ids) and ids[j] == ids[j - 1] + 1:
                     j += 1
-                f.seek(start + ids[i] * row_bytes)
-                want = (j - i) * row_bytes
-                if f.readinto(buf[i * row_bytes:j * row_bytes]) != want:
-                    raise CheckpointError(f"{path}: tensor {name!r} is cut short: the file is truncated")
+                _read_exact(f, start + ids[i] * row_bytes, buf[i * row_bytes:j * row_bytes], path, name)
                 i = j
         return out
+
+
+def _read_exact(f, offset: int, buf: memoryview, path: Path, name: str) -> None:
+    """Fill ``buf`` from ``offset`` of the open file ``f``; a short read means a truncated file."""
+    f.seek(offset)
+    got = f.readinto(buf)
+    if got != len(buf):
+        raise CheckpointError(f"{path}: tensor {name!r} is cut short ({got} of {len(buf)} bytes): "
+                              "the file is truncated")
 
 
 def _checkpoint_files(folder: Path) -> list[Path]:

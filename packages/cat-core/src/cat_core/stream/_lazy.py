@@ -138,16 +138,14 @@ class LazyWeights:
         key = self._canon.get(full, full)
         if key in self._resident or key in self.spilled or key in self.converted:
             return None
-        name = key if key in self.files else full
+        name = self._file_name(key, full)
         if name not in self.files or not isinstance(ids, torch.Tensor) or ids.is_floating_point():
             return None
         like = unit.module.weight
         if tuple(self.files.spec(name)[0]) != tuple(like.shape):
             return None  # acquire() names the mismatch
         distinct, where = torch.unique(ids.reshape(-1).to("cpu"), sorted=True, return_inverse=True)
-        rows = self.files.read_rows(name, distinct)
-        if rows.is_floating_point():
-            rows = rows.to(self.dtype)
+        rows = self._converted(self.files.read_rows(name, distinct))
         return rows.to(self.device)[where.to(self.device)].reshape(*ids.shape, *rows.shape[1:])
 
     def units(self) -> Iterator[tuple[str, nn.Module]]:
@@ -257,7 +255,7 @@ class LazyWeights:
     def _load(self, key: str, full: str, like: torch.Tensor) -> torch.Tensor:
         if key in self.spilled:
             return self.spilled.read(key)
-        name = key if key in self.files else full
+        name = self._file_name(key, full)
         if name not in self.files:
             raise KeyError(f"{full}: not in the checkpoint files")
         value = self.files.read(name)
@@ -266,6 +264,14 @@ class LazyWeights:
 
             raise CheckpointError(f"tensor {name!r} has shape {list(value.shape)} in the checkpoint but the "
                                   f"model built from config.json expects {list(like.shape)}")
+        return self._converted(value)
+
+    def _file_name(self, key: str, full: str) -> str:
+        """The checkpoint's name for a weight: its canonical name, else the model's full name."""
+        return key if key in self.files else full
+
+    def _converted(self, value: torch.Tensor) -> torch.Tensor:
+        """A stored tensor as units compute with it (floating ones in the compute dtype)."""
         return value.to(self.dtype) if value.is_floating_point() else value
 
     def _spill(self, unit: _Unit) -> None:
@@ -301,7 +307,7 @@ class LazyWeights:
             return self._resident[key][0].detach().to("cpu")
         if key in self.spilled:
             return self.spilled.read(key)
-        return self.files.read(key if key in self.files else name)
+        return self.files.read(self._file_name(key, name))
 
     def convert_layers(self, layers: dict[str, nn.Module],
                        convert: Any) -> dict[str, dict[str, torch.Tensor]]:
