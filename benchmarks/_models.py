@@ -27,7 +27,7 @@ DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 
 __all__ = [
     "MODELS", "ModelSpec", "REPO_ROOT", "DEFAULT_DATA_DIR", "gguf_path", "load_model",
-    "truncate_blocks", "test_ids", "eval_ids", "EVAL_TEXTS", "CALIB_DOMAINS", "windows", "peak_rss_mib", "machine_info",
+    "truncate_blocks", "test_ids", "eval_ids", "EVAL_TEXTS", "CALIB_DOMAINS", "windows", "window_perplexity", "peak_rss_mib", "machine_info",
 ]
 
 
@@ -133,6 +133,13 @@ def windows(ids: torch.Tensor, seqlen: int, n: int) -> torch.Tensor:
     return cat_eval.windows(ids, seqlen, n)
 
 
+def window_perplexity(model: Any, ids: torch.Tensor, seqlen: int, n: int) -> Any:
+    """``cat_core.eval.perplexity`` over the first ``n`` windows of ``ids`` (the quality tables'
+    protocol): its result, with ``ppl`` and ``tokens``."""
+    wins = windows(ids, seqlen, n)
+    return cat_eval.perplexity(model, wins.reshape(-1), seqlen, wins.shape[0])
+
+
 def peak_rss_mib() -> float:
     import resource
 
@@ -150,12 +157,13 @@ def cpu_isa() -> str:
             else "AVX2" if "avx2" in flags else "no AVX2")
 
 
-def median_ms(f: Any, reps: int = 5) -> float:
-    """Median wall time of ``f()`` in ms over ``reps`` calls, after one untimed call."""
+def median_ms(f: Any, reps: int = 5, warmup: int = 1) -> float:
+    """Median wall time of ``f()`` in ms over ``reps`` calls, after ``warmup`` untimed calls."""
     import statistics
     import time
 
-    f()
+    for _ in range(warmup):
+        f()
     ts = []
     for _ in range(reps):
         t = time.perf_counter()

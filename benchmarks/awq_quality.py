@@ -141,8 +141,7 @@ def run_row(args, method: str, bits: int | None, calib: str | None, texts: dict[
     out = []
     for eval_text, ids in texts.items():
         t = time.perf_counter()
-        wins = M.windows(ids, args.eval_seqlen, args.windows)
-        res = cat_eval.perplexity(model, wins.reshape(-1), args.eval_seqlen, wins.shape[0])
+        res = M.window_perplexity(model, ids, args.eval_seqlen, args.windows)
         ppl, n_tok = res.ppl, res.tokens
         out.append({**row, "ppl": round(ppl, 4), "tokens_scored": n_tok, "windows": args.windows,
                     "eval_seqlen": args.eval_seqlen, "eval_text": eval_text,

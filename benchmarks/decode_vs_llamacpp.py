@@ -40,11 +40,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "probes"))
+import _llamacpp as L  # noqa: E402
 import _models as M  # noqa: E402
 from decode_profile import greedy_steps, quantize_body  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = REPO / ".llamacpp" / "bin"
 
 
 def dram_read_gbs(threads: int) -> float:
@@ -79,7 +78,7 @@ def llama_bench(path: Path, threads: int, tokens: int, prefill: int, reps: int) 
     out: dict[str, float | str] = {}
     for key, args in (("decode", ["-p", "0", "-n", str(tokens)]), ("prefill", ["-p", str(prefill), "-n", "0"])):
         for extra in ([], ["--repack", "0"]):
-            cmd = [str(BIN / "llama-bench"), "-m", str(path), "-t", str(threads), "-r", str(reps), "-o", "json",
+            cmd = [str(L.BIN / "llama-bench"), "-m", str(path), "-t", str(threads), "-r", str(reps), "-o", "json",
                    *args, *extra]
             p = subprocess.run(cmd, capture_output=True, text=True)
             if p.returncode == 0:
@@ -91,15 +90,6 @@ def llama_bench(path: Path, threads: int, tokens: int, prefill: int, reps: int) 
         out[key + "_sd"] = float(rows[0]["stddev_ts"])
         out[key + "_note"] = " ".join(extra)
     return out
-
-
-def requantize(src: Path, fmt: str, folder: Path) -> Path:
-    dst = folder / f"smollm2-{fmt}.gguf"
-    cmd = [str(BIN / "llama-quantize"), "--allow-requantize", str(src), str(dst), fmt, "2"]
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-2000:]}")
-    return dst
 
 
 # ------------------------------------------------------------------ Caterpillar
@@ -152,9 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--extra-gguf", nargs="*", type=Path, default=[], help="more GGUF files for llama.cpp")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
-    for tool in ("llama-bench", "llama-quantize"):
-        if not (BIN / tool).is_file():
-            sys.exit(f"{BIN / tool} not found: build llama.cpp first (bash tools/build_llamacpp.sh)")
+    L.require("llama-bench", "llama-quantize")
 
     torch.set_num_threads(args.threads)
     mi = M.machine_info()
@@ -164,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="cat-llamacpp-") as tmp:
         files = [("as shipped (Q4_1, Q8_0 head)", src)]
-        files += [(fmt, requantize(src, fmt, Path(tmp))) for fmt in args.formats]
+        files += [(fmt, L.requantize(src, Path(tmp) / f"smollm2-{fmt}.gguf", fmt, 2)) for fmt in args.formats]
         files += [(f"{f.name}", f) for f in args.extra_gguf]
         for label, path in files:
             r = llama_bench(path, args.threads, args.tokens, args.prefill, args.reps)
@@ -189,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = [f"# Decode side by side: llama.cpp and Caterpillar ({time.strftime('%Y-%m-%d')})", "",
              f"Machine: {mi['cpu']}, {mi['cores']} cores, {M.cpu_isa()}; load average {mi['loadavg_start'][0]:.2f} "
              f"at the start; {args.threads} threads; torch {torch.__version__}; "
-             f"llama.cpp of llama-cpp-python {(REPO / '.llamacpp' / 'VERSION').read_text().strip()}.",
+             f"llama.cpp of llama-cpp-python {L.version()}.",
              f"Model: the embedded SmolLM2-135M-Instruct. Decode: {args.tokens} tokens after one start token, "
              f"batch 1; prefill: {args.prefill} tokens. Measured DRAM read bandwidth: {bw:.1f} GB/s "
              f"(torch.sum over 1 GiB, {args.threads} threads).", "",

@@ -29,24 +29,17 @@ import json
 import math
 import os
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = REPO / ".llamacpp" / "bin"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _llamacpp import BIN, REPO  # noqa: E402
+from _llamacpp import run as _run  # noqa: E402
+
 DATA = REPO.parent / "shared" / "data"
-
-
-def _run(cmd: list[str], stdout_only: bool = False) -> tuple[str, float]:
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-3000:]}")
-    return (p.stdout if stdout_only else p.stdout + "\n" + p.stderr), time.perf_counter() - t0
 
 
 def _text(path: Path | None, lines: int) -> str:
@@ -116,7 +109,7 @@ def main() -> None:
         sys.exit(f"the text has {len(lc)} tokens, {need} needed for {args.chunks} chunks of {args.ctx}")
     f32 = args.work / "model-f32.gguf"
     requant = [str(BIN / "llama-quantize"), "--allow-requantize", str(gguf), str(f32), "F32", str(args.threads)]
-    _run(requant)
+    _run(requant)  # the report shows the command
     runs = {}
     for label, path in (("GGUF", gguf), ("F32 copy", f32)):
         cmd = [str(BIN / "llama-perplexity"), "-m", str(path), "-f", str(text_file), "-c", str(args.ctx),

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,19 +39,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _llamacpp as L  # noqa: E402
 import _models as M  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = REPO / ".llamacpp" / "bin"
-RESULTS = REPO / "benchmarks" / "results"
+RESULTS = L.REPO / "benchmarks" / "results"
 CALIB_FILES = {"wikitext2-valid": "wikitext2-valid.txt", "lee-background": "lee-background.txt"}
-
-
-def _run(cmd: list[str]) -> str:
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-3000:]}")
-    return p.stdout + p.stderr
 
 
 def linear_bits_per_weight(path: Path) -> float:
@@ -68,13 +59,8 @@ def linear_bits_per_weight(path: Path) -> float:
 
 
 def perplexities(model, tok, texts: list[str], data_dir: Path, seqlen: int, windows: int) -> dict[str, float]:
-    from cat_core import eval as cat_eval
-
-    out = {}
-    for name in texts:
-        wins = M.windows(M.eval_ids(tok, data_dir, name), seqlen, windows)
-        out[name] = round(cat_eval.perplexity(model, wins.reshape(-1), seqlen, wins.shape[0]).ppl, 4)
-    return out
+    return {name: round(M.window_perplexity(model, M.eval_ids(tok, data_dir, name), seqlen, windows).ppl, 4)
+            for name in texts}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -92,9 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-dir", type=Path, default=M.DEFAULT_DATA_DIR)
     p.add_argument("--out", type=Path, default=None, help="also write the Markdown table here")
     args = p.parse_args(argv)
-    for tool in ("llama-quantize", "llama-imatrix"):
-        if not (BIN / tool).is_file():
-            sys.exit(f"{BIN / tool} not found: build llama.cpp first (bash tools/build_llamacpp.sh)")
+    L.require("llama-quantize", "llama-imatrix")
     calib_domain = M.CALIB_DOMAINS[args.calib]
     for name in args.eval_text:
         if M.EVAL_TEXTS[name][1] == calib_domain:
@@ -109,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     date = dt.date.today().isoformat()
     common = {"model": args.model, "calib": args.calib, "n_samples": args.n_samples, "seqlen": args.seqlen,
               "windows": args.windows, "eval_seqlen": args.eval_seqlen, "isa": M.cpu_isa(),
-              "threads": args.threads, "llamacpp": (REPO / ".llamacpp" / "VERSION").read_text().strip()}
+              "threads": args.threads, "llamacpp": L.version()}
     rows: list[dict] = []
 
     def add(row: dict) -> None:
@@ -129,13 +113,12 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="cat-llamacpp-q-") as tmp:
         tmp = Path(tmp)
         f32 = tmp / "f32.gguf"
-        _run([str(BIN / "llama-quantize"), "--allow-requantize", str(M.gguf_path(args.model)), str(f32), "F32",
-              str(args.threads)])
+        L.requantize(M.gguf_path(args.model), f32, "F32", args.threads)
         imatrix = None
         if any(t.endswith("+imatrix") for t in args.types):
             imatrix = tmp / "imatrix.gguf"
             t = time.perf_counter()
-            _run([str(BIN / "llama-imatrix"), "-m", str(f32), "-f", str(args.data_dir / CALIB_FILES[args.calib]),
+            L.run([str(L.BIN / "llama-imatrix"), "-m", str(f32), "-f", str(args.data_dir / CALIB_FILES[args.calib]),
                   "-c", str(args.seqlen), "--chunks", str(args.n_samples), "-t", str(args.threads),
                   "-o", str(imatrix)])
             imatrix_s = time.perf_counter() - t
@@ -143,9 +126,8 @@ def main(argv: list[str] | None = None) -> None:
             base, use_imatrix = typ.removesuffix("+imatrix"), typ.endswith("+imatrix")
             out = tmp / f"{typ.replace('+', '-')}.gguf"
             t = time.perf_counter()
-            _run([str(BIN / "llama-quantize"), "--allow-requantize", "--token-embedding-type", "f32",
-                  "--output-tensor-type", "f32", *(["--imatrix", str(imatrix)] if use_imatrix else []),
-                  str(f32), str(out), base, str(args.threads)])
+            L.requantize(f32, out, base, args.threads, "--token-embedding-type", "f32", "--output-tensor-type", "f32",
+                         *(["--imatrix", str(imatrix)] if use_imatrix else []))
             quant_s = time.perf_counter() - t + (imatrix_s if use_imatrix else 0.0)
             model, tok = load_gguf(out, cache_dir=tmp / "cache")
             add({"method": f"llama.cpp {typ}", "bits_per_weight": round(linear_bits_per_weight(out), 3),

@@ -11,7 +11,8 @@ Usage: python benchmarks/op_overhead.py   (prints a Markdown table; medians of 3
 
 from __future__ import annotations
 
-import time
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,16 +21,12 @@ import cat_kernels as ck
 from cat_core.nn import QuantLinear
 from cat_core.quant import quantize_tensor
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _models import median_ms  # noqa: E402
+
 
 def _median_us(f, reps: int = 300) -> float:
-    for _ in range(30):
-        f()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts) * 1e6)
+    return 1e3 * median_ms(f, reps, warmup=30)
 
 
 def main() -> None:

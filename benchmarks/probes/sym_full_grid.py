@@ -74,7 +74,7 @@ def clipped_error(wg, lo, hi, mn0, mx0, config):
     mn = torch.clamp(mn0, min=lo, max=hi)
     mx = torch.clamp(mx0, min=lo, max=hi)
     s = _scale(mn, mx, config.bits, config.scale_torch_dtype)
-    wc = clip_search._clamp_(torch.maximum(wg, lo), None, hi)
+    wc = clip_search._clamp(wg, lo, hi)
     return wc.div_(s).round_().clamp_(-half, half - 1).mul_(s).sub_(wg)
 
 
