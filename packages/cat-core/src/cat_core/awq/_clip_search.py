@@ -39,8 +39,9 @@ def _clipped_error(wg: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, mn0: to
     and max are the clamped min and max, exactly, with no pass over the weights; and
     ``clamp(round(x) + z, 0, qmax) - z`` is ``clamp(round(x), -z, qmax - z)`` (small integers in
     float32: exact). Eight cheap passes over the weights instead of ten with two slow clamps
-    (:func:`_clamp`): 1.35x faster on a 1b preset MLP linear (2048 x 8192, g64: 3.17 -> 2.36 s),
-    where the passes, not the Gram product, were most of the search's time."""
+    (:func:`_clamp`): 2x faster on a 1b preset MLP linear (2048 x 8192, g64: 3.14 -> 1.59 s,
+    benchmarks/probes/clip_speed.py), where the passes, not the Gram product, were most of the
+    search's time."""
     mn = torch.clamp(mn0, min=lo, max=hi)
     mx = torch.clamp(mx0, min=lo, max=hi)
     wc = _clamp(wg, lo, hi)  # a new tensor; lo <= hi always
