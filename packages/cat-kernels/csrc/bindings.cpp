@@ -314,6 +314,107 @@ struct PyWeight {
   }
 };
 
+// A Llama-family decoder over validated weights (cat_kernels.Decoder). It keeps every array and
+// weight it was given alive; per step only the activations and the cache are looked at.
+struct PyDecoder {
+  cat::cpu::DecoderConfig c;
+  std::vector<cat::cpu::DecoderLayer> layers;
+  std::vector<nb::object> weights;  // the _Weight objects behind the layers' QWeights
+  std::vector<In> arrays;           // norms, biases, inv_freq
+
+  const float* keep_f32(const In& a, int64_t n, const std::string& name) {
+    check_array(a, name.c_str(), "float32", {n});
+    require(a.device_type() == kCPU, name + ": must be in CPU memory");
+    arrays.push_back(a);
+    return static_cast<const float*>(a.data());
+  }
+
+  PyDecoder(int64_t hidden, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t intermediate,
+            double eps, double attn_scale, double rope_scale, const In& inv_freq, const In& final_norm) {
+    require(hidden > 0 && heads > 0 && kv_heads > 0 && head_dim > 0 && intermediate > 0,
+            "hidden, heads, kv_heads, head_dim and intermediate must be positive");
+    require(heads % kv_heads == 0, "heads must be a multiple of kv_heads");
+    require(head_dim % 2 == 0, "head_dim must be even (rotary embedding)");
+    c.hidden = hidden, c.heads = heads, c.kv_heads = kv_heads, c.head_dim = head_dim;
+    c.intermediate = intermediate;
+    c.eps = static_cast<float>(eps), c.attn_scale = static_cast<float>(attn_scale);
+    c.rope_scale = static_cast<float>(rope_scale);
+    c.inv_freq = keep_f32(inv_freq, head_dim / 2, "inv_freq");
+    c.final_norm = keep_f32(final_norm, hidden, "final_norm");
+  }
+
+  cat::cpu::DecoderLinear linear(const nb::object& obj, const std::optional<In>& bias, int64_t n, int64_t k,
+                                 const std::string& name) {
+    require(nb::isinstance<PyWeight>(obj), name + ": expected a cat_kernels PackedWeight");
+    const PyWeight& pw = nb::cast<const PyWeight&>(obj);
+    require(pw.dev.type == kCPU, name + ": the decoder runs on the CPU; the weight is on a CUDA device");
+    require(pw.w.n == n && pw.w.k == k, name + ": expected a weight of shape [" + std::to_string(n) + ", " +
+                                            std::to_string(k) + "], got [" + std::to_string(pw.w.n) + ", " +
+                                            std::to_string(pw.w.k) + "]");
+    weights.push_back(obj);
+    cat::cpu::DecoderLinear l;
+    l.w = pw.w;
+    if (bias) l.bias = keep_f32(*bias, n, name + " bias");
+    return l;
+  }
+
+  void add_layer(const In& in_norm, const In& post_norm, const std::optional<In>& q_norm,
+                 const std::optional<In>& k_norm, const std::vector<nb::object>& w,
+                 const std::vector<std::optional<In>>& bias) {
+    require(w.size() == 7 && bias.size() == 7,
+            "weights and biases: expected 7 each (q, k, v, o, gate, up, down)");
+    const int64_t H = c.hidden, qn = c.heads * c.head_dim, kvn = c.kv_heads * c.head_dim, I = c.intermediate;
+    const std::string at = "layer " + std::to_string(layers.size()) + " ";
+    cat::cpu::DecoderLayer L;
+    L.in_norm = keep_f32(in_norm, H, at + "input norm");
+    L.post_norm = keep_f32(post_norm, H, at + "post-attention norm");
+    if (q_norm) L.q_norm = keep_f32(*q_norm, c.head_dim, at + "q norm");
+    if (k_norm) L.k_norm = keep_f32(*k_norm, c.head_dim, at + "k norm");
+    L.q = linear(w[0], bias[0], qn, H, at + "q");
+    L.k = linear(w[1], bias[1], kvn, H, at + "k");
+    L.v = linear(w[2], bias[2], kvn, H, at + "v");
+    L.o = linear(w[3], bias[3], H, qn, at + "o");
+    L.gate = linear(w[4], bias[4], I, H, at + "gate");
+    L.up = linear(w[5], bias[5], I, H, at + "up");
+    L.down = linear(w[6], bias[6], H, I, at + "down");
+    layers.push_back(L);
+  }
+
+  int64_t n_layers() const { return static_cast<int64_t>(layers.size()); }
+
+  void check_step(int64_t m, int64_t pos, int64_t capacity) const {
+    require(!layers.empty(), "the decoder has no layers");
+    require(m >= 1, "x: expected at least one row");
+    require(pos >= 0, "pos must be >= 0");
+    require(pos + m <= capacity, "kv: capacity " + std::to_string(capacity) + " is too small for positions up to " +
+                                     std::to_string(pos + m));
+  }
+
+  // x, kv and out are float32, C-contiguous, in CPU memory, with the shapes of step(); the caller
+  // (cat_kernels.Decoder) has checked them.
+  void step_ptr(uintptr_t x, int64_t m, int64_t pos, uintptr_t kv, int64_t capacity, uintptr_t out) const {
+    check_step(m, pos, capacity);
+    require(x != 0 && kv != 0 && out != 0, "x, kv, out: null data pointer");
+    nb::gil_scoped_release rel;
+    cat::cpu::decoder_step(c, layers.data(), n_layers(), reinterpret_cast<const float*>(x), m, pos,
+                           reinterpret_cast<float*>(kv), capacity, reinterpret_cast<float*>(out));
+  }
+
+  void step(const In& x, int64_t pos, const Out& kv, const Out& out) const {
+    require(x.ndim() == 2, "x: expected a 2-D array [M, hidden]");
+    const int64_t m = static_cast<int64_t>(x.shape(0));
+    check_array(x, "x", "float32", {m, c.hidden});
+    require(kv.ndim() == 5, "kv: expected a 5-D array [layers, 2, kv_heads, capacity, head_dim]");
+    const int64_t cap = static_cast<int64_t>(kv.shape(3));
+    check_array(kv, "kv", "float32", {n_layers(), 2, c.kv_heads, cap, c.head_dim});
+    check_array(out, "out", "float32", {c.hidden});
+    for (auto [d, name] : {std::pair{device_of(x), "x"}, {device_of(kv), "kv"}, {device_of(out), "out"}})
+      require(d.type == kCPU, std::string(name) + ": must be in CPU memory");
+    step_ptr(reinterpret_cast<uintptr_t>(x.data()), m, pos, reinterpret_cast<uintptr_t>(kv.data()), cap,
+             reinterpret_cast<uintptr_t>(out.data()));
+  }
+};
+
 // The one-off entry points validate a PyWeight and use it once.
 void py_dequantize(const In& packed, const In& scales, const std::optional<In>& zeros, int64_t group_size,
                    int64_t k, const Out& out, uintptr_t stream) {
@@ -361,6 +462,16 @@ NB_MODULE(_C, m) {
       .def_prop_ro("bits", [](const PyWeight& p) { return p.w.bits; })
       .def_prop_ro("device_type", [](const PyWeight& p) { return p.dev.type; })
       .def_prop_ro("device_id", [](const PyWeight& p) { return p.dev.id; });
+  nb::class_<PyDecoder>(m, "_Decoder")
+      .def(nb::init<int64_t, int64_t, int64_t, int64_t, int64_t, double, double, double, const In&, const In&>(),
+           nb::arg("hidden"), nb::arg("heads"), nb::arg("kv_heads"), nb::arg("head_dim"), nb::arg("intermediate"),
+           nb::arg("eps"), nb::arg("attn_scale"), nb::arg("rope_scale"), nb::arg("inv_freq"), nb::arg("final_norm"))
+      .def("add_layer", &PyDecoder::add_layer, nb::arg("in_norm"), nb::arg("post_norm"), nb::arg("q_norm").none(),
+           nb::arg("k_norm").none(), nb::arg("weights"), nb::arg("biases"))
+      .def("step", &PyDecoder::step, nb::arg("x"), nb::arg("pos"), nb::arg("kv"), nb::arg("out"))
+      .def("step_ptr", &PyDecoder::step_ptr, nb::arg("x"), nb::arg("m"), nb::arg("pos"), nb::arg("kv"),
+           nb::arg("capacity"), nb::arg("out"))
+      .def_prop_ro("n_layers", &PyDecoder::n_layers);
   m.def("_cuda_gemm_workspace_elems", [](int64_t m_, int64_t n, int64_t k, int bits, int64_t g) {
     return cat::cuda::gemm_workspace_elems(m_, n, k, bits, g);
   });

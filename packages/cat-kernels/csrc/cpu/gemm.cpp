@@ -137,13 +137,23 @@ constexpr int64_t kParallelMinWork = int64_t(1) << 20;
 // Elements of x from which its conversion runs on the pool too (one item per row block).
 constexpr int64_t kParallelMinConvert = int64_t(1) << 18;
 
+// Work items handed out per thread of the pool, as runs of consecutive items: a thread then
+// streams through adjacent tiles (one run of memory instead of every other tile, which at one
+// row of x made the 2-thread gemms of a decode step 20% slower), and a few runs per thread
+// still balance uneven progress.
+constexpr int64_t kRunsPerThread = 4;
+
 template <class F>
 void run_items(bool parallel, int64_t n, F&& f) {
-  if (parallel) {
-    parallel_for(n, f);
-  } else {
+  if (!parallel) {
     for (int64_t i = 0; i < n; ++i) f(i);
+    return;
   }
+  const int64_t want = kRunsPerThread * num_threads();
+  const int64_t runs = n < want ? n : want;
+  parallel_for(runs, [&](int64_t r) {
+    for (int64_t i = r * n / runs, end = (r + 1) * n / runs; i < end; ++i) f(i);
+  });
 }
 
 // Sum of x[j0 .. j1) in a fixed order (8 interleaved partial sums, then a fixed tree), so the
@@ -159,21 +169,17 @@ float segment_sum(const float* p, int64_t j0, int64_t j1) {
 
 }  // namespace
 
-void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out) {
-  if (m <= 0 || w.n <= 0) return;
-  const detail::Kernels& kern = detail::active_kernels();
-  const int64_t n = w.n, k = w.k;
-  const int64_t tiles = ceil_div(n, kTileN), nb = ceil_div(k, kBlockK), kp = nb * kBlockK;
-  const Plan& plan = cached_plan(n, k, w.group_size);
-  const int64_t nseg = static_cast<int64_t>(plan.segments.size());
-  const bool parallel = n * kp * m >= kParallelMinWork;
-  thread_local Workspace ws;
-  const TrimOnExit trim{ws};
+namespace {
 
-  // x as zero-padded float32 (padded columns then contribute nothing), each row block stored
-  // interleaved (see detail::row_block), plus the sum of x over each segment for the
-  // zero-point term of y = sum_g s * (sum x q - z * sum x). Serial unless x is large
-  // (prefill): next to the gemm it is cheap.
+// x as zero-padded float32 (padded columns then contribute nothing), each row block stored
+// interleaved (see detail::row_block), plus the sum of x over each segment of `plan` for the
+// zero-point term of y = sum_g s * (sum x q - z * sum x). Serial unless x is large (prefill):
+// next to the gemm it is cheap.
+void convert_x(const void* x, DType x_dtype, int64_t m, int64_t k, const Plan& plan, bool parallel,
+               Workspace& ws, float** xf_out, float** xs_out) {
+  const detail::Kernels& kern = detail::active_kernels();
+  const int64_t kp = ceil_div(k, kBlockK) * kBlockK;
+  const int64_t nseg = static_cast<int64_t>(plan.segments.size());
   float* xf = grow(ws.xf, m * kp);
   float* xs = grow(ws.xs, m * nseg);
   auto convert_block = [&](int64_t m0, int64_t mr) {
@@ -205,20 +211,41 @@ void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out) 
       convert_block(m0, mr);
     }
   }
+  *xf_out = xf;
+  *xs_out = xs;
+}
 
+detail::GemmPlan gemm_plan(const QWeight& w, int64_t m, const Plan& plan, const float* xf, const float* xs) {
   detail::GemmPlan gp;
   gp.w = w;
   gp.m = m;
-  gp.nb = nb;
-  gp.kp = kp;
-  gp.ng = k / w.group_size;
+  gp.nb = ceil_div(w.k, kBlockK);
+  gp.kp = gp.nb * kBlockK;
+  gp.ng = w.k / w.group_size;
   gp.zw = zero_row_words(gp.ng, w.bits);
   gp.splits = plan.splits;
-  gp.n_segments = nseg;
+  gp.n_segments = static_cast<int64_t>(plan.segments.size());
   gp.xf = xf;
   gp.xs = xs;
   gp.segments = plan.segments.data();
   gp.split_begin = plan.split_begin.data();
+  return gp;
+}
+
+}  // namespace
+
+void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out, int64_t parallel_min_work) {
+  if (m <= 0 || w.n <= 0) return;
+  const detail::Kernels& kern = detail::active_kernels();
+  const int64_t n = w.n, k = w.k;
+  const int64_t tiles = ceil_div(n, kTileN), nb = ceil_div(k, kBlockK), kp = nb * kBlockK;
+  const Plan& plan = cached_plan(n, k, w.group_size);
+  const bool parallel = n * kp * m >= (parallel_min_work < 0 ? kParallelMinWork : parallel_min_work);
+  thread_local Workspace ws;
+  const TrimOnExit trim{ws};
+  float *xf, *xs;
+  convert_x(x, x_dtype, m, k, plan, parallel, ws, &xf, &xs);
+  const detail::GemmPlan gp = gemm_plan(w, m, plan, xf, xs);
 
   const int64_t S = plan.splits, mchunks = ceil_div(m, kMChunk);
   const int64_t mcmax = m < kMChunk ? m : kMChunk;
@@ -259,6 +286,42 @@ void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out) 
     float* base = parts + tm * S * stride;
     kern.gemm_item(gp, t, s, m0, mc, base + s * stride);
     if (pending[tm].fetch_sub(1, std::memory_order_acq_rel) == 1) finish(t, m0, mc, base);
+  });
+}
+
+void gemm_same_x(const float* x, int64_t m, const QWeight* const* w, int count, float* const* out,
+                 int64_t parallel_min_work) {
+  if (m <= 0 || count <= 0) return;
+  const detail::Kernels& kern = detail::active_kernels();
+  const int64_t k = w[0]->k, kp = ceil_div(k, kBlockK) * kBlockK;
+  // The plan of a weight with enough tiles not to split K: the segments then depend on K and
+  // the group size only, so one converted x and one set of segment sums serve every weight.
+  const Plan& plan = cached_plan(kTargetItems * kTileN, k, w[0]->group_size);
+  int64_t first_tile[9] = {0};
+  int64_t weights_rows = 0;
+  for (int i = 0; i < count; ++i) {
+    first_tile[i + 1] = first_tile[i] + ceil_div(w[i]->n, kTileN);
+    weights_rows += w[i]->n;
+  }
+  const int64_t mchunks = ceil_div(m, kMChunk), items = first_tile[count] * mchunks;
+  const bool parallel = weights_rows * kp * m >= (parallel_min_work < 0 ? kParallelMinWork : parallel_min_work);
+  thread_local Workspace ws;
+  const TrimOnExit trim{ws};
+  float *xf, *xs;
+  convert_x(x, DType::f32, m, k, plan, parallel, ws, &xf, &xs);
+  detail::GemmPlan gp[8];
+  for (int i = 0; i < count; ++i) gp[i] = gemm_plan(*w[i], m, plan, xf, xs);
+  run_items(parallel, items, [&](int64_t item) {
+    const int64_t tile = item / mchunks, m0 = (item % mchunks) * kMChunk;
+    int wi = 0;
+    while (tile >= first_tile[wi + 1]) ++wi;
+    const int64_t t = tile - first_tile[wi], n = w[wi]->n;
+    const int64_t mc = m - m0 < kMChunk ? m - m0 : kMChunk;
+    alignas(64) thread_local float scratch[kMChunk * kTileN];
+    kern.gemm_item(gp[wi], t, 0, m0, mc, scratch);
+    const int rows = static_cast<int>(n - t * kTileN < kTileN ? n - t * kTileN : kTileN);
+    for (int64_t mi = 0; mi < mc; ++mi)
+      for (int r = 0; r < rows; ++r) out[wi][(m0 + mi) * n + t * kTileN + r] = scratch[mi * kTileN + r];
   });
 }
 

@@ -42,6 +42,8 @@ thread_local bool t_in_pool = false;
 // of a decode step come back to back and a futex wake-up costs tens of microseconds in a VM,
 // more than a small gemm itself. Short enough not to matter to other work on the machine.
 constexpr auto kSpin = std::chrono::microseconds(30);
+// How long the caller spins for the workers to finish their last items before sleeping.
+constexpr auto kDoneSpin = std::chrono::microseconds(200);
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -77,7 +79,7 @@ class Pool {
       n_ = n;
       next_.store(0, std::memory_order_relaxed);
       open_ = true;
-      active_ = 0;
+      active_.store(0, std::memory_order_relaxed);
       error_ = nullptr;
       generation_.fetch_add(1, std::memory_order_release);
       wake = sleepers_ > 0;
@@ -86,10 +88,20 @@ class Pool {
     work();
     // Wait only for the workers that joined this job (they may still run an item); one that
     // wakes up later finds the job closed and goes back to waiting, so a slow wake-up never
-    // delays the caller.
+    // delays the caller. The wait spins first: a joined worker is at most one item behind, and
+    // sleeping on the condition variable costs a futex round trip (tens of microseconds in a
+    // VM), more than a whole small gemm.
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      open_ = false;  // from here on active_ only decreases
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int it = 0; active_.load(std::memory_order_acquire) != 0; ++it) {
+      cpu_relax();
+      if ((it & 63) == 63 && std::chrono::steady_clock::now() - t0 > kDoneSpin) break;
+    }
     std::unique_lock<std::mutex> lk(mu_);
-    open_ = false;
-    done_cv_.wait(lk, [&] { return active_ == 0; });
+    done_cv_.wait(lk, [&] { return active_.load(std::memory_order_acquire) == 0; });
     fn_ = nullptr;
     if (error_) std::rethrow_exception(error_);
   }
@@ -130,11 +142,15 @@ class Pool {
         if (stop_) return;
         seen = generation_.load(std::memory_order_relaxed);
         if (!open_) continue;  // woke after the job was closed
-        ++active_;
+        active_.fetch_add(1, std::memory_order_relaxed);
       }
       work();
-      std::lock_guard<std::mutex> lk(mu_);
-      if (--active_ == 0 && !open_) done_cv_.notify_one();
+      if (active_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        // The caller may be asleep on done_cv_ (its spin ran out): wake it under the mutex, so
+        // the wake-up cannot fall between its check of active_ and its wait.
+        std::lock_guard<std::mutex> lk(mu_);
+        done_cv_.notify_one();
+      }
     }
   }
 
@@ -148,7 +164,7 @@ class Pool {
   std::atomic<int64_t> next_{0};
   std::atomic<uint64_t> generation_{0};
   bool open_ = false;
-  int active_ = 0;
+  std::atomic<int> active_{0};
   int sleepers_ = 0;
   bool stop_ = false;
   std::exception_ptr error_;

@@ -11,6 +11,8 @@ results in the framework and on the device of their input:
 - :func:`gemm`: ``x @ W.T`` straight from the packed weights;
 - :class:`PackedWeight`: a weight validated once for repeated ``gemm``/``dequantize`` calls
   (the per-call path of a model's layers: only ``x`` is checked);
+- :class:`Decoder`: a whole decoder step of a Llama-family model in one call (CPU), over
+  PackedWeight linears and a caller-owned KV cache;
 - :func:`build_info`, :func:`cuda_available`: what this build can do;
 - :func:`cuda_impl` / :func:`set_cuda_impl`: which CUDA gemm kernels run (``"v2"``, the default,
   or ``"legacy"``, selectable until a GPU run has verified v2).
@@ -26,6 +28,7 @@ from typing import Any, Literal, Optional
 
 from . import _C
 from ._api import dequantize, gemm, pack, pack_zeros, unpack, unpack_zeros
+from ._decoder import Decoder
 from ._weight import PackedWeight
 
 __version__ = "0.3.0"
@@ -38,6 +41,7 @@ __all__ = [
     "dequantize",
     "gemm",
     "PackedWeight",
+    "Decoder",
     "build_info",
     "cuda_available",
     "cuda_impl",

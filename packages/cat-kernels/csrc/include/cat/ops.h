@@ -64,8 +64,41 @@ PackStatus pack(const void* codes, int code_bytes, int64_t n, int64_t k, int bit
 void unpack(const int32_t* packed, int64_t n, int64_t k, int bits, int64_t row_words, uint8_t* codes);
 // out: [n, k] row-major, dtype out_dtype.
 void dequantize(const QWeight& w, void* out, DType out_dtype);
-// x: [m, k] row-major, dtype x_dtype; out: [m, n] row-major, dtype x_dtype.
-void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out);
+// x: [m, k] row-major, dtype x_dtype; out: [m, n] row-major, dtype x_dtype. Products of fewer
+// than parallel_min_work weights x rows run on the calling thread (-1: the default threshold).
+void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out,
+          int64_t parallel_min_work = -1);
+
+// The products of one float32 x [m, k] with `count` (<= 8) weights of the same k and group size,
+// as one parallel job (out[i]: [m, w[i]->n] float32). Each weight's K is summed in one split,
+// so results may differ from gemm()'s (which splits K for short weights) by float rounding.
+void gemm_same_x(const float* x, int64_t m, const QWeight* const* w, int count, float* const* out,
+                 int64_t parallel_min_work = -1);
+
+// One decoder step of a Llama-family model (decoder.cpp). Everything float32 except the packed
+// weights' scales; pointers of the norms/biases that a model lacks are null.
+struct DecoderLinear {
+  QWeight w;
+  const float* bias = nullptr;  // [w.n]
+};
+struct DecoderLayer {
+  const float* in_norm = nullptr;    // [hidden]
+  const float* post_norm = nullptr;  // [hidden]
+  const float* q_norm = nullptr;     // [head_dim] (Qwen3) or null
+  const float* k_norm = nullptr;     // [head_dim] (Qwen3) or null
+  DecoderLinear q, k, v, o, gate, up, down;
+};
+struct DecoderConfig {
+  int64_t hidden = 0, heads = 0, kv_heads = 0, head_dim = 0, intermediate = 0;
+  float eps = 1e-6f, attn_scale = 1.0f, rope_scale = 1.0f;
+  const float* inv_freq = nullptr;    // [head_dim / 2]
+  const float* final_norm = nullptr;  // [hidden]
+};
+// x: [m, hidden], the embeddings of tokens at positions pos .. pos + m - 1; kv: [layers, 2,
+// kv_heads, capacity, head_dim] (keys then values), positions < pos already filled, pos + m <=
+// capacity; out: [hidden], the final-normed hidden state of the last row.
+void decoder_step(const DecoderConfig& c, const DecoderLayer* layers, int64_t n_layers, const float* x,
+                  int64_t m, int64_t pos, float* kv, int64_t capacity, float* out);
 // "scalar", "avx2" or "avx512": the code path gemm/dequantize use on this CPU.
 std::string isa();
 }  // namespace cpu

@@ -1,0 +1,113 @@
+"""A whole decoder step of a Llama-family model in one native call (CPU).
+
+A decode step runs a few hundred small products; driven one by one from Python (or through a
+framework's modules) the calls cost several times what reading the weights does. :class:`Decoder`
+holds a model's packed weights and norms and runs the step natively: norms, the seven linears of
+every layer, rotary embedding, attention over a caller-owned KV cache and the MLP. The caller does
+the embedding lookup before and the output head after (both are one product each).
+
+Covered: pre-norm decoders with RMSNorm, rotary embedding over the whole head, grouped-query
+attention without a sliding window, optional biases on any linear, optional per-head q/k RMSNorm
+(Qwen3), SiLU-gated MLP (Llama, Mistral, Qwen2, Qwen3 and their relatives).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Optional
+
+from . import _C
+from ._arrays import _inspect
+from ._weight import PackedWeight
+
+_LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+class Decoder:
+    """The layers of one model over :class:`PackedWeight` linears, for single-sequence steps.
+
+    Args:
+        hidden, heads, kv_heads, head_dim, intermediate: the model's sizes (``heads`` a multiple
+            of ``kv_heads``; ``head_dim`` even).
+        eps: RMSNorm epsilon. attn_scale: the factor on q.k (usually ``head_dim ** -0.5``).
+        inv_freq: float32 ``[head_dim / 2]``, the rotary frequencies (after any rope scaling).
+        final_norm: float32 ``[hidden]``, the norm weight applied before the output head.
+        rope_scale: the factor on cos/sin (transformers' ``attention_scaling``; 1 for most).
+
+    All arrays are float32 CPU arrays passed by DLPack (numpy, torch, ...) and referenced, not
+    copied: the decoder keeps them alive.
+
+    Raises:
+        ValueError: sizes that do not fit together, naming the argument.
+    """
+
+    __slots__ = ("_d", "hidden", "kv_heads", "head_dim")
+
+    def __init__(self, *, hidden: int, heads: int, kv_heads: int, head_dim: int, intermediate: int,
+                 eps: float, attn_scale: float, inv_freq: Any, final_norm: Any, rope_scale: float = 1.0):
+        self._d = _C._Decoder(int(hidden), int(heads), int(kv_heads), int(head_dim), int(intermediate),
+                              float(eps), float(attn_scale), float(rope_scale), inv_freq, final_norm)
+        self.hidden, self.kv_heads, self.head_dim = int(hidden), int(kv_heads), int(head_dim)
+
+    @property
+    def n_layers(self) -> int:
+        return int(self._d.n_layers)
+
+    def add_layer(self, *, in_norm: Any, post_norm: Any, q: PackedWeight, k: PackedWeight, v: PackedWeight,
+                  o: PackedWeight, gate: PackedWeight, up: PackedWeight, down: PackedWeight,
+                  q_norm: Any = None, k_norm: Any = None, biases: Optional[dict[str, Any]] = None) -> None:
+        """Append a layer: its two RMSNorm weights, its seven linears (CPU :class:`PackedWeight`,
+        shapes checked against the sizes), optional q/k norms ``[head_dim]`` and optional biases
+        (``{"q": array [N], ...}``, keys among q, k, v, o, gate, up, down)."""
+        given = dict(q=q, k=k, v=v, o=o, gate=gate, up=up, down=down)
+        for name, w in given.items():
+            if not isinstance(w, PackedWeight):
+                raise TypeError(f"{name}: expected a cat_kernels.PackedWeight, got {type(w).__name__}")
+        biases = dict(biases or {})
+        unknown = set(biases) - set(_LINEARS)
+        if unknown:
+            raise ValueError(f"biases: unknown linear(s) {sorted(unknown)}; expected among {list(_LINEARS)}")
+        self._d.add_layer(in_norm, post_norm, q_norm, k_norm, [given[n]._w for n in _LINEARS],
+                          [biases.get(n) for n in _LINEARS])
+
+    def kv_shape(self, capacity: int) -> tuple[int, int, int, int, int]:
+        """Shape of a KV cache holding ``capacity`` positions: ``[layers, 2, kv_heads, capacity,
+        head_dim]`` float32 (keys at ``[:, 0]``, values at ``[:, 1]``, rotary already applied)."""
+        return (self.n_layers, 2, self.kv_heads, int(capacity), self.head_dim)
+
+    def step(self, x: Any, pos: int, kv: Any, out: Any) -> Any:
+        """Run the tokens whose embeddings are ``x`` (float32 ``[M, hidden]``) at positions
+        ``pos .. pos + M - 1`` through every layer, appending their keys and values to ``kv``
+        (positions below ``pos`` must hold the earlier tokens'), and write the final-normed hidden
+        state of the last token to ``out`` (float32 ``[hidden]``). Returns ``out``.
+
+        Raises:
+            ValueError / TypeError: wrong shape, dtype or device, or a cache too short for
+                ``pos + M`` positions, naming the argument.
+        """
+        torch = sys.modules.get("torch")
+        if torch is not None and type(x) is torch.Tensor and type(kv) is torch.Tensor and type(out) is torch.Tensor:
+            self._step_torch(torch, x, int(pos), kv, out)
+            return out
+        for name, a in (("x", x), ("kv", kv), ("out", out)):
+            _inspect(a, name)  # a clear error for non-arrays before the native checks
+        self._d.step(x, int(pos), kv, out)
+        return out
+
+    def _step_torch(self, torch: Any, x: Any, pos: int, kv: Any, out: Any) -> None:
+        # Attribute checks instead of a DLPack export per call: a step must cost microseconds.
+        for name, a in (("x", x), ("kv", kv), ("out", out)):
+            if a.dtype != torch.float32:
+                raise TypeError(f"{name}: expected dtype float32, got {a.dtype}")
+            if a.device.type != "cpu":
+                raise ValueError(f"{name}: must be in CPU memory, got {a.device}")
+            if not a.is_contiguous():
+                raise ValueError(f"{name}: must be C-contiguous")
+        if x.dim() != 2 or x.shape[1] != self.hidden:
+            raise ValueError(f"x: expected shape [M, {self.hidden}], got {tuple(x.shape)}")
+        if kv.dim() != 5 or tuple(kv.shape) != self.kv_shape(kv.shape[3]):
+            raise ValueError(f"kv: expected shape {self.kv_shape(-1)[:3]} + (capacity, {self.head_dim}), "
+                             f"got {tuple(kv.shape)}")
+        if tuple(out.shape) != (self.hidden,):
+            raise ValueError(f"out: expected shape ({self.hidden},), got {tuple(out.shape)}")
+        self._d.step_ptr(x.data_ptr(), x.shape[0], pos, kv.data_ptr(), kv.shape[3], out.data_ptr())
