@@ -190,6 +190,26 @@ def add_head_bits(p: argparse.ArgumentParser) -> None:
                         "it as stored. Unquantized models keep theirs. Default: 8")
 
 
+def add_plain_decode(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plain-decode", action="store_true",
+                   help="run every decode step of a quantized model through transformers' modules "
+                        "(default: one native call per token where the model fits: a Llama, Mistral, "
+                        "Qwen2 or Qwen3 model in float32 on the CPU, batch 1)")
+
+
+def decode_step(model: Any, plain: bool) -> str:
+    """Put a quantized ``model`` on the native decode step unless ``plain``; returns what its
+    decode steps run on, for the user ("native step" or why not)."""
+    from cat_core.native_decode import disable_native_decode, try_enable_native_decode
+
+    if plain:
+        disable_native_decode(model)  # loaders turn it on where the model fits
+        return "plain decode (--plain-decode)"
+
+    why = try_enable_native_decode(model)
+    return "native step" if why is None else "plain decode: " + why.removeprefix("native decode step: ")
+
+
 def compute_dtype(arg: str, device: Any, declared: str | None) -> Any:
     """The torch dtype to run in: ``arg`` unless 'auto' (see :func:`add_dtype`). ``declared`` is
     the dtype the model's own config names (its checkpoint's storage dtype), if any."""

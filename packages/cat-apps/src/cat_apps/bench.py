@@ -65,6 +65,7 @@ def build() -> argparse.ArgumentParser:
                    help="write bench.md, bench.json and bench.png (plot) into DIR")
     _cli.add_dtype(p)
     _cli.add_head_bits(p)
+    _cli.add_plain_decode(p)
     _cli.add_common(p)
     return p
 
@@ -219,9 +220,10 @@ def _variants(spec: str, args: argparse.Namespace, device: Any):
     if loaded.quantized:
         q = loaded.quant_config or {}
         head = f", head {loaded.head_bits}-bit" if loaded.head_bits else ""
+        model = loaded.model.to(device, fp)
         how = (f"given checkpoint ({loaded.quant_format}, group {q.get('group_size', '?')}{head}, "
-               f"{_short(fp)} compute)")
-        yield name, f"{q.get('bits', '?')}-bit", how, loaded.model.to(device, fp)
+               f"{_short(fp)} compute, {_cli.decode_step(model, args.plain_decode)})")
+        yield name, f"{q.get('bits', '?')}-bit", how, model
         return
     base = loaded.model
     from cat_core.awq import prepare, rtn_quantize
@@ -246,7 +248,9 @@ def _variants(spec: str, args: argparse.Namespace, device: Any):
         res = rtn_quantize(m, cfg)
         replace_linears(m, {k: v for k, v in res.tensors.items() if k in names})
         quantize_head(m, args.head_bits)  # as a quantized checkpoint is served
-        yield name, f"{bits}-bit", f"RTN on the fly (group {gs}{head}, {_short(fp)} compute)", m.to(device, fp)
+        m = m.to(device, fp)
+        how = f"RTN on the fly (group {gs}{head}, {_short(fp)} compute, {_cli.decode_step(m, args.plain_decode)})"
+        yield name, f"{bits}-bit", how, m
     del base
 
 

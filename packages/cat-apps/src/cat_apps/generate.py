@@ -37,6 +37,7 @@ def build() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     _cli.add_dtype(p)
     _cli.add_head_bits(p)
+    _cli.add_plain_decode(p)
     _cli.add_common(p)
     return p
 
@@ -61,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
     loaded = load(args.model, quiet=args.quiet, device=device, dtype=args.dtype, streaming=Streaming(),
                   head_bits=args.head_bits)
     model, tok = loaded.model, loaded.tokenizer
+    if loaded.quantized:
+        step = _cli.decode_step(model, args.plain_decode)
+        if not args.quiet and step != "native step":
+            print(f"{PROG}: {step}", file=sys.stderr)
     if args.chat:
         if not getattr(tok, "chat_template", None):
             raise CLIError(f"{loaded.source}: the tokenizer has no chat template; drop --chat")

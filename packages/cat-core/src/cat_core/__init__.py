@@ -38,6 +38,9 @@ _EXPORTS = {
     "export_awq": "cat_core.io",
     "export_gptq": "cat_core.io",
     "CheckpointError": "cat_core.io",
+    "enable_native_decode": "cat_core.native_decode",
+    "disable_native_decode": "cat_core.native_decode",
+    "NativeDecodeError": "cat_core.native_decode",
 }
 
 __all__ = ["__version__", *_EXPORTS]

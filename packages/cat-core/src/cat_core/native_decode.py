@@ -11,8 +11,7 @@ streamers), ``model(...)`` with a cache, and the front-ends all take it; nothing
   faster routes (dense BLAS for long prompts), and their cache is then copied once into the
   native cache;
 - anything the native step does not cover (batches, masks with padding, ``inputs_embeds``,
-  attention or hidden-state outputs, labels, other cache types, positions past a sliding window)
-  runs through the model as before.
+  attention or hidden-state outputs, labels, other cache types) runs through the model as before.
 
 The native cache lives inside transformers' own ``DynamicCache``: its layers read their keys and
 values as views of the native buffer, so the cache a caller holds is always complete; a plain
@@ -24,7 +23,8 @@ follow transformers' float32 equations with a different order of additions insid
 logits agree with the plain path's to float32 rounding (tests/test_native_decode.py bounds the
 difference) and greedy tokens match.
 
-Covered: Llama, Mistral, Qwen2, Qwen3 (and models of those classes), float32 activations, every
+Covered: Llama, Mistral, Qwen2, Qwen3 (and models of those classes) without sliding-window
+attention, float32 activations, every
 linear of every layer a CPU :class:`~cat_core.nn.QuantLinear`. Anything else raises
 :class:`NativeDecodeError` naming what does not fit.
 """
@@ -32,6 +32,8 @@ linear of every layer a CPU :class:`~cat_core.nn.QuantLinear`. Anything else rai
 from __future__ import annotations
 
 import functools
+import os
+import types
 from typing import Any
 
 import torch
@@ -56,37 +58,89 @@ class NativeDecodeError(ValueError):
 def enable_native_decode(model: nn.Module) -> None:
     """Route ``model``'s single-token cached steps through :class:`cat_kernels.Decoder`.
 
-    Call after quantizing/loading and after any head quantization; calling it again rebuilds the
-    native view (do so after replacing weights). The model's behaviour is otherwise unchanged;
-    :func:`disable_native_decode` undoes it.
+    Call after quantizing/loading and after any head quantization. The native view follows the
+    model's weights in place (``load_state_dict``); when they are replaced (a device move,
+    ``replace_linears``) it is rebuilt at the next step, or, where the model no longer fits (moved
+    to a GPU, converted to 16 bits), dropped for the plain path. A deep copy of the model builds
+    its own view on first use. :func:`disable_native_decode` undoes it.
 
     Raises:
         NativeDecodeError: the architecture, dtype, device or a layer does not fit (the message
             names it); the model is left as it was.
     """
-    disable_native_decode(model)
     native = _Native(model)
-    original = model.forward
-
-    @functools.wraps(original)
-    def forward(*args: Any, **kwargs: Any) -> Any:
-        return native.forward(original, args, kwargs)
-
-    model.forward = forward
-    model.__dict__["_cat_native_decode"] = (native, original)
+    model.__dict__["_cat_native_decode"] = _Slot(native)
+    model.forward = types.MethodType(_wrapper(type(model)), model)
 
 
 def disable_native_decode(model: nn.Module) -> bool:
     """Undo :func:`enable_native_decode`; returns whether it was enabled."""
-    entry = model.__dict__.pop("_cat_native_decode", None)
-    if entry is None:
+    if model.__dict__.pop("_cat_native_decode", None) is None:
         return False
     model.__dict__.pop("forward", None)  # back to the class's forward
     return True
 
 
 def native_decode_enabled(model: nn.Module) -> bool:
+    """Whether :func:`enable_native_decode` is in effect (the step may still stand aside where a
+    call or the model no longer fits)."""
     return "_cat_native_decode" in model.__dict__
+
+
+def try_enable_native_decode(model: nn.Module) -> str | None:
+    """:func:`enable_native_decode` where the model fits; returns None when enabled, else why not
+    (also when the environment sets ``CAT_NATIVE_DECODE=0``). For front-ends and loaders that take
+    the fast path by default."""
+    if os.environ.get("CAT_NATIVE_DECODE", "1").strip() == "0":
+        return "native decode step: off (CAT_NATIVE_DECODE=0)"
+    try:
+        enable_native_decode(model)
+    except NativeDecodeError as e:
+        return str(e)
+    return None
+
+
+class _Slot:
+    """The model's native view; a copy of the model (deepcopy, pickle) starts without one and
+    builds its own from its own weights."""
+
+    def __init__(self, native: _Native | None) -> None:
+        self.native = native
+        self.failed: str | None = None
+
+    def __deepcopy__(self, memo: dict) -> _Slot:
+        return _Slot(None)
+
+    def __reduce__(self) -> tuple:
+        return (_Slot, (None,))
+
+    def get(self, model: nn.Module) -> _Native | None:
+        native = self.native
+        if native is not None and native.current():
+            return native
+        self.native = None
+        if self.failed is None:
+            try:
+                self.native = _Native(model)
+            except NativeDecodeError as e:
+                self.failed = str(e)  # e.g. moved to a GPU: the plain path from now on
+        return self.native
+
+
+@functools.lru_cache(maxsize=None)
+def _wrapper(cls: type) -> Any:
+    """``cls.forward`` with the native step in front; signature and docs are the class's (generate()
+    and cached_forward read the parameter names)."""
+    plain_forward = cls.forward
+
+    @functools.wraps(plain_forward)
+    def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        slot = self.__dict__.get("_cat_native_decode")
+        native = slot.get(self) if slot is not None else None
+        plain = functools.partial(plain_forward, self)
+        return plain(*args, **kwargs) if native is None else native.forward(plain, args, kwargs)
+
+    return forward
 
 
 def _fail(what: str) -> NativeDecodeError:
@@ -137,10 +191,11 @@ class _Native:
         if inv_freq.numel() * 2 != head_dim:
             raise _fail(f"rotary embedding covers {inv_freq.numel() * 2} of {head_dim} head dimensions (partial rotary)")
         windows = {getattr(lay.self_attn, "sliding_window", None) for lay in layers}
-        if mtype == "mistral":
+        if mtype == "mistral":  # Mistral's attention reads the window from the config
             windows.add(getattr(cfg, "sliding_window", None))
         windows.discard(None)
-        self.limit = min(windows) if windows else None  # positions from here on run the plain path
+        if windows:
+            raise _fail(f"sliding-window attention (window {min(windows)}) is not covered")
         norm_w, eps = _rms_norm(body.norm, "model.norm")
         mlp_w = getattr(cfg, "intermediate_size", None)
         self.dec = ck.Decoder(hidden=int(cfg.hidden_size), heads=heads, kv_heads=kv_heads, head_dim=head_dim,
@@ -150,12 +205,18 @@ class _Native:
         for i, lay in enumerate(layers):
             self._add_layer(i, lay)
         self.model = model
-        self.embed = model.get_input_embeddings()
-        self.head = model.get_output_embeddings()
-        if self.embed is None or self.head is None:
+        if model.get_input_embeddings() is None or model.get_output_embeddings() is None:
             raise _fail("the model has no input embedding or output head")
         self.hidden = int(cfg.hidden_size)
         self.out = torch.empty(self.hidden, dtype=torch.float32)
+        q0 = layers[0].self_attn.q_proj
+        self._probe = (q0, q0._buffers["qweight"], body.norm.weight, body.norm.weight.data_ptr())
+
+    def current(self) -> bool:
+        """Whether the weights are still the tensors this view was built on (a device or dtype
+        move replaces every one of them)."""
+        mod, qweight, norm, ptr = self._probe  # a move replaces buffers, and parameters' data
+        return mod._buffers["qweight"] is qweight and norm.data_ptr() == ptr
 
     def _add_layer(self, i: int, lay: nn.Module) -> None:
         linears, biases = {}, {}
@@ -198,16 +259,16 @@ class _Native:
                 return original(**kwargs)
         pos = state.length
         at, ids_at = kwargs.get("cache_position"), kwargs.get("position_ids")
-        if ((self.limit is not None and pos >= self.limit) or (at is not None and int(at[0]) != pos)
-                or (ids_at is not None and int(ids_at[0, -1]) != pos)):
+        if (at is not None and int(at[0]) != pos) or (ids_at is not None and int(ids_at[0, -1]) != pos):
             return original(**kwargs)
-        x = self.embed(ids).reshape(1, self.hidden)
-        if x.dtype != torch.float32 or not x.is_contiguous():
+        # looked up per call: quantize_head may replace both after this view was built
+        x = self.model.get_input_embeddings()(ids).reshape(1, self.hidden)
+        if x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous():
             return original(**kwargs)
         state.reserve(pos + 1)
         self.dec.step(x, pos, state.buf, self.out)
         state.length = pos + 1
-        logits = self.head(self.out.view(1, 1, self.hidden))
+        logits = self.model.get_output_embeddings()(self.out.view(1, 1, self.hidden))
         from transformers.modeling_outputs import CausalLMOutputWithPast
 
         return CausalLMOutputWithPast(**{"logits": logits, _output_cache_name(): cache})
@@ -222,7 +283,7 @@ class _Native:
         if any(type(layer) not in (DynamicLayer, _native_layer_class()) for layer in cache.layers):
             return None
         length = cache.get_seq_length()
-        if length == 0 or (self.limit is not None and length >= self.limit):
+        if length == 0:
             return None
         first = cache.layers[0].keys
         if first.dim() != 4 or first.shape[0] != 1 or first.dtype != torch.float32 or first.device.type != "cpu":

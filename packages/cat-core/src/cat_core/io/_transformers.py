@@ -65,6 +65,11 @@ class CaterpillarQuantizer(HfQuantizer):
         _check_names_and_shapes(model, path, headers)
 
     def _process_model_after_weight_loading(self, model: Any, **kwargs: Any) -> Any:
+        # generate() then decodes one native call per token where the model fits (float32 on the
+        # CPU; cat_core.native_decode), the plain path elsewhere; CAT_NATIVE_DECODE=0 turns it off
+        from cat_core.native_decode import try_enable_native_decode
+
+        try_enable_native_decode(model)
         return model
 
     def is_serializable(self, *args: Any, **kwargs: Any) -> bool:
