@@ -15,9 +15,10 @@ this order, nothing else running:
    embedding/head) as it ships; and ``--extra-gguf`` files (e.g. ``cat-quantize --export gguf``).
 3. Caterpillar, in this process with ``torch.set_num_threads(THREADS)``: the float32 model, and
    every block linear RTN-quantized at 4 and 3 bits, group 64, head 8 bits (as cat-generate
-   serves it; decode speed does not depend on how codes were chosen): TOKENS greedy steps after
-   one start token with the KV cache and last-position logits, REPS times (median); prefill of
-   PREFILL tokens, batch 1.
+   serves it; decode speed does not depend on how codes were chosen), each through the native
+   decode step (``cat_core.native_decode``, what cat-generate and the loaders use) and through
+   transformers' modules (``plain``): TOKENS greedy steps after one start token with the KV cache
+   and last-position logits, REPS times (median); prefill of PREFILL tokens, batch 1.
 
 Every row gives tokens/s, the weight bytes a decode step reads (llama.cpp: the file's tensors
 minus the embedding table when the head is a separate tensor; Caterpillar: every parameter and
@@ -162,16 +163,25 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(("llama.cpp", label, r["decode"], r["decode_sd"], r["prefill"], nbytes))
             print(rows[-1], flush=True)
 
+    from cat_core.native_decode import disable_native_decode, enable_native_decode
+
     for bits in (None, 4, 3):
         model, _ = M.load_model("smollm2")
         model.eval()
+        steps = ["plain"]
         if bits is not None:
             quantize_body(model, bits, 8)
-        label = "float32" if bits is None else f"{bits}-bit g64 RTN, head 8-bit"
-        tps = cat_decode(model, args.tokens, args.reps)
-        pre = cat_prefill(model, args.prefill, args.reps)
-        rows.append(("Caterpillar", label, tps, 0.0, pre, _step_bytes(model)))
-        print(rows[-1], flush=True)
+            steps = ["native step", "plain"]
+        for step in steps:
+            if step == "native step":
+                enable_native_decode(model)
+            else:
+                disable_native_decode(model)
+            label = "float32" if bits is None else f"{bits}-bit g64 RTN, head 8-bit, {step}"
+            tps = cat_decode(model, args.tokens, args.reps)
+            pre = cat_prefill(model, args.prefill, args.reps)
+            rows.append(("Caterpillar", label, tps, 0.0, pre, _step_bytes(model)))
+            print(rows[-1], flush=True)
         del model
 
     lines = [f"# Decode side by side: llama.cpp and Caterpillar ({time.strftime('%Y-%m-%d')})", "",
