@@ -207,7 +207,7 @@ def decode_step(model: Any, plain: bool) -> str:
         return "plain decode (--plain-decode)"
 
     why = try_enable_native_decode(model)
-    return "native step" if why is None else "plain decode: " + why.removeprefix("native decode step: ")
+    return "native step at batch 1" if why is None else "plain decode: " + why.removeprefix("native decode step: ")
 
 
 def compute_dtype(arg: str, device: Any, declared: str | None) -> Any:

@@ -35,7 +35,9 @@ steps with the KV cache, the first token (produced by the prefill) excluded from
 (tokens/s = batch x (new-tokens - 1) / time). The device is synchronized around every timed
 region. After one warm-up run, runs repeat until at least --min-runs are done and the relative
 spread (max - min) / median of the decode times is below 5%, or --max-runs is reached; the
-median is reported with the spread. Weight memory: bytes of all parameters and buffers. Peak
+median is reported with the spread. Read MB/step: the bytes of weights one decode step reads (a
+lookup-only embedding excepted); read GB/s: those per step time, and on a CPU their share of the
+memory read bandwidth measured in the same run. Weight memory: bytes of all parameters and buffers. Peak
 memory: on a GPU the CUDA peak allocated during the runs (weights, activations, KV cache); on a
 CPU the weight memory plus the largest rise of the process's resident set size (sampled every
 20 ms) during the runs over its level just before them, so that neither the Python/torch runtime
@@ -81,6 +83,38 @@ def weight_bytes(model: Any) -> int:
         seen.add(t.data_ptr())
         total += t.numel() * t.element_size()
     return total
+
+
+def step_read_bytes(model: Any) -> int:
+    """Bytes a decode step reads: every parameter and buffer once (shared storage once), less an
+    input embedding the head does not share (a lookup reads a few rows of it)."""
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    skip = set()
+    if getattr(emb, "weight", None) is not None and getattr(head, "weight", None) is not emb.weight:
+        skip.add(emb.weight.untyped_storage().data_ptr())
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t is None or t.device.type == "meta":
+            continue
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in seen and ptr not in skip:
+            seen.add(ptr)
+            total += t.untyped_storage().nbytes()
+    return total
+
+
+def dram_read_gbs() -> float:
+    """What this process reads from memory at most, GB/s: the best of five torch.sum passes over
+    1 GiB of float32 (larger than any CPU cache) with torch's threads."""
+    import torch
+
+    x = torch.ones(1 << 28, dtype=torch.float32)
+    best = 0.0
+    for _ in range(5):
+        t = time.perf_counter()
+        x.sum()
+        best = max(best, x.nbytes / (time.perf_counter() - t) / 1e9)
+    return best
 
 
 def _release_free_memory() -> None:
@@ -254,15 +288,19 @@ def _variants(spec: str, args: argparse.Namespace, device: Any):
     del base
 
 
-def _table(rows: list[dict]) -> str:
+def _table(rows: list[dict], dram_gbs: float | None) -> str:
     head = ("| model | weights | how | batch | weight MB | peak MB | prefill tok/s | decode tok/s | "
-            "decode ms/step | runs (spread) |")
-    out = [head, "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+            "decode ms/step | read MB/step | read GB/s" + (" (share of DRAM)" if dram_gbs else "")
+            + " | runs (spread) |")
+    out = [head, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
+        gbs = r["read_mb"] / r["decode_ms_per_step"]  # MB/ms = GB/s
+        share = f" ({100 * gbs / dram_gbs:.0f}%)" if dram_gbs else ""
         out.append(
             f"| {r['model']} | {r['weights']} | {r['how']} | {r['batch']} | {r['weight_mb']:.1f} | "
             f"{r['peak_mb']:.0f} | {r['prefill_tok_s']:.1f} | {r['decode_tok_s']:.1f} | "
-            f"{r['decode_ms_per_step']:.1f} | {r['runs']} ({100 * r['decode_spread']:.1f}%) |"
+            f"{r['decode_ms_per_step']:.1f} | {r['read_mb']:.1f} | {gbs:.1f}{share} | "
+            f"{r['runs']} ({100 * r['decode_spread']:.1f}%) |"
         )
     return "\n".join(out)
 
@@ -328,13 +366,14 @@ def run(args: argparse.Namespace) -> int:
     rows: list[dict] = []
     for spec in specs:
         for name, weights, how, model in _variants(spec, args, device):
-            wb = weight_bytes(model)
+            wb, rb = weight_bytes(model), step_read_bytes(model)
             for b in args.batch_sizes:
                 bar = _cli.progress(None, f"bench {name} {weights} batch {b}", args.quiet, unit="run")
                 r = measure(model, b, args.prompt_len, args.new_tokens, device, args.min_runs, args.max_runs,
                             on_run=bar.update)
                 bar.close()
-                rows.append({"model": name, "weights": weights, "how": how, "weight_mb": wb / 1e6, **r})
+                rows.append({"model": name, "weights": weights, "how": how, "weight_mb": wb / 1e6,
+                             "read_mb": rb / 1e6, **r})
             del model
             gc.collect()
             if device.type == "cuda":
@@ -349,7 +388,14 @@ def run(args: argparse.Namespace) -> int:
                "date": dt.datetime.now().isoformat(timespec="seconds"), "loadavg": os.getloadavg()}
     if device.type == "cuda":
         machine["gpu"] = torch.cuda.get_device_name(device)
-    md = _table(rows) + f"\n\nMethod: {method}.\nMachine: {machine['device']}, torch {machine['torch']}, " \
+    dram = None
+    if device.type == "cpu":
+        dram = dram_read_gbs()
+        machine["dram_read_gbs"] = round(dram, 1)
+        method += (f"; read MB/step = bytes of the weights a decode step reads (all parameters and buffers, "
+                   f"a lookup-only embedding excepted), read GB/s = that per decode step time; DRAM = "
+                   f"{dram:.1f} GB/s, the best of five torch.sum passes over 1 GiB measured after the runs")
+    md = _table(rows, dram) + f"\n\nMethod: {method}.\nMachine: {machine['device']}, torch {machine['torch']}, " \
                         f"{machine['threads']} threads" + (f", {machine.get('gpu')}" if "gpu" in machine else "") + "\n"
     print(md)
     if out_dir is not None:
