@@ -71,28 +71,62 @@ void rope(float* x, int64_t heads, int64_t head_dim, const float* cos_, const fl
   }
 }
 
-// softmax(q K^T * scale) V over the first n cached positions of one head. Cloned per ISA: the
-// baseline build of this file would run the dot products and the V sum 4 lanes wide.
-CAT_CLONES void attend_head(const float* q, const float* K, const float* V, int64_t n, int64_t hd, float scale,
-                            float* s, float* o) {
-  float mx = -INFINITY;
-  for (int64_t t = 0; t < n; ++t) {
-    s[t] = dot8(q, K + t * hd, hd) * scale;
-    if (s[t] > mx) mx = s[t];
+// exp(x) for float32 in straight-line code the compiler vectorizes (std::exp is a library call
+// per value: at a few hundred cached positions the softmax's exps took half the attention time).
+// Range reduction x = n ln2 + r with ln2 in two parts, a degree-6 polynomial for e^r on
+// |r| <= ln2/2, and 2^n put in the exponent bits; within 2 ulp of the exact value over the
+// clamped range, 0 below it (the clamp keeps 2^n a normal float).
+inline float fast_exp(float x) {
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  const float n = __builtin_roundevenf(x * 1.44269504088896341f);
+  float r = x - n * 0.693145751953125f;
+  r = r - n * 1.42860682030941723212e-6f;
+  float p = 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  int32_t bits;
+  const int32_t e = (static_cast<int32_t>(n) + 127) << 23;
+  std::memcpy(&bits, &p, 4);
+  bits += e - (127 << 23);
+  float out;
+  std::memcpy(&out, &bits, 4);
+  return out;
+}
+
+// softmax(q K^T * scale) V over the first n cached positions of one KV head, for the `group`
+// query heads that share it (q, o: [group, hd]; s: [group, n] scratch). Each key and value row
+// is read once for all of them: at a few hundred positions the cache is as many bytes a step as
+// the weights. Cloned per ISA: the baseline build of this file would run 4 lanes wide.
+CAT_CLONES void attend_kv_head(const float* q, int64_t group, const float* K, const float* V, int64_t n,
+                               int64_t hd, float scale, float* s, float* o) {
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t h = 0; h < group; ++h) s[h * n + t] = dot8(q + h * hd, K + t * hd, hd) * scale;
+  for (int64_t h = 0; h < group; ++h) {
+    float* sh = s + h * n;
+    float mx = -INFINITY;
+    for (int64_t t = 0; t < n; ++t) mx = sh[t] > mx ? sh[t] : mx;
+    for (int64_t t = 0; t < n; ++t) sh[t] = fast_exp(sh[t] - mx);
+    const float inv = 1.0f / sum8(sh, n);
+    for (int64_t t = 0; t < n; ++t) sh[t] *= inv;
   }
-  for (int64_t t = 0; t < n; ++t) s[t] = std::exp(s[t] - mx);
-  const float inv = 1.0f / sum8(s, n);
-  for (int64_t d = 0; d < hd; ++d) o[d] = 0.0f;
+  for (int64_t i = 0; i < group * hd; ++i) o[i] = 0.0f;
   for (int64_t t = 0; t < n; ++t) {
-    const float w = s[t] * inv;
     const float* vp = V + t * hd;
-    for (int64_t d = 0; d < hd; ++d) o[d] += w * vp[d];
+    for (int64_t h = 0; h < group; ++h) {
+      const float w = s[h * n + t];
+      float* oh = o + h * hd;
+      for (int64_t d = 0; d < hd; ++d) oh[d] += w * vp[d];
+    }
   }
 }
 
 // silu(g) * u in place of g, for n values.
 CAT_CLONES void silu_mul(float* g, const float* u, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) g[j] = g[j] / (1.0f + std::exp(-g[j])) * u[j];
+  for (int64_t j = 0; j < n; ++j) g[j] = g[j] / (1.0f + fast_exp(-g[j])) * u[j];
 }
 
 void add_bias(float* y, const float* bias, int64_t m, int64_t n) {
@@ -190,15 +224,16 @@ void decoder_step(const DecoderConfig& c, const DecoderLayer* layers, int64_t n_
         std::memcpy(vc + (hh * capacity + pos + r) * hd, v + r * kvn + hh * hd, sizeof(float) * hd);
       }
     }
-    // One item per (row, head): row r sees positions [0, pos + r].
+    // One item per (row, KV head): row r sees positions [0, pos + r]; the query heads of a KV
+    // head are consecutive (transformers' repeat_kv order).
     auto attend = [&](int64_t item) {
-      const int64_t r = item / nh, hh = item % nh, kvh = hh / group;
-      thread_local std::vector<float> scores;  // per thread: a long prompt's rows x heads
-      attend_head(q + r * qn + hh * hd, kc + kvh * capacity * hd, vc + kvh * capacity * hd, pos + r + 1, hd,
-                  c.attn_scale, grow(scores, keys_total), att + r * qn + hh * hd);
+      const int64_t r = item / nkv, g = item % nkv;
+      thread_local std::vector<float> scores;  // per thread: group x positions
+      attend_kv_head(q + r * qn + g * group * hd, group, kc + g * capacity * hd, vc + g * capacity * hd,
+                     pos + r + 1, hd, c.attn_scale, grow(scores, group * keys_total), att + r * qn + g * group * hd);
     };
-    if (keys_total * hd * nh * m >= kAttnParallelMinWork) parallel_for(m * nh, attend);
-    else for (int64_t i = 0; i < m * nh; ++i) attend(i);
+    if (keys_total * hd * nh * m >= kAttnParallelMinWork) parallel_for(m * nkv, attend);
+    else for (int64_t i = 0; i < m * nkv; ++i) attend(i);
     linear(L.o, att, m, a);
     for (int64_t j = 0; j < m * H; ++j) h[j] += a[j];
 
