@@ -1,6 +1,7 @@
 // One decoder step of a Llama-family transformer (Llama, Mistral, Qwen2, Qwen3) for one sequence,
-// all of it here: RMSNorm, the seven packed linears of each layer through gemm(), rotary
-// embedding, attention over the KV cache, SiLU-gated MLP, residuals, final norm.
+// all of it here: RMSNorm, the seven packed linears of each layer (q/k/v and gate/up as one pool
+// job each), rotary embedding, attention over the KV cache, SiLU-gated MLP, residuals, final
+// norm. The format of the cache and the API: docs/decoder.md.
 //
 // Why it exists: a decode step of a small model costs ~25 ms in transformers' Python and aten ops
 // while its packed weights need ~3 ms of DRAM time. Here a step is one call from Python, the
@@ -9,8 +10,8 @@
 //
 // Numerics follow transformers' eager float32 code op for op (RMSNorm computes
 // w * (x * rsqrt(mean(x^2) + eps)); rotary cos/sin of position * inv_freq times the attention
-// scaling; softmax in float32; silu(g) * u); only the order of additions inside a reduction
-// differs, so results agree to float32 rounding, not bit for bit.
+// scaling; softmax in float32; silu(g) * u); the order of additions inside a reduction differs
+// and exp is a polynomial within 2 ulp, so results agree to float32 rounding, not bit for bit.
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -227,10 +228,11 @@ void decoder_step(const DecoderConfig& c, const DecoderLayer* layers, int64_t n_
     // One item per (row, KV head): row r sees positions [0, pos + r]; the query heads of a KV
     // head are consecutive (transformers' repeat_kv order).
     auto attend = [&](int64_t item) {
-      const int64_t r = item / nkv, g = item % nkv;
+      const int64_t r = item / nkv, kvh = item % nkv;
       thread_local std::vector<float> scores;  // per thread: group x positions
-      attend_kv_head(q + r * qn + g * group * hd, group, kc + g * capacity * hd, vc + g * capacity * hd,
-                     pos + r + 1, hd, c.attn_scale, grow(scores, group * keys_total), att + r * qn + g * group * hd);
+      attend_kv_head(q + r * qn + kvh * group * hd, group, kc + kvh * capacity * hd, vc + kvh * capacity * hd,
+                     pos + r + 1, hd, c.attn_scale, grow(scores, group * keys_total),
+                     att + r * qn + kvh * group * hd);
     };
     if (keys_total * hd * nh * m >= kAttnParallelMinWork) parallel_for(m * nkv, attend);
     else for (int64_t i = 0; i < m * nkv; ++i) attend(i);

@@ -7,6 +7,7 @@
 // bit-identical across calls and thread counts.
 #include <atomic>
 #include <memory>
+#include <stdexcept>
 #include <vector>
 
 #include "cat/ops.h"
@@ -292,6 +293,7 @@ void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out, 
 void gemm_same_x(const float* x, int64_t m, const QWeight* const* w, int count, float* const* out,
                  int64_t parallel_min_work) {
   if (m <= 0 || count <= 0) return;
+  if (count > 8) throw std::invalid_argument("gemm_same_x: at most 8 weights");
   const detail::Kernels& kern = detail::active_kernels();
   const int64_t k = w[0]->k, kp = ceil_div(k, kBlockK) * kBlockK;
   // The plan of a weight with enough tiles not to split K: the segments then depend on K and
