@@ -251,7 +251,8 @@ class _Native:
         state = _State.of(cache)
         if ids.shape[1] > 1 or cache is None or state is None and cache.get_seq_length() == 0:
             out = original(**kwargs)  # a prompt: the plain path's prefill routes are faster
-            self._adopt(out.get("cache", out.get("past_key_values")))
+            # (reading the old name's alias warns on transformers 5: ask for the one it has)
+            self._adopt(out["cache"] if "cache" in out else out.get("past_key_values"))
             return out
         if state is None:
             state = self._adopt(cache)
