@@ -44,11 +44,20 @@ def _generate(model, ids, n=24, **kw):
 def _native_calls(model) -> list[int]:
     """Counts native steps by wrapping the decoder's step."""
     native = model.__dict__["_cat_native_decode"].native
-    calls = []
-    step = native.dec.step
-    native.dec = type("Counting", (), {"step": lambda self, *a: calls.append(1) or step(*a),
-                                       "n_layers": native.dec.n_layers, "kv_shape": native.dec.kv_shape})()
-    return calls
+    native.dec = _Counting(native.dec)
+    return native.dec.calls
+
+
+class _Counting:
+    def __init__(self, dec) -> None:
+        self.dec, self.calls = dec, []
+
+    def step(self, *args):
+        self.calls.append(1)
+        return self.dec.step(*args)
+
+    def __getattr__(self, name):
+        return getattr(self.dec, name)
 
 
 @pytest.mark.parametrize("name", ["llama", "mistral", "qwen2", "qwen3"])
@@ -103,24 +112,37 @@ def test_cached_steps_mix_native_and_plain_and_keep_the_cache_whole():
     torch.testing.assert_close(cont, ref, **TOL)
 
 
+@pytest.mark.parametrize("name", ["llama", "qwen3"])
+def test_batches_without_padding_take_the_native_step(name):
+    model = _quantized(name)
+    ids = torch.randint(3, VOCAB, (3, 6), generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        tokens, scores = _generate(model, ids, n=10)
+        enable_native_decode(model)
+        calls = _native_calls(model)
+        fast, fast_scores = _generate(model, ids, n=10)
+    assert len(calls) == 9
+    assert torch.equal(fast, tokens)
+    torch.testing.assert_close(fast_scores, scores, **TOL)
+
+
 def test_what_it_does_not_cover_runs_the_plain_path():
     model = _quantized("llama")
     ids = torch.randint(3, VOCAB, (2, 6), generator=torch.Generator().manual_seed(7))
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
     with torch.no_grad():
-        plain, _ = _generate(model, ids, n=6)
-        padded = ids.clone()
-        mask = torch.ones_like(ids)
-        mask[1, :2] = 0
-        plain_padded = model.generate(padded, attention_mask=mask, max_new_tokens=6, pad_token_id=0,
-                                      do_sample=False)
+        plain = model.generate(ids, attention_mask=mask, max_new_tokens=6, pad_token_id=0, do_sample=False)
         enable_native_decode(model)
         calls = _native_calls(model)
-        batch, _ = _generate(model, ids, n=6)  # batch of 2
-        one_padded = model.generate(padded[1:], attention_mask=mask[1:], max_new_tokens=6, pad_token_id=0,
-                                    do_sample=False)  # a padded single sequence
+        padded = model.generate(ids, attention_mask=mask, max_new_tokens=6, pad_token_id=0, do_sample=False)
+        one_padded = model.generate(ids[1:], attention_mask=mask[1:], max_new_tokens=6, pad_token_id=0,
+                                    do_sample=False)
+        embeds = model(inputs_embeds=model.get_input_embeddings()(ids[:1]), use_cache=True)
     assert calls == []
-    assert torch.equal(batch, plain)
-    assert torch.equal(one_padded[0], plain_padded[1])
+    assert torch.equal(padded, plain)
+    assert torch.equal(one_padded[0], plain[1])
+    assert embeds.logits.shape == (1, 6, VOCAB)
 
 
 def test_models_it_cannot_run_are_refused_by_name():

@@ -382,9 +382,10 @@ struct PyDecoder {
 
   int64_t n_layers() const { return static_cast<int64_t>(layers.size()); }
 
-  void check_step(int64_t m, int64_t pos, int64_t capacity) const {
+  void check_step(int64_t batch, int64_t m, int64_t pos, int64_t capacity) const {
     require(!layers.empty(), "the decoder has no layers");
-    require(m >= 1, "x: expected at least one row");
+    require(batch >= 1, "x: expected at least one sequence");
+    require(m >= 1, "x: expected at least one token per sequence");
     require(pos >= 0, "pos must be >= 0");
     require(pos + m <= capacity, "kv: capacity " + std::to_string(capacity) + " is too small for positions up to " +
                                      std::to_string(pos + m));
@@ -392,25 +393,26 @@ struct PyDecoder {
 
   // x, kv and out are float32, C-contiguous, in CPU memory, with the shapes of step(); the caller
   // (cat_kernels.Decoder) has checked them.
-  void step_ptr(uintptr_t x, int64_t m, int64_t pos, uintptr_t kv, int64_t capacity, uintptr_t out) const {
-    check_step(m, pos, capacity);
+  void step_ptr(uintptr_t x, int64_t batch, int64_t m, int64_t pos, uintptr_t kv, int64_t capacity,
+                uintptr_t out) const {
+    check_step(batch, m, pos, capacity);
     require(x != 0 && kv != 0 && out != 0, "x, kv, out: null data pointer");
     nb::gil_scoped_release rel;
-    cat::cpu::decoder_step(c, layers.data(), n_layers(), reinterpret_cast<const float*>(x), m, pos,
+    cat::cpu::decoder_step(c, layers.data(), n_layers(), reinterpret_cast<const float*>(x), batch, m, pos,
                            reinterpret_cast<float*>(kv), capacity, reinterpret_cast<float*>(out));
   }
 
   void step(const In& x, int64_t pos, const Out& kv, const Out& out) const {
-    require(x.ndim() == 2, "x: expected a 2-D array [M, hidden]");
-    const int64_t m = static_cast<int64_t>(x.shape(0));
-    check_array(x, "x", "float32", {m, c.hidden});
-    require(kv.ndim() == 5, "kv: expected a 5-D array [layers, 2, kv_heads, capacity, head_dim]");
-    const int64_t cap = static_cast<int64_t>(kv.shape(3));
-    check_array(kv, "kv", "float32", {n_layers(), 2, c.kv_heads, cap, c.head_dim});
-    check_array(out, "out", "float32", {c.hidden});
+    require(x.ndim() == 3, "x: expected a 3-D array [batch, tokens, hidden]");
+    const int64_t batch = static_cast<int64_t>(x.shape(0)), m = static_cast<int64_t>(x.shape(1));
+    check_array(x, "x", "float32", {batch, m, c.hidden});
+    require(kv.ndim() == 6, "kv: expected a 6-D array [layers, 2, batch, kv_heads, capacity, head_dim]");
+    const int64_t cap = static_cast<int64_t>(kv.shape(4));
+    check_array(kv, "kv", "float32", {n_layers(), 2, batch, c.kv_heads, cap, c.head_dim});
+    check_array(out, "out", "float32", {batch, c.hidden});
     for (auto [d, name] : {std::pair{device_of(x), "x"}, {device_of(kv), "kv"}, {device_of(out), "out"}})
       require(d.type == kCPU, std::string(name) + ": must be in CPU memory");
-    step_ptr(reinterpret_cast<uintptr_t>(x.data()), m, pos, reinterpret_cast<uintptr_t>(kv.data()), cap,
+    step_ptr(reinterpret_cast<uintptr_t>(x.data()), batch, m, pos, reinterpret_cast<uintptr_t>(kv.data()), cap,
              reinterpret_cast<uintptr_t>(out.data()));
   }
 };
@@ -469,8 +471,8 @@ NB_MODULE(_C, m) {
       .def("add_layer", &PyDecoder::add_layer, nb::arg("in_norm"), nb::arg("post_norm"), nb::arg("q_norm").none(),
            nb::arg("k_norm").none(), nb::arg("weights"), nb::arg("biases"))
       .def("step", &PyDecoder::step, nb::arg("x"), nb::arg("pos"), nb::arg("kv"), nb::arg("out"))
-      .def("step_ptr", &PyDecoder::step_ptr, nb::arg("x"), nb::arg("m"), nb::arg("pos"), nb::arg("kv"),
-           nb::arg("capacity"), nb::arg("out"))
+      .def("step_ptr", &PyDecoder::step_ptr, nb::arg("x"), nb::arg("batch"), nb::arg("m"), nb::arg("pos"),
+           nb::arg("kv"), nb::arg("capacity"), nb::arg("out"))
       .def_prop_ro("n_layers", &PyDecoder::n_layers);
   m.def("_cuda_gemm_workspace_elems", [](int64_t m_, int64_t n, int64_t k, int bits, int64_t g) {
     return cat::cuda::gemm_workspace_elems(m_, n, k, bits, g);

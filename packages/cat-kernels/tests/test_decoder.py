@@ -98,18 +98,19 @@ def _close(got, ref, what):
                                                           (4, -1, True, True), (8, 32, False, True)])
 def test_steps_match_the_reference(rng, bits, group_size, bias, qk_norm):
     model = _Model(rng, bits=bits, group_size=group_size, bias=bias, qk_norm=qk_norm)
-    total, cap = 13, 17
-    emb = rng.standard_normal((total, model.hidden)).astype(np.float32)
-    kv = np.full(model.dec.kv_shape(cap), np.nan, np.float32)  # unwritten positions must not be read
-    out = np.empty(model.hidden, np.float32)
+    total, cap, batch = 13, 17, 3 if bias else 1
+    emb = rng.standard_normal((batch, total, model.hidden)).astype(np.float32)
+    kv = np.full(model.dec.kv_shape(cap, batch), np.nan, np.float32)  # unwritten positions must not be read
+    out = np.empty((batch, model.hidden), np.float32)
     pos = 0
     for m in (5, 1, 1, 3, 1, 2):  # a prompt, single tokens, and chunks
-        model.dec.step(emb[pos:pos + m], pos, kv, out)
+        model.dec.step(np.ascontiguousarray(emb[:, pos:pos + m]), pos, kv, out)
         pos += m
-        ref, keys, values = model.forward(emb[:pos])
-        _close(out, ref, f"hidden after {pos} tokens")
-        _close(kv[:, 0, :, :pos], keys, f"keys after {pos} tokens")
-        _close(kv[:, 1, :, :pos], values, f"values after {pos} tokens")
+        for b in range(batch):  # each sequence sees its own cache only
+            ref, keys, values = model.forward(emb[b, :pos])
+            _close(out[b], ref, f"sequence {b}: hidden after {pos} tokens")
+            _close(kv[:, 0, b, :, :pos], keys, f"sequence {b}: keys after {pos} tokens")
+            _close(kv[:, 1, b, :, :pos], values, f"sequence {b}: values after {pos} tokens")
     assert pos == total
 
 
@@ -120,9 +121,9 @@ def test_thread_count_does_not_change_results(rng):
     for threads in (1, 2, 3):
         ck._C._set_num_threads(threads)
         kv = np.zeros(model.dec.kv_shape(48), np.float32)
-        out = np.empty(model.hidden, np.float32)
-        model.dec.step(emb[:39], 0, kv, out)
-        model.dec.step(emb[39:], 39, kv, out)
+        out = np.empty((1, model.hidden), np.float32)
+        model.dec.step(emb[None, :39], 0, kv, out)
+        model.dec.step(emb[None, 39:], 39, kv, out)
         results.append((out.copy(), kv.copy()))
     for out, kv in results[1:]:
         assert np.array_equal(out, results[0][0]) and np.array_equal(kv, results[0][1])
@@ -131,18 +132,22 @@ def test_thread_count_does_not_change_results(rng):
 def test_bad_arguments_name_what_is_wrong(rng):
     model = _Model(rng, layers=1)
     kv = np.zeros(model.dec.kv_shape(4), np.float32)
-    out = np.empty(model.hidden, np.float32)
-    x = np.zeros((3, model.hidden), np.float32)
+    out = np.empty((1, model.hidden), np.float32)
+    x = np.zeros((1, 3, model.hidden), np.float32)
     with pytest.raises(ValueError, match="kv: capacity 4 is too small"):
         model.dec.step(x, 2, kv, out)
     with pytest.raises(ValueError, match="x: expected dtype float32"):
         model.dec.step(x.astype(np.float64), 0, kv, out)
-    with pytest.raises(ValueError, match=r"x: expected shape \(3, 72\)"):
-        model.dec.step(np.zeros((3, 71), np.float32), 0, kv, out)
+    with pytest.raises(ValueError, match=r"x: expected shape \(1, 3, 72\)"):
+        model.dec.step(np.zeros((1, 3, 71), np.float32), 0, kv, out)
+    with pytest.raises(ValueError, match="x: expected a 3-D array"):
+        model.dec.step(np.zeros((3, 72), np.float32), 0, kv, out)
     with pytest.raises(ValueError, match="out: expected shape"):
         model.dec.step(x, 0, kv, np.empty(5, np.float32))
     with pytest.raises(ValueError, match="kv: expected shape"):
-        model.dec.step(x, 0, np.zeros((2, 2, 2, 4, 14), np.float32), out)
+        model.dec.step(x, 0, np.zeros((2, 2, 1, 2, 4, 14), np.float32), out)
+    with pytest.raises(ValueError, match="kv: expected shape"):  # a cache for another batch size
+        model.dec.step(x, 0, np.zeros(model.dec.kv_shape(4, 2), np.float32), out)
     w, _ = _linear(rng, 10, 72, 4, -1)
     good = {n: w for n in ("q", "k", "v", "o", "gate", "up", "down")}
     norms = dict(in_norm=np.ones(72, np.float32), post_norm=np.ones(72, np.float32))
@@ -158,4 +163,5 @@ def test_bad_arguments_name_what_is_wrong(rng):
     empty = ck.Decoder(hidden=8, heads=2, kv_heads=1, head_dim=4, intermediate=8, eps=1e-5, attn_scale=0.5,
                        inv_freq=np.ones(2, np.float32), final_norm=np.ones(8, np.float32))
     with pytest.raises(ValueError, match="no layers"):
-        empty.step(np.zeros((1, 8), np.float32), 0, np.zeros((0, 2, 1, 4, 4), np.float32), np.empty(8, np.float32))
+        empty.step(np.zeros((1, 1, 8), np.float32), 0, np.zeros((0, 2, 1, 1, 4, 4), np.float32),
+                   np.empty((1, 8), np.float32))

@@ -193,8 +193,8 @@ def add_head_bits(p: argparse.ArgumentParser) -> None:
 def add_plain_decode(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plain-decode", action="store_true",
                    help="run every decode step of a quantized model through transformers' modules "
-                        "(default: one native call per token where the model fits: a Llama, Mistral, "
-                        "Qwen2 or Qwen3 model in float32 on the CPU, batch 1)")
+                        "(default: one native call per step where the model fits: a Llama, Mistral, "
+                        "Qwen2 or Qwen3 model in float32 on the CPU, sequences without padding)")
 
 
 def decode_step(model: Any, plain: bool) -> str:
@@ -207,7 +207,7 @@ def decode_step(model: Any, plain: bool) -> str:
         return "plain decode (--plain-decode)"
 
     why = try_enable_native_decode(model)
-    return "native step at batch 1" if why is None else "plain decode: " + why.removeprefix("native decode step: ")
+    return "native step" if why is None else "plain decode: " + why.removeprefix("native decode step: ")
 
 
 def compute_dtype(arg: str, device: Any, declared: str | None) -> Any:

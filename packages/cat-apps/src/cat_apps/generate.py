@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     model, tok = loaded.model, loaded.tokenizer
     if loaded.quantized:
         step = _cli.decode_step(model, args.plain_decode)
-        if not args.quiet and not step.startswith("native step"):
+        if not args.quiet and step != "native step":
             print(f"{PROG}: {step}", file=sys.stderr)
     if args.chat:
         if not getattr(tok, "chat_template", None):

@@ -2,15 +2,15 @@
 
 A generated token of a small quantized model costs ~25 ms in transformers' Python and aten ops
 while its weights need ~3 ms of DRAM time (benchmarks/results/decode_2026-12-07). After
-:func:`enable_native_decode`, every single-token step of a batch-1 sequence with a KV cache runs
-as one call to :class:`cat_kernels.Decoder`: the embedding lookup and the output head stay the
+:func:`enable_native_decode`, every single-token step of a batch of sequences with a KV cache (no
+padding) runs as one call to :class:`cat_kernels.Decoder`: the embedding lookup and the output head stay the
 model's own modules, everything between them is native. ``model.generate()`` (greedy, sampling,
 streamers), ``model(...)`` with a cache, and the front-ends all take it; nothing else changes:
 
 - prompts (more than one new token) run through the model as before, which keeps prefill on the
   faster routes (dense BLAS for long prompts), and their cache is then copied once into the
   native cache;
-- anything the native step does not cover (batches, masks with padding, ``inputs_embeds``,
+- anything the native step does not cover (masks with padding, ``inputs_embeds``,
   attention or hidden-state outputs, labels, other cache types) runs through the model as before.
 
 The native cache lives inside transformers' own ``DynamicCache``: its layers read their keys and
@@ -208,7 +208,6 @@ class _Native:
         if model.get_input_embeddings() is None or model.get_output_embeddings() is None:
             raise _fail("the model has no input embedding or output head")
         self.hidden = int(cfg.hidden_size)
-        self.out = torch.empty(self.hidden, dtype=torch.float32)
         q0 = layers[0].self_attn.q_proj
         self._probe = (q0, q0._buffers["qweight"], body.norm.weight, body.norm.weight.data_ptr())
 
@@ -244,7 +243,7 @@ class _Native:
         ids = kwargs.get("input_ids")
         cache_arg = "cache" if "cache" in kwargs else "past_key_values"
         cache = kwargs.get(cache_arg)
-        if (args or ids is None or ids.dim() != 2 or ids.shape[0] != 1 or kwargs.get("use_cache") is False
+        if (args or ids is None or ids.dim() != 2 or kwargs.get("use_cache") is False
                 or kwargs.get("return_dict") is False or any(kwargs.get(k) for k in _PLAIN_ONLY)
                 or not _all_ones(kwargs.get("attention_mask"))):
             return original(*args, **kwargs)
@@ -258,18 +257,20 @@ class _Native:
             state = self._adopt(cache)
             if state is None:
                 return original(**kwargs)
-        pos = state.length
+        pos, batch = state.length, ids.shape[0]
+        if batch != state.batch:
+            return original(**kwargs)
         at, ids_at = kwargs.get("cache_position"), kwargs.get("position_ids")
         if (at is not None and int(at[0]) != pos) or (ids_at is not None and int(ids_at[0, -1]) != pos):
             return original(**kwargs)
         # looked up per call: quantize_head may replace both after this view was built
-        x = self.model.get_input_embeddings()(ids).reshape(1, self.hidden)
+        x = self.model.get_input_embeddings()(ids).reshape(batch, 1, self.hidden)
         if x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous():
             return original(**kwargs)
         state.reserve(pos + 1)
-        self.dec.step(x, pos, state.buf, self.out)
+        self.dec.step(x, pos, state.buf, state.out)
         state.length = pos + 1
-        logits = self.model.get_output_embeddings()(self.out.view(1, 1, self.hidden))
+        logits = self.model.get_output_embeddings()(state.out.view(batch, 1, self.hidden))
         from transformers.modeling_outputs import CausalLMOutputWithPast
 
         return CausalLMOutputWithPast(**{"logits": logits, _output_cache_name(): cache})
@@ -287,12 +288,12 @@ class _Native:
         if length == 0:
             return None
         first = cache.layers[0].keys
-        if first.dim() != 4 or first.shape[0] != 1 or first.dtype != torch.float32 or first.device.type != "cpu":
+        if first.dim() != 4 or first.dtype != torch.float32 or first.device.type != "cpu":
             return None
-        state = _State(self.dec, length)
+        state = _State(self.dec, length, first.shape[0])
         for i, layer in enumerate(cache.layers):
-            state.buf[i, 0, :, :length] = layer.keys[0]
-            state.buf[i, 1, :, :length] = layer.values[0]
+            state.buf[i, 0, :, :, :length] = layer.keys
+            state.buf[i, 1, :, :, :length] = layer.values
         for i, layer in enumerate(cache.layers):
             layer.__dict__.pop("keys", None)
             layer.__dict__.pop("values", None)
@@ -314,17 +315,19 @@ def _output_cache_name() -> str:
 
 
 class _State:
-    """The native KV buffer of one sequence ``[layers, 2, kv_heads, capacity, head_dim]`` and how
-    many positions it holds."""
+    """The native KV buffer of a batch of sequences ``[layers, 2, batch, kv_heads, capacity,
+    head_dim]``, how many positions it holds, and the step's output buffer."""
 
-    def __init__(self, dec: Any, length: int) -> None:
+    def __init__(self, dec: Any, length: int, batch: int) -> None:
         self.dec = dec
         self.length = length
+        self.batch = batch
         self.live = True
         cap = _MIN_CAPACITY
         while cap < length + 64:
             cap *= 2
-        self.buf = torch.zeros(dec.kv_shape(cap), dtype=torch.float32)
+        self.buf = torch.zeros(dec.kv_shape(cap, batch), dtype=torch.float32)
+        self.out = torch.empty(batch, dec.hidden, dtype=torch.float32)
 
     @staticmethod
     def of(cache: Any) -> _State | None:
@@ -334,17 +337,17 @@ class _State:
         return state
 
     def reserve(self, positions: int) -> None:
-        cap = self.buf.shape[3]
+        cap = self.buf.shape[4]
         if positions <= cap:
             return
         while cap < positions:
             cap *= 2
-        bigger = torch.zeros(self.dec.kv_shape(cap), dtype=torch.float32)
-        bigger[:, :, :, : self.length] = self.buf[:, :, :, : self.length]
+        bigger = torch.zeros(self.dec.kv_shape(cap, self.batch), dtype=torch.float32)
+        bigger[:, :, :, :, : self.length] = self.buf[:, :, :, :, : self.length]
         self.buf = bigger
 
     def view(self, index: int, which: int) -> torch.Tensor:
-        return self.buf[index, which, :, : self.length].unsqueeze(0)
+        return self.buf[index, which, :, :, : self.length]
 
 
 @functools.lru_cache(maxsize=1)

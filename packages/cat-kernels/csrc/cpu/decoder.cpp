@@ -178,8 +178,11 @@ T* grow(std::vector<T>& v, int64_t n) {
 }  // namespace
 
 void decoder_step(const DecoderConfig& c, const DecoderLayer* layers, int64_t n_layers, const float* x,
-                  int64_t m, int64_t pos, float* kv, int64_t capacity, float* out) {
-  if (m <= 0) return;
+                  int64_t batch, int64_t m_seq, int64_t pos, float* kv, int64_t capacity, float* out) {
+  if (m_seq <= 0 || batch <= 0) return;
+  // Rows r = b * m_seq + i: sequence b's token at position pos + i. The products see all rows at
+  // once; attention and the cache are per sequence.
+  const int64_t m = batch * m_seq;
   const int64_t H = c.hidden, hd = c.head_dim, nh = c.heads, nkv = c.kv_heads, I = c.intermediate;
   const int64_t qn = nh * hd, kvn = nkv * hd, half = hd / 2, group = nh / nkv;
   thread_local Buffers b;
@@ -191,10 +194,10 @@ void decoder_step(const DecoderConfig& c, const DecoderLayer* layers, int64_t n_
   float* att = grow(b.att, m * qn);
   float* g = grow(b.g, m * I);
   float* u = grow(b.u, m * I);
-  float* cs = grow(b.cs, m * hd);  // per row: cos[half], sin[half]
+  float* cs = grow(b.cs, m_seq * hd);  // per position: cos[half], sin[half]
   std::memcpy(h, x, sizeof(float) * m * H);
 
-  for (int64_t r = 0; r < m; ++r) {
+  for (int64_t r = 0; r < m_seq; ++r) {
     const float p = static_cast<float>(pos + r);
     for (int64_t i = 0; i < half; ++i) {
       const float f = p * c.inv_freq[i];
@@ -202,13 +205,14 @@ void decoder_step(const DecoderConfig& c, const DecoderLayer* layers, int64_t n_
       cs[r * hd + half + i] = std::sin(f) * c.rope_scale;
     }
   }
-  const int64_t layer_stride = 2 * nkv * capacity * hd;  // kv: [layers, 2, kv_heads, capacity, hd]
-  const int64_t keys_total = pos + m;
+  const int64_t seq_stride = nkv * capacity * hd;  // kv: [layers, 2, batch, kv_heads, capacity, hd]
+  const int64_t layer_stride = 2 * batch * seq_stride;
+  const int64_t keys_total = pos + m_seq;
 
   for (int64_t li = 0; li < n_layers; ++li) {
     const DecoderLayer& L = layers[li];
     float* kc = kv + li * layer_stride;
-    float* vc = kc + nkv * capacity * hd;
+    float* vc = kc + batch * seq_stride;
 
     // attention
     for (int64_t r = 0; r < m; ++r) rms_norm(h + r * H, L.in_norm, H, c.eps, a + r * H);
@@ -218,21 +222,24 @@ void decoder_step(const DecoderConfig& c, const DecoderLayer* layers, int64_t n_
         for (int64_t hh = 0; hh < nh; ++hh) rms_norm(q + r * qn + hh * hd, L.q_norm, hd, c.eps, q + r * qn + hh * hd);
       if (L.k_norm)
         for (int64_t hh = 0; hh < nkv; ++hh) rms_norm(k + r * kvn + hh * hd, L.k_norm, hd, c.eps, k + r * kvn + hh * hd);
-      rope(q + r * qn, nh, hd, cs + r * hd, cs + r * hd + half);
-      rope(k + r * kvn, nkv, hd, cs + r * hd, cs + r * hd + half);
+      const int64_t sb = r / m_seq, i = r % m_seq;
+      rope(q + r * qn, nh, hd, cs + i * hd, cs + i * hd + half);
+      rope(k + r * kvn, nkv, hd, cs + i * hd, cs + i * hd + half);
       for (int64_t hh = 0; hh < nkv; ++hh) {
-        std::memcpy(kc + (hh * capacity + pos + r) * hd, k + r * kvn + hh * hd, sizeof(float) * hd);
-        std::memcpy(vc + (hh * capacity + pos + r) * hd, v + r * kvn + hh * hd, sizeof(float) * hd);
+        const int64_t at = sb * seq_stride + (hh * capacity + pos + i) * hd;
+        std::memcpy(kc + at, k + r * kvn + hh * hd, sizeof(float) * hd);
+        std::memcpy(vc + at, v + r * kvn + hh * hd, sizeof(float) * hd);
       }
     }
-    // One item per (row, KV head): row r sees positions [0, pos + r]; the query heads of a KV
-    // head are consecutive (transformers' repeat_kv order).
+    // One item per (row, KV head): row r (sequence sb, position pos + i) sees its sequence's
+    // positions [0, pos + i]; the query heads of a KV head are consecutive (transformers'
+    // repeat_kv order).
     auto attend = [&](int64_t item) {
-      const int64_t r = item / nkv, kvh = item % nkv;
+      const int64_t r = item / nkv, kvh = item % nkv, sb = r / m_seq, i = r % m_seq;
+      const int64_t at = sb * seq_stride + kvh * capacity * hd;
       thread_local std::vector<float> scores;  // per thread: group x positions
-      attend_kv_head(q + r * qn + kvh * group * hd, group, kc + kvh * capacity * hd, vc + kvh * capacity * hd,
-                     pos + r + 1, hd, c.attn_scale, grow(scores, group * keys_total),
-                     att + r * qn + kvh * group * hd);
+      attend_kv_head(q + r * qn + kvh * group * hd, group, kc + at, vc + at, pos + i + 1, hd, c.attn_scale,
+                     grow(scores, group * keys_total), att + r * qn + kvh * group * hd);
     };
     if (keys_total * hd * nh * m >= kAttnParallelMinWork) parallel_for(m * nkv, attend);
     else for (int64_t i = 0; i < m * nkv; ++i) attend(i);
@@ -246,7 +253,7 @@ void decoder_step(const DecoderConfig& c, const DecoderLayer* layers, int64_t n_
     linear(L.down, g, m, a);
     for (int64_t j = 0; j < m * H; ++j) h[j] += a[j];
   }
-  rms_norm(h + (m - 1) * H, c.final_norm, H, c.eps, out);
+  for (int64_t sb = 0; sb < batch; ++sb) rms_norm(h + ((sb + 1) * m_seq - 1) * H, c.final_norm, H, c.eps, out + sb * H);
 }
 
 }  // namespace cat::cpu

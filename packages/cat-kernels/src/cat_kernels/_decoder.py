@@ -24,7 +24,8 @@ _LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 class Decoder:
-    """The layers of one model over :class:`PackedWeight` linears, for single-sequence steps.
+    """The layers of one model over :class:`PackedWeight` linears, for decode steps of one or more
+    sequences at the same positions.
 
     Args:
         hidden, heads, kv_heads, head_dim, intermediate: the model's sizes (``heads`` a multiple
@@ -70,16 +71,18 @@ class Decoder:
         self._d.add_layer(in_norm, post_norm, q_norm, k_norm, [given[n]._w for n in _LINEARS],
                           [biases.get(n) for n in _LINEARS])
 
-    def kv_shape(self, capacity: int) -> tuple[int, int, int, int, int]:
-        """Shape of a KV cache holding ``capacity`` positions: ``[layers, 2, kv_heads, capacity,
-        head_dim]`` float32 (keys at ``[:, 0]``, values at ``[:, 1]``, rotary already applied)."""
-        return (self.n_layers, 2, self.kv_heads, int(capacity), self.head_dim)
+    def kv_shape(self, capacity: int, batch: int = 1) -> tuple[int, int, int, int, int, int]:
+        """Shape of a KV cache holding ``capacity`` positions of ``batch`` sequences: ``[layers, 2,
+        batch, kv_heads, capacity, head_dim]`` float32 (keys at ``[:, 0]``, values at ``[:, 1]``,
+        rotary already applied)."""
+        return (self.n_layers, 2, int(batch), self.kv_heads, int(capacity), self.head_dim)
 
     def step(self, x: Any, pos: int, kv: Any, out: Any) -> Any:
-        """Run the tokens whose embeddings are ``x`` (float32 ``[M, hidden]``) at positions
-        ``pos .. pos + M - 1`` through every layer, appending their keys and values to ``kv``
-        (positions below ``pos`` must hold the earlier tokens'), and write the final-normed hidden
-        state of the last token to ``out`` (float32 ``[hidden]``). Returns ``out``.
+        """Run ``x`` (float32 ``[batch, M, hidden]``: each sequence's embeddings of its tokens at
+        positions ``pos .. pos + M - 1``) through every layer, appending their keys and values to
+        ``kv`` (positions below ``pos`` must hold the earlier tokens'), and write each sequence's
+        final-normed hidden state of its last token to ``out`` (float32 ``[batch, hidden]``).
+        Returns ``out``.
 
         Raises:
             ValueError / TypeError: wrong shape, dtype or device, or a cache too short for
@@ -103,11 +106,12 @@ class Decoder:
                 raise ValueError(f"{name}: must be in CPU memory, got {a.device}")
             if not a.is_contiguous():
                 raise ValueError(f"{name}: must be C-contiguous")
-        if x.dim() != 2 or x.shape[1] != self.hidden:
-            raise ValueError(f"x: expected shape [M, {self.hidden}], got {tuple(x.shape)}")
-        if kv.dim() != 5 or tuple(kv.shape) != self.kv_shape(kv.shape[3]):
-            raise ValueError(f"kv: expected shape {self.kv_shape(-1)[:3]} + (capacity, {self.head_dim}), "
+        if x.dim() != 3 or x.shape[2] != self.hidden:
+            raise ValueError(f"x: expected shape [batch, M, {self.hidden}], got {tuple(x.shape)}")
+        batch = x.shape[0]
+        if kv.dim() != 6 or tuple(kv.shape) != self.kv_shape(kv.shape[4], batch):
+            raise ValueError(f"kv: expected shape {self.kv_shape(0, batch)[:4]} + (capacity, {self.head_dim}), "
                              f"got {tuple(kv.shape)}")
-        if tuple(out.shape) != (self.hidden,):
-            raise ValueError(f"out: expected shape ({self.hidden},), got {tuple(out.shape)}")
-        self._d.step_ptr(x.data_ptr(), x.shape[0], pos, kv.data_ptr(), kv.shape[3], out.data_ptr())
+        if tuple(out.shape) != (batch, self.hidden):
+            raise ValueError(f"out: expected shape ({batch}, {self.hidden}), got {tuple(out.shape)}")
+        self._d.step_ptr(x.data_ptr(), batch, x.shape[1], pos, kv.data_ptr(), kv.shape[4], out.data_ptr())

@@ -94,11 +94,12 @@ struct DecoderConfig {
   const float* inv_freq = nullptr;    // [head_dim / 2]
   const float* final_norm = nullptr;  // [hidden]
 };
-// x: [m, hidden], the embeddings of tokens at positions pos .. pos + m - 1; kv: [layers, 2,
-// kv_heads, capacity, head_dim] (keys then values), positions < pos already filled, pos + m <=
-// capacity; out: [hidden], the final-normed hidden state of the last row.
+// x: [batch, m, hidden], the embeddings of each sequence's tokens at positions pos .. pos + m - 1
+// (every sequence at the same positions); kv: [layers, 2, batch, kv_heads, capacity, head_dim]
+// (keys then values), positions < pos already filled, pos + m <= capacity; out: [batch, hidden],
+// the final-normed hidden state of each sequence's last row.
 void decoder_step(const DecoderConfig& c, const DecoderLayer* layers, int64_t n_layers, const float* x,
-                  int64_t m, int64_t pos, float* kv, int64_t capacity, float* out);
+                  int64_t batch, int64_t m, int64_t pos, float* kv, int64_t capacity, float* out);
 // "scalar", "avx2" or "avx512": the code path gemm/dequantize use on this CPU.
 std::string isa();
 }  // namespace cpu
