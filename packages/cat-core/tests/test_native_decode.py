@@ -126,22 +126,39 @@ def test_batches_without_padding_take_the_native_step(name):
     torch.testing.assert_close(fast_scores, scores, **TOL)
 
 
+@pytest.mark.parametrize("name", ["llama", "qwen2"])
+def test_left_padded_batches_take_the_native_step(name):
+    model = _quantized(name)
+    ids = torch.randint(3, VOCAB, (3, 7), generator=torch.Generator().manual_seed(10))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # as a tokenizer pads a shorter prompt on the left
+    mask[2, :1] = 0
+    ids[mask == 0] = 0
+    kw = dict(attention_mask=mask, max_new_tokens=8, pad_token_id=0, do_sample=False, output_scores=True,
+              return_dict_in_generate=True)
+    with torch.no_grad():
+        plain = model.generate(ids, **kw)
+        enable_native_decode(model)
+        calls = _native_calls(model)
+        fast = model.generate(ids, **kw)
+    assert len(calls) == 7
+    assert torch.equal(fast.sequences, plain.sequences)
+    torch.testing.assert_close(torch.stack(fast.scores), torch.stack(plain.scores), **TOL)
+
+
 def test_what_it_does_not_cover_runs_the_plain_path():
     model = _quantized("llama")
     ids = torch.randint(3, VOCAB, (2, 6), generator=torch.Generator().manual_seed(7))
     mask = torch.ones_like(ids)
-    mask[1, :2] = 0
+    mask[1, 2] = 0  # a hole, not left padding
     with torch.no_grad():
         plain = model.generate(ids, attention_mask=mask, max_new_tokens=6, pad_token_id=0, do_sample=False)
         enable_native_decode(model)
         calls = _native_calls(model)
-        padded = model.generate(ids, attention_mask=mask, max_new_tokens=6, pad_token_id=0, do_sample=False)
-        one_padded = model.generate(ids[1:], attention_mask=mask[1:], max_new_tokens=6, pad_token_id=0,
-                                    do_sample=False)
+        holed = model.generate(ids, attention_mask=mask, max_new_tokens=6, pad_token_id=0, do_sample=False)
         embeds = model(inputs_embeds=model.get_input_embeddings()(ids[:1]), use_cache=True)
     assert calls == []
-    assert torch.equal(padded, plain)
-    assert torch.equal(one_padded[0], plain[1])
+    assert torch.equal(holed, plain)
     assert embeds.logits.shape == (1, 6, VOCAB)
 
 

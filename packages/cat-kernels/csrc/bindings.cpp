@@ -393,16 +393,22 @@ struct PyDecoder {
 
   // x, kv and out are float32, C-contiguous, in CPU memory, with the shapes of step(); the caller
   // (cat_kernels.Decoder) has checked them.
+  // starts: 0 (none) or [batch] int64, each in [0, pos + m) (checked here: the kernel indexes with
+  // it; rows before their sequence's start are padding and attend to nothing).
   void step_ptr(uintptr_t x, int64_t batch, int64_t m, int64_t pos, uintptr_t kv, int64_t capacity,
-                uintptr_t out) const {
+                uintptr_t out, uintptr_t starts) const {
     check_step(batch, m, pos, capacity);
     require(x != 0 && kv != 0 && out != 0, "x, kv, out: null data pointer");
+    const int64_t* st = reinterpret_cast<const int64_t*>(starts);
+    for (int64_t b = 0; st && b < batch; ++b)
+      require(st[b] >= 0 && st[b] < pos + m, "starts: sequence " + std::to_string(b) + " starts at " +
+                                                  std::to_string(st[b]) + ", expected 0 .. " + std::to_string(pos + m - 1));
     nb::gil_scoped_release rel;
     cat::cpu::decoder_step(c, layers.data(), n_layers(), reinterpret_cast<const float*>(x), batch, m, pos,
-                           reinterpret_cast<float*>(kv), capacity, reinterpret_cast<float*>(out));
+                           reinterpret_cast<float*>(kv), capacity, reinterpret_cast<float*>(out), st);
   }
 
-  void step(const In& x, int64_t pos, const Out& kv, const Out& out) const {
+  void step(const In& x, int64_t pos, const Out& kv, const Out& out, const std::optional<In>& starts) const {
     require(x.ndim() == 3, "x: expected a 3-D array [batch, tokens, hidden]");
     const int64_t batch = static_cast<int64_t>(x.shape(0)), m = static_cast<int64_t>(x.shape(1));
     check_array(x, "x", "float32", {batch, m, c.hidden});
@@ -412,8 +418,14 @@ struct PyDecoder {
     check_array(out, "out", "float32", {batch, c.hidden});
     for (auto [d, name] : {std::pair{device_of(x), "x"}, {device_of(kv), "kv"}, {device_of(out), "out"}})
       require(d.type == kCPU, std::string(name) + ": must be in CPU memory");
+    uintptr_t st = 0;
+    if (starts) {
+      check_array(*starts, "starts", "int64", {batch});
+      require(device_of(*starts).type == kCPU, "starts: must be in CPU memory");
+      st = reinterpret_cast<uintptr_t>(starts->data());
+    }
     step_ptr(reinterpret_cast<uintptr_t>(x.data()), batch, m, pos, reinterpret_cast<uintptr_t>(kv.data()), cap,
-             reinterpret_cast<uintptr_t>(out.data()));
+             reinterpret_cast<uintptr_t>(out.data()), st);
   }
 };
 
@@ -470,9 +482,10 @@ NB_MODULE(_C, m) {
            nb::arg("eps"), nb::arg("attn_scale"), nb::arg("rope_scale"), nb::arg("inv_freq"), nb::arg("final_norm"))
       .def("add_layer", &PyDecoder::add_layer, nb::arg("in_norm"), nb::arg("post_norm"), nb::arg("q_norm").none(),
            nb::arg("k_norm").none(), nb::arg("weights"), nb::arg("biases"))
-      .def("step", &PyDecoder::step, nb::arg("x"), nb::arg("pos"), nb::arg("kv"), nb::arg("out"))
+      .def("step", &PyDecoder::step, nb::arg("x"), nb::arg("pos"), nb::arg("kv"), nb::arg("out"),
+           nb::arg("starts").none() = nb::none())
       .def("step_ptr", &PyDecoder::step_ptr, nb::arg("x"), nb::arg("batch"), nb::arg("m"), nb::arg("pos"),
-           nb::arg("kv"), nb::arg("capacity"), nb::arg("out"))
+           nb::arg("kv"), nb::arg("capacity"), nb::arg("out"), nb::arg("starts") = 0)
       .def_prop_ro("n_layers", &PyDecoder::n_layers);
   m.def("_cuda_gemm_workspace_elems", [](int64_t m_, int64_t n, int64_t k, int bits, int64_t g) {
     return cat::cuda::gemm_workspace_elems(m_, n, k, bits, g);

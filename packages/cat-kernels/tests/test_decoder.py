@@ -102,15 +102,18 @@ def test_steps_match_the_reference(rng, bits, group_size, bias, qk_norm):
     emb = rng.standard_normal((batch, total, model.hidden)).astype(np.float32)
     kv = np.full(model.dec.kv_shape(cap, batch), np.nan, np.float32)  # unwritten positions must not be read
     out = np.empty((batch, model.hidden), np.float32)
+    # left padding: sequence b's tokens start at cache index starts[b] (what precedes is ignored)
+    starts = np.array([0, 3, 1][:batch], np.int64) if batch > 1 else None
+    first = [0] * batch if starts is None else list(starts)
     pos = 0
     for m in (5, 1, 1, 3, 1, 2):  # a prompt, single tokens, and chunks
-        model.dec.step(np.ascontiguousarray(emb[:, pos:pos + m]), pos, kv, out)
+        model.dec.step(np.ascontiguousarray(emb[:, pos:pos + m]), pos, kv, out, starts)
         pos += m
         for b in range(batch):  # each sequence sees its own cache only
-            ref, keys, values = model.forward(emb[b, :pos])
+            ref, keys, values = model.forward(emb[b, first[b]:pos])
             _close(out[b], ref, f"sequence {b}: hidden after {pos} tokens")
-            _close(kv[:, 0, b, :, :pos], keys, f"sequence {b}: keys after {pos} tokens")
-            _close(kv[:, 1, b, :, :pos], values, f"sequence {b}: values after {pos} tokens")
+            _close(kv[:, 0, b, :, first[b]:pos], keys, f"sequence {b}: keys after {pos} tokens")
+            _close(kv[:, 1, b, :, first[b]:pos], values, f"sequence {b}: values after {pos} tokens")
     assert pos == total
 
 
@@ -146,6 +149,10 @@ def test_bad_arguments_name_what_is_wrong(rng):
         model.dec.step(x, 0, kv, np.empty(5, np.float32))
     with pytest.raises(ValueError, match="kv: expected shape"):
         model.dec.step(x, 0, np.zeros((2, 2, 1, 2, 4, 14), np.float32), out)
+    with pytest.raises(ValueError, match=r"starts: sequence 0 starts at 5, expected 0 \.\. 4"):
+        model.dec.step(x, 2, np.zeros(model.dec.kv_shape(8), np.float32), out, np.array([5], np.int64))
+    with pytest.raises(ValueError, match="starts: expected dtype int64"):
+        model.dec.step(x, 2, np.zeros(model.dec.kv_shape(8), np.float32), out, np.array([1], np.int32))
     with pytest.raises(ValueError, match="kv: expected shape"):  # a cache for another batch size
         model.dec.step(x, 0, np.zeros(model.dec.kv_shape(4, 2), np.float32), out)
     w, _ = _linear(rng, 10, 72, 4, -1)

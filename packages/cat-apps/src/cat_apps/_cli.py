@@ -194,7 +194,7 @@ def add_plain_decode(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plain-decode", action="store_true",
                    help="run every decode step of a quantized model through transformers' modules "
                         "(default: one native call per step where the model fits: a Llama, Mistral, "
-                        "Qwen2 or Qwen3 model in float32 on the CPU, sequences without padding)")
+                        "Qwen2 or Qwen3 model in float32 on the CPU; left-padded batches included)")
 
 
 def decode_step(model: Any, plain: bool) -> str:

@@ -2,15 +2,15 @@
 
 A generated token of a small quantized model costs ~25 ms in transformers' Python and aten ops
 while its weights need ~3 ms of DRAM time (benchmarks/results/decode_2026-12-07). After
-:func:`enable_native_decode`, every single-token step of a batch of sequences with a KV cache (no
-padding) runs as one call to :class:`cat_kernels.Decoder`: the embedding lookup and the output head stay the
+:func:`enable_native_decode`, every single-token step of a batch of sequences with a KV cache (left
+padding included) runs as one call to :class:`cat_kernels.Decoder`: the embedding lookup and the output head stay the
 model's own modules, everything between them is native. ``model.generate()`` (greedy, sampling,
 streamers), ``model(...)`` with a cache, and the front-ends all take it; nothing else changes:
 
 - prompts (more than one new token) run through the model as before, which keeps prefill on the
   faster routes (dense BLAS for long prompts), and their cache is then copied once into the
   native cache;
-- anything the native step does not cover (masks with padding, ``inputs_embeds``,
+- anything the native step does not cover (masks other than left padding, ``inputs_embeds``,
   attention or hidden-state outputs, labels, other cache types) runs through the model as before.
 
 The native cache lives inside transformers' own ``DynamicCache``: its layers read their keys and
@@ -244,9 +244,11 @@ class _Native:
         cache_arg = "cache" if "cache" in kwargs else "past_key_values"
         cache = kwargs.get(cache_arg)
         if (args or ids is None or ids.dim() != 2 or kwargs.get("use_cache") is False
-                or kwargs.get("return_dict") is False or any(kwargs.get(k) for k in _PLAIN_ONLY)
-                or not _all_ones(kwargs.get("attention_mask"))):
+                or kwargs.get("return_dict") is False or any(kwargs.get(k) for k in _PLAIN_ONLY)):
             return original(*args, **kwargs)
+        fits, starts = _left_padding(kwargs.get("attention_mask"))
+        if not fits:
+            return original(**kwargs)
         state = _State.of(cache)
         if ids.shape[1] > 1 or cache is None or state is None and cache.get_seq_length() == 0:
             out = original(**kwargs)  # a prompt: the plain path's prefill routes are faster
@@ -261,14 +263,15 @@ class _Native:
         if batch != state.batch:
             return original(**kwargs)
         at, ids_at = kwargs.get("cache_position"), kwargs.get("position_ids")
-        if (at is not None and int(at[0]) != pos) or (ids_at is not None and int(ids_at[0, -1]) != pos):
+        first = 0 if starts is None else int(starts[0])  # row 0's position ids start there
+        if (at is not None and int(at[0]) != pos) or (ids_at is not None and int(ids_at[0, -1]) != pos - first):
             return original(**kwargs)
         # looked up per call: quantize_head may replace both after this view was built
         x = self.model.get_input_embeddings()(ids).reshape(batch, 1, self.hidden)
         if x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous():
             return original(**kwargs)
         state.reserve(pos + 1)
-        self.dec.step(x, pos, state.buf, state.out)
+        self.dec.step(x, pos, state.buf, state.out, starts)
         state.length = pos + 1
         logits = self.model.get_output_embeddings()(state.out.view(batch, 1, self.hidden))
         from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -303,8 +306,21 @@ class _Native:
         return state
 
 
-def _all_ones(mask: Any) -> bool:
-    return mask is None or (isinstance(mask, torch.Tensor) and mask.dim() == 2 and bool(mask.all()))
+def _left_padding(mask: Any) -> tuple[bool, torch.Tensor | None]:
+    """Whether a 2-D attention mask fits the native step, and each row's first attended index when
+    some rows are left-padded (``0 ... 0 1 ... 1``, what tokenizers give generate()); None when
+    every position is attended. Any other mask (holes, right padding, 4-D) does not fit."""
+    if mask is None:
+        return True, None
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+        return False, None
+    if bool(mask.all()):
+        return True, None
+    ones = mask.to(torch.bool)
+    first = ones.to(torch.int8).argmax(-1)  # the first attended index (argmax takes the first)
+    if not bool((ones.sum(-1) == ones.shape[1] - first).all()) or not bool(ones[:, -1].all()):
+        return False, None
+    return True, first.to(torch.int64).contiguous()
 
 
 @functools.lru_cache(maxsize=1)

@@ -178,7 +178,8 @@ T* grow(std::vector<T>& v, int64_t n) {
 }  // namespace
 
 void decoder_step(const DecoderConfig& c, const DecoderLayer* layers, int64_t n_layers, const float* x,
-                  int64_t batch, int64_t m_seq, int64_t pos, float* kv, int64_t capacity, float* out) {
+                  int64_t batch, int64_t m_seq, int64_t pos, float* kv, int64_t capacity, float* out,
+                  const int64_t* starts) {
   if (m_seq <= 0 || batch <= 0) return;
   // Rows r = b * m_seq + i: sequence b's token at position pos + i. The products see all rows at
   // once; attention and the cache are per sequence.
@@ -194,11 +195,12 @@ void decoder_step(const DecoderConfig& c, const DecoderLayer* layers, int64_t n_
   float* att = grow(b.att, m * qn);
   float* g = grow(b.g, m * I);
   float* u = grow(b.u, m * I);
-  float* cs = grow(b.cs, m_seq * hd);  // per position: cos[half], sin[half]
+  float* cs = grow(b.cs, m * hd);  // per row: cos[half], sin[half]
   std::memcpy(h, x, sizeof(float) * m * H);
 
-  for (int64_t r = 0; r < m_seq; ++r) {
-    const float p = static_cast<float>(pos + r);
+  for (int64_t r = 0; r < m; ++r) {
+    const int64_t sb = r / m_seq, i = r % m_seq;
+    const float p = static_cast<float>(pos + i - (starts ? starts[sb] : 0));
     for (int64_t i = 0; i < half; ++i) {
       const float f = p * c.inv_freq[i];
       cs[r * hd + i] = std::cos(f) * c.rope_scale;
@@ -223,23 +225,24 @@ void decoder_step(const DecoderConfig& c, const DecoderLayer* layers, int64_t n_
       if (L.k_norm)
         for (int64_t hh = 0; hh < nkv; ++hh) rms_norm(k + r * kvn + hh * hd, L.k_norm, hd, c.eps, k + r * kvn + hh * hd);
       const int64_t sb = r / m_seq, i = r % m_seq;
-      rope(q + r * qn, nh, hd, cs + i * hd, cs + i * hd + half);
-      rope(k + r * kvn, nkv, hd, cs + i * hd, cs + i * hd + half);
+      rope(q + r * qn, nh, hd, cs + r * hd, cs + r * hd + half);
+      rope(k + r * kvn, nkv, hd, cs + r * hd, cs + r * hd + half);
       for (int64_t hh = 0; hh < nkv; ++hh) {
         const int64_t at = sb * seq_stride + (hh * capacity + pos + i) * hd;
         std::memcpy(kc + at, k + r * kvn + hh * hd, sizeof(float) * hd);
         std::memcpy(vc + at, v + r * kvn + hh * hd, sizeof(float) * hd);
       }
     }
-    // One item per (row, KV head): row r (sequence sb, position pos + i) sees its sequence's
-    // positions [0, pos + i]; the query heads of a KV head are consecutive (transformers'
-    // repeat_kv order).
+    // One item per (row, KV head): row r (sequence sb, cache index pos + i) sees its sequence's
+    // cache indices [start, pos + i]; the query heads of a KV head are consecutive
+    // (transformers' repeat_kv order).
     auto attend = [&](int64_t item) {
       const int64_t r = item / nkv, kvh = item % nkv, sb = r / m_seq, i = r % m_seq;
-      const int64_t at = sb * seq_stride + kvh * capacity * hd;
+      const int64_t start = starts ? starts[sb] : 0;
+      const int64_t at = sb * seq_stride + (kvh * capacity + start) * hd;
       thread_local std::vector<float> scores;  // per thread: group x positions
-      attend_kv_head(q + r * qn + kvh * group * hd, group, kc + at, vc + at, pos + i + 1, hd, c.attn_scale,
-                     grow(scores, group * keys_total), att + r * qn + kvh * group * hd);
+      attend_kv_head(q + r * qn + kvh * group * hd, group, kc + at, vc + at, pos + i + 1 - start, hd,
+                     c.attn_scale, grow(scores, group * keys_total), att + r * qn + kvh * group * hd);
     };
     if (keys_total * hd * nh * m >= kAttnParallelMinWork) parallel_for(m * nkv, attend);
     else for (int64_t i = 0; i < m * nkv; ++i) attend(i);

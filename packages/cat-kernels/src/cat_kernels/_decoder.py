@@ -77,12 +77,17 @@ class Decoder:
         rotary already applied)."""
         return (self.n_layers, 2, int(batch), self.kv_heads, int(capacity), self.head_dim)
 
-    def step(self, x: Any, pos: int, kv: Any, out: Any) -> Any:
+    def step(self, x: Any, pos: int, kv: Any, out: Any, starts: Any = None) -> Any:
         """Run ``x`` (float32 ``[batch, M, hidden]``: each sequence's embeddings of its tokens at
         positions ``pos .. pos + M - 1``) through every layer, appending their keys and values to
         ``kv`` (positions below ``pos`` must hold the earlier tokens'), and write each sequence's
         final-normed hidden state of its last token to ``out`` (float32 ``[batch, hidden]``).
         Returns ``out``.
+
+        ``starts`` (int64 ``[batch]``, optional): sequence ``b``'s first valid cache index, for
+        left-padded batches: its tokens attend to cache indices ``starts[b] .. pos + i`` only and
+        are rotated as positions ``pos + i - starts[b]``; each below ``pos + M`` (rows before it are
+        padding and attend to nothing).
 
         Raises:
             ValueError / TypeError: wrong shape, dtype or device, or a cache too short for
@@ -90,14 +95,15 @@ class Decoder:
         """
         torch = sys.modules.get("torch")
         if torch is not None and type(x) is torch.Tensor and type(kv) is torch.Tensor and type(out) is torch.Tensor:
-            self._step_torch(torch, x, int(pos), kv, out)
-            return out
-        for name, a in (("x", x), ("kv", kv), ("out", out)):
+            if starts is None or type(starts) is torch.Tensor:
+                self._step_torch(torch, x, int(pos), kv, out, starts)
+                return out
+        for name, a in (("x", x), ("kv", kv), ("out", out)) + ((("starts", starts),) if starts is not None else ()):
             _inspect(a, name)  # a clear error for non-arrays before the native checks
-        self._d.step(x, int(pos), kv, out)
+        self._d.step(x, int(pos), kv, out, starts)
         return out
 
-    def _step_torch(self, torch: Any, x: Any, pos: int, kv: Any, out: Any) -> None:
+    def _step_torch(self, torch: Any, x: Any, pos: int, kv: Any, out: Any, starts: Any) -> None:
         # Attribute checks instead of a DLPack export per call: a step must cost microseconds.
         for name, a in (("x", x), ("kv", kv), ("out", out)):
             if a.dtype != torch.float32:
@@ -114,4 +120,11 @@ class Decoder:
                              f"got {tuple(kv.shape)}")
         if tuple(out.shape) != (batch, self.hidden):
             raise ValueError(f"out: expected shape ({batch}, {self.hidden}), got {tuple(out.shape)}")
-        self._d.step_ptr(x.data_ptr(), batch, x.shape[1], pos, kv.data_ptr(), kv.shape[4], out.data_ptr())
+        st = 0
+        if starts is not None:
+            if starts.dtype != torch.int64 or starts.device.type != "cpu" or tuple(starts.shape) != (batch,) \
+                    or not starts.is_contiguous():
+                raise ValueError(f"starts: expected a contiguous CPU int64 tensor of shape ({batch},), got "
+                                 f"{starts.dtype} {tuple(starts.shape)} on {starts.device}")
+            st = starts.data_ptr()
+        self._d.step_ptr(x.data_ptr(), batch, x.shape[1], pos, kv.data_ptr(), kv.shape[4], out.data_ptr(), st)

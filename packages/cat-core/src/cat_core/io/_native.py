@@ -159,8 +159,8 @@ def load_quantized(
     ``dtype`` converts the unquantized floating weights (scales keep their storage dtype);
     ``model_kwargs`` go to ``AutoModelForCausalLM.from_config`` (e.g.
     ``{"attn_implementation": "eager"}``).
-    Where the model fits (float32 on the CPU, a covered architecture) its decode steps of
-    sequences without padding take the native step (:mod:`cat_core.native_decode`; ``CAT_NATIVE_DECODE=0`` turns that off).
+    Where the model fits (float32 on the CPU, a covered architecture) its decode steps (batches
+    and left padding included) take the native step (:mod:`cat_core.native_decode`; ``CAT_NATIVE_DECODE=0`` turns that off).
     Raises :class:`CheckpointError` naming the file and tensor on any mismatch.
     """
     path = Path(path)

@@ -97,9 +97,13 @@ struct DecoderConfig {
 // x: [batch, m, hidden], the embeddings of each sequence's tokens at positions pos .. pos + m - 1
 // (every sequence at the same positions); kv: [layers, 2, batch, kv_heads, capacity, head_dim]
 // (keys then values), positions < pos already filled, pos + m <= capacity; out: [batch, hidden],
-// the final-normed hidden state of each sequence's last row.
+// the final-normed hidden state of each sequence's last row. starts: [batch] or null (all 0):
+// sequence b's first valid cache index (left padding): its rows attend to [starts[b], pos + i]
+// and are rotated as position pos + i - starts[b]; starts[b] < pos + m (rows before it are
+// padding: they attend to nothing).
 void decoder_step(const DecoderConfig& c, const DecoderLayer* layers, int64_t n_layers, const float* x,
-                  int64_t batch, int64_t m, int64_t pos, float* kv, int64_t capacity, float* out);
+                  int64_t batch, int64_t m, int64_t pos, float* kv, int64_t capacity, float* out,
+                  const int64_t* starts = nullptr);
 // "scalar", "avx2" or "avx512": the code path gemm/dequantize use on this CPU.
 std::string isa();
 }  // namespace cpu
