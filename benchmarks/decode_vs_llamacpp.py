@@ -43,18 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "probes"))
 import _llamacpp as L  # noqa: E402
 import _models as M  # noqa: E402
+from cat_apps.bench import dram_read_gbs, step_read_bytes  # noqa: E402
 from decode_profile import greedy_steps, quantize_body  # noqa: E402
 
-
-
-def dram_read_gbs(threads: int) -> float:
-    x = torch.ones(1 << 28, dtype=torch.float32)  # 1 GiB
-    best = 0.0
-    for _ in range(5):
-        t = time.perf_counter()
-        x.sum()
-        best = max(best, x.nbytes / (time.perf_counter() - t) / 1e9)
-    return best
 
 
 # ------------------------------------------------------------------ llama.cpp
@@ -95,27 +86,6 @@ def llama_bench(path: Path, threads: int, tokens: int, prefill: int, reps: int) 
 
 # ------------------------------------------------------------------ Caterpillar
 
-def _step_bytes(model: torch.nn.Module) -> int:
-    """Bytes of every tensor a decode step reads once: all parameters and buffers, each storage
-    once, less the input embedding when the head does not read it (a lookup reads a few rows)."""
-    seen, total = set(), 0
-    emb = model.get_input_embeddings()
-    head = model.get_output_embeddings()
-    skip = set()
-    if getattr(emb, "weight", None) is not None and getattr(head, "weight", None) is not emb.weight:
-        skip.add(emb.weight.untyped_storage().data_ptr())
-    for m in model.modules():
-        for t in list(m._parameters.values()) + list(m._buffers.values()):
-            if t is None or t.device.type == "meta":
-                continue
-            ptr = t.untyped_storage().data_ptr()
-            if ptr in seen or ptr in skip:
-                continue
-            seen.add(ptr)
-            total += t.untyped_storage().nbytes()
-    return total
-
-
 def cat_decode(model: torch.nn.Module, tokens: int, reps: int) -> float:
     """Median tokens/s of ``tokens`` greedy steps after one start token (batch 1)."""
     start = [model.config.bos_token_id or 1]
@@ -147,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     mi = M.machine_info()
-    bw = dram_read_gbs(args.threads)
+    bw = dram_read_gbs()  # with the threads set above
     src = M.gguf_path("smollm2")
     rows: list[tuple[str, str, float, float, float, int]] = []  # engine, format, decode, sd, prefill, bytes
 
@@ -180,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
             label = "float32" if bits is None else f"{bits}-bit g64 RTN, head 8-bit, {step}"
             tps = cat_decode(model, args.tokens, args.reps)
             pre = cat_prefill(model, args.prefill, args.reps)
-            rows.append(("Caterpillar", label, tps, 0.0, pre, _step_bytes(model)))
+            rows.append(("Caterpillar", label, tps, 0.0, pre, step_read_bytes(model)))
             print(rows[-1], flush=True)
         del model
 

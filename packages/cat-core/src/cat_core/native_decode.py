@@ -366,6 +366,20 @@ class _State:
         return self.buf[index, which, :, :, : self.length]
 
 
+def _buffer_view(which: int) -> property:
+    """A cache layer's keys (0) or values (1) as a view of the native buffer; assigning one
+    retires the view (see _NativeLayer)."""
+
+    def get(layer: Any) -> torch.Tensor:
+        return layer.__dict__["_cat_state"].view(layer.__dict__["_cat_index"], which)
+
+    def set_(layer: Any, value: torch.Tensor) -> None:
+        layer._detach()
+        layer.__dict__["keys" if which == 0 else "values"] = value
+
+    return property(get, set_)
+
+
 @functools.lru_cache(maxsize=1)
 def _native_layer_class() -> type:
     from transformers.cache_utils import DynamicLayer
@@ -382,22 +396,7 @@ def _native_layer_class() -> type:
             d["keys"], d["values"] = state.view(i, 0), state.view(i, 1)
             self.__class__ = DynamicLayer
 
-        @property
-        def keys(self) -> torch.Tensor:  # type: ignore[override]
-            return self.__dict__["_cat_state"].view(self.__dict__["_cat_index"], 0)
-
-        @keys.setter
-        def keys(self, value: torch.Tensor) -> None:
-            self._detach()
-            self.keys = value
-
-        @property
-        def values(self) -> torch.Tensor:  # type: ignore[override]
-            return self.__dict__["_cat_state"].view(self.__dict__["_cat_index"], 1)
-
-        @values.setter
-        def values(self, value: torch.Tensor) -> None:
-            self._detach()
-            self.values = value
+        keys = _buffer_view(0)
+        values = _buffer_view(1)
 
     return _NativeLayer
