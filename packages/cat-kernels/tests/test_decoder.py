@@ -88,10 +88,18 @@ class _Model:
         return self._norm(h[-1], self.final_norm), np.stack(keys), np.stack(values)
 
 
+# float32 rounding through 3 layers (q/k norms divide by small per-head norms, which amplifies it):
+# at most 2.8e-5 of (1 + |value|) over 60 seeds x these 4 cases; a wrong code, rotation or mask
+# moves values by 1e-2 or more.
+REL = 1e-4
+
+
 def _close(got, ref, what):
     err = np.abs(got.astype(np.float64) - ref)
-    bound = 2e-5 * (1 + np.abs(ref))
-    assert np.all(err <= bound), f"{what}: max error {err.max():.3g} (bound {bound[np.argmax(err - bound)]:.3g})"
+    bound = REL * (1 + np.abs(ref))
+    worst = np.unravel_index(np.argmax(err - bound), err.shape)
+    assert np.all(err <= bound), (f"{what}: error {err[worst]:.3g} at {worst} above the bound {bound[worst]:.3g} "
+                                  f"(reference {ref[worst]:.4g})")
 
 
 @pytest.mark.parametrize("bits,group_size,bias,qk_norm", [(4, 32, False, False), (3, -1, True, False),
