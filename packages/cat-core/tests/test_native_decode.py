@@ -173,6 +173,10 @@ def test_models_it_cannot_run_are_refused_by_name():
     with pytest.raises(NativeDecodeError, match="needs a float32 model"):
         enable_native_decode(model)
     assert not native_decode_enabled(model)
+    hooked = _quantized("llama")
+    hooked.forward = lambda *a, **k: None  # as accelerate's hooks replace it
+    with pytest.raises(NativeDecodeError, match="forward is already replaced"):
+        enable_native_decode(hooked)
 
 
 def test_copies_and_moves_get_their_own_view_or_the_plain_path():

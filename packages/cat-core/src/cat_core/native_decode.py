@@ -68,6 +68,10 @@ def enable_native_decode(model: nn.Module) -> None:
         NativeDecodeError: the architecture, dtype, device or a layer does not fit (the message
             names it); the model is left as it was.
     """
+    own = model.__dict__.get("forward")
+    if own is not None and "_cat_native_decode" not in model.__dict__:
+        # e.g. accelerate's device hooks: the plain path must keep going through them
+        raise _fail(f"the model's forward is already replaced on the instance ({own!r})")
     native = _Native(model)
     model.__dict__["_cat_native_decode"] = _Slot(native)
     model.forward = types.MethodType(_wrapper(type(model)), model)
