@@ -168,9 +168,24 @@ float segment_sum(const float* p, int64_t j0, int64_t j1) {
   return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
 }
 
-}  // namespace
+// Min work (weights x rows) from which a call uses the pool: the caller's, or the default.
+inline int64_t min_work(int64_t parallel_min_work) {
+  return parallel_min_work < 0 ? kParallelMinWork : parallel_min_work;
+}
 
-namespace {
+// Rows [16t, 16t + 16) of out ([m, n] of dtype dt) for rows m0 .. m0 + mc of x, from the S split
+// partials of one (tile, m chunk) ([S][mc][16], split s at parts + s * stride), added in split
+// order.
+void store_tile(void* out, DType dt, int64_t n, int64_t t, int64_t m0, int64_t mc, const float* parts,
+                int64_t S, int64_t stride) {
+  const int rows = static_cast<int>(n - t * kTileN < kTileN ? n - t * kTileN : kTileN);
+  for (int64_t mi = 0; mi < mc; ++mi)
+    for (int r = 0; r < rows; ++r) {
+      float acc = parts[mi * kTileN + r];
+      for (int64_t s = 1; s < S; ++s) acc += parts[s * stride + mi * kTileN + r];
+      detail::store_from_f32(out, dt, (m0 + mi) * n + t * kTileN + r, acc);
+    }
+}
 
 // x as zero-padded float32 (padded columns then contribute nothing), each row block stored
 // interleaved (see detail::row_block), plus the sum of x over each segment of `plan` for the
@@ -241,7 +256,7 @@ void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out, 
   const int64_t n = w.n, k = w.k;
   const int64_t tiles = ceil_div(n, kTileN), nb = ceil_div(k, kBlockK), kp = nb * kBlockK;
   const Plan& plan = cached_plan(n, k, w.group_size);
-  const bool parallel = n * kp * m >= (parallel_min_work < 0 ? kParallelMinWork : parallel_min_work);
+  const bool parallel = n * kp * m >= min_work(parallel_min_work);
   thread_local Workspace ws;
   const TrimOnExit trim{ws};
   float *xf, *xs;
@@ -252,13 +267,7 @@ void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out, 
   const int64_t mcmax = m < kMChunk ? m : kMChunk;
   const int64_t stride = mcmax * kTileN;  // floats per (tile, m chunk, split) partial
   auto finish = [&](int64_t t, int64_t m0, int64_t mc, const float* parts) {
-    const int rows = static_cast<int>(n - t * kTileN < kTileN ? n - t * kTileN : kTileN);
-    for (int64_t mi = 0; mi < mc; ++mi)
-      for (int r = 0; r < rows; ++r) {
-        float acc = parts[mi * kTileN + r];
-        for (int64_t s = 1; s < S; ++s) acc += parts[s * stride + mi * kTileN + r];
-        detail::store_from_f32(out, x_dtype, (m0 + mi) * n + t * kTileN + r, acc);
-      }
+    store_tile(out, x_dtype, n, t, m0, mc, parts, S, stride);
   };
 
   // Partials laid out [tile][m chunk][split][mc][16]; the item that completes a
@@ -306,7 +315,7 @@ void gemm_same_x(const float* x, int64_t m, const QWeight* const* w, int count, 
     weights_rows += w[i]->n;
   }
   const int64_t mchunks = ceil_div(m, kMChunk), items = first_tile[count] * mchunks;
-  const bool parallel = weights_rows * kp * m >= (parallel_min_work < 0 ? kParallelMinWork : parallel_min_work);
+  const bool parallel = weights_rows * kp * m >= min_work(parallel_min_work);
   thread_local Workspace ws;
   const TrimOnExit trim{ws};
   float *xf, *xs;
@@ -317,13 +326,11 @@ void gemm_same_x(const float* x, int64_t m, const QWeight* const* w, int count, 
     const int64_t tile = item / mchunks, m0 = (item % mchunks) * kMChunk;
     int wi = 0;
     while (tile >= first_tile[wi + 1]) ++wi;
-    const int64_t t = tile - first_tile[wi], n = w[wi]->n;
+    const int64_t t = tile - first_tile[wi];
     const int64_t mc = m - m0 < kMChunk ? m - m0 : kMChunk;
     alignas(64) thread_local float scratch[kMChunk * kTileN];
     kern.gemm_item(gp[wi], t, 0, m0, mc, scratch);
-    const int rows = static_cast<int>(n - t * kTileN < kTileN ? n - t * kTileN : kTileN);
-    for (int64_t mi = 0; mi < mc; ++mi)
-      for (int r = 0; r < rows; ++r) out[wi][(m0 + mi) * n + t * kTileN + r] = scratch[mi * kTileN + r];
+    store_tile(out[wi], DType::f32, w[wi]->n, t, m0, mc, scratch, 1, 0);
   });
 }
 

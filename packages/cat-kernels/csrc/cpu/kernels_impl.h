@@ -153,6 +153,12 @@ CAT_AI typename O::VF zero_offsets(const GemmPlan& p, int64_t t, int64_t g) {
   return O::add(O::cvt(z), O::set1(C));
 }
 
+// Blocks ahead of the current one that run_segments prefetches at one row of x (2 KB at 4 bits).
+// 4, 16 and 32 were tried beside 8 on SPR (8192x2048 4-bit, 2 threads: 18.0, 17.2, 17.0 GB/s
+// against 18.4-18.8; unlogged trial builds). Past the end of a tile the hint touches the next
+// tile's words or nothing: prefetches never fault.
+constexpr int kPrefetchBlocks = 8;
+
 // The segments [0, nseg) of one work item for MB rows of x (one row block). For every segment:
 // accumulate its blocks, then fold y[m] += s * (C * acc - (C + z) * xs) into y (16 rows each).
 // x is the row block's interleaved copy: x[col * MB + m] is column col of row m, so every
@@ -160,11 +166,6 @@ CAT_AI typename O::VF zero_offsets(const GemmPlan& p, int64_t t, int64_t g) {
 // sc / zc: per group (from the group of the first segment on), the 16 scales and the 16 (C + z)
 // values. xs[m * xs_stride + i]: the
 // sum of row m of x over segment i.
-// Blocks ahead of the current one that run_segments prefetches at one row of x (2 KB at 4 bits;
-// 4, 8, 16 and 32 measured within 5% of each other on SPR). Past the end of a tile the hint
-// touches the next tile's words or nothing: prefetches never fault.
-constexpr int kPrefetchBlocks = 8;
-
 template <class O, int BITS, int MB>
 __attribute__((noinline)) void run_segments(const int32_t* tile_words, const Segment* segs, int nseg,
                                             const float* sc, const float* zc, const float* x,
@@ -192,8 +193,10 @@ __attribute__((noinline)) void run_segments(const int32_t* tile_words, const Seg
         // arithmetic, and the hardware prefetchers alone leave it waiting (they stop at page
         // boundaries, and a thread's tiles are 4-64 KB apart). Ask for the block
         // kPrefetchBlocks ahead (its BITS lines), into all cache levels. SPR, 2 threads, weights
-        // streamed from DRAM: 8192x2048 4-bit 9.6 -> 18.4 GB/s, 2048x8192 13.1 -> 19.3 GB/s;
-        // a SmolLM2 decode step 6.3 -> 4.8 ms. A non-temporal hint (locality 0) made it slower.
+        // streamed from DRAM (benchmarks/probes/gemv_stream.py; logs before and after in
+        // benchmarks/results/decode_2026-12-07/session18/): 8192x2048 4-bit 9.8 -> 17.1 GB/s,
+        // 2048x8192 13.1 -> 19.2, 8192x2048 3-bit 8.2 -> 16.8. A non-temporal hint (locality 0)
+        // made a decode step slower.
         unroll<BITS>([&](auto li) CAT_AIL {
           __builtin_prefetch(wp + (kPrefetchBlocks * BITS + CAT_CV(li)) * 16, 0, 3);
         });

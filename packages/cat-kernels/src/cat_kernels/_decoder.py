@@ -25,7 +25,7 @@ _LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
 
 class Decoder:
     """The layers of one model over :class:`PackedWeight` linears, for decode steps of one or more
-    sequences at the same positions.
+    sequences sharing cache indices (left padding through ``step``'s ``starts``).
 
     Args:
         hidden, heads, kv_heads, head_dim, intermediate: the model's sizes (``heads`` a multiple
