@@ -89,7 +89,8 @@ class _Model:
 
 
 # float32 rounding through 3 layers (q/k norms divide by small per-head norms, which amplifies it):
-# at most 2.8e-5 of (1 + |value|) over 60 seeds x these 4 cases; a wrong code, rotation or mask
+# at most 2.8e-5 of (1 + |value|) over 60 seeds x these 4 cases (benchmarks/probes/decoder_rounding.py,
+# log in benchmarks/results/decode_2026-12-07/session18/); a wrong code, rotation or mask
 # moves values by 1e-2 or more.
 REL = 1e-4
 
