@@ -16,8 +16,9 @@ this order, nothing else running:
 3. Caterpillar, in this process with ``torch.set_num_threads(THREADS)``: the float32 model, and
    every block linear RTN-quantized at 4 and 3 bits, group 64, head 8 bits (as cat-generate
    serves it; decode speed does not depend on how codes were chosen), each through the native
-   decode step (``cat_core.native_decode``, what cat-generate and the loaders use) and through
-   transformers' modules (``plain``): TOKENS greedy steps after one start token with the KV cache
+   decode step (``cat_core.native_decode``, what cat-generate and the loaders use), the native
+   step with int8 activations (``--activations int8``; x rounded per 32 values as llama.cpp's
+   Q8_0 does) and transformers' modules (``plain``): TOKENS greedy steps after one start token with the KV cache
    and last-position logits, REPS times (median); prefill of PREFILL tokens, batch 1.
 
 Every row gives tokens/s, the weight bytes a decode step reads (llama.cpp: the file's tensors
@@ -134,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
             print(rows[-1], flush=True)
 
     from cat_core.native_decode import disable_native_decode, enable_native_decode
+    from cat_core.nn import set_int8_activations
 
     for bits in (None, 4, 3):
         model, _ = M.load_model("smollm2")
@@ -141,9 +143,11 @@ def main(argv: list[str] | None = None) -> None:
         steps = ["plain"]
         if bits is not None:
             quantize_body(model, bits, 8)
-            steps = ["native step", "plain"]
+            steps = ["native step, int8 activations", "native step", "plain"]
         for step in steps:
-            if step == "native step":
+            if bits is not None:
+                set_int8_activations(model, "int8" in step)
+            if step.startswith("native step"):
                 enable_native_decode(model)
             else:
                 disable_native_decode(model)

@@ -3,7 +3,7 @@ after one start token, 2 threads): cProfile of the decode loop, sorted by own ti
 step is `_step_torch` (the C++ call), the head is `_gemm_torch` (128 of its calls; the other 211
 are the one-token prompt's linears), the rest is Python and torch glue.
 
-    python benchmarks/probes/native_decode_profile.py
+    python benchmarks/probes/native_decode_profile.py [--int8]   # --int8: int8 activations
 """
 
 import cProfile
@@ -25,6 +25,10 @@ model, _ = M.load_model("smollm2")
 model.eval()
 quantize_body(model, 4, 8)
 enable_native_decode(model)
+if "--int8" in sys.argv:
+    from cat_core.nn import set_int8_activations
+
+    set_int8_activations(model, True)
 greedy_steps(model, 128, [1])
 pr = cProfile.Profile()
 pr.enable()

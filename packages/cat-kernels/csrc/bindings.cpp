@@ -378,9 +378,19 @@ struct PyDecoder {
     L.up = linear(w[5], bias[5], I, H, at + "up");
     L.down = linear(w[6], bias[6], H, I, at + "down");
     layers.push_back(L);
+    set_int8_x(int8_x);
   }
 
   int64_t n_layers() const { return static_cast<int64_t>(layers.size()); }
+
+  // Every linear of every layer (and of layers added later: add_layer copies the flag of the
+  // weight it is given, so the flag is applied again there).
+  bool int8_x = false;
+  void set_int8_x(bool on) {
+    int8_x = on;
+    for (cat::cpu::DecoderLayer& L : layers)
+      for (cat::cpu::DecoderLinear* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) l->w.int8_x = on;
+  }
 
   void check_step(int64_t batch, int64_t m, int64_t pos, int64_t capacity) const {
     require(!layers.empty(), "the decoder has no layers");
@@ -436,9 +446,14 @@ void py_dequantize(const In& packed, const In& scales, const std::optional<In>& 
 }
 
 void py_gemm(const In& x, const In& packed, const In& scales, const std::optional<In>& zeros,
-             int64_t group_size, const Out& out, const std::optional<Out>& workspace, uintptr_t stream) {
+             int64_t group_size, const Out& out, const std::optional<Out>& workspace, uintptr_t stream,
+             bool int8_activations) {
   require(x.ndim() == 2, "x: expected a 2-D array [M, K]");
-  PyWeight(packed, scales, zeros, group_size, static_cast<int64_t>(x.shape(1))).gemm(x, out, workspace, stream);
+  PyWeight pw(packed, scales, zeros, group_size, static_cast<int64_t>(x.shape(1)));
+  require(!int8_activations || pw.dev.type == kCPU,
+          "int8_activations: the int8-activation gemm runs on the CPU; the arrays are on a CUDA device");
+  pw.w.int8_x = int8_activations;
+  pw.gemm(x, out, workspace, stream);
 }
 
 std::tuple<std::string, std::vector<int64_t>, bool, int, int> py_inspect(const In& a) {
@@ -460,7 +475,7 @@ NB_MODULE(_C, m) {
         nb::arg("group_size"), nb::arg("k"), nb::arg("out"), nb::arg("stream") = 0);
   m.def("_gemm", &py_gemm, nb::arg("x"), nb::arg("packed"), nb::arg("scales"), nb::arg("zeros").none(),
         nb::arg("group_size"), nb::arg("out"), nb::arg("workspace").none() = nb::none(),
-        nb::arg("stream") = 0);
+        nb::arg("stream") = 0, nb::arg("int8_activations") = false);
   nb::class_<PyWeight>(m, "_Weight")
       .def(nb::init<const In&, const In&, const std::optional<In>&, int64_t, int64_t>(), nb::arg("packed"),
            nb::arg("scales"), nb::arg("zeros").none(), nb::arg("group_size"), nb::arg("k"))
@@ -475,7 +490,13 @@ NB_MODULE(_C, m) {
       .def_prop_ro("k", [](const PyWeight& p) { return p.w.k; })
       .def_prop_ro("bits", [](const PyWeight& p) { return p.w.bits; })
       .def_prop_ro("device_type", [](const PyWeight& p) { return p.dev.type; })
-      .def_prop_ro("device_id", [](const PyWeight& p) { return p.dev.id; });
+      .def_prop_ro("device_id", [](const PyWeight& p) { return p.dev.id; })
+      .def_prop_rw("int8_activations", [](const PyWeight& p) { return p.w.int8_x; },
+                   [](PyWeight& p, bool on) {
+                     require(!on || p.dev.type == kCPU,
+                             "int8_activations: the int8-activation gemm runs on the CPU; this weight is on a CUDA device");
+                     p.w.int8_x = on;
+                   });
   nb::class_<PyDecoder>(m, "_Decoder")
       .def(nb::init<int64_t, int64_t, int64_t, int64_t, int64_t, double, double, double, const In&, const In&>(),
            nb::arg("hidden"), nb::arg("heads"), nb::arg("kv_heads"), nb::arg("head_dim"), nb::arg("intermediate"),
@@ -486,7 +507,9 @@ NB_MODULE(_C, m) {
            nb::arg("starts").none() = nb::none())
       .def("step_ptr", &PyDecoder::step_ptr, nb::arg("x"), nb::arg("batch"), nb::arg("m"), nb::arg("pos"),
            nb::arg("kv"), nb::arg("capacity"), nb::arg("out"), nb::arg("starts") = 0)
-      .def_prop_ro("n_layers", &PyDecoder::n_layers);
+      .def_prop_ro("n_layers", &PyDecoder::n_layers)
+      .def_prop_rw("int8_activations", [](const PyDecoder& d) { return d.int8_x; },
+                   [](PyDecoder& d, bool on) { d.set_int8_x(on); });
   m.def("_cuda_gemm_workspace_elems", [](int64_t m_, int64_t n, int64_t k, int bits, int64_t g) {
     return cat::cuda::gemm_workspace_elems(m_, n, k, bits, g);
   });
@@ -497,6 +520,8 @@ NB_MODULE(_C, m) {
     else cat::cuda::set_impl(cat::cuda::parse_impl(name.c_str(), "impl"));
   }, nb::arg("name"));
   m.def("_isa", [] { return cat::cpu::isa(); });
+  m.def("_int8_kernel", [] { return cat::cpu::detail::active_q8_kernel() != nullptr; },
+        "Whether int8_activations runs integer dot products (AVX-512 VNNI) on the active path.");
   m.def("_set_isa", [](const std::string& name) { cat::cpu::detail::set_isa(name.c_str()); },
         nb::arg("name"), "Force a CPU kernel path ('scalar', 'avx2', 'avx512'); '' restores the default.");
   m.def("_available_isas", [] {

@@ -68,6 +68,7 @@ def build() -> argparse.ArgumentParser:
     _cli.add_dtype(p)
     _cli.add_head_bits(p)
     _cli.add_plain_decode(p)
+    _cli.add_activations(p, both=True)
     _cli.add_common(p)
     return p
 
@@ -367,13 +368,18 @@ def run(args: argparse.Namespace) -> int:
     for spec in specs:
         for name, weights, how, model in _variants(spec, args, device):
             wb, rb = weight_bytes(model), step_read_bytes(model)
-            for b in args.batch_sizes:
-                bar = _cli.progress(None, f"bench {name} {weights} batch {b}", args.quiet, unit="run")
-                r = measure(model, b, args.prompt_len, args.new_tokens, device, args.min_runs, args.max_runs,
-                            on_run=bar.update)
-                bar.close()
-                rows.append({"model": name, "weights": weights, "how": how, "weight_mb": wb / 1e6,
-                             "read_mb": rb / 1e6, **r})
+            quantized = how != "unquantized"
+            modes = ([None] if not quantized else
+                     ["float", "int8"] if args.activations == "both" else [args.activations])
+            for mode in modes:
+                label = how if mode is None else how + _cli.set_activations(model, mode)
+                for b in args.batch_sizes:
+                    bar = _cli.progress(None, f"bench {name} {weights} batch {b}", args.quiet, unit="run")
+                    r = measure(model, b, args.prompt_len, args.new_tokens, device, args.min_runs, args.max_runs,
+                                on_run=bar.update)
+                    bar.close()
+                    rows.append({"model": name, "weights": weights, "how": label, "weight_mb": wb / 1e6,
+                                 "read_mb": rb / 1e6, **r})
             del model
             gc.collect()
             if device.type == "cuda":

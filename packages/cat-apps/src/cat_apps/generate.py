@@ -38,6 +38,7 @@ def build() -> argparse.ArgumentParser:
     _cli.add_dtype(p)
     _cli.add_head_bits(p)
     _cli.add_plain_decode(p)
+    _cli.add_activations(p)
     _cli.add_common(p)
     return p
 
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
                   head_bits=args.head_bits)
     model, tok = loaded.model, loaded.tokenizer
     if loaded.quantized:
+        _cli.set_activations(model, args.activations)
         step = _cli.decode_step(model, args.plain_decode)
         if not args.quiet and step != "native step":
             print(f"{PROG}: {step}", file=sys.stderr)

@@ -33,6 +33,7 @@ _EXPORTS = {
     "unfuse_experts": "cat_core.moe",
     "QuantLinear": "cat_core.nn",
     "replace_linears": "cat_core.nn",
+    "set_int8_activations": "cat_core.nn",
     "save_quantized": "cat_core.io",
     "load_quantized": "cat_core.io",
     "export_awq": "cat_core.io",

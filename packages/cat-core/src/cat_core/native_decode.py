@@ -275,6 +275,9 @@ class _Native:
         if x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous():
             return original(**kwargs)
         state.reserve(pos + 1)
+        int8_x = self._probe[0].int8_activations  # set_int8_activations sets every layer alike
+        if self.dec.int8_activations != int8_x:
+            self.dec.int8_activations = int8_x
         self.dec.step(x, pos, state.buf, state.out, starts)
         state.length = pos + 1
         logits = self.model.get_output_embeddings()(state.out.view(batch, 1, self.hidden))

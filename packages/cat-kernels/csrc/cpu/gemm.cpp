@@ -6,6 +6,8 @@
 // partials of a tile are added in split order by whichever item finishes last, so results are
 // bit-identical across calls and thread counts.
 #include <atomic>
+#include <cmath>
+#include <cstring>
 #include <memory>
 #include <stdexcept>
 #include <vector>
@@ -108,7 +110,8 @@ const Plan& cached_plan(int64_t n, int64_t k, int64_t group_size) {
 // Per calling thread buffers, grown on demand and reused by later calls (no allocation, no
 // zero-filling per call). Work items running on pool threads write into the caller's buffers.
 struct Workspace {
-  std::vector<float> xf, xs, parts;
+  std::vector<float> xf, xs, xd, parts;
+  std::vector<int32_t> xq;
   std::vector<int64_t> block_start;
   std::unique_ptr<std::atomic<int>[]> pending;
   int64_t pending_size = 0;
@@ -127,8 +130,9 @@ constexpr size_t kKeepFloats = size_t(1) << 22;  // 16 MB
 struct TrimOnExit {
   Workspace& ws;
   ~TrimOnExit() {
-    for (std::vector<float>* v : {&ws.xf, &ws.xs, &ws.parts})
+    for (std::vector<float>* v : {&ws.xf, &ws.xs, &ws.xd, &ws.parts})
       if (v->size() > kKeepFloats) std::vector<float>().swap(*v);
+    if (ws.xq.size() > kKeepFloats) std::vector<int32_t>().swap(ws.xq);
   }
 };
 
@@ -187,11 +191,45 @@ void store_tile(void* out, DType dt, int64_t n, int64_t t, int64_t m0, int64_t m
     }
 }
 
+// x rounded to int8 per block of 32 columns, as llama.cpp's Q8_0 does: d = max|x| / 127,
+// q = round-half-even(x * (1 / d)) (q = 0 where d = 0). A block holding a NaN or an infinity gets
+// d = NaN, so the outputs it touches are NaN, as in the float path. Returns d; q into q[0..32).
+float quantize_block_q8(const float* v, int8_t* q, int32_t* sum) {
+  float amax = 0.0f;
+  bool finite = true;
+  for (int j = 0; j < kBlockK; ++j) {
+    finite = finite && std::isfinite(v[j]);
+    amax = std::fabs(v[j]) > amax ? std::fabs(v[j]) : amax;
+  }
+  const float d = finite ? amax / 127.0f : NAN;
+  const float id = finite && d != 0.0f ? 1.0f / d : 0.0f;
+  int32_t s = 0;
+  for (int j = 0; j < kBlockK; ++j) {
+    float t = std::nearbyint(v[j] * id);
+    t = t > 127.0f ? 127.0f : (t < -127.0f ? -127.0f : t);
+    q[j] = static_cast<int8_t>(t);
+    s += static_cast<int32_t>(t);
+  }
+  *sum = s;
+  return d;
+}
+
+// The int8 rounding of a row for the float kernels (CPUs without the VNNI kernel): each value
+// becomes q * d, exactly the x the VNNI kernel multiplies.
+void round_int8(float* row, int64_t kp) {
+  int8_t q[kBlockK];
+  int32_t sum;
+  for (int64_t b = 0; b < kp; b += kBlockK) {
+    const float d = quantize_block_q8(row + b, q, &sum);
+    for (int j = 0; j < kBlockK; ++j) row[b + j] = static_cast<float>(q[j]) * d;
+  }
+}
+
 // x as zero-padded float32 (padded columns then contribute nothing), each row block stored
 // interleaved (see detail::row_block), plus the sum of x over each segment of `plan` for the
 // zero-point term of y = sum_g s * (sum x q - z * sum x). Serial unless x is large (prefill):
 // next to the gemm it is cheap.
-void convert_x(const void* x, DType x_dtype, int64_t m, int64_t k, const Plan& plan, bool parallel,
+void convert_x(const void* x, DType x_dtype, int64_t m, int64_t k, const Plan& plan, bool parallel, bool int8,
                Workspace& ws, float** xf_out, float** xs_out) {
   const detail::Kernels& kern = detail::active_kernels();
   const int64_t kp = ceil_div(k, kBlockK) * kBlockK;
@@ -206,6 +244,7 @@ void convert_x(const void* x, DType x_dtype, int64_t m, int64_t k, const Plan& p
       const int64_t r = m0 + i;
       convert_row(x, x_dtype, r * k, k, row);
       for (int64_t j = k; j < kp; ++j) row[j] = 0.0f;
+      if (int8) round_int8(row, kp);
       if (mr > 1)
         for (int64_t j = 0; j < kp; ++j) dst[j * mr + i] = row[j];
       for (int64_t si = 0; si < nseg; ++si) {
@@ -231,7 +270,65 @@ void convert_x(const void* x, DType x_dtype, int64_t m, int64_t k, const Plan& p
   *xs_out = xs;
 }
 
-detail::GemmPlan gemm_plan(const QWeight& w, int64_t m, const Plan& plan, const float* xf, const float* xs) {
+// x rounded to int8 (quantize_block_q8) for the VNNI kernel: each row block of mb rows is stored
+// interleaved (GemmPlan::xq / xd), plus per segment the sum of d * (sum of the
+// block's q), which the zero points multiply.
+void convert_x_q8(const void* x, DType x_dtype, int64_t m, int64_t k, const Plan& plan, bool parallel,
+                  int64_t mb, Workspace& ws, detail::GemmPlan* gp) {
+  const int64_t nb = ceil_div(k, kBlockK), kp = nb * kBlockK, kd = kp / 4;
+  const int64_t nseg = static_cast<int64_t>(plan.segments.size());
+  int32_t* xq = grow(ws.xq, m * kd);
+  float* xd = grow(ws.xd, m * nb);
+  float* xs = grow(ws.xs, m * nseg);
+  auto convert_block = [&](int64_t m0, int64_t mr) {
+    thread_local std::vector<float> row_buf, bsum_buf;
+    thread_local std::vector<int32_t> q_buf;
+    float* row = grow(row_buf, kp);
+    float* bsum = grow(bsum_buf, nb);
+    int32_t* qd = grow(q_buf, kd);
+    int8_t* q = reinterpret_cast<int8_t*>(qd);
+    for (int64_t i = 0; i < mr; ++i) {
+      const int64_t r = m0 + i;
+      convert_row(x, x_dtype, r * k, k, row);
+      for (int64_t j = k; j < kp; ++j) row[j] = 0.0f;
+      for (int64_t b = 0; b < nb; ++b) {
+        int32_t sum;
+        const float d = quantize_block_q8(row + b * kBlockK, q + b * kBlockK, &sum);
+        xd[m0 * nb + b * mr + i] = d;
+        bsum[b] = d * static_cast<float>(sum);
+      }
+      for (int64_t j = 0; j < kd; ++j) xq[m0 * kd + j * mr + i] = qd[j];
+      for (int64_t si = 0; si < nseg; ++si) {
+        const detail::Segment& sg = plan.segments[si];
+        float a = 0.0f;
+        for (int32_t b = sg.b0; b < sg.b1; ++b) a += bsum[b];
+        xs[r * nseg + si] = a;
+      }
+    }
+  };
+  if (parallel && m * kp >= kParallelMinConvert) {
+    std::vector<int64_t>& starts = ws.block_start;
+    starts.clear();
+    for (int64_t m0 = 0; m0 < m; m0 += detail::row_block(mb, m - m0)) starts.push_back(m0);
+    starts.push_back(m);
+    parallel_for(static_cast<int64_t>(starts.size()) - 1,
+                 [&](int64_t bi) { convert_block(starts[bi], starts[bi + 1] - starts[bi]); });
+  } else {
+    for (int64_t m0 = 0, mr = 0; m0 < m; m0 += mr) {
+      mr = detail::row_block(mb, m - m0);
+      convert_block(m0, mr);
+    }
+  }
+  gp->xq = xq;
+  gp->xd = xd;
+  gp->xs = xs;
+}
+
+// The work item function of a call, and x prepared for it: float32 for the float kernels, int8
+// for QWeight::int8_x.
+using ItemFn = void (*)(const detail::GemmPlan&, int64_t, int64_t, int64_t, int64_t, float*);
+
+detail::GemmPlan gemm_plan(const QWeight& w, int64_t m, const Plan& plan) {
   detail::GemmPlan gp;
   gp.w = w;
   gp.m = m;
@@ -241,27 +338,38 @@ detail::GemmPlan gemm_plan(const QWeight& w, int64_t m, const Plan& plan, const 
   gp.zw = zero_row_words(gp.ng, w.bits);
   gp.splits = plan.splits;
   gp.n_segments = static_cast<int64_t>(plan.segments.size());
-  gp.xf = xf;
-  gp.xs = xs;
   gp.segments = plan.segments.data();
   gp.split_begin = plan.split_begin.data();
   return gp;
+}
+
+// x converted for the kernels into gp's x fields; returns the work item function that reads them.
+ItemFn prepare_x(const void* x, DType x_dtype, int64_t m, int64_t k, bool int8_x, const Plan& plan, bool parallel,
+                 Workspace& ws, detail::GemmPlan* gp) {
+  const detail::Q8Kernel* q8 = int8_x ? detail::active_q8_kernel() : nullptr;
+  if (q8) {
+    convert_x_q8(x, x_dtype, m, k, plan, parallel, q8->mb, ws, gp);
+    return q8->gemm_item;
+  }
+  float *xf, *xs;
+  convert_x(x, x_dtype, m, k, plan, parallel, int8_x, ws, &xf, &xs);
+  gp->xf = xf;
+  gp->xs = xs;
+  return detail::active_kernels().gemm_item;
 }
 
 }  // namespace
 
 void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out, int64_t parallel_min_work) {
   if (m <= 0 || w.n <= 0) return;
-  const detail::Kernels& kern = detail::active_kernels();
   const int64_t n = w.n, k = w.k;
   const int64_t tiles = ceil_div(n, kTileN), nb = ceil_div(k, kBlockK), kp = nb * kBlockK;
   const Plan& plan = cached_plan(n, k, w.group_size);
   const bool parallel = n * kp * m >= min_work(parallel_min_work);
   thread_local Workspace ws;
   const TrimOnExit trim{ws};
-  float *xf, *xs;
-  convert_x(x, x_dtype, m, k, plan, parallel, ws, &xf, &xs);
-  const detail::GemmPlan gp = gemm_plan(w, m, plan, xf, xs);
+  detail::GemmPlan gp = gemm_plan(w, m, plan);
+  const ItemFn item = prepare_x(x, x_dtype, m, k, w.int8_x, plan, parallel, ws, &gp);
 
   const int64_t S = plan.splits, mchunks = ceil_div(m, kMChunk);
   const int64_t mcmax = m < kMChunk ? m : kMChunk;
@@ -277,7 +385,7 @@ void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out, 
       const int64_t t = i / mchunks, m0 = (i % mchunks) * kMChunk;
       const int64_t mc = m - m0 < kMChunk ? m - m0 : kMChunk;
       alignas(64) thread_local float scratch[kMChunk * kTileN];  // stays in L1 of the runner
-      kern.gemm_item(gp, t, 0, m0, mc, scratch);
+      item(gp, t, 0, m0, mc, scratch);
       finish(t, m0, mc, scratch);
     });
     return;
@@ -294,7 +402,7 @@ void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out, 
     const int64_t t = tm / mchunks, m0 = (tm % mchunks) * kMChunk;
     const int64_t mc = m - m0 < kMChunk ? m - m0 : kMChunk;
     float* base = parts + tm * S * stride;
-    kern.gemm_item(gp, t, s, m0, mc, base + s * stride);
+    item(gp, t, s, m0, mc, base + s * stride);
     if (pending[tm].fetch_sub(1, std::memory_order_acq_rel) == 1) finish(t, m0, mc, base);
   });
 }
@@ -303,7 +411,6 @@ void gemm_same_x(const float* x, int64_t m, const QWeight* const* w, int count, 
                  int64_t parallel_min_work) {
   if (m <= 0 || count <= 0) return;
   if (count > 8) throw std::invalid_argument("gemm_same_x: at most 8 weights");
-  const detail::Kernels& kern = detail::active_kernels();
   const int64_t k = w[0]->k, kp = ceil_div(k, kBlockK) * kBlockK;
   // The plan of a weight with enough tiles not to split K: the segments then depend on K and
   // the group size only, so one converted x and one set of segment sums serve every weight.
@@ -318,10 +425,13 @@ void gemm_same_x(const float* x, int64_t m, const QWeight* const* w, int count, 
   const bool parallel = weights_rows * kp * m >= min_work(parallel_min_work);
   thread_local Workspace ws;
   const TrimOnExit trim{ws};
-  float *xf, *xs;
-  convert_x(x, DType::f32, m, k, plan, parallel, ws, &xf, &xs);
   detail::GemmPlan gp[8];
-  for (int i = 0; i < count; ++i) gp[i] = gemm_plan(*w[i], m, plan, xf, xs);
+  gp[0] = gemm_plan(*w[0], m, plan);
+  const ItemFn run = prepare_x(x, DType::f32, m, k, w[0]->int8_x, plan, parallel, ws, &gp[0]);
+  for (int i = 1; i < count; ++i) {
+    gp[i] = gemm_plan(*w[i], m, plan);
+    gp[i].xf = gp[0].xf, gp[i].xs = gp[0].xs, gp[i].xq = gp[0].xq, gp[i].xd = gp[0].xd;
+  }
   run_items(parallel, items, [&](int64_t item) {
     const int64_t tile = item / mchunks, m0 = (item % mchunks) * kMChunk;
     int wi = 0;
@@ -329,7 +439,7 @@ void gemm_same_x(const float* x, int64_t m, const QWeight* const* w, int count, 
     const int64_t t = tile - first_tile[wi];
     const int64_t mc = m - m0 < kMChunk ? m - m0 : kMChunk;
     alignas(64) thread_local float scratch[kMChunk * kTileN];
-    kern.gemm_item(gp[wi], t, 0, m0, mc, scratch);
+    run(gp[wi], t, 0, m0, mc, scratch);
     store_tile(out[wi], DType::f32, w[wi]->n, t, m0, mc, scratch, 1, 0);
   });
 }

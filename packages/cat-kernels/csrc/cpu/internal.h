@@ -29,7 +29,13 @@ struct GemmPlan {
   int64_t splits = 1;
   int64_t n_segments = 0;
   const float* xf = nullptr;        // [m, kp] x as float32, zero-padded
-  const float* xs = nullptr;        // [m, n_segments] sum of x over each segment
+  const float* xs = nullptr;        // [m, n_segments] sum of x over each segment (int8 x: of
+                                    // d * sum q over the segment's blocks)
+  // int8 x (QWeight::int8_x): codes q, 4 per int32 (column order), and per block of 32 columns
+  // the scale d (x ~= d * q), each row block of the q8 kernel's mb rows interleaved like xf:
+  // dword j of row m0 + i at xq[m0 * kp / 4 + j * mr + i], block b at xd[m0 * nb + b * mr + i].
+  const int32_t* xq = nullptr;
+  const float* xd = nullptr;
   const Segment* segments = nullptr;
   const int32_t* split_begin = nullptr;  // [splits + 1]
 };
@@ -53,14 +59,26 @@ struct Kernels {
   void (*dequant_tile)(const QWeight& w, int64_t tile, void* out, DType out_dtype);
 };
 
+// The gemm with int8 x (QWeight::int8_x): its own row block and work item, same contract as
+// Kernels::gemm_item over the xq / xd / xs of the plan.
+struct Q8Kernel {
+  int mb;
+  void (*gemm_item)(const GemmPlan& plan, int64_t tile, int64_t split, int64_t m0, int64_t m_count,
+                    float* part);
+};
+
 extern const Kernels kernels_scalar;
 #if defined(CAT_KERNELS_X86)
 extern const Kernels kernels_avx2;
 extern const Kernels kernels_avx512;
+extern const Q8Kernel q8_avx512_vnni;
 #endif
 
 Isa active_isa();                    // throws if CAT_KERNELS_ISA names an unusable path
 const Kernels& active_kernels();
+// The AVX-512 VNNI + VBMI + VBMI2 kernel on the avx512 path when the CPU has them, else null:
+// the float kernels then run on x rounded to int8 and back (same values, float arithmetic).
+const Q8Kernel* active_q8_kernel();
 const char* isa_name(Isa isa);
 bool isa_supported(Isa isa);
 // "" = back to CAT_KERNELS_ISA / best available; otherwise a name (throws if unusable).

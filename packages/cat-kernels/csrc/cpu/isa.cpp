@@ -91,6 +91,24 @@ void set_isa(const char* name) {
   g_isa.store(static_cast<int>(resolve(name, "isa")), std::memory_order_release);
 }
 
+namespace {
+bool vnni_supported() {
+#if defined(CAT_KERNELS_X86)
+  return isa_supported(Isa::avx512) && __builtin_cpu_supports("avx512vnni") &&
+         __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vbmi2");
+#else
+  return false;
+#endif
+}
+}  // namespace
+
+const Q8Kernel* active_q8_kernel() {
+#if defined(CAT_KERNELS_X86)
+  if (active_isa() == Isa::avx512 && vnni_supported()) return &q8_avx512_vnni;
+#endif
+  return nullptr;
+}
+
 const Kernels& active_kernels() {
   switch (active_isa()) {
 #if defined(CAT_KERNELS_X86)

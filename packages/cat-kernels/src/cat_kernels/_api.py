@@ -239,6 +239,7 @@ def gemm(
     group_size: int,
     *,
     out: Optional[Array] = None,
+    int8_activations: bool = False,
 ) -> Array:
     """``y = x @ dequantize(packed, scales, zeros, group_size).T`` without materialising W.
 
@@ -252,6 +253,12 @@ def gemm(
             any positive integer).
         out: optional ``[M, N]`` C-contiguous array of x's dtype on x's device to write into.
             Required for inputs other than numpy, torch and cupy arrays.
+        int8_activations: CPU only. Round x to int8 per block of 32 columns (scale
+            ``max|x| / 127``, as llama.cpp's Q8_0) and multiply the rounded x. With AVX-512 VNNI
+            (+ VBMI, VBMI2: Ice Lake, Sapphire Rapids, Zen 4 and later) the products are integer
+            dot products, several times fewer instructions per weight; elsewhere the float kernels
+            multiply the same rounded x (same result to float rounding, no speed gain). See
+            docs/format.md, "int8 activations". Default False: x is used exactly as given.
 
     Returns:
         ``[M, N]`` array of x's dtype (``out`` if given; otherwise same framework and device as
@@ -287,5 +294,5 @@ def gemm(
         elems = _C._cuda_gemm_workspace_elems(m, n, k, bits, g)
         if elems > 0:
             workspace = _empty(x, xi, (elems,), "float32", "gemm workspace")
-    _C._gemm(x, packed, scales, zeros, group_size, out, workspace, stream)
+    _C._gemm(x, packed, scales, zeros, group_size, out, workspace, stream, bool(int8_activations))
     return out

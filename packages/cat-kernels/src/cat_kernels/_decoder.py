@@ -34,6 +34,9 @@ class Decoder:
         inv_freq: float32 ``[head_dim / 2]``, the rotary frequencies (after any rope scaling).
         final_norm: float32 ``[hidden]``, the norm weight applied before the output head.
         rope_scale: the factor on cos/sin (transformers' ``attention_scaling``; 1 for most).
+        int8_activations: the linears' products with x rounded to int8 (see
+            :func:`cat_kernels.gemm`); also a settable attribute. Attention, norms and the
+            residual stream stay float32.
 
     All arrays are float32 CPU arrays passed by DLPack (numpy, torch, ...) and referenced, not
     copied: the decoder keeps them alive.
@@ -45,14 +48,24 @@ class Decoder:
     __slots__ = ("_d", "hidden", "kv_heads", "head_dim")
 
     def __init__(self, *, hidden: int, heads: int, kv_heads: int, head_dim: int, intermediate: int,
-                 eps: float, attn_scale: float, inv_freq: Any, final_norm: Any, rope_scale: float = 1.0):
+                 eps: float, attn_scale: float, inv_freq: Any, final_norm: Any, rope_scale: float = 1.0,
+                 int8_activations: bool = False):
         self._d = _C._Decoder(int(hidden), int(heads), int(kv_heads), int(head_dim), int(intermediate),
                               float(eps), float(attn_scale), float(rope_scale), inv_freq, final_norm)
+        self._d.int8_activations = bool(int8_activations)
         self.hidden, self.kv_heads, self.head_dim = int(hidden), int(kv_heads), int(head_dim)
 
     @property
     def n_layers(self) -> int:
         return int(self._d.n_layers)
+
+    @property
+    def int8_activations(self) -> bool:
+        return bool(self._d.int8_activations)
+
+    @int8_activations.setter
+    def int8_activations(self, on: bool) -> None:
+        self._d.int8_activations = bool(on)
 
     def add_layer(self, *, in_norm: Any, post_norm: Any, q: PackedWeight, k: PackedWeight, v: PackedWeight,
                   o: PackedWeight, gate: PackedWeight, up: PackedWeight, down: PackedWeight,

@@ -35,6 +35,7 @@ class PackedWeight:
     Args:
         packed, scales, zeros, group_size, k: as for :func:`cat_kernels.dequantize` (``k`` is
             required when ``group_size == -1``).
+        int8_activations: as for :func:`cat_kernels.gemm` (CPU only); also a settable attribute.
 
     The arrays are referenced, not copied: the object keeps them alive, reads their *current*
     contents on every call (in-place updates are seen), and must be rebuilt if they are replaced
@@ -47,9 +48,12 @@ class PackedWeight:
 
     __slots__ = ("_w", "_ref", "_info", "_n", "_k", "_bits", "_group_size", "_dev", "_scale_dtype")
 
-    def __init__(self, packed: Array, scales: Any, zeros: Any, group_size: int, *, k: int | None = None):
+    def __init__(self, packed: Array, scales: Any, zeros: Any, group_size: int, *, k: int | None = None,
+                 int8_activations: bool = False):
         packed, pi, scales, si, zeros, zi, n, k, gs = _validate_weight(packed, scales, zeros, group_size, k)
         self._w = _C._Weight(packed, scales, zeros, gs, k)
+        if int8_activations:
+            self._w.int8_activations = True
         self._ref, self._info = packed, pi
         self._n, self._k, self._bits, self._group_size = n, k, int(pi.shape[2]), gs
         self._scale_dtype = si.dtype
@@ -78,6 +82,16 @@ class PackedWeight:
     def device(self) -> str:
         """``"cpu"`` or ``"cuda:<id>"``: where the weight lives and where x must be."""
         return self._info.device
+
+    @property
+    def int8_activations(self) -> bool:
+        """Whether :meth:`gemm` rounds x to int8 first (see :func:`cat_kernels.gemm`); settable,
+        CPU weights only."""
+        return bool(self._w.int8_activations)
+
+    @int8_activations.setter
+    def int8_activations(self, on: bool) -> None:
+        self._w.int8_activations = bool(on)
 
     def __repr__(self) -> str:
         return (f"PackedWeight(n={self._n}, k={self._k}, bits={self._bits}, "

@@ -17,7 +17,7 @@ from __future__ import annotations
 # cat_core.io and the tests import from this path.
 from cat_core.nn._fuse import fuse_shared_inputs
 from cat_core.nn._head import HEAD_CHOICES, quantize_head
-from cat_core.nn._linear import SUPPORTED_DTYPES, QuantLinear
+from cat_core.nn._linear import SUPPORTED_DTYPES, QuantLinear, set_int8_activations
 from cat_core.nn._memory import memory_report
 from cat_core.nn._routing import CPU_GEMM_MAX_M, CUDA_GEMM_MAX_M, cpu_gemm_max_m, cuda_gemm_max_m
 from cat_core.nn._routing import _eager_fast_path as _eager_fast_path
@@ -30,4 +30,5 @@ from cat_core.nn._surgery import linear_shape, replace_linears
 __all__ = [
     "QuantLinear", "replace_linears", "memory_report", "CPU_GEMM_MAX_M", "CUDA_GEMM_MAX_M", "cpu_gemm_max_m", "cuda_gemm_max_m",
     "SUPPORTED_DTYPES", "linear_shape", "quantize_head", "HEAD_CHOICES", "fuse_shared_inputs",
+    "set_int8_activations",
 ]

@@ -85,9 +85,13 @@ class _Group:
         if x.device.type != "cpu" or not _routing._eager_fast_path(x):
             return None
         m = x.numel() // max(1, x.shape[-1])
-        if not _routing._m_takes_kernel(m, x.device, x.dtype) or not self.intact():
+        int8_x = member.int8_activations  # the fused layer routes it as the member would
+        kernel = (int8_x and _routing._int8_kernel()) or _routing._m_takes_kernel(m, x.device, x.dtype)
+        if not kernel or not self.intact():
             return None
-        if x is not self._x or x._version != self._version or self._y is None:
+        if (x is not self._x or x._version != self._version or self._y is None
+                or self.fused.int8_activations != int8_x):
+            self.fused.int8_activations = int8_x
             self._y = self.fused(x)
             self._x, self._version, self._left = x, x._version, len(self.members)
         y = self._y[..., self._cols[id(member)]].contiguous()

@@ -38,10 +38,14 @@ def _gemm_op(
     scales: torch.Tensor,
     qzeros: torch.Tensor | None,
     group_size: int,
+    int8_activations: bool = False,
 ) -> torch.Tensor:
-    """``x [M, K] @ W.T -> [M, N]`` in x's dtype; fused kernel for small M, else dense matmul."""
+    """``x [M, K] @ W.T -> [M, N]`` in x's dtype; fused kernel for small M, else dense matmul.
+    ``int8_activations`` (CPU): x rounded to int8 per 32 columns, always the fused kernel."""
     ck = _kernels()
     x = x.contiguous()
+    if int8_activations and (_routing._int8_kernel() or _routing._m_takes_kernel(x.shape[0], x.device, x.dtype)):
+        return ck.gemm(x, qweight, scales, qzeros, group_size, int8_activations=True)
     fused = _routing._m_takes_kernel(x.shape[0], x.device, x.dtype) or (
         x.device.type == "cuda"
         and (
@@ -56,14 +60,15 @@ def _gemm_op(
 
 
 @_gemm_op.register_fake
-def _(x, qweight, scales, qzeros, group_size):
+def _(x, qweight, scales, qzeros, group_size, int8_activations=False):
     torch._check(x.dim() == 2, lambda: f"cat::gemm: x must be [M, K], got {x.dim()}-D")
     torch._check(qweight.dim() == 4, lambda: "cat::gemm: qweight must be 4-D packed int32")
     return x.new_empty((x.shape[0], scales.shape[0]))
 
 
 def _gemm_setup_context(ctx, inputs, output):
-    x, qweight, scales, qzeros, group_size = inputs
+    x, qweight, scales, qzeros, group_size = inputs[:5]
+    ctx.n_inputs = len(inputs)  # int8_activations may or may not be among them
     ctx.save_for_backward(qweight, scales, qzeros)
     ctx.group_size = group_size
     ctx.k = x.shape[1]
@@ -75,7 +80,7 @@ def _gemm_backward(ctx, grad):
     # (LoRA...) train on top of a frozen quantized base.
     qweight, scales, qzeros = ctx.saved_tensors
     w = _dequantize_op(qweight, scales, qzeros, ctx.group_size, ctx.k, ctx.x_dtype)
-    return grad @ w, None, None, None, None
+    return (grad @ w,) + (None,) * (ctx.n_inputs - 1)
 
 
 _gemm_op.register_autograd(_gemm_backward, setup_context=_gemm_setup_context)

@@ -95,6 +95,14 @@ def _m_takes_kernel(m: int, device: torch.device, dtype: torch.dtype) -> bool:
     return m <= cpu_gemm_max_m(dtype)
 
 
+def _int8_kernel() -> bool:
+    """Whether ``int8_activations`` runs integer dot products here (AVX-512 VNNI). Measured on
+    SPR (benchmarks/probes/int8_gemv.py): that kernel is ahead of the float32 matmul of the
+    unquantized weight at every M tried (1-1024; 1.05-2.6x at M >= 128), so it takes every M;
+    without it the float kernel multiplies the int8-rounded x and the usual crossover applies."""
+    return bool(_kernels()._C._int8_kernel())
+
+
 def _eager_fast_path(x: torch.Tensor) -> bool:
     """Whether to call the kernels directly instead of through the ``cat::gemm`` op.
 

@@ -51,6 +51,10 @@ struct QWeight {
   int bits = 4;
   int64_t n = 0, k = 0;
   int64_t group_size = 0;           // resolved: k when the user passed -1
+  // A call option carried with the weight: gemm with x rounded to int8 per block of 32 columns
+  // (x ~= d * q, d = max|x| / 127 per block) and integer dot products (docs/format.md, "int8
+  // activations"). CPU only.
+  bool int8_x = false;
   int64_t n_groups() const { return k / group_size; }
   int64_t zero_words() const { return zero_row_words(n_groups(), bits); }
 };

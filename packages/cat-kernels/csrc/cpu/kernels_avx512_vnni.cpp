@@ -1,0 +1,174 @@
+// The gemm with int8 x (QWeight::int8_x) on AVX-512 VNNI: one zmm register holds 4 codes of
+// each of the 16 rows of a tile as bytes, and one vpdpbusd adds 4 code x int8 products into each
+// row's int32 sum: 64 multiply-adds an instruction where the float kernel does 16, on codes
+// unpacked by one byte shift-select (vpmultishiftqb) and one and. At one row of x the float
+// kernel is bound by arithmetic (about 26 G weights/s a thread on SPR); this one by memory.
+// Compiled with the AVX-512 flags plus -mavx512vnni -mavx512vbmi -mavx512vbmi2; only called
+// after the runtime check in isa.cpp (active_q8_kernel).
+#include <immintrin.h>
+
+#include <cstdint>
+#include <type_traits>
+#include <utility>
+
+#include "common.h"
+#include "internal.h"
+
+namespace cat::cpu::detail {
+namespace {
+
+#include "ops_avx512.h"
+#include "kernels_impl.h"
+
+// kernels_impl.h's helpers, under the names it uses (it undefines them at its end).
+#define CAT_AI inline __attribute__((always_inline))
+#define CAT_AIL __attribute__((always_inline))
+#define CAT_CV(ic) decltype(ic)::value
+
+// vpmultishiftqb control that moves codes i = 0..3, at bits OFF + BITS i of each row's word (the
+// low dword of a qword, row 2j; the high dword, row 2j + 1), into byte i of that row's dword.
+// Bits above a code (from the next code or the other row's word) are cleared by the mask after.
+template <int BITS, int OFF>
+constexpr int64_t kShiftCtrl = [] {
+  uint64_t c = 0;
+  for (int i = 0; i < 4; ++i) {
+    c |= static_cast<uint64_t>(OFF + BITS * i) << (8 * i);
+    c |= static_cast<uint64_t>(32 + OFF + BITS * i) << (8 * (i + 4));
+  }
+  return static_cast<int64_t>(c);
+}();
+
+// Codes 4J .. 4J + 3 of the block at wp (words of 16 rows, 16 int32 apart), one byte each, in
+// column order: the lane of row r holds the 4 codes of row r. Only 3-bit groups 2 and 5 cross a
+// word (stream bits 24..35 and 60..71): a funnel shift of the two words first brings them into
+// one dword.
+template <int BITS, int J>
+CAT_AI __m512i codes4(const int32_t* wp) {
+  if constexpr (BITS == 8) {
+    return _mm512_loadu_si512(wp + J * 16);
+  } else {
+    constexpr int kPos = 4 * BITS * J, kWord = kPos / 32, kOff = kPos % 32;
+    const __m512i mask = _mm512_set1_epi8(static_cast<char>((1 << BITS) - 1));
+    __m512i w = _mm512_loadu_si512(wp + kWord * 16);
+    if constexpr (kOff + 4 * BITS > 32) {
+      w = _mm512_shrdi_epi32(w, _mm512_loadu_si512(wp + (kWord + 1) * 16), kOff);
+      return _mm512_and_si512(_mm512_multishift_epi64_epi8(_mm512_set1_epi64(kShiftCtrl<BITS, 0>), w), mask);
+    } else {
+      return _mm512_and_si512(_mm512_multishift_epi64_epi8(_mm512_set1_epi64(kShiftCtrl<BITS, kOff>), w), mask);
+    }
+  }
+}
+
+// The segments [0, nseg) of one work item for MB rows of x: per block, exact int32 dot products
+// of codes and int8 x, scaled by the block's d into a float sum; per segment
+// y[m] += s * (sum d (q . x) - z * sum d (sum x)), sc / zf: the 16 scales and zero points of each
+// group (from the first segment's group on). xq, xd: the row block's interleaved int8 x (see
+// GemmPlan); xs[m * xs_stride + i]: sum of d * (sum of row m's codes) over segment i.
+template <int BITS, int MB>
+__attribute__((noinline)) void run_segments_q8(const int32_t* tile_words, const Segment* segs, int nseg,
+                                               const float* sc, const float* zf, const int32_t* xq,
+                                               const float* xd, const float* xs, int64_t xs_stride, float* y) {
+  const int g_lo = segs[0].g;
+  // vpdpbusd's latency is 5 cycles: at one or two rows of x, spread a block over a few chains.
+  constexpr int U = MB >= 4 ? 1 : (MB == 2 ? 2 : 4);
+  for (int i = 0; i < nseg; ++i) {
+    const Segment seg = segs[i];
+    const int32_t* wp = tile_words + static_cast<int64_t>(seg.b0) * BITS * 16;
+    __m512 f[MB];
+    unroll<MB>([&](auto mi) CAT_AIL { f[CAT_CV(mi)] = _mm512_setzero_ps(); });
+    for (int blk = seg.b0; blk < seg.b1; ++blk, wp += BITS * 16) {
+      if constexpr (MB == 1) {
+        unroll<BITS>([&](auto li) CAT_AIL {
+          __builtin_prefetch(wp + (kPrefetchBlocks * BITS + CAT_CV(li)) * 16, 0, 3);
+        });
+      }
+      const int32_t* xb = xq + static_cast<int64_t>(blk) * 8 * MB;
+      __m512i acc[MB][U];
+      unroll<MB>([&](auto mi) CAT_AIL {
+        unroll<U>([&](auto u) CAT_AIL { acc[CAT_CV(mi)][CAT_CV(u)] = _mm512_setzero_si512(); });
+      });
+      unroll<8>([&](auto ji) CAT_AIL {
+        constexpr int j = CAT_CV(ji);
+        const __m512i c = codes4<BITS, j>(wp);
+        unroll<MB>([&](auto mi) CAT_AIL {
+          constexpr int m = CAT_CV(mi);
+          acc[m][j % U] = _mm512_dpbusd_epi32(acc[m][j % U], c, _mm512_set1_epi32(xb[j * MB + m]));
+        });
+      });
+      unroll<MB>([&](auto mi) CAT_AIL {
+        constexpr int m = CAT_CV(mi);
+        __m512i a = acc[m][0];
+        unroll<U - 1>([&](auto u) CAT_AIL { a = _mm512_add_epi32(a, acc[m][CAT_CV(u) + 1]); });
+        f[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), _mm512_set1_ps(xd[blk * MB + m]), f[m]);
+      });
+    }
+    const __m512 scv = _mm512_loadu_ps(sc + (seg.g - g_lo) * 16);
+    const __m512 zv = _mm512_loadu_ps(zf + (seg.g - g_lo) * 16);
+    unroll<MB>([&](auto mi) CAT_AIL {
+      constexpr int m = CAT_CV(mi);
+      const __m512 inner = _mm512_sub_ps(f[m], _mm512_mul_ps(zv, _mm512_set1_ps(xs[m * xs_stride + i])));
+      _mm512_storeu_ps(y + m * 16, _mm512_fmadd_ps(scv, inner, _mm512_loadu_ps(y + m * 16)));
+    });
+  }
+}
+
+template <int BITS, int MB>
+CAT_AI void run_dispatch_q8(int mr, const int32_t* tile_words, const Segment* segs, int nseg, const float* sc,
+                            const float* zf, const int32_t* xq, const float* xd, const float* xs,
+                            int64_t xs_stride, float* y) {
+  if constexpr (MB > 1) {
+    if (mr < MB)
+      return run_dispatch_q8<BITS, MB / 2>(mr, tile_words, segs, nseg, sc, zf, xq, xd, xs, xs_stride, y);
+  }
+  run_segments_q8<BITS, MB>(tile_words, segs, nseg, sc, zf, xq, xd, xs, xs_stride, y);
+}
+
+constexpr int kMBQ8 = 8;
+
+template <int BITS>
+void q8_item_bits(const GemmPlan& p, int64_t t, int64_t s, int64_t mbase, int64_t m, float* part) {
+  constexpr int kChunk = 64;  // groups whose scales and zero points are prepared at once
+  const int rows = static_cast<int>(p.w.n - t * 16 < 16 ? p.w.n - t * 16 : 16);
+  const int32_t* tile_words = p.w.packed + t * p.nb * BITS * 16;
+  const int64_t kd = p.kp / 4;
+  for (int64_t i = 0; i < m * 16; ++i) part[i] = 0.0f;
+  alignas(64) float sc[kChunk * 16];
+  alignas(64) float zf[kChunk * 16];
+  const __m512 cvec = _mm512_set1_ps(kDecodeScale<BITS>);
+  const int32_t seg_end = p.split_begin[s + 1];
+  for (int32_t c0 = p.split_begin[s], nc = 0; c0 < seg_end; c0 += nc) {
+    const int32_t g0 = p.segments[c0].g;
+    nc = 1;
+    while (c0 + nc < seg_end && p.segments[c0 + nc].g - g0 < kChunk) ++nc;
+    const int ngc = p.segments[c0 + nc - 1].g - g0 + 1;
+    gather_scales<Ops>(p, t, rows, g0, ngc, sc);
+    for (int i = 0; i < ngc; ++i)  // zero_offsets gives C + z; exact in float
+      _mm512_storeu_ps(zf + i * 16, _mm512_sub_ps(zero_offsets<Ops, BITS>(p, t, g0 + i), cvec));
+    for (int64_t m0 = 0, mr = 0; m0 < m; m0 += mr) {
+      mr = row_block(kMBQ8, m - m0);
+      const int64_t row = mbase + m0;
+      run_dispatch_q8<BITS, kMBQ8>(static_cast<int>(mr), tile_words, p.segments + c0, nc, sc, zf, p.xq + row * kd,
+                                   p.xd + row * p.nb, p.xs + row * p.n_segments + c0, p.n_segments,
+                                   part + m0 * 16);
+    }
+  }
+}
+
+void q8_item(const GemmPlan& p, int64_t t, int64_t s, int64_t m0, int64_t mc, float* part) {
+  switch (p.w.bits) {
+    case 2: q8_item_bits<2>(p, t, s, m0, mc, part); break;
+    case 3: q8_item_bits<3>(p, t, s, m0, mc, part); break;
+    case 4: q8_item_bits<4>(p, t, s, m0, mc, part); break;
+    default: q8_item_bits<8>(p, t, s, m0, mc, part); break;
+  }
+}
+
+#undef CAT_CV
+#undef CAT_AIL
+#undef CAT_AI
+
+}  // namespace
+
+const Q8Kernel q8_avx512_vnni = {kMBQ8, &q8_item};
+
+}  // namespace cat::cpu::detail
