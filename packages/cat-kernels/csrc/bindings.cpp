@@ -520,8 +520,9 @@ NB_MODULE(_C, m) {
     else cat::cuda::set_impl(cat::cuda::parse_impl(name.c_str(), "impl"));
   }, nb::arg("name"));
   m.def("_isa", [] { return cat::cpu::isa(); });
-  m.def("_int8_kernel", [] { return cat::cpu::detail::active_q8_kernel() != nullptr; },
-        "Whether int8_activations runs integer dot products (AVX-512 VNNI) on the active path.");
+  m.def("_int8_kernel", [](int bits) { return cat::cpu::detail::active_q8_kernel(bits) != nullptr; },
+        nb::arg("bits"),
+        "Whether int8_activations runs integer dot products for bits-bit weights on the active path.");
   m.def("_set_isa", [](const std::string& name) { cat::cpu::detail::set_isa(name.c_str()); },
         nb::arg("name"), "Force a CPU kernel path ('scalar', 'avx2', 'avx512'); '' restores the default.");
   m.def("_available_isas", [] {

@@ -128,3 +128,17 @@ def test_rounding_changes_results_the_float_path_does_not(rng):
     assert not np.array_equal(yf, yq)
     rel = np.linalg.norm(yq - yf) / np.linalg.norm(yf)
     assert rel < 0.02, rel  # Q8_0-style rounding: well under a percent on Gaussian x
+
+
+def test_which_widths_take_an_integer_kernel():
+    """AVX-512 VNNI: every width; AVX2 (and AVX-512 without VNNI): 2 and 4 bits; scalar: none
+    (the float kernels then multiply the rounded x, checked by the tests above on every path)."""
+    for isa in isas():
+        _C._set_isa(isa)
+        got = {b: bool(_C._int8_kernel(b)) for b in (2, 3, 4, 8)}
+        if isa == "scalar":
+            assert not any(got.values())
+        elif isa == "avx2":
+            assert got == {2: True, 3: False, 4: True, 8: False}
+        else:
+            assert got[2] and got[4] and got[3] == got[8]  # 3 and 8 bits: VNNI or neither

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cmath>
 #include <cstring>
 
 #include "cat/ops.h"
@@ -91,6 +92,39 @@ static inline uint32_t zero_point(const int32_t* zeros, int64_t zero_words, int6
                                   int bits) {
   if (!zeros) return 1u << (bits - 1);
   return decode_stream(zeros + t * zero_words * 16 + r, g, bits);
+}
+
+// x rounded to int8 per block of 32 columns, as llama.cpp's Q8_0 does: d = max|x| / 127,
+// q = round-half-even(x * (1 / d)) (q = 0 where d = 0). A block holding a NaN or an infinity gets
+// d = NaN, so the outputs it touches are NaN, as in the float path. Returns d; q into q[0..32).
+static inline float quantize_block_q8(const float* v, int8_t* q, int32_t* sum) {
+  float amax = 0.0f;
+  uint32_t nonfinite = 0;
+  for (int j = 0; j < 32; ++j) {
+    uint32_t u;
+    std::memcpy(&u, v + j, 4);
+    nonfinite |= (u & 0x7F800000u) == 0x7F800000u;
+    const float a = std::fabs(v[j]);
+    amax = a > amax ? a : amax;
+  }
+  if (nonfinite) {  // d = NaN makes every output the block reaches NaN; the codes do not matter
+    std::memset(q, 0, 32);
+    *sum = 0;
+    return NAN;
+  }
+  const float d = amax / 127.0f;
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  int32_t s = 0;
+  for (int j = 0; j < 32; ++j) {
+    // round half to even without a libm call: |v * id| <= 127 (plus rounding), and adding then
+    // subtracting 1.5 * 2^23 rounds to an integer in the default rounding mode
+    float t = (v[j] * id + 12582912.0f) - 12582912.0f;
+    t = t > 127.0f ? 127.0f : (t < -127.0f ? -127.0f : t);
+    q[j] = static_cast<int8_t>(t);
+    s += static_cast<int32_t>(t);
+  }
+  *sum = s;
+  return d;
 }
 
 }  // namespace cat::cpu::detail

@@ -191,36 +191,13 @@ void store_tile(void* out, DType dt, int64_t n, int64_t t, int64_t m0, int64_t m
     }
 }
 
-// x rounded to int8 per block of 32 columns, as llama.cpp's Q8_0 does: d = max|x| / 127,
-// q = round-half-even(x * (1 / d)) (q = 0 where d = 0). A block holding a NaN or an infinity gets
-// d = NaN, so the outputs it touches are NaN, as in the float path. Returns d; q into q[0..32).
-float quantize_block_q8(const float* v, int8_t* q, int32_t* sum) {
-  float amax = 0.0f;
-  bool finite = true;
-  for (int j = 0; j < kBlockK; ++j) {
-    finite = finite && std::isfinite(v[j]);
-    amax = std::fabs(v[j]) > amax ? std::fabs(v[j]) : amax;
-  }
-  const float d = finite ? amax / 127.0f : NAN;
-  const float id = finite && d != 0.0f ? 1.0f / d : 0.0f;
-  int32_t s = 0;
-  for (int j = 0; j < kBlockK; ++j) {
-    float t = std::nearbyint(v[j] * id);
-    t = t > 127.0f ? 127.0f : (t < -127.0f ? -127.0f : t);
-    q[j] = static_cast<int8_t>(t);
-    s += static_cast<int32_t>(t);
-  }
-  *sum = s;
-  return d;
-}
-
 // The int8 rounding of a row for the float kernels (CPUs without the VNNI kernel): each value
 // becomes q * d, exactly the x the VNNI kernel multiplies.
 void round_int8(float* row, int64_t kp) {
   int8_t q[kBlockK];
   int32_t sum;
   for (int64_t b = 0; b < kp; b += kBlockK) {
-    const float d = quantize_block_q8(row + b, q, &sum);
+    const float d = detail::quantize_block_q8(row + b, q, &sum);
     for (int j = 0; j < kBlockK; ++j) row[b + j] = static_cast<float>(q[j]) * d;
   }
 }
@@ -274,29 +251,29 @@ void convert_x(const void* x, DType x_dtype, int64_t m, int64_t k, const Plan& p
 // interleaved (GemmPlan::xq / xd), plus per segment the sum of d * (sum of the
 // block's q), which the zero points multiply.
 void convert_x_q8(const void* x, DType x_dtype, int64_t m, int64_t k, const Plan& plan, bool parallel,
-                  int64_t mb, Workspace& ws, detail::GemmPlan* gp) {
+                  const detail::Q8Kernel& q8, Workspace& ws, detail::GemmPlan* gp) {
+  const int64_t mb = q8.mb;
+  const auto quantize_row = q8.quantize_row;
+  const int bits = gp->w.bits;
   const int64_t nb = ceil_div(k, kBlockK), kp = nb * kBlockK, kd = kp / 4;
   const int64_t nseg = static_cast<int64_t>(plan.segments.size());
   int32_t* xq = grow(ws.xq, m * kd);
   float* xd = grow(ws.xd, m * nb);
   float* xs = grow(ws.xs, m * nseg);
   auto convert_block = [&](int64_t m0, int64_t mr) {
-    thread_local std::vector<float> row_buf, bsum_buf;
+    thread_local std::vector<float> row_buf, bsum_buf, d_buf;
     thread_local std::vector<int32_t> q_buf;
     float* row = grow(row_buf, kp);
     float* bsum = grow(bsum_buf, nb);
+    float* dbuf = grow(d_buf, nb);
     int32_t* qd = grow(q_buf, kd);
     int8_t* q = reinterpret_cast<int8_t*>(qd);
     for (int64_t i = 0; i < mr; ++i) {
       const int64_t r = m0 + i;
       convert_row(x, x_dtype, r * k, k, row);
       for (int64_t j = k; j < kp; ++j) row[j] = 0.0f;
-      for (int64_t b = 0; b < nb; ++b) {
-        int32_t sum;
-        const float d = quantize_block_q8(row + b * kBlockK, q + b * kBlockK, &sum);
-        xd[m0 * nb + b * mr + i] = d;
-        bsum[b] = d * static_cast<float>(sum);
-      }
+      quantize_row(row, nb, bits, q, dbuf, bsum);
+      for (int64_t b = 0; b < nb; ++b) xd[m0 * nb + b * mr + i] = dbuf[b];
       for (int64_t j = 0; j < kd; ++j) xq[m0 * kd + j * mr + i] = qd[j];
       for (int64_t si = 0; si < nseg; ++si) {
         const detail::Segment& sg = plan.segments[si];
@@ -344,11 +321,13 @@ detail::GemmPlan gemm_plan(const QWeight& w, int64_t m, const Plan& plan) {
 }
 
 // x converted for the kernels into gp's x fields; returns the work item function that reads them.
-ItemFn prepare_x(const void* x, DType x_dtype, int64_t m, int64_t k, bool int8_x, const Plan& plan, bool parallel,
-                 Workspace& ws, detail::GemmPlan* gp) {
-  const detail::Q8Kernel* q8 = int8_x ? detail::active_q8_kernel() : nullptr;
+// mixed_bits: the x serves weights of several widths (gemm_same_x), whose int8 kernels may read
+// x in different orders: the float kernels on the rounded x then serve them all.
+ItemFn prepare_x(const void* x, DType x_dtype, int64_t m, int64_t k, bool int8_x, bool mixed_bits, const Plan& plan,
+                 bool parallel, Workspace& ws, detail::GemmPlan* gp) {
+  const detail::Q8Kernel* q8 = int8_x && !mixed_bits ? detail::active_q8_kernel(gp->w.bits) : nullptr;
   if (q8) {
-    convert_x_q8(x, x_dtype, m, k, plan, parallel, q8->mb, ws, gp);
+    convert_x_q8(x, x_dtype, m, k, plan, parallel, *q8, ws, gp);
     return q8->gemm_item;
   }
   float *xf, *xs;
@@ -369,7 +348,7 @@ void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out, 
   thread_local Workspace ws;
   const TrimOnExit trim{ws};
   detail::GemmPlan gp = gemm_plan(w, m, plan);
-  const ItemFn item = prepare_x(x, x_dtype, m, k, w.int8_x, plan, parallel, ws, &gp);
+  const ItemFn item = prepare_x(x, x_dtype, m, k, w.int8_x, false, plan, parallel, ws, &gp);
 
   const int64_t S = plan.splits, mchunks = ceil_div(m, kMChunk);
   const int64_t mcmax = m < kMChunk ? m : kMChunk;
@@ -427,7 +406,9 @@ void gemm_same_x(const float* x, int64_t m, const QWeight* const* w, int count, 
   const TrimOnExit trim{ws};
   detail::GemmPlan gp[8];
   gp[0] = gemm_plan(*w[0], m, plan);
-  const ItemFn run = prepare_x(x, DType::f32, m, k, w[0]->int8_x, plan, parallel, ws, &gp[0]);
+  bool mixed = false;
+  for (int i = 1; i < count; ++i) mixed = mixed || w[i]->bits != w[0]->bits;
+  const ItemFn run = prepare_x(x, DType::f32, m, k, w[0]->int8_x, mixed, plan, parallel, ws, &gp[0]);
   for (int i = 1; i < count; ++i) {
     gp[i] = gemm_plan(*w[i], m, plan);
     gp[i].xf = gp[0].xf, gp[i].xs = gp[0].xs, gp[i].xq = gp[0].xq, gp[i].xd = gp[0].xd;

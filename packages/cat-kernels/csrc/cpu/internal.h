@@ -63,22 +63,30 @@ struct Kernels {
 // Kernels::gemm_item over the xq / xd / xs of the plan.
 struct Q8Kernel {
   int mb;
+  unsigned bits_mask;  // bit b set: handles b-bit weights
   void (*gemm_item)(const GemmPlan& plan, int64_t tile, int64_t split, int64_t m0, int64_t m_count,
                     float* part);
+  // Rounds nb blocks of 32 floats of one row as quantize_block_q8 (common.h) does, bit for bit:
+  // the scales into d[b], d[b] * (sum of the block's codes) into bsum[b], the codes into q in the
+  // order the kernel reads them for `bits`-bit weights (a permutation within each block).
+  void (*quantize_row)(const float* row, int64_t nb, int bits, int8_t* q, float* d, float* bsum);
 };
 
 extern const Kernels kernels_scalar;
 #if defined(CAT_KERNELS_X86)
 extern const Kernels kernels_avx2;
 extern const Kernels kernels_avx512;
+extern const Q8Kernel q8_avx2;
 extern const Q8Kernel q8_avx512_vnni;
 #endif
 
 Isa active_isa();                    // throws if CAT_KERNELS_ISA names an unusable path
 const Kernels& active_kernels();
-// The AVX-512 VNNI + VBMI + VBMI2 kernel on the avx512 path when the CPU has them, else null:
-// the float kernels then run on x rounded to int8 and back (same values, float arithmetic).
-const Q8Kernel* active_q8_kernel();
+// The int8 kernel for `bits`-bit weights on the active path: AVX-512 VNNI + VBMI + VBMI2 (every
+// width) on the avx512 path when the CPU has them, AVX2 (2 and 4 bits) on the avx2 path and on
+// avx512 CPUs without VNNI; else null: the float kernels then run on x rounded to int8 and back
+// (same values, float arithmetic).
+const Q8Kernel* active_q8_kernel(int bits);
 const char* isa_name(Isa isa);
 bool isa_supported(Isa isa);
 // "" = back to CAT_KERNELS_ISA / best available; otherwise a name (throws if unusable).

@@ -102,11 +102,14 @@ bool vnni_supported() {
 }
 }  // namespace
 
-const Q8Kernel* active_q8_kernel() {
+const Q8Kernel* active_q8_kernel(int bits) {
+  const Q8Kernel* k = nullptr;
 #if defined(CAT_KERNELS_X86)
-  if (active_isa() == Isa::avx512 && vnni_supported()) return &q8_avx512_vnni;
+  const Isa isa = active_isa();
+  if (isa == Isa::avx512 && vnni_supported()) k = &q8_avx512_vnni;
+  else if (isa == Isa::avx512 || isa == Isa::avx2) k = &q8_avx2;
 #endif
-  return nullptr;
+  return k && (k->bits_mask >> bits & 1u) ? k : nullptr;
 }
 
 const Kernels& active_kernels() {

@@ -75,8 +75,159 @@ struct Ops {
 
 #include "kernels_impl.h"
 
+// ---------------------------------------------------------------- int8 x (QWeight::int8_x)
+// 2- and 4-bit weights. A word of 8 rows holds 4 bytes per row; `and 0x0F0F0F0F` after a shift
+// by 0 or 4 leaves one code per byte (4-bit: codes 0, 2, 4, 6 of the word, then 1, 3, 5, 7;
+// 2-bit: shifts 0, 2, 4, 6 leave codes s, s+4, s+8, s+12), so x is stored in that order
+// (quantize_row below) and vpmaddubsw multiplies 32 code/x byte pairs, adding neighbours into
+// 16-bit sums: one block's 16 products per lane stay below 2^15 (16 * 15 * 127 = 30480), so they
+// are added as int16 and widened once per block by vpmaddwd. 3- and 8-bit weights have no such
+// layout here: the float kernels multiply the rounded x for them.
+
+#define CAT_AI inline __attribute__((always_inline))
+#define CAT_AIL __attribute__((always_inline))
+#define CAT_CV(ic) decltype(ic)::value
+
+// Byte order of x within each word's values for BITS-bit weights: position i of a word's
+// values (8 for 4-bit, 16 for 2-bit) holds value kOrder[i].
+constexpr int kOrder4[8] = {0, 2, 4, 6, 1, 3, 5, 7};
+constexpr int kOrder2[16] = {0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15};
+
+void quantize_row_avx2(const float* row, int64_t nb, int bits, int8_t* q, float* d, float* bsum) {
+  int8_t tmp[32];
+  for (int64_t b = 0; b < nb; ++b) {
+    int32_t sum;
+    d[b] = quantize_block_q8(row + b * 32, tmp, &sum);
+    bsum[b] = d[b] * static_cast<float>(sum);
+    int8_t* out = q + b * 32;
+    if (bits == 4) {
+      for (int w = 0; w < 4; ++w)
+        for (int i = 0; i < 8; ++i) out[w * 8 + i] = tmp[w * 8 + kOrder4[i]];
+    } else {
+      for (int w = 0; w < 2; ++w)
+        for (int i = 0; i < 16; ++i) out[w * 16 + i] = tmp[w * 16 + kOrder2[i]];
+    }
+  }
+}
+
+template <int BITS, int MB>
+__attribute__((noinline)) void run_segments_q8(const int32_t* tile_words, const Segment* segs, int nseg,
+                                               const float* sc, const float* zf, const int32_t* xq,
+                                               const float* xd, const float* xs, int64_t xs_stride, float* y) {
+  constexpr int kPerWord = 8 / BITS;  // dwords of x per word of codes
+  const int g_lo = segs[0].g;
+  const __m256i mask = _mm256_set1_epi8(static_cast<char>((1 << BITS) - 1));
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int i = 0; i < nseg; ++i) {
+    const Segment seg = segs[i];
+    const int32_t* wp = tile_words + static_cast<int64_t>(seg.b0) * BITS * 16;
+    __m256 f[MB][2];
+    unroll<MB>([&](auto mi) CAT_AIL {
+      f[CAT_CV(mi)][0] = _mm256_setzero_ps();
+      f[CAT_CV(mi)][1] = _mm256_setzero_ps();
+    });
+    for (int blk = seg.b0; blk < seg.b1; ++blk, wp += BITS * 16) {
+      if constexpr (MB == 1) {
+        unroll<BITS>([&](auto li) CAT_AIL {
+          __builtin_prefetch(wp + (kPrefetchBlocks * BITS + CAT_CV(li)) * 16, 0, 3);
+        });
+      }
+      const int32_t* xb = xq + static_cast<int64_t>(blk) * 8 * MB;
+      __m256i acc[MB][2];
+      unroll<MB>([&](auto mi) CAT_AIL {
+        acc[CAT_CV(mi)][0] = _mm256_setzero_si256();
+        acc[CAT_CV(mi)][1] = _mm256_setzero_si256();
+      });
+      unroll<BITS>([&](auto wi) CAT_AIL {
+        constexpr int w = CAT_CV(wi);
+        const __m256i a0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + w * 16));
+        const __m256i a1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + w * 16 + 8));
+        unroll<kPerWord>([&](auto si) CAT_AIL {
+          constexpr int sh = BITS * CAT_CV(si), j = w * kPerWord + CAT_CV(si);
+          const __m256i c0 = _mm256_and_si256(sh ? _mm256_srli_epi32(a0, sh) : a0, mask);
+          const __m256i c1 = _mm256_and_si256(sh ? _mm256_srli_epi32(a1, sh) : a1, mask);
+          unroll<MB>([&](auto mi) CAT_AIL {
+            constexpr int m = CAT_CV(mi);
+            const __m256i xv = _mm256_set1_epi32(xb[j * MB + m]);
+            acc[m][0] = _mm256_add_epi16(acc[m][0], _mm256_maddubs_epi16(c0, xv));
+            acc[m][1] = _mm256_add_epi16(acc[m][1], _mm256_maddubs_epi16(c1, xv));
+          });
+        });
+      });
+      unroll<MB>([&](auto mi) CAT_AIL {
+        constexpr int m = CAT_CV(mi);
+        const __m256 dv = _mm256_broadcast_ss(xd + blk * MB + m);
+        f[m][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(acc[m][0], ones)), dv, f[m][0]);
+        f[m][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(acc[m][1], ones)), dv, f[m][1]);
+      });
+    }
+    const float* scp = sc + (seg.g - g_lo) * 16;
+    const float* zp = zf + (seg.g - g_lo) * 16;
+    unroll<MB>([&](auto mi) CAT_AIL {
+      constexpr int m = CAT_CV(mi);
+      const __m256 xsv = _mm256_set1_ps(xs[m * xs_stride + i]);
+      for (int h = 0; h < 2; ++h) {
+        const __m256 inner = _mm256_sub_ps(f[m][h], _mm256_mul_ps(_mm256_loadu_ps(zp + 8 * h), xsv));
+        _mm256_storeu_ps(y + m * 16 + 8 * h,
+                         _mm256_fmadd_ps(_mm256_loadu_ps(scp + 8 * h), inner, _mm256_loadu_ps(y + m * 16 + 8 * h)));
+      }
+    });
+  }
+}
+
+constexpr int kMBQ8 = 2;  // 2 x 2 int16 and 2 x 2 float accumulators, codes and x: 16 ymm
+
+template <int BITS, int MB>
+CAT_AI void run_dispatch_q8(int mr, const int32_t* tile_words, const Segment* segs, int nseg, const float* sc,
+                            const float* zf, const int32_t* xq, const float* xd, const float* xs,
+                            int64_t xs_stride, float* y) {
+  if constexpr (MB > 1) {
+    if (mr < MB)
+      return run_dispatch_q8<BITS, MB / 2>(mr, tile_words, segs, nseg, sc, zf, xq, xd, xs, xs_stride, y);
+  }
+  run_segments_q8<BITS, MB>(tile_words, segs, nseg, sc, zf, xq, xd, xs, xs_stride, y);
+}
+
+template <int BITS>
+void q8_item_bits(const GemmPlan& p, int64_t t, int64_t s, int64_t mbase, int64_t m, float* part) {
+  constexpr int kChunk = 64;
+  const int rows = static_cast<int>(p.w.n - t * 16 < 16 ? p.w.n - t * 16 : 16);
+  const int32_t* tile_words = p.w.packed + t * p.nb * BITS * 16;
+  const int64_t kd = p.kp / 4;
+  for (int64_t i = 0; i < m * 16; ++i) part[i] = 0.0f;
+  alignas(64) float sc[kChunk * 16];
+  alignas(64) float zf[kChunk * 16];
+  const int32_t seg_end = p.split_begin[s + 1];
+  for (int32_t c0 = p.split_begin[s], nc = 0; c0 < seg_end; c0 += nc) {
+    const int32_t g0 = p.segments[c0].g;
+    nc = 1;
+    while (c0 + nc < seg_end && p.segments[c0 + nc].g - g0 < kChunk) ++nc;
+    const int ngc = p.segments[c0 + nc - 1].g - g0 + 1;
+    gather_scales<Ops>(p, t, rows, g0, ngc, sc);
+    for (int i = 0; i < ngc; ++i)  // zero_offsets gives C + z; exact in float
+      Ops::storef(zf + i * 16, Ops::sub(zero_offsets<Ops, BITS>(p, t, g0 + i), Ops::set1(kDecodeScale<BITS>)));
+    for (int64_t m0 = 0, mr = 0; m0 < m; m0 += mr) {
+      mr = row_block(kMBQ8, m - m0);
+      const int64_t row = mbase + m0;
+      run_dispatch_q8<BITS, kMBQ8>(static_cast<int>(mr), tile_words, p.segments + c0, nc, sc, zf, p.xq + row * kd,
+                                   p.xd + row * p.nb, p.xs + row * p.n_segments + c0, p.n_segments,
+                                   part + m0 * 16);
+    }
+  }
+}
+
+void q8_item(const GemmPlan& p, int64_t t, int64_t s, int64_t m0, int64_t mc, float* part) {
+  if (p.w.bits == 2) q8_item_bits<2>(p, t, s, m0, mc, part);
+  else q8_item_bits<4>(p, t, s, m0, mc, part);
+}
+
+#undef CAT_CV
+#undef CAT_AIL
+#undef CAT_AI
+
 }  // namespace
 
 const Kernels kernels_avx2 = {Ops::kMB, &gemm_item<Ops>, &dequant_tile};
+const Q8Kernel q8_avx2 = {kMBQ8, 0x14u /* 2, 4 */, &q8_item, &quantize_row_avx2};
 
 }  // namespace cat::cpu::detail

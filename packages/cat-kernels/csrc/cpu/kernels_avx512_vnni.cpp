@@ -163,12 +163,39 @@ void q8_item(const GemmPlan& p, int64_t t, int64_t s, int64_t m0, int64_t mc, fl
   }
 }
 
+// quantize_block_q8 (common.h) 16 lanes at a time, with the same operations in float32 (so the
+// same codes and scales): max |x| of the block, d = max / 127 (NaN if the block holds a NaN or an
+// infinity), q = round-half-even(x * (1 / d)) clamped to [-127, 127].
+void quantize_row(const float* row, int64_t nb, int /*bits: column order for every width*/, int8_t* q, float* d,
+                  float* bsum) {
+  const __m512i absmask = _mm512_set1_epi32(0x7FFFFFFF), expmask = _mm512_set1_epi32(0x7F800000);
+  for (int64_t b = 0; b < nb; ++b) {
+    const __m512 v0 = _mm512_loadu_ps(row + b * 32), v1 = _mm512_loadu_ps(row + b * 32 + 16);
+    const __m512i a0 = _mm512_and_si512(_mm512_castps_si512(v0), absmask);
+    const __m512i a1 = _mm512_and_si512(_mm512_castps_si512(v1), absmask);
+    // a NaN or an infinity: all exponent bits set
+    const bool nonfinite = (_mm512_cmpeq_epi32_mask(_mm512_and_si512(a0, expmask), expmask) |
+                            _mm512_cmpeq_epi32_mask(_mm512_and_si512(a1, expmask), expmask)) != 0;
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_castsi512_ps(a0), _mm512_castsi512_ps(a1)));
+    const float db = nonfinite ? NAN : amax / 127.0f;
+    const float id = !nonfinite && db != 0.0f ? 1.0f / db : 0.0f;
+    const __m512 idv = _mm512_set1_ps(id);
+    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+    const __m512i q0 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v0, idv)), lo), hi);
+    const __m512i q1 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v1, idv)), lo), hi);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + b * 32), _mm512_cvtepi32_epi8(q0));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + b * 32 + 16), _mm512_cvtepi32_epi8(q1));
+    d[b] = db;
+    bsum[b] = db * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)));
+  }
+}
+
 #undef CAT_CV
 #undef CAT_AIL
 #undef CAT_AI
 
 }  // namespace
 
-const Q8Kernel q8_avx512_vnni = {kMBQ8, &q8_item};
+const Q8Kernel q8_avx512_vnni = {kMBQ8, 0x11Cu /* 2, 3, 4, 8 */, &q8_item, &quantize_row};
 
 }  // namespace cat::cpu::detail

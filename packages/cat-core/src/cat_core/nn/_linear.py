@@ -145,7 +145,7 @@ class QuantLinear(nn.Module):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         int8_x = self.int8_activations and x2.device.type == "cpu"
-        if int8_x and not _routing._int8_kernel() and not _routing._m_takes_kernel(x2.shape[0], x2.device, x2.dtype):
+        if int8_x and not _routing._int8_kernel(self.bits) and not _routing._m_takes_kernel(x2.shape[0], x2.device, x2.dtype):
             int8_x = False  # no integer kernel on this CPU: long inputs take the dense float route
         if _routing._eager_fast_path(x2):
             pw = self._packed_weight()

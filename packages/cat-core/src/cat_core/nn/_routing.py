@@ -95,12 +95,15 @@ def _m_takes_kernel(m: int, device: torch.device, dtype: torch.dtype) -> bool:
     return m <= cpu_gemm_max_m(dtype)
 
 
-def _int8_kernel() -> bool:
-    """Whether ``int8_activations`` runs integer dot products here (AVX-512 VNNI). Measured on
-    SPR (benchmarks/probes/int8_gemv.py): that kernel is ahead of the float32 matmul of the
-    unquantized weight at every M tried (1-1024; 1.05-2.6x at M >= 128), so it takes every M;
-    without it the float kernel multiplies the int8-rounded x and the usual crossover applies."""
-    return bool(_kernels()._C._int8_kernel())
+def _int8_kernel(bits: int) -> bool:
+    """Whether ``int8_activations`` runs integer dot products for ``bits``-bit weights here
+    (AVX-512 VNNI: every width; AVX2: 2 and 4 bits). Measured on SPR with VNNI
+    (benchmarks/probes/int8_gemv.py, benchmarks/results/decode_2026-12-07/session19/): that kernel
+    is ahead of the float32 matmul of the unquantized weight at M up to 1024 on the 1b shapes
+    (1.7-2.6x at M >= 128) and level with it on SmolLM2's (0.8-1.2x), and ahead of the
+    dequantize + matmul route everywhere, so it takes every M; without it the float kernel
+    multiplies the int8-rounded x and the usual crossover applies."""
+    return bool(_kernels()._C._int8_kernel(bits))
 
 
 def _eager_fast_path(x: torch.Tensor) -> bool:
