@@ -300,6 +300,21 @@ struct PyWeight {
         reinterpret_cast<float*>(ws), ws_elems, stream);
   }
 
+  // Rows `ids` (int64 [n_ids], CPU) as float32 into out ([n_ids, k], CPU): table lookups from a
+  // packed weight (an output head tied to the input embedding). The caller (PackedWeight) checks
+  // dtypes, shapes and contiguity; every id is range-checked here before anything is read.
+  void dequantize_rows_ptr(uintptr_t ids, int64_t n_ids, uintptr_t out) const {
+    require(dev.type == kCPU, "dequantize_rows: the weight must be in CPU memory");
+    require(n_ids >= 0 && (n_ids == 0 || (ids != 0 && out != 0)), "dequantize_rows: null data pointer");
+    const int64_t* p = reinterpret_cast<const int64_t*>(ids);
+    for (int64_t i = 0; i < n_ids; ++i)
+      if (p[i] < 0 || p[i] >= w.n)
+        throw nb::index_error(("ids: row " + std::to_string(p[i]) + " out of range [0, " + std::to_string(w.n) +
+                               ")").c_str());
+    nb::gil_scoped_release rel;
+    cat::cpu::dequantize_rows(w, p, n_ids, reinterpret_cast<float*>(out));
+  }
+
   void dequantize(const Out& out, uintptr_t stream) const {
     const std::string odt = dtype_name(out.dtype());
     require(odt == "float32" || odt == "float16" || odt == "bfloat16",
@@ -485,6 +500,7 @@ NB_MODULE(_C, m) {
            nb::arg("device_type"), nb::arg("device_id"), nb::arg("out"), nb::arg("workspace") = 0,
            nb::arg("workspace_elems") = 0, nb::arg("stream") = 0)
       .def("dequantize", &PyWeight::dequantize, nb::arg("out"), nb::arg("stream") = 0)
+      .def("dequantize_rows_ptr", &PyWeight::dequantize_rows_ptr, nb::arg("ids"), nb::arg("n_ids"), nb::arg("out"))
       .def("workspace_elems", &PyWeight::workspace_elems, nb::arg("m"))
       .def_prop_ro("n", [](const PyWeight& p) { return p.w.n; })
       .def_prop_ro("k", [](const PyWeight& p) { return p.w.k; })

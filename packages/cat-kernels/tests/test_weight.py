@@ -124,3 +124,26 @@ def test_torch_tensors(rng):
         pw.gemm(torch.zeros(2, 320), out=torch.empty(2, 37, dtype=torch.float16))
     with pytest.raises(ValueError, match="out: must be C-contiguous"):
         pw.gemm(torch.zeros(2, 320), out=torch.empty(37, 2).T)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("group_size", [32, 96, -1])
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+def test_dequantize_rows_are_rows_of_dequantize(rng, bits, group_size, symmetric):
+    # 37 rows (a padded tile), K = 288: 9 blocks, 9 / 3 / 1 groups
+    case = make_case(rng, 37, 288, bits, group_size, symmetric, "float16")
+    pw = ck.PackedWeight(case.packed, case.scales_np(), case.zeros_packed, group_size, k=288)
+    dense = pw.dequantize(np.float32)
+    ids = rng.integers(0, 37, size=11)
+    ids[0], ids[1] = 0, 36
+    np.testing.assert_array_equal(pw.dequantize_rows(ids), dense[ids])
+    np.testing.assert_array_equal(pw.dequantize_rows(ids.astype(np.int32)), dense[ids])
+    assert pw.dequantize_rows(np.zeros(0, np.int64)).shape == (0, 288)
+    with pytest.raises(IndexError, match="37 out of range"):
+        pw.dequantize_rows(np.array([3, 37]))
+    with pytest.raises(IndexError, match="-1 out of range"):
+        pw.dequantize_rows(np.array([-1]))
+    with pytest.raises(TypeError, match="ids"):
+        pw.dequantize_rows(np.array([[1, 2]]))
+    with pytest.raises(TypeError, match="ids"):
+        pw.dequantize_rows(np.array([1.0]))

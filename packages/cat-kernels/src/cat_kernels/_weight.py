@@ -115,6 +115,35 @@ class PackedWeight:
         self._w.dequantize(out, _stream(self._ref, self._info))
         return out
 
+    def dequantize_rows(self, ids: Array) -> Array:
+        """Rows ``ids`` of the dense weight as float32 ``[len(ids), K]``, bit-identical to those
+        rows of :meth:`dequantize` in float32: table lookups from a packed weight (an output head
+        tied to the input embedding) without dequantizing the table. CPU weights; ``ids`` a 1-D
+        integer numpy array or CPU torch tensor (the result is of the same kind).
+
+        Raises:
+            IndexError: an id outside ``[0, N)``. ValueError / TypeError: a CUDA weight, or ids
+            that are not a 1-D integer array.
+        """
+        torch = sys.modules.get("torch")
+        if torch is not None and type(ids) is torch.Tensor:
+            if ids.dim() != 1 or ids.dtype.is_floating_point or ids.dtype.is_complex or ids.device.type != "cpu":
+                raise TypeError(f"ids: expected a 1-D integer CPU tensor, got {ids.dtype} {tuple(ids.shape)} "
+                                f"on {ids.device}")
+            ids = ids.to(torch.int64).contiguous()
+            out = torch.empty((ids.numel(), self._k), dtype=torch.float32)
+            self._w.dequantize_rows_ptr(ids.data_ptr(), ids.numel(), out.data_ptr())
+            return out
+        import numpy as np
+
+        a = np.asarray(ids)
+        if a.ndim != 1 or a.dtype.kind not in "iu":
+            raise TypeError(f"ids: expected a 1-D integer array, got {a.dtype} {a.shape}")
+        a = np.ascontiguousarray(a, dtype=np.int64)
+        out = np.empty((a.size, self._k), np.float32)
+        self._w.dequantize_rows_ptr(a.ctypes.data, a.size, out.ctypes.data)
+        return out
+
     # ------------------------------------------------------------------ private
 
     def _device_error(self, got: str) -> ValueError:

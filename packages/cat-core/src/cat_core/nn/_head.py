@@ -114,6 +114,13 @@ def _unpack_rows(words: torch.Tensor, bits: int) -> torch.Tensor:
 
 def _dequantized_rows(head: QuantLinear, ids: torch.Tensor) -> torch.Tensor:
     """float32 ``[len(ids), K]``: rows ``ids`` of the head's weight, from its packed buffers."""
+    if ids.device.type == "cpu" and head.qweight.device.type == "cpu" and not torch.compiler.is_compiling():
+        # one native call (a decode step's lookup: ~15 torch ops cost 0.2 ms), which range-checks
+        try:
+            return head._packed_weight().dequantize_rows(ids)
+        except IndexError:
+            raise IndexError(f"token ids must be in [0, {head.out_features}), got "
+                             f"{int(ids.min())}..{int(ids.max())}") from None
     k, bits = head.in_features, head.bits
     # the clear message costs a host read of the ids: eager CPU only (under torch.compile it
     # would break the graph at every step; the indexing below still fails on a bad id)

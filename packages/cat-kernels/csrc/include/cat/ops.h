@@ -68,6 +68,8 @@ PackStatus pack(const void* codes, int code_bytes, int64_t n, int64_t k, int bit
 void unpack(const int32_t* packed, int64_t n, int64_t k, int bits, int64_t row_words, uint8_t* codes);
 // out: [n, k] row-major, dtype out_dtype.
 void dequantize(const QWeight& w, void* out, DType out_dtype);
+// Rows ids[0..n_ids) (each in [0, n)) of the dequantized weight as float32: out [n_ids, k].
+void dequantize_rows(const QWeight& w, const int64_t* ids, int64_t n_ids, float* out);
 // x: [m, k] row-major, dtype x_dtype; out: [m, n] row-major, dtype x_dtype. Products of fewer
 // than parallel_min_work weights x rows run on the calling thread (-1: the default threshold).
 void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out,
