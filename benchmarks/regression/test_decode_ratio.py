@@ -4,7 +4,9 @@ a 4-token prompt, batch 1, KV cache, CPU, logits of the last position only (as g
 cat-bench compute them). The quantized model is the one cat-generate serves: block linears RTN
 (decode speed does not depend on how the codes were chosen; AWQ would take minutes) and the
 output head at 8 bits (``quantize_head``), decoding through the native step as cat-generate does
-(``enable_native_decode``) and, separately, through transformers' modules (``plain``)."""
+(``enable_native_decode``), through the native step with int8 activations (``native-int8``,
+``set_int8_activations``: cat-generate --activations int8) and, separately, through transformers'
+modules (``plain``)."""
 
 from __future__ import annotations
 
@@ -44,21 +46,24 @@ def _generate(model) -> None:
             logits, cache = cached_forward(model, nxt, cache, last_only=True)
 
 
-@pytest.mark.parametrize("step", ["native", "plain"])
+@pytest.mark.parametrize("step", ["native", "native-int8", "plain"])
 @pytest.mark.parametrize("bits", [4, 3])
 def test_decode_vs_fp32(benchmark, check_ratio, fp_model, bits, step):
     from cat_core.awq import rtn_quantize
     from cat_core.config import QuantConfig
     from cat_core.native_decode import enable_native_decode
-    from cat_core.nn import quantize_head, replace_linears
+    from cat_core.nn import quantize_head, replace_linears, set_int8_activations
 
     q = copy.deepcopy(fp_model)
     replace_linears(q, rtn_quantize(q, QuantConfig(bits=bits, group_size=64)).tensors)
     quantize_head(q, 8)
-    if step == "native":
+    if step.startswith("native"):
         enable_native_decode(q)
+    if step == "native-int8":
+        set_int8_activations(q)
     benchmark.group = "decode smollm2"
     subject, baseline = lambda: _generate(q), lambda: _generate(fp_model)
     ratio = interleaved(benchmark, subject, baseline, rounds=5, warmup=1)
-    name = f"decode smollm2 {bits}-bit g64 head 8-bit{' native step' if step == 'native' else ''} vs fp32"
+    how = {"native": " native step", "native-int8": " native step int8 activations", "plain": ""}[step]
+    name = f"decode smollm2 {bits}-bit g64 head 8-bit{how} vs fp32"
     check_ratio(name, ratio, remeasure=lambda: paired(subject, baseline, rounds=5, warmup=1))
