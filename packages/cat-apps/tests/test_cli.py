@@ -255,8 +255,29 @@ def test_end_to_end_quantize_generate_eval_bench(tiny_dir, text_file, tmp_path, 
     capsys.readouterr()
     res16 = json.loads(js.read_text())
     assert res16["head_bits"] is None and res16["perplexity"]["ppl"] != res["perplexity"]["ppl"]
+    # --activations int8: the same windows through int8-rounded inputs: close to, not equal to, float
+    rc = cat_eval.main([str(out), "--text", str(text_file), "--seqlen", "64", "--max-windows", "3", "--no-kl",
+                        "--activations", "int8", "--json", str(js), "--quiet"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    res8 = json.loads(js.read_text())
+    assert res8["activations"] == "int8" and "int8 activations" in cap.out
+    assert res8["perplexity"]["ppl"] != res["perplexity"]["ppl"]
+    assert abs(res8["perplexity"]["ppl"] / res["perplexity"]["ppl"] - 1) < 0.05
+    rc = cat_eval.main([str(tiny_dir), "--text", str(text_file), "--seqlen", "64", "--max-windows", "1", "--no-kl",
+                        "--activations", "int8", "--quiet"])
+    assert rc != 0 and "is not quantized" in capsys.readouterr().err
+    rc = generate.main([str(out), "--prompt", "w5 w6 w7", "--max-new-tokens", "5", "--activations", "int8", "--quiet"])
+    cap = capsys.readouterr()
+    assert rc == 0 and cap.out.startswith("w5"), cap.err
 
     bdir = tmp_path / "bench"
+    rc = bench.main([str(out), "--batch-sizes", "1", "--prompt-len", "8", "--new-tokens", "3", "--activations", "both",
+                     "--min-runs", "3", "--max-runs", "3", "--out", str(bdir), "--quiet"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    hows = [r["how"] for r in json.loads((bdir / "bench.json").read_text())["rows"]]
+    assert len(hows) == 2 and not hows[0].endswith("int8 activations") and hows[1].endswith(", int8 activations")
     rc = bench.main([str(tiny_dir), str(out), "--batch-sizes", "1", "2", "--prompt-len", "8", "--new-tokens", "3",
                      "--min-runs", "3", "--max-runs", "3", "--out", str(bdir), "--quiet"])
     cap = capsys.readouterr()
