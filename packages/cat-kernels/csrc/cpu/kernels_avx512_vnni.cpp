@@ -112,54 +112,19 @@ __attribute__((noinline)) void run_segments_q8(const int32_t* tile_words, const 
   }
 }
 
-template <int BITS, int MB>
-CAT_AI void run_dispatch_q8(int mr, const int32_t* tile_words, const Segment* segs, int nseg, const float* sc,
-                            const float* zf, const int32_t* xq, const float* xd, const float* xs,
-                            int64_t xs_stride, float* y) {
-  if constexpr (MB > 1) {
-    if (mr < MB)
-      return run_dispatch_q8<BITS, MB / 2>(mr, tile_words, segs, nseg, sc, zf, xq, xd, xs, xs_stride, y);
-  }
-  run_segments_q8<BITS, MB>(tile_words, segs, nseg, sc, zf, xq, xd, xs, xs_stride, y);
-}
+constexpr int kMBQ8 = 8;  // rows of x per register block: 8 int32 + 8 float accumulators
 
-constexpr int kMBQ8 = 8;
-
-template <int BITS>
-void q8_item_bits(const GemmPlan& p, int64_t t, int64_t s, int64_t mbase, int64_t m, float* part) {
-  constexpr int kChunk = 64;  // groups whose scales and zero points are prepared at once
-  const int rows = static_cast<int>(p.w.n - t * 16 < 16 ? p.w.n - t * 16 : 16);
-  const int32_t* tile_words = p.w.packed + t * p.nb * BITS * 16;
-  const int64_t kd = p.kp / 4;
-  for (int64_t i = 0; i < m * 16; ++i) part[i] = 0.0f;
-  alignas(64) float sc[kChunk * 16];
-  alignas(64) float zf[kChunk * 16];
-  const __m512 cvec = _mm512_set1_ps(kDecodeScale<BITS>);
-  const int32_t seg_end = p.split_begin[s + 1];
-  for (int32_t c0 = p.split_begin[s], nc = 0; c0 < seg_end; c0 += nc) {
-    const int32_t g0 = p.segments[c0].g;
-    nc = 1;
-    while (c0 + nc < seg_end && p.segments[c0 + nc].g - g0 < kChunk) ++nc;
-    const int ngc = p.segments[c0 + nc - 1].g - g0 + 1;
-    gather_scales<Ops>(p, t, rows, g0, ngc, sc);
-    for (int i = 0; i < ngc; ++i)  // zero_offsets gives C + z; exact in float
-      _mm512_storeu_ps(zf + i * 16, _mm512_sub_ps(zero_offsets<Ops, BITS>(p, t, g0 + i), cvec));
-    for (int64_t m0 = 0, mr = 0; m0 < m; m0 += mr) {
-      mr = row_block(kMBQ8, m - m0);
-      const int64_t row = mbase + m0;
-      run_dispatch_q8<BITS, kMBQ8>(static_cast<int>(mr), tile_words, p.segments + c0, nc, sc, zf, p.xq + row * kd,
-                                   p.xd + row * p.nb, p.xs + row * p.n_segments + c0, p.n_segments,
-                                   part + m0 * 16);
-    }
-  }
-}
+struct SegsQ8 {
+  template <int BITS, int MB, class... A>
+  static void run(A... a) { run_segments_q8<BITS, MB>(a...); }
+};
 
 void q8_item(const GemmPlan& p, int64_t t, int64_t s, int64_t m0, int64_t mc, float* part) {
   switch (p.w.bits) {
-    case 2: q8_item_bits<2>(p, t, s, m0, mc, part); break;
-    case 3: q8_item_bits<3>(p, t, s, m0, mc, part); break;
-    case 4: q8_item_bits<4>(p, t, s, m0, mc, part); break;
-    default: q8_item_bits<8>(p, t, s, m0, mc, part); break;
+    case 2: q8_item_bits<Ops, 2, kMBQ8, SegsQ8>(p, t, s, m0, mc, part); break;
+    case 3: q8_item_bits<Ops, 3, kMBQ8, SegsQ8>(p, t, s, m0, mc, part); break;
+    case 4: q8_item_bits<Ops, 4, kMBQ8, SegsQ8>(p, t, s, m0, mc, part); break;
+    default: q8_item_bits<Ops, 8, kMBQ8, SegsQ8>(p, t, s, m0, mc, part); break;
   }
 }
 

@@ -237,14 +237,13 @@ __attribute__((noinline)) void run_segments(const int32_t* tile_words, const Seg
 }
 
 // Row blocks are powers of two (kMB, kMB/2, ..., 1): a remainder of 7 rows runs as 4 + 2 + 1.
-template <class O, int BITS, int MB>
-CAT_AI void run_dispatch(int mr, const int32_t* tile_words, const Segment* segs, int nseg,
-                         const float* sc, const float* zc, const float* x, const float* xs,
-                         int64_t xs_stride, float* y) {
+// Calls f(std::integral_constant<int, B>{}) with the block size B for mr (< 2 MB) rows.
+template <int MB, class F>
+CAT_AI void with_row_block(int mr, F&& f) {
   if constexpr (MB > 1) {
-    if (mr < MB) return run_dispatch<O, BITS, MB / 2>(mr, tile_words, segs, nseg, sc, zc, x, xs, xs_stride, y);
+    if (mr < MB) return with_row_block<MB / 2>(mr, f);
   }
-  run_segments<O, BITS, MB>(tile_words, segs, nseg, sc, zc, x, xs, xs_stride, y);
+  f(std::integral_constant<int, MB>{});
 }
 
 // Scales of the 16 rows of tile t for groups [g0, g0 + ngc) into sc[gi * 16 + r], with the
@@ -278,12 +277,15 @@ void gather_scales(const GemmPlan& p, int64_t t, int rows, int64_t g0, int ngc, 
   }
 }
 
-template <class O, int BITS>
-void gemm_item_bits(const GemmPlan& p, int64_t t, int64_t s, int64_t mbase, int64_t m, float* part) {
-  constexpr int MB = O::kMB;
-  constexpr int kChunk = 64;  // groups whose scales and zero points are prepared at once
+// One work item (tile t, split s, rows mbase .. mbase + m of x), shared by the float and the int8
+// kernels: the split's segments in chunks spanning at most kChunk groups, whose 16 scales and
+// zero points per group are prepared once and reused for every row block of x (kMB rows);
+// run(mr, segs, nseg, sc, zc, c0, row, y) then runs segments c0 .. c0 + nseg for the mr rows
+// from `row` into y. zc holds C + z (the float kernels' decode offset) or, kPlainZ, z.
+template <class O, int BITS, int kMB, bool kPlainZ, class Run>
+CAT_AI void item_chunks(const GemmPlan& p, int64_t t, int64_t s, int64_t mbase, int64_t m, float* part, Run&& run) {
+  constexpr int kChunk = 64;
   const int rows = static_cast<int>(p.w.n - t * 16 < 16 ? p.w.n - t * 16 : 16);
-  const int32_t* tile_words = p.w.packed + t * p.nb * BITS * 16;
   for (int64_t i = 0; i < m * 16; ++i) part[i] = 0.0f;
 
   alignas(64) float sc[kChunk * 16];
@@ -299,15 +301,46 @@ void gemm_item_bits(const GemmPlan& p, int64_t t, int64_t s, int64_t mbase, int6
     // Scales of 16 rows are 16 strided loads: gather them once per chunk of groups, reading
     // each row's consecutive groups contiguously, and reuse them for every block of x rows.
     gather_scales<O>(p, t, rows, g0, ngc, sc);
-    for (int i = 0; i < ngc; ++i) O::storef(zc + i * 16, zero_offsets<O, BITS>(p, t, g0 + i));
+    for (int i = 0; i < ngc; ++i) {
+      typename O::VF z = zero_offsets<O, BITS>(p, t, g0 + i);  // C + z, exact in float
+      if constexpr (kPlainZ) z = O::sub(z, O::set1(kDecodeScale<BITS>));
+      O::storef(zc + i * 16, z);
+    }
     for (int64_t m0 = 0, mr = 0; m0 < m; m0 += mr) {
-      mr = row_block(MB, m - m0);
-      // Row block [m0, m0 + mr) is stored interleaved: [kp][mr] at xf + m0 * kp.
-      run_dispatch<O, BITS, MB>(static_cast<int>(mr), tile_words, p.segments + c0, nc, sc, zc,
-                                p.xf + (mbase + m0) * p.kp, p.xs + (mbase + m0) * p.n_segments + c0,
-                                p.n_segments, part + m0 * 16);
+      mr = row_block(kMB, m - m0);
+      run(static_cast<int>(mr), p.segments + c0, nc, sc, zc, c0, mbase + m0, part + m0 * 16);
     }
   }
+}
+
+template <class O, int BITS>
+void gemm_item_bits(const GemmPlan& p, int64_t t, int64_t s, int64_t mbase, int64_t m, float* part) {
+  const int32_t* tile_words = p.w.packed + t * p.nb * BITS * 16;
+  item_chunks<O, BITS, O::kMB, false>(
+      p, t, s, mbase, m, part,
+      [&](int mr, const Segment* segs, int nseg, const float* sc, const float* zc, int32_t c0, int64_t row, float* y) {
+        // Row block [row, row + mr) is stored interleaved: [kp][mr] at xf + row * kp.
+        with_row_block<O::kMB>(mr, [&](auto b) {
+          run_segments<O, BITS, CAT_CV(b)>(tile_words, segs, nseg, sc, zc, p.xf + row * p.kp,
+                                           p.xs + row * p.n_segments + c0, p.n_segments, y);
+        });
+      });
+}
+
+// The int8 kernels' work item (QWeight::int8_x): item_chunks over the plan's int8 x, each row
+// block handed to Segs::template run<BITS, B>, the segment loop of the including file.
+template <class O, int BITS, int kMB, class Segs>
+void q8_item_bits(const GemmPlan& p, int64_t t, int64_t s, int64_t mbase, int64_t m, float* part) {
+  const int32_t* tile_words = p.w.packed + t * p.nb * BITS * 16;
+  const int64_t kd = p.kp / 4;
+  item_chunks<O, BITS, kMB, true>(
+      p, t, s, mbase, m, part,
+      [&](int mr, const Segment* segs, int nseg, const float* sc, const float* zf, int32_t c0, int64_t row, float* y) {
+        with_row_block<kMB>(mr, [&](auto b) {
+          Segs::template run<BITS, CAT_CV(b)>(tile_words, segs, nseg, sc, zf, p.xq + row * kd, p.xd + row * p.nb,
+                                              p.xs + row * p.n_segments + c0, p.n_segments, y);
+        });
+      });
 }
 
 template <class O>
