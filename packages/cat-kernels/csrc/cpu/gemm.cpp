@@ -194,8 +194,8 @@ void store_tile(void* out, DType dt, int64_t n, int64_t t, int64_t m0, int64_t m
     }
 }
 
-// The int8 rounding of a row for the float kernels (CPUs without the VNNI kernel): each value
-// becomes q * d, exactly the x the VNNI kernel multiplies.
+// The int8 rounding of a row for the float kernels (paths and widths without an integer kernel):
+// each value becomes q * d, the x an integer kernel multiplies.
 void round_int8(float* row, int64_t kp) {
   int8_t q[kBlockK];
   int32_t sum;
@@ -250,9 +250,9 @@ void convert_x(const void* x, DType x_dtype, int64_t m, int64_t k, const Plan& p
   *xs_out = xs;
 }
 
-// x rounded to int8 (quantize_block_q8) for the VNNI kernel: each row block of mb rows is stored
-// interleaved (GemmPlan::xq / xd), plus per segment the sum of d * (sum of the
-// block's q), which the zero points multiply.
+// x rounded to int8 (quantize_block_q8) for an integer kernel, in the column order it reads
+// (Q8Kernel::quantize_row): each row block of mb rows is stored interleaved (GemmPlan::xq / xd),
+// plus per segment the sum of d * (sum of the block's q), which the zero points multiply.
 void convert_x_q8(const void* x, DType x_dtype, int64_t m, int64_t k, const Plan& plan, bool parallel,
                   const detail::Q8Kernel& q8, Workspace& ws, detail::GemmPlan* gp) {
   const int64_t mb = q8.mb;

@@ -31,7 +31,8 @@ struct GemmPlan {
   const float* xf = nullptr;        // [m, kp] x as float32, zero-padded
   const float* xs = nullptr;        // [m, n_segments] sum of x over each segment (int8 x: of
                                     // d * sum q over the segment's blocks)
-  // int8 x (QWeight::int8_x): codes q, 4 per int32 (column order), and per block of 32 columns
+  // int8 x (QWeight::int8_x): codes q, 4 per int32 (in the kernel's column order, see
+  // Q8Kernel::quantize_row), and per block of 32 columns
   // the scale d (x ~= d * q), each row block of the q8 kernel's mb rows interleaved like xf:
   // dword j of row m0 + i at xq[m0 * kp / 4 + j * mr + i], block b at xd[m0 * nb + b * mr + i].
   const int32_t* xq = nullptr;
