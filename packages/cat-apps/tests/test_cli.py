@@ -270,6 +270,8 @@ def test_end_to_end_quantize_generate_eval_bench(tiny_dir, text_file, tmp_path, 
     rc = generate.main([str(out), "--prompt", "w5 w6 w7", "--max-new-tokens", "5", "--activations", "int8", "--quiet"])
     cap = capsys.readouterr()
     assert rc == 0 and cap.out.startswith("w5"), cap.err
+    rc = generate.main([str(tiny_dir), "--prompt", "w5", "--max-new-tokens", "2", "--activations", "int8", "--quiet"])
+    assert rc != 0 and "is not quantized" in capsys.readouterr().err
 
     bdir = tmp_path / "bench"
     rc = bench.main([str(out), "--batch-sizes", "1", "--prompt-len", "8", "--new-tokens", "3", "--activations", "both",
