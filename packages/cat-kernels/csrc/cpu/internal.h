@@ -84,7 +84,7 @@ extern const Q8Kernel q8_avx512_vnni;
 Isa active_isa();                    // throws if CAT_KERNELS_ISA names an unusable path
 const Kernels& active_kernels();
 // The int8 kernel for `bits`-bit weights on the active path: AVX-512 VNNI + VBMI + VBMI2 (every
-// width) on the avx512 path when the CPU has them, AVX2 (2 and 4 bits) on the avx2 path and on
+// width) on the avx512 path when the CPU has them, AVX2 (2, 4 and 8 bits) on the avx2 path and on
 // avx512 CPUs without VNNI; else null: the float kernels then run on x rounded to int8 and back
 // (same values, float arithmetic).
 const Q8Kernel* active_q8_kernel(int bits);

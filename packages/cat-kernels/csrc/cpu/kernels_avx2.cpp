@@ -76,12 +76,14 @@ struct Ops {
 #include "kernels_impl.h"
 
 // ---------------------------------------------------------------- int8 x (QWeight::int8_x)
-// 2- and 4-bit weights. A word of 8 rows holds 4 bytes per row; `and 0x0F0F0F0F` after a shift
+// 2-, 4- and 8-bit weights. A word of 8 rows holds 4 bytes per row; `and 0x0F0F0F0F` after a shift
 // by 0 or 4 leaves one code per byte (4-bit: codes 0, 2, 4, 6 of the word, then 1, 3, 5, 7;
 // 2-bit: shifts 0, 2, 4, 6 leave codes s, s+4, s+8, s+12), so x is stored in that order
 // (quantize_row below) and vpmaddubsw multiplies 32 code/x byte pairs, adding neighbours into
 // 16-bit sums: one block's 16 products per lane stay below 2^15 (16 * 15 * 127 = 30480), so they
-// are added as int16 and widened once per block by vpmaddwd. 3- and 8-bit weights have no such
+// are added as int16 and widened once per block by vpmaddwd. 8-bit codes would overflow those
+// sums, so each is taken as 16 hi + lo: both nibbles (x in column order) go through vpmaddubsw
+// like 4-bit codes, and the two sums meet as int32 (hi times 16). 3-bit weights have no such
 // layout here: the float kernels multiply the rounded x for them.
 
 #define CAT_AI inline __attribute__((always_inline))
@@ -100,7 +102,9 @@ void quantize_row_avx2(const float* row, int64_t nb, int bits, int8_t* q, float*
     d[b] = quantize_block_q8(row + b * 32, tmp, &sum);
     bsum[b] = d[b] * static_cast<float>(sum);
     int8_t* out = q + b * 32;
-    if (bits == 4) {
+    if (bits == 8) {
+      for (int i = 0; i < 32; ++i) out[i] = tmp[i];
+    } else if (bits == 4) {
       for (int w = 0; w < 4; ++w)
         for (int i = 0; i < 8; ++i) out[w * 8 + i] = tmp[w * 8 + kOrder4[i]];
     } else {
@@ -114,9 +118,9 @@ template <int BITS, int MB>
 __attribute__((noinline)) void run_segments_q8(const int32_t* tile_words, const Segment* segs, int nseg,
                                                const float* sc, const float* zf, const int32_t* xq,
                                                const float* xd, const float* xs, int64_t xs_stride, float* y) {
-  constexpr int kPerWord = 8 / BITS;  // dwords of x per word of codes
+  constexpr int kPerWord = BITS == 8 ? 1 : 8 / BITS;  // dwords of x per word of codes
   const int g_lo = segs[0].g;
-  const __m256i mask = _mm256_set1_epi8(static_cast<char>((1 << BITS) - 1));
+  const __m256i mask = _mm256_set1_epi8(static_cast<char>(BITS == 8 ? 0x0F : (1 << BITS) - 1));
   const __m256i ones = _mm256_set1_epi16(1);
   for (int i = 0; i < nseg; ++i) {
     const Segment seg = segs[i];
@@ -138,6 +142,40 @@ __attribute__((noinline)) void run_segments_q8(const int32_t* tile_words, const 
         acc[CAT_CV(mi)][0] = _mm256_setzero_si256();
         acc[CAT_CV(mi)][1] = _mm256_setzero_si256();
       });
+      if constexpr (BITS == 8) {
+        // acc: the low nibbles' sums; hi: the high nibbles'
+        __m256i hi[MB][2];
+        unroll<MB>([&](auto mi) CAT_AIL {
+          hi[CAT_CV(mi)][0] = _mm256_setzero_si256();
+          hi[CAT_CV(mi)][1] = _mm256_setzero_si256();
+        });
+        unroll<8>([&](auto wi) CAT_AIL {
+          constexpr int w = CAT_CV(wi);
+          const __m256i a0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + w * 16));
+          const __m256i a1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + w * 16 + 8));
+          const __m256i l0 = _mm256_and_si256(a0, mask), l1 = _mm256_and_si256(a1, mask);
+          const __m256i h0 = _mm256_and_si256(_mm256_srli_epi32(a0, 4), mask);
+          const __m256i h1 = _mm256_and_si256(_mm256_srli_epi32(a1, 4), mask);
+          unroll<MB>([&](auto mi) CAT_AIL {
+            constexpr int m = CAT_CV(mi);
+            const __m256i xv = _mm256_set1_epi32(xb[w * MB + m]);
+            acc[m][0] = _mm256_add_epi16(acc[m][0], _mm256_maddubs_epi16(l0, xv));
+            acc[m][1] = _mm256_add_epi16(acc[m][1], _mm256_maddubs_epi16(l1, xv));
+            hi[m][0] = _mm256_add_epi16(hi[m][0], _mm256_maddubs_epi16(h0, xv));
+            hi[m][1] = _mm256_add_epi16(hi[m][1], _mm256_maddubs_epi16(h1, xv));
+          });
+        });
+        const __m256i sixteen = _mm256_set1_epi16(16);
+        unroll<MB>([&](auto mi) CAT_AIL {
+          constexpr int m = CAT_CV(mi);
+          const __m256 dv = _mm256_broadcast_ss(xd + blk * MB + m);
+          for (int h = 0; h < 2; ++h) {
+            const __m256i sum = _mm256_add_epi32(_mm256_madd_epi16(hi[m][h], sixteen), _mm256_madd_epi16(acc[m][h], ones));
+            f[m][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), dv, f[m][h]);
+          }
+        });
+        continue;
+      }
       unroll<BITS>([&](auto wi) CAT_AIL {
         constexpr int w = CAT_CV(wi);
         const __m256i a0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + w * 16));
@@ -184,8 +222,11 @@ struct SegsQ8 {
 };
 
 void q8_item(const GemmPlan& p, int64_t t, int64_t s, int64_t m0, int64_t mc, float* part) {
-  if (p.w.bits == 2) q8_item_bits<Ops, 2, kMBQ8, SegsQ8>(p, t, s, m0, mc, part);
-  else q8_item_bits<Ops, 4, kMBQ8, SegsQ8>(p, t, s, m0, mc, part);
+  switch (p.w.bits) {
+    case 2: q8_item_bits<Ops, 2, kMBQ8, SegsQ8>(p, t, s, m0, mc, part); break;
+    case 4: q8_item_bits<Ops, 4, kMBQ8, SegsQ8>(p, t, s, m0, mc, part); break;
+    default: q8_item_bits<Ops, 8, kMBQ8, SegsQ8>(p, t, s, m0, mc, part); break;
+  }
 }
 
 #undef CAT_CV
@@ -195,6 +236,6 @@ void q8_item(const GemmPlan& p, int64_t t, int64_t s, int64_t m0, int64_t mc, fl
 }  // namespace
 
 const Kernels kernels_avx2 = {Ops::kMB, &gemm_item<Ops>, &dequant_tile};
-const Q8Kernel q8_avx2 = {kMBQ8, 0x14u /* 2, 4 */, &q8_item, &quantize_row_avx2};
+const Q8Kernel q8_avx2 = {kMBQ8, 0x114u /* 2, 4, 8 */, &q8_item, &quantize_row_avx2};
 
 }  // namespace cat::cpu::detail

@@ -256,8 +256,9 @@ def gemm(
         int8_activations: CPU only. Round x to int8 per block of 32 columns (scale
             ``max|x| / 127``, as llama.cpp's Q8_0) and multiply the rounded x. With AVX-512 VNNI
             (+ VBMI, VBMI2: Ice Lake, Sapphire Rapids, Zen 4 and later) the products are integer
-            dot products, several times fewer instructions per weight; elsewhere the float kernels
-            multiply the same rounded x (same result to float rounding, no speed gain). See
+            dot products, several times fewer instructions per weight; with AVX2 too for 2-, 4-
+            and 8-bit weights; elsewhere the float kernels multiply the same rounded x (same
+            result to float rounding, no speed gain). See
             docs/format.md, "int8 activations". Default False: x is used exactly as given.
 
     Returns:

@@ -97,7 +97,7 @@ def _m_takes_kernel(m: int, device: torch.device, dtype: torch.dtype) -> bool:
 
 def _int8_kernel(bits: int) -> bool:
     """Whether ``int8_activations`` runs integer dot products for ``bits``-bit weights here
-    (AVX-512 VNNI: every width; AVX2: 2 and 4 bits). Measured on SPR with VNNI
+    (AVX-512 VNNI: every width; AVX2: 2, 4 and 8 bits). Measured on SPR with VNNI
     (benchmarks/probes/int8_gemv.py, benchmarks/results/decode_2026-12-07/session19/): that kernel
     is ahead of the float32 matmul of the unquantized weight at M up to 1024 on the 1b shapes
     (1.7-2.6x at M >= 128) and level with it on SmolLM2's (0.8-1.2x), and ahead of the
