@@ -315,6 +315,12 @@ struct PyWeight {
     cat::cpu::dequantize_rows(w, p, n_ids, reinterpret_cast<float*>(out));
   }
 
+  void set_int8_x(bool on) {
+    require(!on || dev.type == kCPU,
+            "int8_activations: the int8-activation gemm runs on the CPU; the weight is on a CUDA device");
+    w.int8_x = on;
+  }
+
   void dequantize(const Out& out, uintptr_t stream) const {
     const std::string odt = dtype_name(out.dtype());
     require(odt == "float32" || odt == "float16" || odt == "bfloat16",
@@ -465,9 +471,7 @@ void py_gemm(const In& x, const In& packed, const In& scales, const std::optiona
              bool int8_activations) {
   require(x.ndim() == 2, "x: expected a 2-D array [M, K]");
   PyWeight pw(packed, scales, zeros, group_size, static_cast<int64_t>(x.shape(1)));
-  require(!int8_activations || pw.dev.type == kCPU,
-          "int8_activations: the int8-activation gemm runs on the CPU; the arrays are on a CUDA device");
-  pw.w.int8_x = int8_activations;
+  pw.set_int8_x(int8_activations);
   pw.gemm(x, out, workspace, stream);
 }
 
@@ -507,12 +511,7 @@ NB_MODULE(_C, m) {
       .def_prop_ro("bits", [](const PyWeight& p) { return p.w.bits; })
       .def_prop_ro("device_type", [](const PyWeight& p) { return p.dev.type; })
       .def_prop_ro("device_id", [](const PyWeight& p) { return p.dev.id; })
-      .def_prop_rw("int8_activations", [](const PyWeight& p) { return p.w.int8_x; },
-                   [](PyWeight& p, bool on) {
-                     require(!on || p.dev.type == kCPU,
-                             "int8_activations: the int8-activation gemm runs on the CPU; this weight is on a CUDA device");
-                     p.w.int8_x = on;
-                   });
+      .def_prop_rw("int8_activations", [](const PyWeight& p) { return p.w.int8_x; }, &PyWeight::set_int8_x);
   nb::class_<PyDecoder>(m, "_Decoder")
       .def(nb::init<int64_t, int64_t, int64_t, int64_t, int64_t, double, double, double, const In&, const In&>(),
            nb::arg("hidden"), nb::arg("heads"), nb::arg("kv_heads"), nb::arg("head_dim"), nb::arg("intermediate"),

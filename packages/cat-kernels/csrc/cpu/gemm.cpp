@@ -205,6 +205,24 @@ void round_int8(float* row, int64_t kp) {
   }
 }
 
+// f(m0, mr) for every row block of m rows (detail::row_block with the kernel's largest block mb),
+// on the pool when on_pool (one item per block), else in order on the calling thread.
+template <class F>
+void each_row_block(int64_t m, int64_t mb, bool on_pool, Workspace& ws, F&& f) {
+  if (!on_pool) {
+    for (int64_t m0 = 0, mr = 0; m0 < m; m0 += mr) {
+      mr = detail::row_block(mb, m - m0);
+      f(m0, mr);
+    }
+    return;
+  }
+  std::vector<int64_t>& starts = ws.block_start;
+  starts.clear();
+  for (int64_t m0 = 0; m0 < m; m0 += detail::row_block(mb, m - m0)) starts.push_back(m0);
+  starts.push_back(m);
+  parallel_for(static_cast<int64_t>(starts.size()) - 1, [&](int64_t bi) { f(starts[bi], starts[bi + 1] - starts[bi]); });
+}
+
 // x as zero-padded float32 (padded columns then contribute nothing), each row block stored
 // interleaved (see detail::row_block), plus the sum of x over each segment of `plan` for the
 // zero-point term of y = sum_g s * (sum x q - z * sum x). Serial unless x is large (prefill):
@@ -233,19 +251,7 @@ void convert_x(const void* x, DType x_dtype, int64_t m, int64_t k, const Plan& p
       }
     }
   };
-  if (parallel && m * kp >= kParallelMinConvert) {
-    std::vector<int64_t>& starts = ws.block_start;
-    starts.clear();
-    for (int64_t m0 = 0; m0 < m; m0 += detail::row_block(kern.mb, m - m0)) starts.push_back(m0);
-    starts.push_back(m);
-    parallel_for(static_cast<int64_t>(starts.size()) - 1,
-                 [&](int64_t bi) { convert_block(starts[bi], starts[bi + 1] - starts[bi]); });
-  } else {
-    for (int64_t m0 = 0, mr = 0; m0 < m; m0 += mr) {
-      mr = detail::row_block(kern.mb, m - m0);
-      convert_block(m0, mr);
-    }
-  }
+  each_row_block(m, kern.mb, parallel && m * kp >= kParallelMinConvert, ws, convert_block);
   *xf_out = xf;
   *xs_out = xs;
 }
@@ -255,7 +261,6 @@ void convert_x(const void* x, DType x_dtype, int64_t m, int64_t k, const Plan& p
 // plus per segment the sum of d * (sum of the block's q), which the zero points multiply.
 void convert_x_q8(const void* x, DType x_dtype, int64_t m, int64_t k, const Plan& plan, bool parallel,
                   const detail::Q8Kernel& q8, Workspace& ws, detail::GemmPlan* gp) {
-  const int64_t mb = q8.mb;
   const auto quantize_row = q8.quantize_row;
   const int bits = gp->w.bits;
   const int64_t nb = ceil_div(k, kBlockK), kp = nb * kBlockK, kd = kp / 4;
@@ -286,19 +291,7 @@ void convert_x_q8(const void* x, DType x_dtype, int64_t m, int64_t k, const Plan
       }
     }
   };
-  if (parallel && m * kp >= kParallelMinConvertQ8) {
-    std::vector<int64_t>& starts = ws.block_start;
-    starts.clear();
-    for (int64_t m0 = 0; m0 < m; m0 += detail::row_block(mb, m - m0)) starts.push_back(m0);
-    starts.push_back(m);
-    parallel_for(static_cast<int64_t>(starts.size()) - 1,
-                 [&](int64_t bi) { convert_block(starts[bi], starts[bi + 1] - starts[bi]); });
-  } else {
-    for (int64_t m0 = 0, mr = 0; m0 < m; m0 += mr) {
-      mr = detail::row_block(mb, m - m0);
-      convert_block(m0, mr);
-    }
-  }
+  each_row_block(m, q8.mb, parallel && m * kp >= kParallelMinConvertQ8, ws, convert_block);
   gp->xq = xq;
   gp->xd = xd;
   gp->xs = xs;

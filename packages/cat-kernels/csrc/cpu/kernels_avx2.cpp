@@ -214,20 +214,7 @@ __attribute__((noinline)) void run_segments_q8(const int32_t* tile_words, const 
 }
 
 constexpr int kMBQ8 = 2;  // 2 x 2 int16 and 2 x 2 float accumulators, codes and x: 16 ymm
-
-
-struct SegsQ8 {
-  template <int BITS, int MB, class... A>
-  static void run(A... a) { run_segments_q8<BITS, MB>(a...); }
-};
-
-void q8_item(const GemmPlan& p, int64_t t, int64_t s, int64_t m0, int64_t mc, float* part) {
-  switch (p.w.bits) {
-    case 2: q8_item_bits<Ops, 2, kMBQ8, SegsQ8>(p, t, s, m0, mc, part); break;
-    case 4: q8_item_bits<Ops, 4, kMBQ8, SegsQ8>(p, t, s, m0, mc, part); break;
-    default: q8_item_bits<Ops, 8, kMBQ8, SegsQ8>(p, t, s, m0, mc, part); break;
-  }
-}
+constexpr unsigned kQ8Bits = 0x114u;  // the widths it multiplies in integers: 2, 4, 8
 
 #undef CAT_CV
 #undef CAT_AIL
@@ -236,6 +223,6 @@ void q8_item(const GemmPlan& p, int64_t t, int64_t s, int64_t m0, int64_t mc, fl
 }  // namespace
 
 const Kernels kernels_avx2 = {Ops::kMB, &gemm_item<Ops>, &dequant_tile};
-const Q8Kernel q8_avx2 = {kMBQ8, 0x114u /* 2, 4, 8 */, &q8_item, &quantize_row_avx2};
+const Q8Kernel q8_avx2 = {kMBQ8, kQ8Bits, &q8_item<Ops, kMBQ8, kQ8Bits>, &quantize_row_avx2};
 
 }  // namespace cat::cpu::detail

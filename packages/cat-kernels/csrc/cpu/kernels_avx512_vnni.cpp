@@ -113,20 +113,7 @@ __attribute__((noinline)) void run_segments_q8(const int32_t* tile_words, const 
 }
 
 constexpr int kMBQ8 = 8;  // rows of x per register block: 8 int32 + 8 float accumulators
-
-struct SegsQ8 {
-  template <int BITS, int MB, class... A>
-  static void run(A... a) { run_segments_q8<BITS, MB>(a...); }
-};
-
-void q8_item(const GemmPlan& p, int64_t t, int64_t s, int64_t m0, int64_t mc, float* part) {
-  switch (p.w.bits) {
-    case 2: q8_item_bits<Ops, 2, kMBQ8, SegsQ8>(p, t, s, m0, mc, part); break;
-    case 3: q8_item_bits<Ops, 3, kMBQ8, SegsQ8>(p, t, s, m0, mc, part); break;
-    case 4: q8_item_bits<Ops, 4, kMBQ8, SegsQ8>(p, t, s, m0, mc, part); break;
-    default: q8_item_bits<Ops, 8, kMBQ8, SegsQ8>(p, t, s, m0, mc, part); break;
-  }
-}
+constexpr unsigned kQ8Bits = 0x11Cu;  // the widths it multiplies in integers: 2, 3, 4, 8
 
 // quantize_block_q8 (common.h) 16 lanes at a time, with the same operations in float32 (so the
 // same codes and scales): max |x| of the block, d = max / 127 (NaN if the block holds a NaN or an
@@ -161,6 +148,6 @@ void quantize_row(const float* row, int64_t nb, int /*bits: column order for eve
 
 }  // namespace
 
-const Q8Kernel q8_avx512_vnni = {kMBQ8, 0x11Cu /* 2, 3, 4, 8 */, &q8_item, &quantize_row};
+const Q8Kernel q8_avx512_vnni = {kMBQ8, kQ8Bits, &q8_item<Ops, kMBQ8, kQ8Bits>, &quantize_row};
 
 }  // namespace cat::cpu::detail

@@ -327,9 +327,16 @@ void gemm_item_bits(const GemmPlan& p, int64_t t, int64_t s, int64_t mbase, int6
       });
 }
 
-// The int8 kernels' work item (QWeight::int8_x): item_chunks over the plan's int8 x, each row
-// block handed to Segs::template run<BITS, B>, the segment loop of the including file.
-template <class O, int BITS, int kMB, class Segs>
+// The segment loop of an int8 kernel (QWeight::int8_x): defined by each file that instantiates
+// q8_item below (kernels_avx2.cpp, kernels_avx512_vnni.cpp), with its own instructions.
+template <int BITS, int MB>
+__attribute__((noinline)) void run_segments_q8(const int32_t* tile_words, const Segment* segs, int nseg,
+                                               const float* sc, const float* zf, const int32_t* xq,
+                                               const float* xd, const float* xs, int64_t xs_stride, float* y);
+
+// The int8 kernels' work item: item_chunks over the plan's int8 x, each row block handed to
+// run_segments_q8.
+template <class O, int BITS, int kMB>
 void q8_item_bits(const GemmPlan& p, int64_t t, int64_t s, int64_t mbase, int64_t m, float* part) {
   const int32_t* tile_words = p.w.packed + t * p.nb * BITS * 16;
   const int64_t kd = p.kp / 4;
@@ -337,10 +344,22 @@ void q8_item_bits(const GemmPlan& p, int64_t t, int64_t s, int64_t mbase, int64_
       p, t, s, mbase, m, part,
       [&](int mr, const Segment* segs, int nseg, const float* sc, const float* zf, int32_t c0, int64_t row, float* y) {
         with_row_block<kMB>(mr, [&](auto b) {
-          Segs::template run<BITS, CAT_CV(b)>(tile_words, segs, nseg, sc, zf, p.xq + row * kd, p.xd + row * p.nb,
-                                              p.xs + row * p.n_segments + c0, p.n_segments, y);
+          run_segments_q8<BITS, CAT_CV(b)>(tile_words, segs, nseg, sc, zf, p.xq + row * kd, p.xd + row * p.nb,
+                                           p.xs + row * p.n_segments + c0, p.n_segments, y);
         });
       });
+}
+
+// Q8Kernel::gemm_item for the widths in kBitsMask (bit b: b-bit weights; active_q8_kernel never
+// hands this kernel another width).
+template <class O, int kMB, unsigned kBitsMask>
+void q8_item(const GemmPlan& p, int64_t t, int64_t s, int64_t m0, int64_t mc, float* part) {
+  switch (p.w.bits) {
+    case 2: if constexpr (kBitsMask >> 2 & 1u) q8_item_bits<O, 2, kMB>(p, t, s, m0, mc, part); break;
+    case 3: if constexpr (kBitsMask >> 3 & 1u) q8_item_bits<O, 3, kMB>(p, t, s, m0, mc, part); break;
+    case 4: if constexpr (kBitsMask >> 4 & 1u) q8_item_bits<O, 4, kMB>(p, t, s, m0, mc, part); break;
+    default: if constexpr (kBitsMask >> 8 & 1u) q8_item_bits<O, 8, kMB>(p, t, s, m0, mc, part); break;
+  }
 }
 
 template <class O>
