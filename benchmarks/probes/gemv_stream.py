@@ -12,18 +12,25 @@ import cat_kernels as ck
 import numpy as np
 
 
-def main() -> None:
-    n, k = int(sys.argv[1]), int(sys.argv[2])
-    bits = int(sys.argv[3]) if len(sys.argv) > 3 else 4
-    g = 128 if k % 128 == 0 else 32
-    rng = np.random.default_rng(0)
+def cold_copies(rng: np.random.Generator, n: int, k: int, bits: int, g: int) -> tuple[list, int]:
+    """Copies worth 1.5 GB (at least 2) of one random N x K packed weight (float16 scales,
+    asymmetric), so that cycling through them streams from DRAM; and the bytes of one copy."""
     codes = rng.integers(0, 1 << bits, (n, k), dtype=np.uint8)
     scales = rng.random((n, k // g), dtype=np.float32).astype(np.float16)
     zeros = ck.pack_zeros(rng.integers(0, 1 << bits, (n, k // g), dtype=np.uint8), bits)
     packed = ck.pack(codes, bits)
     nbytes = packed.nbytes + scales.nbytes + zeros.nbytes
     copies = max(2, int(1.5e9 // nbytes))
-    weights = [ck.PackedWeight(packed.copy(), scales.copy(), zeros.copy(), g, k=k) for _ in range(copies)]
+    return [ck.PackedWeight(packed.copy(), scales.copy(), zeros.copy(), g, k=k) for _ in range(copies)], nbytes
+
+
+def main() -> None:
+    n, k = int(sys.argv[1]), int(sys.argv[2])
+    bits = int(sys.argv[3]) if len(sys.argv) > 3 else 4
+    g = 128 if k % 128 == 0 else 32
+    rng = np.random.default_rng(0)
+    weights, nbytes = cold_copies(rng, n, k, bits, g)
+    copies = len(weights)
     x = rng.standard_normal((1, k), dtype=np.float32)
     out = np.empty((1, n), np.float32)
     for threads in (1, 2):

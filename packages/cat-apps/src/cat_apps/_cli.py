@@ -216,6 +216,17 @@ def set_activations(model: Any, mode: str) -> str:
     return ", int8 activations" if mode == "int8" else ""
 
 
+def apply_activations(loaded: Any, mode: str) -> str:
+    """--activations for a loaded model (cat-generate, cat-eval): set on a quantized one (returns
+    its label), refused for an unquantized one unless 'float'."""
+    if loaded.quantized:
+        return set_activations(loaded.model, mode)
+    if mode != "float":
+        raise CLIError(f"--activations {mode}: {loaded.source} is not quantized (the option applies to "
+                       "quantized layers)")
+    return ""
+
+
 def decode_step(model: Any, plain: bool) -> str:
     """Put a quantized ``model`` on the native decode step unless ``plain``; returns what its
     decode steps run on, for the user ("native step" or why not)."""

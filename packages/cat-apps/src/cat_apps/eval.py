@@ -177,11 +177,7 @@ def run(args: argparse.Namespace) -> int:
                   head_bits=args.head_bits)
     model, tok = loaded.model, loaded.tokenizer
     head = f", output head {loaded.head_bits}-bit" if loaded.head_bits else ""
-    if loaded.quantized:
-        head += _cli.set_activations(model, args.activations)
-    elif args.activations != "float":
-        raise CLIError(f"--activations {args.activations}: {loaded.source} is not quantized (the option applies to "
-                       "quantized layers)")
+    head += _cli.apply_activations(loaded, args.activations)
     results["activations"] = args.activations
     lines = [f"model: {loaded.source}" + (f" ({loaded.quant_format} quantized checkpoint{head})" if loaded.quantized else "")]
     results["head_bits"] = loaded.head_bits  # None: the head as stored

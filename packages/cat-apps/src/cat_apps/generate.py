@@ -63,11 +63,8 @@ def run(args: argparse.Namespace) -> int:
     loaded = load(args.model, quiet=args.quiet, device=device, dtype=args.dtype, streaming=Streaming(),
                   head_bits=args.head_bits)
     model, tok = loaded.model, loaded.tokenizer
-    if not loaded.quantized and args.activations != "float":
-        raise CLIError(f"--activations {args.activations}: {loaded.source} is not quantized (the option applies to "
-                       "quantized layers)")
+    _cli.apply_activations(loaded, args.activations)
     if loaded.quantized:
-        _cli.set_activations(model, args.activations)
         step = _cli.decode_step(model, args.plain_decode)
         if not args.quiet and step != "native step":
             print(f"{PROG}: {step}", file=sys.stderr)

@@ -86,7 +86,8 @@ class _Group:
             return None
         m = x.numel() // max(1, x.shape[-1])
         int8_x = member.int8_activations  # the fused layer routes it as the member would
-        kernel = (int8_x and _routing._int8_kernel(member.bits)) or _routing._m_takes_kernel(m, x.device, x.dtype)
+        kernel = (_routing._rounds_x(int8_x, member.bits, m, x.device, x.dtype)
+                  or _routing._m_takes_kernel(m, x.device, x.dtype))
         if not kernel or not self.intact():
             return None
         if (x is not self._x or x._version != self._version or self._y is None

@@ -144,9 +144,7 @@ class QuantLinear(nn.Module):
             raise ValueError(f"QuantLinear: expected last dim {self.in_features}, got input shape {tuple(x.shape)}")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        int8_x = self.int8_activations and x2.device.type == "cpu"
-        if int8_x and not _routing._int8_kernel(self.bits) and not _routing._m_takes_kernel(x2.shape[0], x2.device, x2.dtype):
-            int8_x = False  # no integer kernel on this CPU: long inputs take the dense float route
+        int8_x = _routing._rounds_x(self.int8_activations, self.bits, x2.shape[0], x2.device, x2.dtype)
         if _routing._eager_fast_path(x2):
             pw = self._packed_weight()
             if int8_x or self._fused(x2.shape[0], x2.device, x2.dtype):

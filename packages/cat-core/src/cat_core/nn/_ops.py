@@ -44,7 +44,7 @@ def _gemm_op(
     ``int8_activations`` (CPU): x rounded to int8 per 32 columns, always the fused kernel."""
     ck = _kernels()
     x = x.contiguous()
-    if int8_activations and (_routing._int8_kernel(qweight.shape[2]) or _routing._m_takes_kernel(x.shape[0], x.device, x.dtype)):
+    if _routing._rounds_x(int8_activations, qweight.shape[2], x.shape[0], x.device, x.dtype):
         return ck.gemm(x, qweight, scales, qzeros, group_size, int8_activations=True)
     fused = _routing._m_takes_kernel(x.shape[0], x.device, x.dtype) or (
         x.device.type == "cuda"

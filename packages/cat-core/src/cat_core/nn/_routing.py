@@ -106,6 +106,14 @@ def _int8_kernel(bits: int) -> bool:
     return bool(_kernels()._C._int8_kernel(bits))
 
 
+def _rounds_x(int8_activations: bool, bits: int, m: int, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether a product of M rows asked for int8 activations multiplies the int8-rounded x: on
+    the CPU, where an integer kernel takes every M, else where M takes the fused kernel anyway
+    (longer inputs then take the dense float route unrounded)."""
+    return (int8_activations and device.type == "cpu"
+            and (_int8_kernel(bits) or _m_takes_kernel(m, device, dtype)))
+
+
 def _eager_fast_path(x: torch.Tensor) -> bool:
     """Whether to call the kernels directly instead of through the ``cat::gemm`` op.
 
