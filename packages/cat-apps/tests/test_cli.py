@@ -432,6 +432,25 @@ def test_gptq_rounding_option(tiny_dir, tmp_path, capsys):
     assert len(err) == 1 and "--rounding" in err[0]
 
 
+def test_importance_rounding_options(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "imp"
+    rc = quantize.main([str(tiny_dir), "--bits", "4", "--sym", "--group-size", "32", "--n-samples", "2", "--seqlen",
+                        "16", "--rounding", "importance", "--no-scale-search", "--no-quality", "--out", str(out)])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "importance-weighted rounding" in cap.out and "input scaling    off" in cap.out
+    assert (out / "config.json").exists()
+    out = tmp_path / "learned-imp"
+    rc = quantize.main([str(tiny_dir), "--bits", "3", "--n-samples", "2", "--seqlen", "16", "--learned-start",
+                        "importance", "--no-quality", "--out", str(out)])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "learned rounding" in cap.out and "groups searched" in cap.out
+    rc = quantize.main([str(tiny_dir), "--rounding", "gptq", "--learned-start", "importance", "--out", str(tmp_path / "x")])
+    cap = capsys.readouterr()
+    assert rc == 2 and "--learned-start" in cap.err and not (tmp_path / "x").exists()
+
+
 def test_awq_export_needs_4_bits(tiny_dir, tmp_path, capsys):
     rc = quantize.main([str(tiny_dir), "--bits", "3", "--export", "awq", "--out", str(tmp_path / "o")])
     _one_line_error(capsys, rc, 2, "4-bit")

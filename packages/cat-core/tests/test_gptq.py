@@ -147,7 +147,7 @@ def test_damping_retries_then_raises_naming_the_linear():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"rounding": "rtn"}, r"rounding must be Nearest\(\), GPTQ\(...\), Learned\(...\) or one of \('nearest', 'gptq', 'learned'\)"),
+    ({"rounding": "rtn"}, r"rounding must be Nearest\(\), GPTQ\(...\), Importance\(\), Learned\(...\) or one of \('nearest', 'gptq', 'importance', 'learned'\)"),
     ({"rounding": None}, "rounding"),
     ({"gptq_damp": 0.0}, r"gptq_damp must be a float in \(0, 1\)"),
     ({"gptq_damp": 1.0}, "gptq_damp"),

@@ -105,8 +105,8 @@ def test_reading_a_moved_field_names_its_new_spelling(old, new):
     (lambda c: c.ClipSearch(max_shrink=1.5), r"clip\.max_shrink must be a float in \(0, 1\)"),
     (lambda c: c.Grams(samples="some"), r"grams\.samples must be one of"),
     (lambda c: c.GPTQ(damp=0), r"GPTQ\.damp must be a float in \(0, 1\)"),
-    (lambda c: c.Learned(init="rtn"), r"Learned\.init must be GPTQ\(...\) or Nearest\(\)"),
-    (lambda c: c.QuantConfig(rounding=3), r"rounding must be Nearest\(\), GPTQ\(...\), Learned\(...\)"),
+    (lambda c: c.Learned(init="rtn"), r"Learned\.init must be GPTQ\(...\), Nearest\(\) or Importance\(\)"),
+    (lambda c: c.QuantConfig(rounding=3), r"rounding must be Nearest\(\), GPTQ\(...\), Importance\(\), Learned\(...\)"),
     (lambda c: c.QuantConfig(clip="yes"), r"clip must be a ClipSearch"),
     (lambda c: c.QuantConfig(gptq_damp=2.0, rounding="gptq"), r"gptq_damp must be a float .*GPTQ\(damp=\.\.\.\)"),
 ])

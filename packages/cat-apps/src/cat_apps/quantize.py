@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -86,13 +87,20 @@ def build() -> argparse.ArgumentParser:
                    help="dtype of the AWQ search's reruns (stored weights are unaffected): 'auto' takes "
                         "bfloat16 where the device computes it natively (CUDA with bf16, a CPU with "
                         "AVX512-BF16/AMX), else float32. Default: auto")
-    p.add_argument("--rounding", choices=("nearest", "gptq", "learned"), default=None,
+    p.add_argument("--rounding", choices=("nearest", "gptq", "importance", "learned"), default=None,
                    help="how codes are chosen once AWQ has fixed scales and clipping ranges: 'learned' "
-                        "(GPTQ's codes, then AutoRound-style signed-gradient rounding of each block, fitted "
-                        "to the unquantized model's output there: the best quality on text other than the "
-                        "calibration's, for about 10 s more per SmolLM2 block on 2 cores), 'gptq' (error "
-                        "feedback through the inputs' Gram matrix, column by column: a few seconds per "
-                        "block) or 'nearest' (AWQ's round-to-nearest). Default: learned")
+                        "(a start's codes, see --learned-start, then AutoRound-style signed-gradient rounding of "
+                        "each block, fitted to the unquantized model's output there, for about 10 s more per "
+                        "SmolLM2 block on 2 cores), 'gptq' (error feedback through the inputs' Gram matrix, "
+                        "column by column: a few seconds per block), 'importance' (each group's grid searched "
+                        "for the least error weighted by its inputs' mean squares, as llama.cpp's importance "
+                        "matrix does) or 'nearest' (AWQ's round-to-nearest). Default: learned")
+    p.add_argument("--learned-start", choices=("gptq", "nearest", "importance"), default=None,
+                   help="the codes learned rounding starts from (with --rounding learned). Default: gptq")
+    p.add_argument("--no-scale-search", action="store_true",
+                   help="skip AWQ's input-scale search: every linear is rounded with its input as it is "
+                        "(measured better with --rounding importance or --learned-start importance on held-out "
+                        "text: benchmarks/results/imatrix_round_2026-12-07)")
     p.add_argument("--quality-samples", type=int, default=QUALITY_SAMPLES,
                    help="sequences sampled from the unquantized model for the closing quality figure "
                         f"(mean KL and top-1 agreement, as cat-eval's data-free figure; default: {QUALITY_SAMPLES})")
@@ -189,6 +197,8 @@ def _preflight(args: argparse.Namespace) -> tuple[Path, int | str]:
     _checks.at_least(args.seqlen, 2, "--seqlen")
     _checks.at_least(args.quality_samples, 1, "--quality-samples")
     _checks.at_least(args.quality_seqlen, 2, "--quality-seqlen")
+    if args.learned_start is not None and args.rounding not in (None, "learned"):
+        raise UsageError(f"--learned-start: applies to --rounding learned, not --rounding {args.rounding}")
     gs_req = _checks.group_size(args.group_size)
     if args.export and (why := export_problem(args.export, args.bits, gs_req, args.sym)):
         raise UsageError(f"--export {args.export}: {why}")
@@ -308,8 +318,17 @@ def _configure(args: argparse.Namespace, source: str, model: Any, tokenizer: Any
         _gguf_checks(args, model, tokenizer, prepared.layers, source)
     search = auto_search_dtype(device) if args.search_dtype == "auto" else args.search_dtype
     qcfg = QuantConfig(bits=args.bits, group_size=gs, sym=args.sym, seed=args.seed, search_dtype=search,
-                       rounding=args.rounding or QuantConfig().rounding)
+                       rounding=_rounding(args), scales=not args.no_scale_search)
     return qcfg, prepared.graph, gs
+
+
+def _rounding(args: argparse.Namespace) -> Any:
+    from cat_core.config import Learned, QuantConfig
+
+    rounding = args.rounding or QuantConfig().rounding
+    if args.learned_start is None:
+        return rounding
+    return Learned(init=args.learned_start) if isinstance(rounding, str) else dataclasses.replace(rounding, init=args.learned_start)
 
 
 def _gguf_checks(args: argparse.Namespace, model: Any, tokenizer: Any, layers: list[tuple[str, int]],
@@ -385,7 +404,8 @@ def _summary(args: argparse.Namespace, out: Path, fmt: str, source: str, gs: int
         f"  model            {source}",
         f"  quantization     AWQ {args.bits}-bit, group size {gs}{' (auto)' if gs_req == 'auto' else ''}, "
         f"{'symmetric' if args.sym else 'asymmetric'}, {len(mem['layers'])} linears, {qcfg.search_dtype} search"
-        + {"gptq": ", GPTQ rounding", "learned": ", learned rounding"}.get(qcfg.rounding.name, ""),
+        + {"gptq": ", GPTQ rounding", "learned": ", learned rounding",
+           "importance": ", importance-weighted rounding"}.get(qcfg.rounding.name, ""),
         f"  input scaling    {result.scaling_summary()}",
         f"  calibration      {args.calib}: {args.n_samples} x {args.seqlen} tokens",
         f"  time             {_cli.fmt_seconds(timer.elapsed)} total: "

@@ -22,6 +22,7 @@ _EXPORTS = {
     "Grams": "cat_core.config",
     "Nearest": "cat_core.config",
     "GPTQ": "cat_core.config",
+    "Importance": "cat_core.config",
     "Learned": "cat_core.config",
     "quantize": "cat_core.awq",
     "rtn_quantize": "cat_core.awq",

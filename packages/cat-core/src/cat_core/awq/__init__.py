@@ -50,6 +50,8 @@ class QuantizeResult:
         into, and how many have none (no producer can absorb them), by reason."""
         searched: dict[str, int] = {}
         unscaled: dict[str, int] = {}
+        if self.config.scales is None:
+            return "off (QuantConfig(scales=None)): no input scaling, weights rounded as they are"
         for r in self.report:
             if r.unscaled is not None:
                 unscaled[r.unscaled] = unscaled.get(r.unscaled, 0) + 1
@@ -68,8 +70,8 @@ class QuantizeResult:
         if unscaled:
             why = {"residual": "read the residual stream", "shared": "weight shared by several inputs",
                    "not-run": "not run on the discovery sample", "other": "no foldable producer"}
-            rounding = {"gptq": "GPTQ rounding", "learned": "learned rounding"}.get(self.config.rounding.name,
-                                                                                   "round-to-nearest")
+            rounding = {"gptq": "GPTQ rounding", "learned": "learned rounding",
+                        "importance": "importance-weighted rounding"}.get(self.config.rounding.name, "round-to-nearest")
             out += (f", {sum(unscaled.values())} without input scaling, clip search and {rounding} only "
                     f"({counts(unscaled, why)}; see QuantizeResult.report)")
         return out

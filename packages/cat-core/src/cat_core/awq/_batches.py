@@ -93,10 +93,11 @@ def capture_batches(
     that many sequences of that many tokens (learned rounding's batches)."""
     n, seqlen = samples.shape
     samples = samples[torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))]
-    sub = config.scales.token_subsample
+    scales = config.scales or ScaleSearch()  # without a scale search its batch still sets the chunk size
+    sub = scales.token_subsample
     n_search = n if sub is None else max(1, min(n, math.ceil(sub / seqlen)))
     slices = _chunks(n, n_search, seqlen)
-    n_screen = _screen_sequences(config.scales, n_search, seqlen)
+    n_screen = _screen_sequences(scales, n_search, seqlen) if config.scales is not None else 0
     if n_screen:
         slices.append(slice(0, n_screen))
     emb_device = execution_device(model.get_input_embeddings())

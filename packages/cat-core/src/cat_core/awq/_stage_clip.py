@@ -30,6 +30,9 @@ class Part:
     grams: dict[str, torch.Tensor]
     #: GPTQ's full ``K x K`` Grams (empty unless GPTQ rounds); linears that share an input share one
     full_grams: dict[str, torch.Tensor]
+    #: ``[K]`` mean square of each input column on the calibration tokens (the Gram's diagonal),
+    #: per linear (empty unless importance-weighted rounding wants it)
+    column_ms: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
 
 def linear_parts(work: BlockWork, batches: Batches, full: bool) -> Iterator[Part]:
@@ -40,6 +43,7 @@ def linear_parts(work: BlockWork, batches: Batches, full: bool) -> Iterator[Part
     sequential = config.grams.sequential
     runs = batches.runs(work.position, every_chunk=config.grams.samples == "all")
     to_clip = {rel for rel, name, _ in work.linears if clipped(name, config)}
+    importance = config.uses_importance
     pending = list(work.linears)
     while pending:
         work.results.status(f"grams: {len(pending)} linears left")
@@ -49,15 +53,17 @@ def linear_parts(work: BlockWork, batches: Batches, full: bool) -> Iterator[Part
             grams = {rel: diagonal_blocks(h, config.group_size) for rel, h in full_grams.items() if rel in to_clip}
         else:
             full_grams = {}
-            grams = _group_grams(work, [l for l in pending if sequential or l[0] in to_clip], runs)
+            grams = _group_grams(work, [l for l in pending if sequential or importance or l[0] in to_clip], runs)
             reached = set(grams)
-            grams = {rel: g for rel, g in grams.items() if rel in to_clip}
+        column_ms = {rel: torch.diagonal(h, dim1=-2, dim2=-1).reshape(-1) for rel, h in {**grams, **full_grams}.items()
+                     } if importance else {}
+        grams = {rel: g for rel, g in grams.items() if rel in to_clip}
         work.recorded = None  # a later part (sequential) captures its own
         linears = [l for l in pending if l[0] in reached] if sequential else pending
         if not linears:  # no token reaches the rest (e.g. unused experts): rounded to nearest
             linears = pending
         work.results.tick("grams")
-        yield Part(linears, grams, full_grams)
+        yield Part(linears, grams, full_grams, column_ms)
         done = {id(l[2]) for l in linears}
         pending = [l for l in pending if id(l[2]) not in done]
 

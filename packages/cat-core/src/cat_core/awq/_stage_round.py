@@ -1,8 +1,8 @@
 """Stage 5: integer codes for every linear of a part, by the configured rounding.
 
-One stage, three implementations chosen by the value of ``config.rounding``: :class:`Nearest`,
-:class:`GPTQ` and :class:`Learned` (which starts from one of the other two and then learns the
-block's rounding on its output, once every part is rounded). Each leaves the model holding exactly
+One stage, four implementations chosen by the value of ``config.rounding``: :class:`Nearest`,
+:class:`GPTQ`, :class:`Importance` and :class:`Learned` (which starts from one of the other three
+and then learns the block's rounding on its output, once every part is rounded). Each leaves the model holding exactly
 what the kernels reconstruct from the codes.
 """
 
@@ -15,9 +15,10 @@ from cat_core.awq._block import BlockWork
 from cat_core.awq._capture import BlockCall, to_device
 from cat_core.awq._clip_search import apply_clip
 from cat_core.awq._gptq import gptq_quantize
+from cat_core.awq._importance import importance_round
 from cat_core.awq._learned_round import LinearStart, block_outputs, learn_rounding
 from cat_core.awq._stage_clip import Part
-from cat_core.config import GPTQ, Learned, Nearest, QuantConfig
+from cat_core.config import GPTQ, Importance, Learned, Nearest, QuantConfig
 from cat_core.quant import QuantizedTensor, dequantize, quantize_tensor
 
 __all__ = ["rounder"]
@@ -29,6 +30,8 @@ class _Nearest:
     """Round-to-nearest on the clipped weight; also GPTQ's fallback for a linear without a Gram."""
 
     wants_full_grams = False
+    #: whether every linear's input column mean squares are wanted (Part.column_ms)
+    wants_importance = False
     extra_shape: tuple[int, int] | None = None
     keep_sequences = 0
     #: the block's quantized outputs on calibration sequences, when the rounding computed them
@@ -87,14 +90,35 @@ class _GPTQ(_Nearest):
         return qt
 
 
+class _Importance(_Nearest):
+    """Importance-weighted rounding of the clipped weight
+    (:func:`~cat_core.awq._importance.importance_round`); round-to-nearest for a linear that no
+    calibration token reached."""
+
+    wants_importance = True
+
+    def _codes(self, work: BlockWork, rel: str, name: str, mod, w: torch.Tensor, part: Part,
+               clips: Clips) -> QuantizedTensor:
+        ms = part.column_ms.get(rel)
+        if ms is None:
+            return super()._codes(work, rel, name, mod, w, part, clips)
+        c = work.config
+        qt = importance_round(w, ms, c.bits, c.group_size, c.sym, c.scale_torch_dtype)
+        if _collecting(work):
+            work.starts.append(_start(rel, name, mod, w.float().clone(), qt, w, c))
+        return qt
+
+
 class _Learned:
     """Learned rounding: the start's codes part by part, then the whole block's rounding learned on
     its output (:func:`~cat_core.awq._learned_round.learn_rounding`)."""
 
     def __init__(self, settings: Learned) -> None:
         self.settings = settings
-        self.start = _GPTQ(settings.init) if isinstance(settings.init, GPTQ) else _Nearest()
+        init = settings.init
+        self.start = _GPTQ(init) if isinstance(init, GPTQ) else _Importance() if isinstance(init, Importance) else _Nearest()
         self.wants_full_grams = self.start.wants_full_grams
+        self.wants_importance = self.start.wants_importance
         self._fp_pool: torch.Tensor | None = None  # the pool on the unquantized model's path
         self._pool_in = self._target = self._call = None
         self.outputs: torch.Tensor | None = None  # the quantized block's outputs on the pool
@@ -142,12 +166,14 @@ class _Learned:
         work.results.tick("learned_round")
 
 
-def rounder(config: QuantConfig) -> _Nearest | _GPTQ | _Learned:
+def rounder(config: QuantConfig) -> _Nearest | _GPTQ | _Importance | _Learned:
     r = config.rounding
     if isinstance(r, Learned):
         return _Learned(r)
     if isinstance(r, GPTQ):
         return _GPTQ(r)
+    if isinstance(r, Importance):
+        return _Importance()
     assert isinstance(r, Nearest)
     return _Nearest()
 

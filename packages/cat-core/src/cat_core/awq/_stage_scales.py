@@ -28,6 +28,8 @@ Fold = Callable[[nn.Module, Any, torch.Tensor], None]
 
 def search_and_fold(work: BlockWork, batches: Batches, fold: Fold) -> None:
     block, results = work.module, work.results
+    if work.config.scales is None:  # QuantConfig(scales=None): every group keeps identity scales
+        return
     search_call = batches.search_call(work.position, work.device)
     screen_call = batches.screen_call(work.position, work.device)
     quantized = work.quantized_ids()

@@ -76,12 +76,13 @@ def _converged(before: list[torch.Tensor | None], recorders: list[AbsMeanRecorde
 
 def _gram_recorder(linears: list[Linear], config: QuantConfig, seed: int) -> InputGramRecorder | None:
     """What the clip stage (one part) would capture, as a recorder for this pass: full Grams of
-    every linear for GPTQ, else per-group Grams of the clipped ones (None: no Gram needed). Same
+    every linear for GPTQ, else per-group Grams of the clipped ones, or of every linear for
+    importance-weighted rounding (None: no Gram needed). Same
     seed and runs, so the same tokens are sampled."""
     n_tokens = config.grams.token_subsample
     if config.uses_gptq:
         return InputGramRecorder(linears, -1, n_tokens, seed)
-    want = [lin for lin in linears if clipped(lin[1], config)]
+    want = [lin for lin in linears if config.uses_importance or clipped(lin[1], config)]
     return InputGramRecorder(want, config.group_size, n_tokens, seed) if want else None
 
 

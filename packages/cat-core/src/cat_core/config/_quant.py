@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from cat_core.config._checks import SCALE_DTYPES, SEARCH_DTYPES, check_bool, dtype_name, patterns
-from cat_core.config._rounding import GPTQ, Learned, Rounding, rounding_from_name
+from cat_core.config._rounding import GPTQ, Importance, Learned, Rounding, rounding_from_name
 from cat_core.config._stages import ClipSearch, Grams, ScaleSearch
 
 __all__ = ["QuantConfig"]
@@ -66,8 +66,9 @@ def _apply_flat(kw: dict[str, Any]) -> dict[str, Any]:
 def _fold_flat(kw: dict[str, Any], flat: dict[str, Any]) -> dict[str, Any]:
     for field, cls in (("scales", ScaleSearch), ("grams", Grams)):
         moved = {name: flat[k] for k, (f, name) in _MOVED.items() if f == field and k in flat}
-        if moved:
-            kw[field] = dataclasses.replace(kw.get(field) or cls(), **moved)
+        if moved and not (field == "scales" and kw.get("scales", True) in (None, False)):
+            base = kw.get(field)
+            kw[field] = dataclasses.replace(base if isinstance(base, cls) else cls(), **moved)
     clip_moved = {name: flat[k] for k, (f, name) in _MOVED.items() if f == "clip" and k in flat}
     if clip_moved and kw.get("clip", True) is not None and kw.get("clip", True) is not False:
         base = kw.get("clip")
@@ -97,7 +98,8 @@ class QuantConfig:
 
     Weights are stored as ``W ~= (q - z) * s`` per group of ``group_size`` input columns (``-1``:
     one group per row), the convention of ``cat-kernels/docs/format.md``. The search stages read
-    ``scales``, ``clip`` (None: no clip search), ``grams`` and ``rounding``.
+    ``scales`` (None: no input-scale search, every linear keeps its input as it is), ``clip``
+    (None: no clip search), ``grams`` and ``rounding``.
     """
 
     bits: int
@@ -128,7 +130,7 @@ class QuantConfig:
         unfuse_experts: bool = True,
         search_dtype: str | torch.dtype = "float32",
         seed: int = 0,
-        scales: ScaleSearch | None = None,
+        scales: ScaleSearch | bool | None = True,
         clip: ClipSearch | bool | None = True,
         grams: Grams | None = None,
         rounding: Rounding | str = "learned",
@@ -147,7 +149,7 @@ class QuantConfig:
         put("unfuse_experts", unfuse_experts)
         put("search_dtype", search_dtype)
         put("seed", seed)
-        put("scales", kw["scales"] or ScaleSearch())
+        put("scales", ScaleSearch() if kw["scales"] is True else (None if kw["scales"] is False else kw["scales"]))
         put("clip", ClipSearch() if kw["clip"] is True else (None if kw["clip"] is False else kw["clip"]))
         put("grams", kw["grams"] or Grams())
         put("rounding", rounding_from_name(kw["rounding"]))
@@ -170,9 +172,11 @@ class QuantConfig:
         put("modules_to_not_convert", patterns(self.modules_to_not_convert, "modules_to_not_convert"))
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
-        for field, cls in (("scales", ScaleSearch), ("grams", Grams)):
-            if not isinstance(getattr(self, field), cls):
-                raise ValueError(f"{field} must be a {cls.__name__}(...), got {getattr(self, field)!r}")
+        if not isinstance(self.grams, Grams):
+            raise ValueError(f"grams must be a Grams(...), got {self.grams!r}")
+        if self.scales is not None and not isinstance(self.scales, ScaleSearch):
+            raise ValueError(f"scales must be a ScaleSearch(...), True or None/False (no input-scale search), "
+                             f"got {self.scales!r}")
         if self.clip is not None and not isinstance(self.clip, ClipSearch):
             raise ValueError(f"clip must be a ClipSearch(...), True or None/False (no clip search), got {self.clip!r}")
 
@@ -198,4 +202,11 @@ class QuantConfig:
         """Whether GPTQ computes codes: as the rounding, or as learned rounding's start."""
         r = self.rounding
         return isinstance(r, GPTQ) or (isinstance(r, Learned) and isinstance(r.init, GPTQ))
+
+    @property
+    def uses_importance(self) -> bool:
+        """Whether importance-weighted rounding computes codes: as the rounding, or as learned
+        rounding's start (every linear's input Gram is then captured, not only the clipped ones')."""
+        r = self.rounding
+        return isinstance(r, Importance) or (isinstance(r, Learned) and isinstance(r.init, Importance))
 

@@ -1,8 +1,9 @@
-"""How each linear's integer codes are chosen once its scales and clip range are fixed: one value
-of three kinds, ``Nearest()``, ``GPTQ(...)`` or ``Learned(...)``.
+"""How each linear's integer codes are chosen once its input scaling and clip range are fixed: one
+value of four kinds, ``Nearest()``, ``GPTQ(...)``, ``Importance()`` or ``Learned(...)``.
 
-Scales and zeros are round-to-nearest's on the clipped weight in every case (the clip search chose
-the ranges); only the codes differ. Measured quality of each: benchmarks/results/awq_quality_*.
+Scales and zeros are round-to-nearest's on the clipped weight for ``Nearest`` and ``GPTQ`` (the
+clip search chose the ranges); ``Importance`` searches each group's own; ``Learned`` keeps its
+start's. Measured quality of each: benchmarks/results/awq_quality_* and imatrix_round_*.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import ClassVar, Union
 
 from cat_core.config._checks import check_choice, check_fields, check_float
 
-__all__ = ["Nearest", "GPTQ", "Learned", "Rounding", "rounding_from_name"]
+__all__ = ["Nearest", "GPTQ", "Importance", "Learned", "Rounding", "rounding_from_name"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +46,19 @@ class GPTQ:
 
 
 @dataclasses.dataclass(frozen=True)
+class Importance:
+    """Importance-weighted rounding, llama.cpp's quantizer with an importance matrix re-derived for
+    this format (``cat_core.awq._importance``): each group tries a range of grids around its own
+    range, rounds, refits the scale by least squares weighted by each weight's importance (its
+    input column's mean square on the calibration tokens, times ``sqrt(row mean square + w^2)``),
+    and keeps the trial with the smallest weighted error. Symmetric groups use all ``2**bits``
+    levels (a negative scale where the largest-magnitude weight is positive). Costs about 20
+    roundings of each weight; needs only the diagonal of each linear's input Gram."""
+
+    name: ClassVar[str] = "importance"
+
+
+@dataclasses.dataclass(frozen=True)
 class Learned:
     """AutoRound's signed-gradient rounding (Cheng et al. 2023) on top of AWQ's scales and clips:
     a per-weight offset ``V`` in [-0.5, 0.5] added before rounding (``q = round(w / s + V) + z``,
@@ -74,9 +88,9 @@ class Learned:
     #: also learn per-group factors in [0.5, 1] on each end of the range (AutoRound's min/max
     #: tuning), which changes the scales and zero points.
     minmax: bool = False
-    #: the codes the offsets start from: GPTQ's error-corrected weight, or the clipped weight
-    #: rounded to nearest (AutoRound's start).
-    init: Union[GPTQ, Nearest] = GPTQ()
+    #: the codes the offsets start from: GPTQ's error-corrected weight, the clipped weight
+    #: rounded to nearest (AutoRound's start), or importance-weighted rounding's codes and scales.
+    init: Union[GPTQ, Nearest, Importance] = GPTQ()
     #: what the block's output is fitted to: "model", the unquantized model's output at that block
     #: (inputs carried along an unquantized path; AutoRound's default), so each block also corrects
     #: the blocks before it; or "block", the unquantized block on the quantized path's inputs.
@@ -88,22 +102,28 @@ class Learned:
         if self.lr is not None:
             object.__setattr__(self, "lr", check_float(self.lr, "Learned.lr", 0.0, 0.5, hi_closed=True,
                                                        what=" or None (1 / iters)"))
-        init = {"gptq": GPTQ(), "nearest": Nearest()}.get(self.init, self.init) if isinstance(self.init, str) else self.init
-        if not isinstance(init, (GPTQ, Nearest)):
-            raise ValueError(f"Learned.init must be GPTQ(...) or Nearest() (or 'gptq' / 'nearest'), got {self.init!r}")
+        starts = {"gptq": GPTQ(), "nearest": Nearest(), "importance": Importance()}
+        init = starts.get(self.init, self.init) if isinstance(self.init, str) else self.init
+        if not isinstance(init, (GPTQ, Nearest, Importance)):
+            raise ValueError(f"Learned.init must be GPTQ(...), Nearest() or Importance() (or one of "
+                             f"{tuple(starts)}), got {self.init!r}")
         object.__setattr__(self, "init", init)
+        if self.minmax and isinstance(init, Importance):
+            raise ValueError("Learned.minmax=True recomputes every scale from the group's range, which would "
+                             "discard init=Importance()'s scales: use one or the other")
         check_choice(self.target, "Learned.target", ("block", "model"))
 
 
-Rounding = Union[Nearest, GPTQ, Learned]
+Rounding = Union[Nearest, GPTQ, Importance, Learned]
 
 
 def rounding_from_name(value: object) -> Rounding:
-    """A rounding value from one of the names "nearest", "gptq", "learned" (their defaults), or
-    the value itself; anything else raises naming what was expected."""
-    if isinstance(value, (Nearest, GPTQ, Learned)):
+    """A rounding value from one of the names "nearest", "gptq", "importance", "learned" (their
+    defaults), or the value itself; anything else raises naming what was expected."""
+    if isinstance(value, (Nearest, GPTQ, Importance, Learned)):
         return value
-    table = {"nearest": Nearest, "gptq": GPTQ, "learned": Learned}
+    table = {"nearest": Nearest, "gptq": GPTQ, "importance": Importance, "learned": Learned}
     if isinstance(value, str) and value in table:
         return table[value]()
-    raise ValueError(f"rounding must be Nearest(), GPTQ(...), Learned(...) or one of {tuple(table)}, got {value!r}")
+    raise ValueError(f"rounding must be Nearest(), GPTQ(...), Importance(), Learned(...) or one of {tuple(table)}, "
+                     f"got {value!r}")

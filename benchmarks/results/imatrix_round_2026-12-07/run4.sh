@@ -1,0 +1,8 @@
+#!/bin/bash
+# issue #26 (session 20): the default format (asym g64, integer zero points): identity scales + importance rounding (imatrix_codes_asym), then learned rounding from it
+cd /work/main
+C="--model smollm2 --bits 4 --group-size 64 --calib lee-background --n-samples 64 --seqlen 512 --eval-text wikitext2-test licenses --quiet --methods awq"
+R=benchmarks/results/imatrix_round_2026-12-07
+NOAWQ='"n_grid": 1, "duo_scaling": false'
+.venv/bin/python benchmarks/probes/imatrix_round.py $C --out-dir /tmp/s20/d1 --quant-overrides "{\"rounding\": \"nearest\", $NOAWQ, \"clip\": null}" > $R/d1_g64_noawq_imatrix.log 2>&1
+.venv/bin/python benchmarks/probes/imatrix_round.py $C --out-dir /tmp/s20/d2 --quant-overrides "{\"rounding\": \"learned\", \"learned_round_init\": \"nearest\", $NOAWQ, \"clip\": null}" > $R/d2_g64_noawq_imatrix_learned.log 2>&1
