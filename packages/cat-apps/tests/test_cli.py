@@ -435,14 +435,14 @@ def test_gptq_rounding_option(tiny_dir, tmp_path, capsys):
 def test_importance_rounding_options(tiny_dir, tmp_path, capsys):
     out = tmp_path / "imp"
     rc = quantize.main([str(tiny_dir), "--bits", "4", "--sym", "--group-size", "32", "--n-samples", "2", "--seqlen",
-                        "16", "--rounding", "importance", "--no-scale-search", "--no-quality", "--out", str(out)])
+                        "16", "--rounding", "importance", "--no-quality", "--out", str(out)])
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     assert "importance-weighted rounding" in cap.out and "input scaling    off" in cap.out
     assert (out / "config.json").exists()
     out = tmp_path / "learned-imp"
     rc = quantize.main([str(tiny_dir), "--bits", "3", "--n-samples", "2", "--seqlen", "16", "--learned-start",
-                        "importance", "--no-quality", "--out", str(out)])
+                        "importance", "--scale-search", "on", "--no-quality", "--out", str(out)])
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     assert "learned rounding" in cap.out and "groups searched" in cap.out

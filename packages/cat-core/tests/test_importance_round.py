@@ -215,3 +215,20 @@ def test_without_the_scale_search_nothing_is_folded():
     assert len(tensors) == 14
     with pytest.raises(ValueError, match="scales must be a ScaleSearch"):
         QuantConfig(scales="off")
+
+
+def test_auto_searches_follow_the_rounding():
+    from cat_core.config import ClipSearch, ScaleSearch
+
+    for r in ("importance", Learned(init=Importance())):
+        c = QuantConfig(rounding=r)
+        assert c.scales is None and c.clip is None  # measured better without them on held-out text
+    for r in ("nearest", "gptq", Learned(init=GPTQ())):
+        c = QuantConfig(rounding=r)
+        assert c.scales == ScaleSearch() and c.clip == ClipSearch()
+    c = QuantConfig(rounding="importance", scales=True, n_clip_grid=5)  # asked for: on
+    assert c.scales == ScaleSearch() and c.clip.n_grid == 5
+    assert QuantConfig(rounding="importance", n_grid=7).scales.n_grid == 7
+    assert QuantConfig(rounding="gptq", scales=None, clip=False).clip is None
+    with pytest.raises(ValueError, match="clip must be"):
+        QuantConfig(clip="sometimes")

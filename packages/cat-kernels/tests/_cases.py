@@ -39,8 +39,9 @@ class Case:
 def make_case(rng, n, k, bits, group_size, symmetric, scale_dtype="float32") -> Case:
     w = rng.standard_normal((n, k)).astype(np.float32) * rng.uniform(0.01, 2.0)
     codes, scales, zeros = quantize_rtn(w, bits, group_size, symmetric, scale_dtype)
-    if zeros is None and rng.random() < 0.5:
-        pass
+    # Scales of either sign: importance-weighted symmetric rounding (cat-core) stores a negative
+    # scale wherever a group's largest-magnitude weight is positive.
+    scales = np.where(rng.random(scales.shape) < 0.3, -scales, scales).astype(scales.dtype)
     # RTN leaves most codes near the middle; mix in uniformly random codes so that every bit
     # pattern (in particular the top bits of each word) is exercised.
     mask = rng.random(codes.shape) < 0.3

@@ -97,10 +97,13 @@ def build() -> argparse.ArgumentParser:
                         "matrix does) or 'nearest' (AWQ's round-to-nearest). Default: learned")
     p.add_argument("--learned-start", choices=("gptq", "nearest", "importance"), default=None,
                    help="the codes learned rounding starts from (with --rounding learned). Default: gptq")
-    p.add_argument("--no-scale-search", action="store_true",
-                   help="skip AWQ's input-scale search: every linear is rounded with its input as it is "
-                        "(measured better with --rounding importance or --learned-start importance on held-out "
-                        "text: benchmarks/results/imatrix_round_2026-12-07)")
+    p.add_argument("--scale-search", choices=("auto", "on", "off"), default="auto",
+                   help="AWQ's input-scale search: 'off' rounds every linear with its input as it is; 'auto' "
+                        "turns it off where importance-weighted rounding chooses the codes (--rounding "
+                        "importance, --learned-start importance), which measured better without it on held-out "
+                        "text (benchmarks/results/imatrix_round_2026-12-07), else on. Default: auto")
+    p.add_argument("--clip-search", choices=("auto", "on", "off"), default="auto",
+                   help="AWQ's search of each group's clipping range, 'auto' as for --scale-search. Default: auto")
     p.add_argument("--quality-samples", type=int, default=QUALITY_SAMPLES,
                    help="sequences sampled from the unquantized model for the closing quality figure "
                         f"(mean KL and top-1 agreement, as cat-eval's data-free figure; default: {QUALITY_SAMPLES})")
@@ -318,8 +321,11 @@ def _configure(args: argparse.Namespace, source: str, model: Any, tokenizer: Any
         _gguf_checks(args, model, tokenizer, prepared.layers, source)
     search = auto_search_dtype(device) if args.search_dtype == "auto" else args.search_dtype
     qcfg = QuantConfig(bits=args.bits, group_size=gs, sym=args.sym, seed=args.seed, search_dtype=search,
-                       rounding=_rounding(args), scales=not args.no_scale_search)
+                       rounding=_rounding(args), scales=_SEARCH[args.scale_search], clip=_SEARCH[args.clip_search])
     return qcfg, prepared.graph, gs
+
+
+_SEARCH = {"auto": "auto", "on": True, "off": None}
 
 
 def _rounding(args: argparse.Namespace) -> Any:

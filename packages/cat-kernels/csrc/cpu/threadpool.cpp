@@ -107,13 +107,22 @@ class Pool {
   }
 
  private:
+  // Items are claimed in runs of consecutive indices, each a 1/(2T) share of what is left
+  // (guided scheduling), not one at a time: a decode step's products have hundreds to thousands
+  // of small items (a 16-row tile each), and every claim moves the counter's cache line between
+  // cores. Runs also give each thread a long contiguous stretch of the weight to stream, while
+  // the shrinking tail still balances the threads.
   void work() {
     t_in_pool = true;
+    const int64_t n = n_, share = 2 * static_cast<int64_t>(threads_);
     try {
-      for (;;) {
-        int64_t i = next_.fetch_add(1, std::memory_order_relaxed);
-        if (i >= n_) break;
-        fn_(ctx_, i);
+      int64_t i = next_.load(std::memory_order_relaxed);
+      while (i < n) {
+        int64_t take = (n - i) / share;
+        if (take < 1) take = 1;
+        if (!next_.compare_exchange_weak(i, i + take, std::memory_order_relaxed)) continue;  // i reloaded
+        for (const int64_t end = i + take; i < end; ++i) fn_(ctx_, i);
+        i = next_.load(std::memory_order_relaxed);
       }
     } catch (...) {
       std::lock_guard<std::mutex> lk(mu_);

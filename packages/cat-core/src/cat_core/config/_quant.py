@@ -66,7 +66,7 @@ def _apply_flat(kw: dict[str, Any]) -> dict[str, Any]:
 def _fold_flat(kw: dict[str, Any], flat: dict[str, Any]) -> dict[str, Any]:
     for field, cls in (("scales", ScaleSearch), ("grams", Grams)):
         moved = {name: flat[k] for k, (f, name) in _MOVED.items() if f == field and k in flat}
-        if moved and not (field == "scales" and kw.get("scales", True) in (None, False)):
+        if moved and not (field == "scales" and kw.get("scales") in (None, False)):
             base = kw.get(field)
             kw[field] = dataclasses.replace(base if isinstance(base, cls) else cls(), **moved)
     clip_moved = {name: flat[k] for k, (f, name) in _MOVED.items() if f == "clip" and k in flat}
@@ -92,6 +92,15 @@ def _flat_rounding(rounding: Rounding, flat: dict[str, Any]) -> Rounding:
     return rounding
 
 
+def _stage_value(value: Any, cls: type, auto_on: bool) -> Any:
+    """A search stage's setting as stored: an instance of ``cls``, or None (off)."""
+    if isinstance(value, str) and value == "auto":
+        return cls() if auto_on else None
+    if value is True:
+        return cls()
+    return None if value is False else value
+
+
 @dataclasses.dataclass(frozen=True, init=False)
 class QuantConfig:
     """What to quantize and how hard to search.
@@ -99,7 +108,9 @@ class QuantConfig:
     Weights are stored as ``W ~= (q - z) * s`` per group of ``group_size`` input columns (``-1``:
     one group per row), the convention of ``cat-kernels/docs/format.md``. The search stages read
     ``scales`` (None: no input-scale search, every linear keeps its input as it is), ``clip``
-    (None: no clip search), ``grams`` and ``rounding``.
+    (None: no clip search), ``grams`` and ``rounding``. ``scales`` and ``clip`` default to "auto":
+    on, unless importance-weighted rounding chooses the codes (``Importance()``, or learned
+    rounding started from it), which closed more of the gap on held-out text without them.
     """
 
     bits: int
@@ -130,8 +141,8 @@ class QuantConfig:
         unfuse_experts: bool = True,
         search_dtype: str | torch.dtype = "float32",
         seed: int = 0,
-        scales: ScaleSearch | bool | None = True,
-        clip: ClipSearch | bool | None = True,
+        scales: ScaleSearch | bool | str | None = "auto",
+        clip: ClipSearch | bool | str | None = "auto",
         grams: Grams | None = None,
         rounding: Rounding | str = "learned",
         **flat: Any,
@@ -149,10 +160,14 @@ class QuantConfig:
         put("unfuse_experts", unfuse_experts)
         put("search_dtype", search_dtype)
         put("seed", seed)
-        put("scales", ScaleSearch() if kw["scales"] is True else (None if kw["scales"] is False else kw["scales"]))
-        put("clip", ClipSearch() if kw["clip"] is True else (None if kw["clip"] is False else kw["clip"]))
         put("grams", kw["grams"] or Grams())
         put("rounding", rounding_from_name(kw["rounding"]))
+        # "auto": the searches fitted to the calibration text are on, unless importance-weighted
+        # rounding chooses the codes, which measured better on held-out text without them
+        # (benchmarks/results/imatrix_round_2026-12-07)
+        auto_on = not self.uses_importance
+        put("scales", _stage_value(kw["scales"], ScaleSearch, auto_on))
+        put("clip", _stage_value(kw["clip"], ClipSearch, auto_on))
         self._validate()
 
     def _validate(self) -> None:
@@ -175,10 +190,10 @@ class QuantConfig:
         if not isinstance(self.grams, Grams):
             raise ValueError(f"grams must be a Grams(...), got {self.grams!r}")
         if self.scales is not None and not isinstance(self.scales, ScaleSearch):
-            raise ValueError(f"scales must be a ScaleSearch(...), True or None/False (no input-scale search), "
-                             f"got {self.scales!r}")
+            raise ValueError(f"scales must be a ScaleSearch(...), True, 'auto' or None/False (no input-scale "
+                             f"search), got {self.scales!r}")
         if self.clip is not None and not isinstance(self.clip, ClipSearch):
-            raise ValueError(f"clip must be a ClipSearch(...), True or None/False (no clip search), got {self.clip!r}")
+            raise ValueError(f"clip must be a ClipSearch(...), True, 'auto' or None/False (no clip search), got {self.clip!r}")
 
     def __getattr__(self, name: str) -> Any:
         if name in _MOVED:
