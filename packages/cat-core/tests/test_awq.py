@@ -236,7 +236,7 @@ def test_clip_refine_never_worse_and_moves_ends_independently():
     assert (e1 <= e0).all() and (e1 < e0).any()
     assert (hi1 / hi0 != lo1 / lo0).any()  # some ends moved by different factors
     # symmetric quantization has one bound: refine is a no-op there
-    sym = QuantConfig(bits=3, group_size=64, sym=True)
+    sym = QuantConfig(bits=3, group_size=64, sym=True, clip=True)
     a, b = search_clip(w, x, sym), search_clip(w, x, dataclasses.replace(sym, clip_refine=False))
     assert all(torch.equal(p, q) for p, q in zip(a, b))
 
@@ -253,7 +253,7 @@ def test_clip_scored_by_the_gram_diagonal():
     base = torch.randn(300, 96, generator=g)
     acc.add(base + 3 * base[:, :1] * torch.randn(96, generator=g))  # every channel shares one component
     h = acc.mean()
-    full = QuantConfig(bits=3, group_size=32)
+    full = QuantConfig(bits=3, group_size=32, clip=True)
     diag = dataclasses.replace(full, clip=ClipSearch(gram="diagonal"))
     only_diag = torch.diag_embed(torch.diagonal(h, dim1=-2, dim2=-1))
     a, b = search_clip(w, h, diag), search_clip(w, only_diag, full)
@@ -494,7 +494,7 @@ def test_scale_screening_keeps_the_best_and_reruns_only_them():
 def test_screen_sequences():
     from cat_core.awq._batches import _screen_sequences
 
-    cfg = QuantConfig().scales
+    cfg = QuantConfig(scales=True).scales
     assert (cfg.screen_tokens, cfg.screen_keep) == (1024, 3)
     assert _screen_sequences(cfg, 16, 256) == 4  # README command 1: 16 x 256, screened on 4
     assert _screen_sequences(cfg, 8, 256) == 0  # 2048 tokens: not worth it

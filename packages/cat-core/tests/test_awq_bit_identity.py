@@ -37,7 +37,7 @@ _CASES: dict[str, tuple[str, dict]] = {
     "llama_w4g32_learned": ("llama96", dict(bits=4, group_size=32, n_grid=6, n_clip_grid=6,
                                             loss_token_subsample=96, screen_tokens=32, screen_keep=2,
                                             learned_round_iters=4, learned_round_samples=6,
-                                            learned_round_batch=2)),
+                                            learned_round_batch=2, learned_round_init="gptq")),
     "gemma3_w3g32_gptq_sequential": ("gemma3_96", dict(bits=3, group_size=32, sym=True, n_grid=5,
                                                        n_clip_grid=5, clip_refine=False,
                                                        rounding="gptq", gptq_damp=0.05,
@@ -147,7 +147,7 @@ def _check(case: str, digest: str) -> None:
 _NESTED: dict[str, QuantConfig] = {
     "llama_w4g32_learned": QuantConfig(
         bits=4, group_size=32, scales=ScaleSearch(n_grid=6, token_subsample=96, screen_tokens=32, screen_keep=2),
-        clip=ClipSearch(n_grid=6), rounding=Learned(iters=4, samples=6, batch=2)),
+        clip=ClipSearch(n_grid=6), rounding=Learned(iters=4, samples=6, batch=2, init=GPTQ())),
     "gemma3_w3g32_gptq_sequential": QuantConfig(
         bits=3, group_size=32, sym=True, scales=ScaleSearch(n_grid=5, loss_scope="block"),
         clip=ClipSearch(n_grid=5, refine=False), grams=Grams(sequential=True), rounding=GPTQ(damp=0.05)),

@@ -27,8 +27,9 @@ from cat_core.quant import dequantize, quantize_tensor  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+# from GPTQ's codes (the default start is importance rounding's, covered by test_importance_round.py)
 LEARN = dataclasses.replace(CFG, rounding="learned", learned_round_iters=24, learned_round_batch=2, learned_round_lr=0.01,
-                            learned_round_samples=8)
+                            learned_round_samples=8, learned_round_init="gptq")
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +246,8 @@ def test_zero_offsets_reproduce_the_start_exactly(sym, minmax):
     from cat_core.awq._gptq import gptq_quantize
 
     g = torch.Generator().manual_seed(3)
-    cfg = QuantConfig(bits=3, group_size=32, sym=sym, learned_round_minmax=minmax, rounding="learned")
+    cfg = QuantConfig(bits=3, group_size=32, sym=sym, learned_round_minmax=minmax, rounding="learned",
+                      learned_round_init="gptq")
     w = torch.randn(24, 96, generator=g)
     w[:, 5] *= 8.0
     x = torch.randn(200, 96, generator=g)
@@ -265,7 +267,7 @@ def test_zero_offsets_reproduce_the_start_exactly(sym, minmax):
 
 def test_offsets_and_factors_stay_in_their_ranges():
     g = torch.Generator().manual_seed(0)
-    cfg = QuantConfig(bits=3, group_size=32, learned_round_minmax=True, rounding="learned")
+    cfg = QuantConfig(bits=3, group_size=32, learned_round_minmax=True, rounding="learned", learned_round_init="gptq")
     w = torch.randn(8, 64, generator=g)
     qt = quantize_tensor(w, cfg)
     lo, hi = torch.aminmax(w.reshape(8, 2, 32), dim=-1)

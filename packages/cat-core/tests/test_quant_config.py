@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from cat_core.config import CalibConfig, QuantConfig, matches_any
+from cat_core.config import CalibConfig, ClipSearch, QuantConfig, matches_any
 
 
 @pytest.mark.parametrize("kwargs,field", [
@@ -42,8 +42,8 @@ def test_quant_config_normalizes():
 
 
 def test_patterns():
-    assert matches_any("model.layers.0.self_attn.q_proj", QuantConfig().clip.skip)
-    assert not matches_any("model.layers.0.self_attn.v_proj", QuantConfig().clip.skip)
+    assert matches_any("model.layers.0.self_attn.q_proj", ClipSearch().skip)
+    assert not matches_any("model.layers.0.self_attn.v_proj", ClipSearch().skip)
     assert matches_any("lm_head", ("lm_head",)) and matches_any("model.lm_head", ("lm_head",))
     assert matches_any("model.embed_tokens", QuantConfig().modules_to_not_convert)
 
@@ -73,12 +73,15 @@ def test_auto_search_dtype():
 def test_stage_settings_are_nested_and_the_top_level_is_small():
     import dataclasses
 
-    from cat_core.config import GPTQ, ClipSearch, Grams, Learned, Nearest, ScaleSearch
+    from cat_core.config import GPTQ, ClipSearch, Grams, Importance, Learned, Nearest, ScaleSearch
 
     c = QuantConfig()
     assert len(dataclasses.fields(c)) <= 12
-    assert isinstance(c.scales, ScaleSearch) and isinstance(c.clip, ClipSearch) and isinstance(c.grams, Grams)
-    assert c.rounding == Learned(init=GPTQ())
+    # the default: learned rounding from importance codes, so the "auto" searches are off
+    assert c.rounding == Learned(init=Importance()) and c.scales is None and c.clip is None
+    assert isinstance(c.grams, Grams)
+    c = QuantConfig(rounding=Learned(init=GPTQ()))
+    assert isinstance(c.scales, ScaleSearch) and isinstance(c.clip, ClipSearch)
     assert QuantConfig(rounding="nearest").rounding == Nearest()
     assert QuantConfig(clip=False).clip is None and QuantConfig(clip=None).clip is None
     # flat keywords of earlier releases map onto the nested settings, on top of given ones
