@@ -1,5 +1,6 @@
 #!/bin/bash
-# issue #26 (session 20): Gemma-3-270m 3-bit g128: the new recipe (no scale search, no clip, learned rounding from importance codes) and the default, both texts
+# issue #26 (session 20): Gemma-3-270m 3-bit g128: the new recipe (no scale search, no clip, learned rounding from importance codes) and the default, both texts.
+# The second row ran after the default had changed to the new recipe, so it repeated the first; its log was dropped: run14.sh has the previous default spelled out.
 cd /work/main
 C="--model gemma3 --bits 3 --group-size 128 --calib lee-background --n-samples 64 --seqlen 512 --eval-text wikitext2-test licenses --quiet --methods awq"
 R=benchmarks/results/imatrix_round_2026-12-07

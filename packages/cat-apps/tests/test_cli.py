@@ -206,7 +206,7 @@ def _quantize_small(capsys, src, out, text_file, bits: int):
     """cat-quantize of a tiny model on 4 x 32 calibration tokens, group 64; its captured output."""
     rc = quantize.main([str(src), "--bits", str(bits), "--group-size", "64", "--calib", str(text_file),
                         "--n-samples", "4", "--seqlen", "32", "--quality-samples", "2", "--quality-seqlen", "16",
-                        "--scale-search", "on", "--out", str(out), "--quiet"])
+                        "--out", str(out), "--quiet"])
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     return cap

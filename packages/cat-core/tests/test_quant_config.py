@@ -77,11 +77,10 @@ def test_stage_settings_are_nested_and_the_top_level_is_small():
 
     c = QuantConfig()
     assert len(dataclasses.fields(c)) <= 12
-    # the default: learned rounding from importance codes, so the "auto" searches are off
-    assert c.rounding == Learned(init=Importance()) and c.scales is None and c.clip is None
-    assert isinstance(c.grams, Grams)
-    c = QuantConfig(rounding=Learned(init=GPTQ()))
-    assert isinstance(c.scales, ScaleSearch) and isinstance(c.clip, ClipSearch)
+    assert isinstance(c.scales, ScaleSearch) and isinstance(c.clip, ClipSearch) and isinstance(c.grams, Grams)
+    assert c.rounding == Learned(init=GPTQ())
+    c = QuantConfig(rounding=Learned(init=Importance()))  # the "auto" searches are off with it
+    assert c.scales is None and c.clip is None
     assert QuantConfig(rounding="nearest").rounding == Nearest()
     assert QuantConfig(clip=False).clip is None and QuantConfig(clip=None).clip is None
     # flat keywords of earlier releases map onto the nested settings, on top of given ones

@@ -88,12 +88,12 @@ class Learned:
     #: also learn per-group factors in [0.5, 1] on each end of the range (AutoRound's min/max
     #: tuning), which changes the scales and zero points.
     minmax: bool = False
-    #: the codes the offsets start from: importance-weighted rounding's codes and scales (the
-    #: default: with it, QuantConfig's "auto" searches are off; SmolLM2 4-bit g64 news -> WikiText-2
-    #: / licenses closed 66.7 / 63.2% of the RTN gap against 60-64 / 51% from GPTQ's codes with
-    #: AWQ's scale and clip searches, benchmarks/results/imatrix_round_2026-12-07), GPTQ's
-    #: error-corrected weight, or the clipped weight rounded to nearest (AutoRound's start).
-    init: Union[GPTQ, Nearest, Importance] = Importance()
+    #: the codes the offsets start from: GPTQ's error-corrected weight, the clipped weight rounded
+    #: to nearest (AutoRound's start), or importance-weighted rounding's codes and scales (with
+    #: which QuantConfig's "auto" searches are off: SmolLM2 4-bit g64 news -> WikiText-2 / licenses
+    #: closed 66.7 / 63.2% of the RTN gap against 56.4 / 52.0% from GPTQ's codes, but Gemma-3-270m
+    #: 3-bit g128 lost: ppl 59.7 / 53.5 against 48.0 / 41.3; benchmarks/results/imatrix_round_2026-12-07).
+    init: Union[GPTQ, Nearest, Importance] = GPTQ()
     #: what the block's output is fitted to: "model", the unquantized model's output at that block
     #: (inputs carried along an unquantized path; AutoRound's default), so each block also corrects
     #: the blocks before it; or "block", the unquantized block on the quantized path's inputs.
@@ -113,8 +113,7 @@ class Learned:
         object.__setattr__(self, "init", init)
         if self.minmax and isinstance(init, Importance):
             raise ValueError("Learned.minmax=True recomputes every scale from the group's range, which would "
-                             "discard init=Importance()'s (the default start) scales: give init=GPTQ() or "
-                             "init=Nearest() with it")
+                             "discard init=Importance()'s scales: give init=GPTQ() or init=Nearest() with it")
         check_choice(self.target, "Learned.target", ("block", "model"))
 
 
