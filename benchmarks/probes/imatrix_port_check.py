@@ -1,4 +1,5 @@
-"""Checks ``imatrix_round.imatrix_codes`` (the torch port of llama.cpp's Q4_0 + imatrix rounding)
+"""Checks importance-weighted rounding (``cat_core.awq._importance``, the torch port of llama.cpp's
+Q4_0 + imatrix rounding; first written as ``imatrix_round.py``'s own copy, which this log checked)
 against llama.cpp itself, tensor by tensor: the embedded SmolLM2 written as F32, ``llama-imatrix``
 on the Lee text (64 x 512), ``llama-quantize Q4_0 --imatrix``; then every ``blk.*`` Q4_0 tensor is
 dequantized by the ``gguf`` package and compared with the port run on the F32 tensor and the
@@ -23,15 +24,14 @@ sys.path.insert(0, str(HERE))
 import _llamacpp as L  # noqa: E402
 import _models as M  # noqa: E402
 
-sys.argv, argv = sys.argv[:1], sys.argv[1:]
-from imatrix_round import imatrix_codes  # noqa: E402
+from cat_core.awq._importance import importance_round  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--work", type=Path, default=Path("/tmp/imatrix_port_check"))
     p.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[3] / "shared" / "data")
-    args = p.parse_args(argv)
+    args = p.parse_args()
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
@@ -54,7 +54,7 @@ def main() -> None:
         sums = np.array(mat[t.name + ".in_sum2"].data, dtype=np.float32).reshape(-1)
         counts = np.array(mat[t.name + ".counts"].data, dtype=np.float32).reshape(-1)
         qw = torch.from_numpy(sums / counts[0])
-        qt = imatrix_codes(w, qw, 4, 32, torch.float16)
+        qt = importance_round(w, qw, 4, 32, True, torch.float16)
         ours = ((qt.codes.float() - 8).reshape(w.shape[0], -1, 32) * qt.scales.float().unsqueeze(-1)).reshape(w.shape)
         ours = ours.numpy()
         eq = np.isclose(ours, theirs, rtol=0, atol=0)

@@ -17,8 +17,13 @@ capture, taken for every linear here, q/k included). ``IMATRIX_CLIP=1`` keeps th
 rounds the clipped weight; ``0`` (default) skips the clip as llama.cpp does. ``IMATRIX_WEIGHT=diag``
 drops the ``sqrt(sigma2 + w^2)`` factor. AWQ's scale search is left to the given overrides
 (``"n_grid": 1`` tries only identity scales, i.e. no AWQ scaling). Learned rounding from nearest
-codes starts from these codes and scales and keeps the scales. Any group size; asymmetric groups take
-:func:`imatrix_codes_asym` (integer zero points).
+codes starts from these codes and scales and keeps the scales. Any group size and either symmetry.
+
+The rounding itself is now the product's (``cat_core.awq._importance``, ``rounding="importance"``).
+The session-20 rows in benchmarks/results/imatrix_round_2026-12-07 ran this probe's own copy
+(commit 49508f1): the same for symmetric groups (row P1, the product, gave E3's numbers exactly);
+for asymmetric ones (D1, D2) that copy's first trial used the unrounded min/max step for its codes
+and zero point, where the product uses the step as stored.
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+import cat_core.awq._importance as _importance_mod  # noqa: E402
 from cat_core.awq import _pipeline, _stage_clip, _stage_round, _stage_stats  # noqa: E402
+from cat_core.awq._importance import importance_round  # noqa: E402
 from cat_core.quant import QuantizedTensor  # noqa: E402
 
 KEEP_CLIP = os.environ.get("IMATRIX_CLIP", "0") == "1"
@@ -40,85 +47,23 @@ WEIGHTING = os.environ.get("IMATRIX_WEIGHT", "llama")
 assert WEIGHTING in ("llama", "diag"), WEIGHTING
 
 
-def _importance(x: torch.Tensor, imatrix: torch.Tensor) -> torch.Tensor:
-    n, ng, g = x.shape
-    imp = imatrix.float().reshape(1, ng, g)
-    if WEIGHTING == "llama":
-        sigma2 = (x * x).sum(dim=(1, 2), keepdim=True) / (ng * g)
-        return imp * torch.sqrt(sigma2 + x * x)
-    return imp.expand_as(x)
-
-
 def imatrix_codes(w: torch.Tensor, imatrix: torch.Tensor, bits: int, group_size: int,
-                  scale_dtype: torch.dtype) -> QuantizedTensor:
-    """``make_qx_quants(g, half, x, L, 1, weight)`` for every group of ``w`` [N, K] at once."""
-    n, k = w.shape
-    g, half = group_size, 2 ** (bits - 1)
-    x = w.float().reshape(n, k // g, g)
-    imp = _importance(x, imatrix)
-    idx = x.abs().argmax(dim=-1, keepdim=True)
-    mx = torch.gather(x, -1, idx)  # signed: the largest magnitude goes to code -half
-    zero = mx.abs() < 1e-15
-    mx = torch.where(zero, torch.ones_like(mx), mx)
-    best_l = best_s = best = None
-    for i in [0, *range(-9, 0), *range(1, 10)]:  # llama.cpp's order: the first of equals wins
-        iscale = -(half + 0.1 * i) / mx
-        l = torch.round(iscale * x).clamp_(-half, half - 1)
-        sumlx = (imp * x * l).sum(-1, keepdim=True)
-        suml2 = (imp * l * l).sum(-1, keepdim=True)
-        ok = suml2 > 0
-        score = torch.where(ok, sumlx * sumlx / suml2.clamp_min(1e-30), torch.full_like(sumlx, -1.0))
-        s = torch.where(ok, sumlx / suml2.clamp_min(1e-30), 1 / iscale)
-        if best is None:
-            best, best_l, best_s = score, l, s
-            continue
-        take = score > best
-        best = torch.where(take, score, best)
-        best_s = torch.where(take, s, best_s)
-        best_l = torch.where(take, l, best_l)
-    best_s = torch.where(zero, torch.zeros_like(best_s), best_s)
-    best_l = torch.where(zero, torch.zeros_like(best_l), best_l)
-    return QuantizedTensor(codes=(best_l + half).reshape(n, k).to(torch.uint8),
-                           scales=best_s.reshape(n, k // g).to(scale_dtype), zeros=None, bits=bits,
-                           group_size=group_size)
+                  scale_dtype: torch.dtype, sym: bool = True) -> QuantizedTensor:
+    """The rounding, as the product implements it (``cat_core.awq._importance``); with
+    ``IMATRIX_WEIGHT=diag`` the ``sqrt(sigma2 + w^2)`` factor is dropped."""
+    if WEIGHTING == "diag":
+        with _diag_only():
+            return importance_round(w, imatrix, bits, group_size, sym, scale_dtype)
+    return importance_round(w, imatrix, bits, group_size, sym, scale_dtype)
 
 
-def imatrix_codes_asym(w: torch.Tensor, imatrix: torch.Tensor, bits: int, group_size: int,
-                       scale_dtype: torch.dtype) -> QuantizedTensor:
-    """The asymmetric analogue with an integer zero point (Caterpillar's format; llama.cpp's Q4_1
-    stores a float offset instead, ``make_qkx3_quants``): trial steps ``(max - min) / (qmax + r)``
-    for ``r`` in -0.9..0.9 by 0.05 (llama.cpp's Q4_1 range), each with ``z = round(-min / step)``
-    and codes ``clamp(round(x / step) + z)``, the scale refit by weighted least squares given the
-    codes and ``z``; the trial with the smallest weighted error wins."""
-    n, k = w.shape
-    g, qmax = group_size, 2 ** bits - 1
-    x = w.float().reshape(n, k // g, g)
-    imp = _importance(x, imatrix)
-    mn, mx = torch.aminmax(x, dim=-1, keepdim=True)
-    span = (mx - mn).clamp_min(1e-12)
-    best = best_q = best_z = best_s = None
-    for i in [None, *range(37)]:  # None: plain min/max rounding first (llama.cpp's start)
-        r = 0.0 if i is None else -0.9 + 0.05 * i
-        step = span / (qmax + r)
-        z = torch.round(-mn / step).clamp_(0, qmax)
-        q = torch.minimum(torch.maximum(torch.round(x / step) + z, torch.zeros_like(x)), torch.full_like(x, qmax))
-        a = q - z
-        if i is None:
-            s = step
-        else:
-            suml2 = (imp * a * a).sum(-1, keepdim=True)
-            s = torch.where(suml2 > 0, (imp * x * a).sum(-1, keepdim=True) / suml2.clamp_min(1e-30), step)
-        s = s.to(scale_dtype).float()
-        err = (imp * (x - s * a) ** 2).sum(-1, keepdim=True)
-        if best is None:
-            best, best_q, best_z, best_s = err, q, z, s
-            continue
-        take = err < best
-        best = torch.where(take, err, best)
-        best_q, best_z, best_s = (torch.where(take, q, best_q), torch.where(take, z, best_z),
-                                  torch.where(take, s, best_s))
-    return QuantizedTensor(codes=best_q.reshape(n, k).to(torch.uint8), scales=best_s.reshape(n, k // g).to(scale_dtype),
-                           zeros=best_z.reshape(n, k // g).to(torch.uint8), bits=bits, group_size=group_size)
+class _diag_only:
+    def __enter__(self):
+        self._saved = _importance_mod._importance
+        _importance_mod._importance = lambda x, column_ms: column_ms.expand_as(x)
+
+    def __exit__(self, *exc):
+        _importance_mod._importance = self._saved
 
 
 _clipped = _stage_stats.clipped
@@ -152,8 +97,7 @@ def codes(self, work, rel, name, mod, w, part, clips):
     cfg = work.config
     if imatrix is None or self.wants_full_grams or cfg.group_size == -1:
         return _codes(self, work, rel, name, mod, w, part, clips)
-    port = imatrix_codes if cfg.sym else imatrix_codes_asym
-    qt = port(w.detach(), imatrix, cfg.bits, cfg.group_size, cfg.scale_torch_dtype)
+    qt = imatrix_codes(w.detach(), imatrix, cfg.bits, cfg.group_size, cfg.scale_torch_dtype, cfg.sym)
     if _stage_round._collecting(work):
         work.starts.append(_stage_round._start(rel, name, mod, w.float().clone(), qt, w, cfg))
     return qt
