@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -331,10 +330,9 @@ _SEARCH = {"auto": "auto", "on": True, "off": None}
 def _rounding(args: argparse.Namespace) -> Any:
     from cat_core.config import Learned, QuantConfig
 
-    rounding = args.rounding or QuantConfig().rounding
-    if args.learned_start is None:
-        return rounding
-    return Learned(init=args.learned_start) if isinstance(rounding, str) else dataclasses.replace(rounding, init=args.learned_start)
+    if args.learned_start is not None:  # the preflight allows it with learned rounding only
+        return Learned(init=args.learned_start)
+    return args.rounding or QuantConfig().rounding
 
 
 def _gguf_checks(args: argparse.Namespace, model: Any, tokenizer: Any, layers: list[tuple[str, int]],
@@ -410,8 +408,7 @@ def _summary(args: argparse.Namespace, out: Path, fmt: str, source: str, gs: int
         f"  model            {source}",
         f"  quantization     AWQ {args.bits}-bit, group size {gs}{' (auto)' if gs_req == 'auto' else ''}, "
         f"{'symmetric' if args.sym else 'asymmetric'}, {len(mem['layers'])} linears, {qcfg.search_dtype} search"
-        + {"gptq": ", GPTQ rounding", "learned": ", learned rounding",
-           "importance": ", importance-weighted rounding"}.get(qcfg.rounding.name, ""),
+        + ("" if qcfg.rounding.name == "nearest" else f", {qcfg.rounding.label}"),
         f"  input scaling    {result.scaling_summary()}",
         f"  calibration      {args.calib}: {args.n_samples} x {args.seqlen} tokens",
         f"  time             {_cli.fmt_seconds(timer.elapsed)} total: "

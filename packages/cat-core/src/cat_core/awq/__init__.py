@@ -70,9 +70,7 @@ class QuantizeResult:
         if unscaled:
             why = {"residual": "read the residual stream", "shared": "weight shared by several inputs",
                    "not-run": "not run on the discovery sample", "other": "no foldable producer"}
-            rounding = {"gptq": "GPTQ rounding", "learned": "learned rounding",
-                        "importance": "importance-weighted rounding"}.get(self.config.rounding.name, "round-to-nearest")
-            out += (f", {sum(unscaled.values())} without input scaling, clip search and {rounding} only "
+            out += (f", {sum(unscaled.values())} without input scaling, clip search and {self.config.rounding.label} only "
                     f"({counts(unscaled, why)}; see QuantizeResult.report)")
         return out
 

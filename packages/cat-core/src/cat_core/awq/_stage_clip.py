@@ -55,8 +55,8 @@ def linear_parts(work: BlockWork, batches: Batches, full: bool) -> Iterator[Part
             full_grams = {}
             grams = _group_grams(work, [l for l in pending if sequential or importance or l[0] in to_clip], runs)
             reached = set(grams)
-        column_ms = {rel: torch.diagonal(h, dim1=-2, dim2=-1).reshape(-1) for rel, h in {**grams, **full_grams}.items()
-                     } if importance else {}
+        column_ms = {rel: torch.diagonal(h, dim1=-2, dim2=-1).reshape(-1)
+                     for rel, h in (full_grams if full else grams).items()} if importance else {}
         grams = {rel: g for rel, g in grams.items() if rel in to_clip}
         work.recorded = None  # a later part (sequential) captures its own
         linears = [l for l in pending if l[0] in reached] if sequential else pending

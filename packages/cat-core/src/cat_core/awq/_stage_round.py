@@ -30,8 +30,6 @@ class _Nearest:
     """Round-to-nearest on the clipped weight; also GPTQ's fallback for a linear without a Gram."""
 
     wants_full_grams = False
-    #: whether every linear's input column mean squares are wanted (Part.column_ms)
-    wants_importance = False
     extra_shape: tuple[int, int] | None = None
     keep_sequences = 0
     #: the block's quantized outputs on calibration sequences, when the rounding computed them
@@ -95,8 +93,6 @@ class _Importance(_Nearest):
     (:func:`~cat_core.awq._importance.importance_round`); round-to-nearest for a linear that no
     calibration token reached."""
 
-    wants_importance = True
-
     def _codes(self, work: BlockWork, rel: str, name: str, mod, w: torch.Tensor, part: Part,
                clips: Clips) -> QuantizedTensor:
         ms = part.column_ms.get(rel)
@@ -115,10 +111,8 @@ class _Learned:
 
     def __init__(self, settings: Learned) -> None:
         self.settings = settings
-        init = settings.init
-        self.start = _GPTQ(init) if isinstance(init, GPTQ) else _Importance() if isinstance(init, Importance) else _Nearest()
+        self.start = _codes_rounder(settings.init)
         self.wants_full_grams = self.start.wants_full_grams
-        self.wants_importance = self.start.wants_importance
         self._fp_pool: torch.Tensor | None = None  # the pool on the unquantized model's path
         self._pool_in = self._target = self._call = None
         self.outputs: torch.Tensor | None = None  # the quantized block's outputs on the pool
@@ -168,8 +162,11 @@ class _Learned:
 
 def rounder(config: QuantConfig) -> _Nearest | _GPTQ | _Importance | _Learned:
     r = config.rounding
-    if isinstance(r, Learned):
-        return _Learned(r)
+    return _Learned(r) if isinstance(r, Learned) else _codes_rounder(r)
+
+
+def _codes_rounder(r: Nearest | GPTQ | Importance) -> _Nearest | _GPTQ | _Importance:
+    """The rounding of one of the kinds that choose codes directly (also learned rounding's start)."""
     if isinstance(r, GPTQ):
         return _GPTQ(r)
     if isinstance(r, Importance):

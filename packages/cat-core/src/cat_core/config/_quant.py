@@ -64,15 +64,12 @@ def _apply_flat(kw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fold_flat(kw: dict[str, Any], flat: dict[str, Any]) -> dict[str, Any]:
-    for field, cls in (("scales", ScaleSearch), ("grams", Grams)):
+    for field, cls in (("scales", ScaleSearch), ("clip", ClipSearch), ("grams", Grams)):
         moved = {name: flat[k] for k, (f, name) in _MOVED.items() if f == field and k in flat}
-        if moved and not (field == "scales" and kw.get("scales") in (None, False)):
-            base = kw.get(field)
-            kw[field] = dataclasses.replace(base if isinstance(base, cls) else cls(), **moved)
-    clip_moved = {name: flat[k] for k, (f, name) in _MOVED.items() if f == "clip" and k in flat}
-    if clip_moved and kw.get("clip", True) is not None and kw.get("clip", True) is not False:
-        base = kw.get("clip")
-        kw["clip"] = dataclasses.replace(base if isinstance(base, ClipSearch) else ClipSearch(), **clip_moved)
+        base = kw.get(field)
+        if not moved or (cls is not Grams and (base is None or base is False)):  # a search turned off stays off
+            continue
+        kw[field] = dataclasses.replace(base if isinstance(base, cls) else cls(), **moved)
     kw["rounding"] = _flat_rounding(rounding_from_name(kw.get("rounding", "learned")), flat)
     return kw
 
@@ -215,13 +212,15 @@ class QuantConfig:
     @property
     def uses_gptq(self) -> bool:
         """Whether GPTQ computes codes: as the rounding, or as learned rounding's start."""
-        r = self.rounding
-        return isinstance(r, GPTQ) or (isinstance(r, Learned) and isinstance(r.init, GPTQ))
+        return self._codes_from(GPTQ)
 
     @property
     def uses_importance(self) -> bool:
         """Whether importance-weighted rounding computes codes: as the rounding, or as learned
         rounding's start (every linear's input Gram is then captured, not only the clipped ones')."""
+        return self._codes_from(Importance)
+
+    def _codes_from(self, kind: type) -> bool:
         r = self.rounding
-        return isinstance(r, Importance) or (isinstance(r, Learned) and isinstance(r.init, Importance))
+        return isinstance(r, kind) or (isinstance(r, Learned) and isinstance(r.init, kind))
 

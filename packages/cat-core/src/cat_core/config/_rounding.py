@@ -21,6 +21,7 @@ class Nearest:
     """Plain round-to-nearest (what AWQ itself does; cheapest, and worse on every model measured)."""
 
     name: ClassVar[str] = "nearest"
+    label: ClassVar[str] = "round-to-nearest"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +32,7 @@ class GPTQ:
     is fed back too. Costs a ``K x K`` Gram per distinct input and a Cholesky per linear."""
 
     name: ClassVar[str] = "gptq"
+    label: ClassVar[str] = "GPTQ rounding"
     #: added to the Gram's diagonal, as a fraction of its mean diagonal (raised 10x on a failed
     #: factorization). 0.1, not GPTQ's usual 0.01, which overfits the calibration tokens after
     #: AWQ's scaling (WikiText-2 ppl, 128 x 512 calibration, 0.01 -> 0.1: SmolLM2 3-bit 37.10 ->
@@ -56,6 +58,7 @@ class Importance:
     roundings of each weight; needs only the diagonal of each linear's input Gram."""
 
     name: ClassVar[str] = "importance"
+    label: ClassVar[str] = "importance-weighted rounding"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +73,7 @@ class Learned:
     (benchmarks/results/awq_quality_2026-12-04)."""
 
     name: ClassVar[str] = "learned"
+    label: ClassVar[str] = "learned rounding"
     #: iterations per block (AutoRound: 200, its "light" recipe 50). 20 measured on SmolLM2 g64
     #: off-domain: 3-bit 72.0% of the RTN gap closed, 4-bit 60.9%, about doubling the time.
     iters: int = 20
