@@ -157,11 +157,7 @@ void run_items(bool parallel, int64_t n, F&& f) {
     for (int64_t i = 0; i < n; ++i) f(i);
     return;
   }
-  const int64_t want = kRunsPerThread * num_threads();
-  const int64_t runs = n < want ? n : want;
-  parallel_for(runs, [&](int64_t r) {
-    for (int64_t i = r * n / runs, end = (r + 1) * n / runs; i < end; ++i) f(i);
-  });
+  parallel_for(n, f);
 }
 
 // Sum of x[j0 .. j1) in a fixed order (8 interleaved partial sums, then a fixed tree), so the

@@ -51,16 +51,29 @@ inline void cpu_relax() {
 #endif
 }
 
+// A job's items are split into one contiguous range per thread. Each thread claims runs from
+// its own range (a quarter of what is left there per claim: an uncontended atomic on a cache
+// line only it writes), then steals runs from the others' ranges when its own is empty, so
+// uneven progress still balances. A decode step issues ~150 jobs of a few to a few dozen
+// microseconds: what a job costs beyond its items is the cache lines that cross between cores,
+// so a dispatch touches few of them (publish, join, done) and takes no mutex unless a thread
+// sleeps.
+struct alignas(64) Slot {
+  std::atomic<int64_t> next{0};
+  int64_t end = 0;
+  std::atomic<int> busy{0};  // a worker is inside the job (or checking whether it may enter)
+};
+
 class Pool {
  public:
-  explicit Pool(int threads) : threads_(threads < 1 ? 1 : threads) {
-    for (int i = 1; i < threads_; ++i) workers_.emplace_back([this] { worker(); });
+  explicit Pool(int threads) : threads_(threads < 1 ? 1 : threads), slots_(new Slot[threads_]) {
+    for (int i = 1; i < threads_; ++i) workers_.emplace_back([this, i] { worker(i); });
   }
   ~Pool() {
     {
       std::lock_guard<std::mutex> lk(mu_);
-      stop_ = true;
-      generation_.fetch_add(1, std::memory_order_release);
+      stop_.store(true, std::memory_order_seq_cst);
+      generation_.fetch_add(1, std::memory_order_seq_cst);
     }
     cv_.notify_all();
     for (auto& t : workers_) t.join();
@@ -71,111 +84,124 @@ class Pool {
     // One job at a time: concurrent callers (several Python threads with the GIL released)
     // queue here instead of oversubscribing the cores.
     std::lock_guard<std::mutex> call(call_mu_);
-    bool wake;
-    {
+    fn_ = fn;
+    ctx_ = ctx;
+    error_ = nullptr;
+    for (int t = 0; t < threads_; ++t) {
+      slots_[t].next.store(t * n / threads_, std::memory_order_relaxed);
+      slots_[t].end = (t + 1) * n / threads_;
+    }
+    open_.store(true, std::memory_order_seq_cst);
+    generation_.fetch_add(1, std::memory_order_seq_cst);
+    if (sleepers_.load(std::memory_order_seq_cst) > 0) {
+      // Under the mutex: a worker between its last check of the generation and its wait
+      // holds it, so the notification cannot fall in between.
       std::lock_guard<std::mutex> lk(mu_);
-      fn_ = fn;
-      ctx_ = ctx;
-      n_ = n;
-      next_.store(0, std::memory_order_relaxed);
-      open_ = true;
-      active_.store(0, std::memory_order_relaxed);
-      error_ = nullptr;
-      generation_.fetch_add(1, std::memory_order_release);
-      wake = sleepers_ > 0;
+      cv_.notify_all();
     }
-    if (wake) cv_.notify_all();
-    work();
-    // Wait only for the workers that joined this job (they may still run an item); one that
-    // wakes up later finds the job closed and goes back to waiting, so a slow wake-up never
-    // delays the caller. The wait spins first: a joined worker is at most one item behind, and
-    // sleeping on the condition variable costs a futex round trip (tens of microseconds in a
-    // VM), more than a whole small gemm.
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      open_ = false;  // from here on active_ only decreases
-    }
-    const auto t0 = std::chrono::steady_clock::now();
-    for (int it = 0; active_.load(std::memory_order_acquire) != 0; ++it) {
-      cpu_relax();
-      if ((it & 63) == 63 && std::chrono::steady_clock::now() - t0 > kDoneSpin) break;
-    }
-    std::unique_lock<std::mutex> lk(mu_);
-    done_cv_.wait(lk, [&] { return active_.load(std::memory_order_acquire) == 0; });
+    work(0);
+    // Every item is claimed. Close the job, then wait for the workers inside it (each at most
+    // one run behind). A worker that arrives later sees it closed and never touches it, so a
+    // slow wake-up never delays the caller; one that checked before the close is seen busy
+    // here (both sides store, then load, sequentially consistent).
+    open_.store(false, std::memory_order_seq_cst);
+    for (int t = 1; t < threads_; ++t) wait_idle(slots_[t]);
     fn_ = nullptr;
     if (error_) std::rethrow_exception(error_);
   }
 
  private:
-  // Items are claimed in runs of consecutive indices, each a 1/(2T) share of what is left
-  // (guided scheduling), not one at a time: a decode step's products have hundreds to thousands
-  // of small items (a 16-row tile each), and every claim moves the counter's cache line between
-  // cores. Runs also give each thread a long contiguous stretch of the weight to stream, while
-  // the shrinking tail still balances the threads.
-  void work() {
+  // A run from slot s's range: a quarter of what is left there, at least one item; -1 when empty.
+  bool claim(Slot& s, int64_t* first, int64_t* count) {
+    int64_t i = s.next.load(std::memory_order_relaxed);
+    for (;;) {
+      const int64_t left = s.end - i;
+      if (left <= 0) return false;
+      const int64_t take = left >= 8 ? left / 4 : 1;
+      if (s.next.compare_exchange_weak(i, i + take, std::memory_order_relaxed)) {
+        *first = i;
+        *count = take;
+        return true;
+      }
+    }
+  }
+
+  void work(int self) {
     t_in_pool = true;
-    const int64_t n = n_, share = 2 * static_cast<int64_t>(threads_);
     try {
-      int64_t i = next_.load(std::memory_order_relaxed);
-      while (i < n) {
-        int64_t take = (n - i) / share;
-        if (take < 1) take = 1;
-        if (!next_.compare_exchange_weak(i, i + take, std::memory_order_relaxed)) continue;  // i reloaded
-        for (const int64_t end = i + take; i < end; ++i) fn_(ctx_, i);
-        i = next_.load(std::memory_order_relaxed);
+      int64_t first, count;
+      for (int k = 0; k < threads_; ++k) {
+        Slot& s = slots_[(self + k) % threads_];  // own range first, then the others'
+        while (claim(s, &first, &count))
+          for (int64_t i = first; i < first + count; ++i) fn_(ctx_, i);
       }
     } catch (...) {
-      std::lock_guard<std::mutex> lk(mu_);
-      if (!error_) error_ = std::current_exception();
-      next_.store(n_, std::memory_order_relaxed);  // stop handing out items
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        if (!error_) error_ = std::current_exception();
+      }
+      for (int t = 0; t < threads_; ++t) slots_[t].next.store(slots_[t].end, std::memory_order_relaxed);
     }
     t_in_pool = false;
   }
 
-  void worker() {
+  // The caller's wait for one worker to leave the job: spin first (a joined worker is at most one
+  // run behind, and a futex round trip costs tens of microseconds in a VM), then sleep.
+  void wait_idle(Slot& s) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int it = 0; s.busy.load(std::memory_order_seq_cst) != 0; ++it) {
+      cpu_relax();
+      if ((it & 63) == 63 && std::chrono::steady_clock::now() - t0 > kDoneSpin) {
+        std::unique_lock<std::mutex> lk(mu_);
+        caller_sleeping_.store(true, std::memory_order_seq_cst);
+        done_cv_.wait(lk, [&] { return s.busy.load(std::memory_order_seq_cst) == 0; });
+        caller_sleeping_.store(false, std::memory_order_relaxed);
+        return;
+      }
+    }
+  }
+
+  void worker(int self) {
+    Slot& mine = slots_[self];
     uint64_t seen = 0;
     for (;;) {
       // Spin briefly on the generation counter, then sleep.
       const auto t0 = std::chrono::steady_clock::now();
       for (int it = 0; generation_.load(std::memory_order_acquire) == seen; ++it) {
         cpu_relax();
-        if ((it & 63) == 63 && std::chrono::steady_clock::now() - t0 > kSpin) break;
-      }
-      {
-        std::unique_lock<std::mutex> lk(mu_);
-        if (generation_.load(std::memory_order_relaxed) == seen) {
-          ++sleepers_;
-          cv_.wait(lk, [&] { return generation_.load(std::memory_order_relaxed) != seen; });
-          --sleepers_;
+        if ((it & 63) == 63 && std::chrono::steady_clock::now() - t0 > kSpin) {
+          std::unique_lock<std::mutex> lk(mu_);
+          sleepers_.fetch_add(1, std::memory_order_seq_cst);
+          cv_.wait(lk, [&] { return generation_.load(std::memory_order_seq_cst) != seen; });
+          sleepers_.fetch_sub(1, std::memory_order_relaxed);
+          break;
         }
-        if (stop_) return;
-        seen = generation_.load(std::memory_order_relaxed);
-        if (!open_) continue;  // woke after the job was closed
-        active_.fetch_add(1, std::memory_order_relaxed);
       }
-      work();
-      if (active_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-        // The caller may be asleep on done_cv_ (its spin ran out): wake it under the mutex, so
-        // the wake-up cannot fall between its check of active_ and its wait.
+      if (stop_.load(std::memory_order_seq_cst)) return;
+      seen = generation_.load(std::memory_order_acquire);
+      mine.busy.store(1, std::memory_order_seq_cst);
+      if (open_.load(std::memory_order_seq_cst)) work(self);
+      mine.busy.store(0, std::memory_order_seq_cst);
+      if (caller_sleeping_.load(std::memory_order_seq_cst)) {
+        // The caller's spin ran out: wake it under the mutex, so the wake-up cannot fall
+        // between its check of busy and its wait.
         std::lock_guard<std::mutex> lk(mu_);
-        done_cv_.notify_one();
+        done_cv_.notify_all();
       }
     }
   }
 
   const int threads_;
+  std::unique_ptr<Slot[]> slots_;
   std::vector<std::thread> workers_;
   std::mutex call_mu_, mu_;
   std::condition_variable cv_, done_cv_;
   void (*fn_)(void*, int64_t) = nullptr;
   void* ctx_ = nullptr;
-  int64_t n_ = 0;
-  std::atomic<int64_t> next_{0};
-  std::atomic<uint64_t> generation_{0};
-  bool open_ = false;
-  std::atomic<int> active_{0};
-  int sleepers_ = 0;
-  bool stop_ = false;
+  alignas(64) std::atomic<uint64_t> generation_{0};
+  std::atomic<bool> open_{false};
+  std::atomic<int> sleepers_{0};
+  std::atomic<bool> caller_sleeping_{false}, stop_{false};
   std::exception_ptr error_;
 };
 
