@@ -235,24 +235,37 @@ void decoder_step(const DecoderConfig& c, const DecoderLayer* layers, int64_t n_
     }
     // One item per (row, KV head): row r (sequence sb, cache index pos + i) sees its sequence's
     // cache indices [start, pos + i]; the query heads of a KV head are consecutive
-    // (transformers' repeat_kv order).
+    // (transformers' repeat_kv order) and read each key and value row once for all of them.
+    // With few such items (one row, 3 KV heads on 2 threads) one thread would run two of three:
+    // then one item per query head instead, each reading its KV head's rows (from L1/L2).
+    // A head's values are the same either way.
+    const int64_t heads_per_item = m * nkv < 4 * num_threads() ? 1 : group;
+    const int64_t items_per_row = nh / heads_per_item;
     auto attend = [&](int64_t item) {
-      const int64_t r = item / nkv, kvh = item % nkv, sb = r / m_seq, i = r % m_seq;
+      const int64_t r = item / items_per_row, h0 = (item % items_per_row) * heads_per_item, kvh = h0 / group;
+      const int64_t sb = r / m_seq, i = r % m_seq;
       const int64_t start = starts ? starts[sb] : 0;
       const int64_t at = sb * seq_stride + (kvh * capacity + start) * hd;
-      thread_local std::vector<float> scores;  // per thread: group x positions
-      attend_kv_head(q + r * qn + kvh * group * hd, group, kc + at, vc + at, pos + i + 1 - start, hd,
-                     c.attn_scale, grow(scores, group * keys_total), att + r * qn + kvh * group * hd);
+      thread_local std::vector<float> scores;  // per thread: heads x positions
+      attend_kv_head(q + r * qn + h0 * hd, heads_per_item, kc + at, vc + at, pos + i + 1 - start, hd,
+                     c.attn_scale, grow(scores, heads_per_item * keys_total), att + r * qn + h0 * hd);
     };
-    if (keys_total * hd * nh * m >= kAttnParallelMinWork) parallel_for(m * nkv, attend);
-    else for (int64_t i = 0; i < m * nkv; ++i) attend(i);
+    if (keys_total * hd * nh * m >= kAttnParallelMinWork) parallel_for(m * items_per_row, attend);
+    else for (int64_t i = 0; i < m * items_per_row; ++i) attend(i);
     linear(L.o, att, m, a);
     for (int64_t j = 0; j < m * H; ++j) h[j] += a[j];
 
     // MLP
     for (int64_t r = 0; r < m; ++r) rms_norm(h + r * H, L.post_norm, H, c.eps, a + r * H);
-    linears<2>({&L.gate, &L.up}, a, m, {g, u});
-    silu_mul(g, u, m * I);  // vectorized: a few microseconds, less than waking the pool
+    if (!L.gate.bias && !L.up.bias && L.gate.w.n == L.up.w.n && L.gate.w.k == L.up.w.k && L.gate.w.group_size == L.up.w.group_size &&
+        L.gate.w.bits == L.up.w.bits && L.gate.w.int8_x == L.up.w.int8_x) {
+      // Each work item gates the tile of rows it computed: no serial pass over g and u after the
+      // job (3 us a layer on SmolLM2, with the pool's other threads waiting).
+      gemm_pair_combine(a, m, L.gate.w, L.up.w, g, silu_mul, kStepParallelMinWork);
+    } else {
+      linears<2>({&L.gate, &L.up}, a, m, {g, u});
+      silu_mul(g, u, m * I);
+    }
     linear(L.down, g, m, a);
     for (int64_t j = 0; j < m * H; ++j) h[j] += a[j];
   }

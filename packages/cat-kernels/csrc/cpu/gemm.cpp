@@ -417,4 +417,34 @@ void gemm_same_x(const float* x, int64_t m, const QWeight* const* w, int count, 
   });
 }
 
+void gemm_pair_combine(const float* x, int64_t m, const QWeight& a, const QWeight& b, float* out,
+                       void (*combine)(float*, const float*, int64_t), int64_t parallel_min_work) {
+  if (a.n != b.n || a.k != b.k || a.group_size != b.group_size || a.bits != b.bits || a.int8_x != b.int8_x)
+    throw std::invalid_argument("gemm_pair_combine: the two weights must have one shape, group size, width and x mode");
+  if (m <= 0 || a.n <= 0) return;
+  const int64_t n = a.n, k = a.k, kp = ceil_div(k, kBlockK) * kBlockK;
+  // gemm_same_x's plan, so each value equals the one it computes.
+  const Plan& plan = cached_plan(kTargetItems * kTileN, k, a.group_size);
+  const int64_t tiles = ceil_div(n, kTileN), mchunks = ceil_div(m, kMChunk);
+  const bool parallel = 2 * n * kp * m >= min_work(parallel_min_work);
+  thread_local Workspace ws;
+  const TrimOnExit trim{ws};
+  detail::GemmPlan ga = gemm_plan(a, m, plan);
+  const ItemFn run = prepare_x(x, DType::f32, m, k, a.int8_x, false, plan, parallel, ws, &ga);
+  detail::GemmPlan gb = gemm_plan(b, m, plan);
+  gb.xf = ga.xf, gb.xs = ga.xs, gb.xq = ga.xq, gb.xd = ga.xd;
+  run_items(parallel, tiles * mchunks, [&](int64_t item) {
+    const int64_t t = item / mchunks, m0 = (item % mchunks) * kMChunk;
+    const int64_t mc = m - m0 < kMChunk ? m - m0 : kMChunk;
+    const int rows = static_cast<int>(n - t * kTileN < kTileN ? n - t * kTileN : kTileN);
+    alignas(64) thread_local float sa[kMChunk * kTileN], sb[kMChunk * kTileN];
+    run(ga, t, 0, m0, mc, sa);
+    run(gb, t, 0, m0, mc, sb);
+    for (int64_t mi = 0; mi < mc; ++mi) {
+      combine(sa + mi * kTileN, sb + mi * kTileN, rows);
+      std::memcpy(out + (m0 + mi) * n + t * kTileN, sa + mi * kTileN, sizeof(float) * rows);
+    }
+  });
+}
+
 }  // namespace cat::cpu

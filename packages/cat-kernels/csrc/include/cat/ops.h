@@ -81,6 +81,14 @@ void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out,
 void gemm_same_x(const float* x, int64_t m, const QWeight* const* w, int count, float* const* out,
                  int64_t parallel_min_work = -1);
 
+// y_a = x a^T and y_b = x b^T for two weights of one shape (n, k, group size, bits), each tile of
+// both computed by one work item, which then calls combine(ya_row, yb_row, count) on the
+// values of each row of x in that tile (count <= 16, in place in ya_row) and stores ya into
+// out [m, a.n]: the gate/up product and the SiLU gating of an MLP as one pool job, without a
+// serial pass over the intermediate after it. Values equal gemm_same_x's for the two weights.
+void gemm_pair_combine(const float* x, int64_t m, const QWeight& a, const QWeight& b, float* out,
+                       void (*combine)(float* ya, const float* yb, int64_t count), int64_t parallel_min_work = -1);
+
 // One decoder step of a Llama-family model (decoder.cpp). Everything float32 except the packed
 // weights' scales; pointers of the norms/biases that a model lacks are null.
 struct DecoderLinear {
