@@ -48,6 +48,20 @@ def _text(path: Path | None, lines: int) -> str:
     return "\n\n".join(rows[:lines] if lines > 0 else rows)
 
 
+# This llama.cpp build's repacked weights (its AMX path on Sapphire Rapids) crash on batched
+# prompts (SIGSEGV in ggml_backend_amx_mul_mat, 2026-12-07, llama-cpp-python 0.3.36; the same
+# with the package's own GGUF files). A tool that dies of a signal is rerun without repacking,
+# and the report says so.
+_NO_REPACK_NOTE = ("without weight repacking (`--no-repack`): this llama.cpp build's repacked AMX path "
+                   "crashes on this CPU (SIGSEGV in ggml_backend_amx_mul_mat)")
+
+
+def _crashed(cmd: list[str]) -> bool:
+    import subprocess
+
+    return subprocess.run(cmd, capture_output=True).returncode < 0
+
+
 def llama_tokens(gguf: Path, text_file: Path) -> list[int]:
     out, _ = _run([str(BIN / "llama-tokenize"), "-m", str(gguf), "-f", str(text_file), "--ids", "--log-disable"])
     found = re.findall(r"^\[[\d, ]*\]$", out, flags=re.M)
@@ -111,9 +125,14 @@ def main() -> None:
     requant = [str(BIN / "llama-quantize"), "--allow-requantize", str(gguf), str(f32), "F32", str(args.threads)]
     _run(requant)  # the report shows the command
     runs = {}
+    notes: set[str] = set()
     for label, path in (("GGUF", gguf), ("F32 copy", f32)):
         cmd = [str(BIN / "llama-perplexity"), "-m", str(path), "-f", str(text_file), "-c", str(args.ctx),
                "-b", str(args.ctx), "--chunks", str(args.chunks), "-t", str(args.threads)]
+        if _crashed(cmd):
+            cmd.append("--no-repack")
+            label += " (no repacking)"
+            notes.add(_NO_REPACK_NOTE)
         out, secs = _run(cmd)
         m = re.search(r"Final estimate: PPL = ([\d.]+) \+/- ([\d.]+)", out)
         runs[label] = (float(m.group(1)), float(m.group(2)), secs, cmd, out)
@@ -134,7 +153,7 @@ def main() -> None:
     report += ["", "```", "$ " + " ".join(requant)]
     for _, _, _, cmd, out in runs.values():
         report += ["$ " + " ".join(cmd), *[ln for ln in out.splitlines() if "estimate" in ln]]
-    report += ["```", ""]
+    report += ["```", ""] + [f"llama.cpp ran {n}.\n" for n in sorted(notes)]
 
     # 3. greedy continuations (llama-simple prints the prompt and what follows on stdout)
     ids = tok(args.prompt, return_tensors="pt")
@@ -144,7 +163,12 @@ def main() -> None:
                "Caterpillar (transformers generate on the native checkpoint, float32):", "", "```", cat_text, "```"]
     for label, path in (("GGUF", gguf), ("F32 copy", f32)):
         cmd = [str(BIN / "llama-simple"), "-m", str(path), "-n", str(args.new_tokens), args.prompt]
+        if _crashed(cmd):  # greedy (--temp 0), raw prompt (-no-cnv): what llama-simple does
+            cmd = [str(BIN / "llama-completion"), "-m", str(path), "-n", str(args.new_tokens), "--temp", "0",
+                   "-t", str(args.threads), "-no-cnv", "--no-repack", "-p", args.prompt]
+            label += f", llama-completion {_NO_REPACK_NOTE}"
         lc_text, _ = _run(cmd, stdout_only=True)
+        lc_text = lc_text.replace("[end of text]", "")
         same = lc_text.strip().removeprefix(tok.bos_token or "") == cat_text.strip()  # llama-simple shows the BOS
         report += ["", f"llama.cpp, {label} (identical to Caterpillar's: {same}):", "",
                    "```", "$ " + " ".join(cmd[:-1]) + f" {json.dumps(args.prompt)}", lc_text.strip(), "```"]
