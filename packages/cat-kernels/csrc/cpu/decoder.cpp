@@ -125,9 +125,14 @@ CAT_CLONES void attend_kv_head(const float* q, int64_t group, const float* K, co
   }
 }
 
-// silu(g) * u in place of g, for n values.
+// silu(g) * u in place of g, for n values. Runs of 16 with a constant trip count: the gate/up
+// job calls it on one tile's 16 values at a time, where a loop of unknown length ran its scalar
+// tail (perf: 4.9% of a step's samples). Every value goes through the same operations either way.
 CAT_CLONES void silu_mul(float* g, const float* u, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) g[j] = g[j] / (1.0f + fast_exp(-g[j])) * u[j];
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16)
+    for (int l = 0; l < 16; ++l) g[j + l] = g[j + l] / (1.0f + fast_exp(-g[j + l])) * u[j + l];
+  for (; j < n; ++j) g[j] = g[j] / (1.0f + fast_exp(-g[j])) * u[j];
 }
 
 void add_bias(float* y, const float* bias, int64_t m, int64_t n) {

@@ -440,10 +440,9 @@ void gemm_pair_combine(const float* x, int64_t m, const QWeight& a, const QWeigh
     alignas(64) thread_local float sa[kMChunk * kTileN], sb[kMChunk * kTileN];
     run(ga, t, 0, m0, mc, sa);
     run(gb, t, 0, m0, mc, sb);
-    for (int64_t mi = 0; mi < mc; ++mi) {
-      combine(sa + mi * kTileN, sb + mi * kTileN, rows);
+    combine(sa, sb, mc * kTileN);  // lanes past n (last tile) are combined, never stored
+    for (int64_t mi = 0; mi < mc; ++mi)
       std::memcpy(out + (m0 + mi) * n + t * kTileN, sa + mi * kTileN, sizeof(float) * rows);
-    }
   });
 }
 

@@ -82,10 +82,11 @@ void gemm_same_x(const float* x, int64_t m, const QWeight* const* w, int count, 
                  int64_t parallel_min_work = -1);
 
 // y_a = x a^T and y_b = x b^T for two weights of one shape (n, k, group size, bits), each tile of
-// both computed by one work item, which then calls combine(ya_row, yb_row, count) on the
-// values of each row of x in that tile (count <= 16, in place in ya_row) and stores ya into
-// out [m, a.n]: the gate/up product and the SiLU gating of an MLP as one pool job, without a
-// serial pass over the intermediate after it. Values equal gemm_same_x's for the two weights.
+// both computed by one work item, which then calls combine(ya, yb, count) on that tile's values
+// for its rows of x ([rows of x][16], in place in ya; lanes past n are combined too but not
+// stored) and stores ya into out [m, a.n]: the gate/up product and the SiLU gating of an MLP as
+// one pool job, without a serial pass over the intermediate after it. Values equal
+// gemm_same_x's for the two weights.
 void gemm_pair_combine(const float* x, int64_t m, const QWeight& a, const QWeight& b, float* out,
                        void (*combine)(float* ya, const float* yb, int64_t count), int64_t parallel_min_work = -1);
 
