@@ -145,12 +145,9 @@ constexpr int64_t kParallelMinConvert = int64_t(1) << 18;
 // M=128, K=1536 it took ~0.13 ms on one thread beside a 0.6 ms product).
 constexpr int64_t kParallelMinConvertQ8 = int64_t(1) << 15;
 
-// Work items handed out per thread of the pool, as runs of consecutive items: a thread then
-// streams through adjacent tiles (one run of memory instead of every other tile, which at one
-// row of x made the 2-thread gemms of a decode step 20% slower), and a few runs per thread
-// still balance uneven progress.
-constexpr int64_t kRunsPerThread = 4;
-
+// Every item goes to the pool, which gives each thread a contiguous range of them
+// (threadpool.cpp): a thread streams through adjacent tiles (interleaved tiles made the 2-thread
+// gemms of a decode step 20% slower), and stealing at the end balances to one item.
 template <class F>
 void run_items(bool parallel, int64_t n, F&& f) {
   if (!parallel) {

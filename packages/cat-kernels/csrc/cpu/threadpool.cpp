@@ -111,7 +111,8 @@ class Pool {
   }
 
  private:
-  // A run from slot s's range: a quarter of what is left there, at least one item; -1 when empty.
+  // A run from slot s's range: a quarter of what is left there, at least one item; false when
+  // the range is empty.
   bool claim(Slot& s, int64_t* first, int64_t* count) {
     int64_t i = s.next.load(std::memory_order_relaxed);
     for (;;) {
