@@ -35,6 +35,21 @@ def run(cmd: list[str], stdout_only: bool = False) -> tuple[str, float]:
     return (p.stdout if stdout_only else p.stdout + "\n" + p.stderr), time.perf_counter() - t0
 
 
+def run_or_fallback(cmd: list[str], fallback: list[str], stdout_only: bool = False) -> tuple[str, float, bool]:
+    """``(output, seconds, fell_back)``: ``cmd``'s, or, when it dies of a signal, ``fallback``'s
+    (which must succeed). This build's repacked weights (its AMX path on Sapphire Rapids) crash on
+    batched prompts (SIGSEGV in ggml_backend_amx_mul_mat, 2026-12-07, llama-cpp-python 0.3.36):
+    the callers fall back to the tools without repacking and say so. Any other failure exits."""
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode < 0:
+        out, secs = run(fallback, stdout_only)
+        return out, secs, True
+    if p.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    return (p.stdout if stdout_only else p.stdout + "\n" + p.stderr), time.perf_counter() - t0, False
+
+
 def requantize(src: Path, dst: Path, typ: str, threads: int, *options: str) -> Path:
     """``llama-quantize --allow-requantize [options] src dst typ threads``; returns ``dst``."""
     run([str(BIN / "llama-quantize"), "--allow-requantize", *options, str(src), str(dst), typ, str(threads)])

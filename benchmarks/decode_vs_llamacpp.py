@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,8 +45,6 @@ import _llamacpp as L  # noqa: E402
 import _models as M  # noqa: E402
 from cat_apps.bench import dram_read_gbs, step_read_bytes  # noqa: E402
 from decode_profile import greedy_steps, quantize_body  # noqa: E402
-
-
 
 # ------------------------------------------------------------------ llama.cpp
 
@@ -70,18 +67,12 @@ def llama_bench(path: Path, threads: int, tokens: int, prefill: int, reps: int) 
     2026-12-07, llama-cpp-python 0.3.36), it is rerun with ``--repack 0``, and the row says so."""
     out: dict[str, float | str] = {}
     for key, args in (("decode", ["-p", "0", "-n", str(tokens)]), ("prefill", ["-p", str(prefill), "-n", "0"])):
-        for extra in ([], ["--repack", "0"]):
-            cmd = [str(L.BIN / "llama-bench"), "-m", str(path), "-t", str(threads), "-r", str(reps), "-o", "json",
-                   *args, *extra]
-            p = subprocess.run(cmd, capture_output=True, text=True)
-            if p.returncode == 0:
-                break
-            if p.returncode > 0 or extra:
-                sys.exit(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-2000:]}")
-        rows = json.loads(p.stdout)
+        cmd = [str(L.BIN / "llama-bench"), "-m", str(path), "-t", str(threads), "-r", str(reps), "-o", "json", *args]
+        stdout, _, fell_back = L.run_or_fallback(cmd, cmd + ["--repack", "0"], stdout_only=True)
+        rows = json.loads(stdout)
         out[key] = float(rows[0]["avg_ts"])
         out[key + "_sd"] = float(rows[0]["stddev_ts"])
-        out[key + "_note"] = " ".join(extra)
+        out[key + "_note"] = "--repack 0" if fell_back else ""
     return out
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _llamacpp import BIN, REPO  # noqa: E402
+from _llamacpp import BIN, REPO, run_or_fallback  # noqa: E402
 from _llamacpp import run as _run  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
@@ -48,18 +48,8 @@ def _text(path: Path | None, lines: int) -> str:
     return "\n\n".join(rows[:lines] if lines > 0 else rows)
 
 
-# This llama.cpp build's repacked weights (its AMX path on Sapphire Rapids) crash on batched
-# prompts (SIGSEGV in ggml_backend_amx_mul_mat, 2026-12-07, llama-cpp-python 0.3.36; the same
-# with the package's own GGUF files). A tool that dies of a signal is rerun without repacking,
-# and the report says so.
 _NO_REPACK_NOTE = ("without weight repacking (`--no-repack`): this llama.cpp build's repacked AMX path "
                    "crashes on this CPU (SIGSEGV in ggml_backend_amx_mul_mat)")
-
-
-def _crashed(cmd: list[str]) -> bool:
-    import subprocess
-
-    return subprocess.run(cmd, capture_output=True).returncode < 0
 
 
 def llama_tokens(gguf: Path, text_file: Path) -> list[int]:
@@ -129,11 +119,11 @@ def main() -> None:
     for label, path in (("GGUF", gguf), ("F32 copy", f32)):
         cmd = [str(BIN / "llama-perplexity"), "-m", str(path), "-f", str(text_file), "-c", str(args.ctx),
                "-b", str(args.ctx), "--chunks", str(args.chunks), "-t", str(args.threads)]
-        if _crashed(cmd):
+        out, secs, fell_back = run_or_fallback(cmd, cmd + ["--no-repack"])
+        if fell_back:
             cmd.append("--no-repack")
             label += " (no repacking)"
             notes.add(_NO_REPACK_NOTE)
-        out, secs = _run(cmd)
         m = re.search(r"Final estimate: PPL = ([\d.]+) \+/- ([\d.]+)", out)
         runs[label] = (float(m.group(1)), float(m.group(2)), secs, cmd, out)
     add_bos = tok("a", add_special_tokens=True)["input_ids"][:1] == [tok.bos_token_id]
@@ -163,11 +153,13 @@ def main() -> None:
                "Caterpillar (transformers generate on the native checkpoint, float32):", "", "```", cat_text, "```"]
     for label, path in (("GGUF", gguf), ("F32 copy", f32)):
         cmd = [str(BIN / "llama-simple"), "-m", str(path), "-n", str(args.new_tokens), args.prompt]
-        if _crashed(cmd):  # greedy (--temp 0), raw prompt (-no-cnv): what llama-simple does
-            cmd = [str(BIN / "llama-completion"), "-m", str(path), "-n", str(args.new_tokens), "--temp", "0",
-                   "-t", str(args.threads), "-no-cnv", "--no-repack", "-p", args.prompt]
+        # the fallback: greedy (--temp 0) on the raw prompt (-no-cnv), what llama-simple does
+        completion = [str(BIN / "llama-completion"), "-m", str(path), "-n", str(args.new_tokens), "--temp", "0",
+                      "-t", str(args.threads), "-no-cnv", "--no-repack", "-p", args.prompt]
+        lc_text, _, fell_back = run_or_fallback(cmd, completion, stdout_only=True)
+        if fell_back:
+            cmd = completion
             label += f", llama-completion {_NO_REPACK_NOTE}"
-        lc_text, _ = _run(cmd, stdout_only=True)
         lc_text = lc_text.replace("[end of text]", "")
         same = lc_text.strip().removeprefix(tok.bos_token or "") == cat_text.strip()  # llama-simple shows the BOS
         report += ["", f"llama.cpp, {label} (identical to Caterpillar's: {same}):", "",
