@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import threading
 
+import cat_kernels as ck
 import numpy as np
 import pytest
-
-import cat_kernels as ck
-from cat_kernels import _C
 from _cases import make_case
+from cat_kernels import _C
 
 # (n, k, group size): 1 to ~200 tiles, with and without split K, odd sizes.
 SHAPES = [(16, 64, 32), (40, 4096, 128), (333, 576, 64), (1000, 96, 32), (3100, 200, -1)]
@@ -44,7 +43,7 @@ def test_back_to_back_jobs_and_concurrent_callers(rng, threads):
     _C._set_num_threads(threads)
     for _ in range(20):  # hundreds of jobs of 1 to ~800 items, back to back
         got = _products(weights, xs)
-        for a, b in zip(want, got):
+        for a, b in zip(want, got, strict=True):
             np.testing.assert_array_equal(a, b)
 
     errors: list[str] = []

@@ -262,8 +262,7 @@ void decoder_step(const DecoderConfig& c, const DecoderLayer* layers, int64_t n_
 
     // MLP
     for (int64_t r = 0; r < m; ++r) rms_norm(h + r * H, L.post_norm, H, c.eps, a + r * H);
-    if (!L.gate.bias && !L.up.bias && L.gate.w.n == L.up.w.n && L.gate.w.k == L.up.w.k && L.gate.w.group_size == L.up.w.group_size &&
-        L.gate.w.bits == L.up.w.bits && L.gate.w.int8_x == L.up.w.int8_x) {
+    if (!L.gate.bias && !L.up.bias && pair_combinable(L.gate.w, L.up.w)) {
       // Each work item gates the tile of rows it computed: no serial pass over g and u after the
       // job (3 us a layer on SmolLM2, with the pool's other threads waiting).
       gemm_pair_combine(a, m, L.gate.w, L.up.w, g, silu_mul, kStepParallelMinWork);

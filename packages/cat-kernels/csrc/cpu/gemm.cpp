@@ -326,6 +326,24 @@ ItemFn prepare_x(const void* x, DType x_dtype, int64_t m, int64_t k, bool int8_x
   return detail::active_kernels().gemm_item;
 }
 
+// Plans for `count` weights that read one float32 x (same K and group size), in gp[0..count), with
+// x converted once for all of them; returns the work item function. The plan is that of a weight
+// with enough tiles not to split K: its segments then depend on K and the group size only, so one
+// converted x and one set of segment sums serve every weight.
+ItemFn shared_x_plans(const float* x, int64_t m, const QWeight* const* w, int count, bool parallel, Workspace& ws,
+                      detail::GemmPlan* gp) {
+  const Plan& plan = cached_plan(kTargetItems * kTileN, w[0]->k, w[0]->group_size);
+  bool mixed = false;
+  for (int i = 1; i < count; ++i) mixed = mixed || w[i]->bits != w[0]->bits;
+  gp[0] = gemm_plan(*w[0], m, plan);
+  const ItemFn run = prepare_x(x, DType::f32, m, w[0]->k, w[0]->int8_x, mixed, plan, parallel, ws, &gp[0]);
+  for (int i = 1; i < count; ++i) {
+    gp[i] = gemm_plan(*w[i], m, plan);
+    gp[i].xf = gp[0].xf, gp[i].xs = gp[0].xs, gp[i].xq = gp[0].xq, gp[i].xd = gp[0].xd;
+  }
+  return run;
+}
+
 }  // namespace
 
 void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out, int64_t parallel_min_work) {
@@ -379,10 +397,7 @@ void gemm_same_x(const float* x, int64_t m, const QWeight* const* w, int count, 
                  int64_t parallel_min_work) {
   if (m <= 0 || count <= 0) return;
   if (count > 8) throw std::invalid_argument("gemm_same_x: at most 8 weights");
-  const int64_t k = w[0]->k, kp = ceil_div(k, kBlockK) * kBlockK;
-  // The plan of a weight with enough tiles not to split K: the segments then depend on K and
-  // the group size only, so one converted x and one set of segment sums serve every weight.
-  const Plan& plan = cached_plan(kTargetItems * kTileN, k, w[0]->group_size);
+  const int64_t kp = ceil_div(w[0]->k, kBlockK) * kBlockK;
   int64_t first_tile[9] = {0};
   int64_t weights_rows = 0;
   for (int i = 0; i < count; ++i) {
@@ -394,14 +409,7 @@ void gemm_same_x(const float* x, int64_t m, const QWeight* const* w, int count, 
   thread_local Workspace ws;
   const TrimOnExit trim{ws};
   detail::GemmPlan gp[8];
-  gp[0] = gemm_plan(*w[0], m, plan);
-  bool mixed = false;
-  for (int i = 1; i < count; ++i) mixed = mixed || w[i]->bits != w[0]->bits;
-  const ItemFn run = prepare_x(x, DType::f32, m, k, w[0]->int8_x, mixed, plan, parallel, ws, &gp[0]);
-  for (int i = 1; i < count; ++i) {
-    gp[i] = gemm_plan(*w[i], m, plan);
-    gp[i].xf = gp[0].xf, gp[i].xs = gp[0].xs, gp[i].xq = gp[0].xq, gp[i].xd = gp[0].xd;
-  }
+  const ItemFn run = shared_x_plans(x, m, w, count, parallel, ws, gp);
   run_items(parallel, items, [&](int64_t item) {
     const int64_t tile = item / mchunks, m0 = (item % mchunks) * kMChunk;
     int wi = 0;
@@ -416,20 +424,19 @@ void gemm_same_x(const float* x, int64_t m, const QWeight* const* w, int count, 
 
 void gemm_pair_combine(const float* x, int64_t m, const QWeight& a, const QWeight& b, float* out,
                        void (*combine)(float*, const float*, int64_t), int64_t parallel_min_work) {
-  if (a.n != b.n || a.k != b.k || a.group_size != b.group_size || a.bits != b.bits || a.int8_x != b.int8_x)
+  if (!pair_combinable(a, b))
     throw std::invalid_argument("gemm_pair_combine: the two weights must have one shape, group size, width and x mode");
   if (m <= 0 || a.n <= 0) return;
-  const int64_t n = a.n, k = a.k, kp = ceil_div(k, kBlockK) * kBlockK;
-  // gemm_same_x's plan, so each value equals the one it computes.
-  const Plan& plan = cached_plan(kTargetItems * kTileN, k, a.group_size);
+  const int64_t n = a.n, kp = ceil_div(a.k, kBlockK) * kBlockK;
   const int64_t tiles = ceil_div(n, kTileN), mchunks = ceil_div(m, kMChunk);
   const bool parallel = 2 * n * kp * m >= min_work(parallel_min_work);
   thread_local Workspace ws;
   const TrimOnExit trim{ws};
-  detail::GemmPlan ga = gemm_plan(a, m, plan);
-  const ItemFn run = prepare_x(x, DType::f32, m, k, a.int8_x, false, plan, parallel, ws, &ga);
-  detail::GemmPlan gb = gemm_plan(b, m, plan);
-  gb.xf = ga.xf, gb.xs = ga.xs, gb.xq = ga.xq, gb.xd = ga.xd;
+  // gemm_same_x's plans, so each value equals the one it computes.
+  const QWeight* const w[2] = {&a, &b};
+  detail::GemmPlan gp[2];
+  const ItemFn run = shared_x_plans(x, m, w, 2, parallel, ws, gp);
+  const detail::GemmPlan &ga = gp[0], &gb = gp[1];
   run_items(parallel, tiles * mchunks, [&](int64_t item) {
     const int64_t t = item / mchunks, m0 = (item % mchunks) * kMChunk;
     const int64_t mc = m - m0 < kMChunk ? m - m0 : kMChunk;

@@ -81,12 +81,15 @@ void gemm(const void* x, DType x_dtype, int64_t m, const QWeight& w, void* out,
 void gemm_same_x(const float* x, int64_t m, const QWeight* const* w, int count, float* const* out,
                  int64_t parallel_min_work = -1);
 
-// y_a = x a^T and y_b = x b^T for two weights of one shape (n, k, group size, bits), each tile of
-// both computed by one work item, which then calls combine(ya, yb, count) on that tile's values
-// for its rows of x ([rows of x][16], in place in ya; lanes past n are combined too but not
-// stored) and stores ya into out [m, a.n]: the gate/up product and the SiLU gating of an MLP as
-// one pool job, without a serial pass over the intermediate after it. Values equal
-// gemm_same_x's for the two weights.
+// y_a = x a^T and y_b = x b^T for two weights of one layout (pair_combinable: n, k, group size,
+// bits, x mode), each tile of both computed by one work item, which then calls
+// combine(ya, yb, count) on that tile's values for its rows of x ([rows of x][16], in place in
+// ya; lanes past n are combined too but not stored) and stores ya into out [m, a.n]: the gate/up
+// product and the SiLU gating of an MLP as one pool job, without a serial pass over the
+// intermediate after it. Values equal gemm_same_x's for the two weights.
+inline bool pair_combinable(const QWeight& a, const QWeight& b) {
+  return a.n == b.n && a.k == b.k && a.group_size == b.group_size && a.bits == b.bits && a.int8_x == b.int8_x;
+}
 void gemm_pair_combine(const float* x, int64_t m, const QWeight& a, const QWeight& b, float* out,
                        void (*combine)(float* ya, const float* yb, int64_t count), int64_t parallel_min_work = -1);
 
