@@ -27,7 +27,7 @@ from cat_core.quant import dequantize, quantize_tensor  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# from GPTQ's codes (the default start is importance rounding's, covered by test_importance_round.py)
+# from GPTQ's codes, spelled out (the default start too; importance rounding's start is covered by test_importance_round.py)
 LEARN = dataclasses.replace(CFG, rounding="learned", learned_round_iters=24, learned_round_batch=2, learned_round_lr=0.01,
                             learned_round_samples=8, learned_round_init="gptq")
 
