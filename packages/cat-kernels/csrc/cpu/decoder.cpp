@@ -215,6 +215,13 @@ void decoder_step(const DecoderConfig& c, const DecoderLayer* layers, int64_t n_
   const int64_t seq_stride = nkv * capacity * hd;  // kv: [layers, 2, batch, kv_heads, capacity, hd]
   const int64_t layer_stride = 2 * batch * seq_stride;
   const int64_t keys_total = pos + m_seq;
+  // Attention items: one per (row, KV head), whose query heads are consecutive (transformers'
+  // repeat_kv order) and read each key and value row once for all of them. With few such items
+  // (one row, 3 KV heads on 2 threads) one thread would run two of three: then one item per query
+  // head instead, each reading its KV head's rows (from L1/L2). A head's values are the same
+  // either way.
+  const int64_t heads_per_item = m * nkv < 4 * num_threads() ? 1 : group;
+  const int64_t items_per_row = nh / heads_per_item;
 
   for (int64_t li = 0; li < n_layers; ++li) {
     const DecoderLayer& L = layers[li];
@@ -238,14 +245,7 @@ void decoder_step(const DecoderConfig& c, const DecoderLayer* layers, int64_t n_
         std::memcpy(vc + at, v + r * kvn + hh * hd, sizeof(float) * hd);
       }
     }
-    // One item per (row, KV head): row r (sequence sb, cache index pos + i) sees its sequence's
-    // cache indices [start, pos + i]; the query heads of a KV head are consecutive
-    // (transformers' repeat_kv order) and read each key and value row once for all of them.
-    // With few such items (one row, 3 KV heads on 2 threads) one thread would run two of three:
-    // then one item per query head instead, each reading its KV head's rows (from L1/L2).
-    // A head's values are the same either way.
-    const int64_t heads_per_item = m * nkv < 4 * num_threads() ? 1 : group;
-    const int64_t items_per_row = nh / heads_per_item;
+    // Row r (sequence sb, cache index pos + i) sees its sequence's cache indices [start, pos + i].
     auto attend = [&](int64_t item) {
       const int64_t r = item / items_per_row, h0 = (item % items_per_row) * heads_per_item, kvh = h0 / group;
       const int64_t sb = r / m_seq, i = r % m_seq;
