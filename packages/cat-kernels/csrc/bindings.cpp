@@ -539,10 +539,11 @@ NB_MODULE(_C, m) {
         nb::arg("bits"),
         "Whether int8_activations runs integer dot products for bits-bit weights on the active path.");
   m.def("_set_isa", [](const std::string& name) { cat::cpu::detail::set_isa(name.c_str()); },
-        nb::arg("name"), "Force a CPU kernel path ('scalar', 'avx2', 'avx512'); '' restores the default.");
+        nb::arg("name"), "Force a CPU kernel path ('scalar', 'avx2', 'avx512', 'amx'); '' restores the default.");
   m.def("_available_isas", [] {
     std::vector<std::string> r;
-    for (auto i : {cat::cpu::detail::Isa::scalar, cat::cpu::detail::Isa::avx2, cat::cpu::detail::Isa::avx512})
+    for (auto i : {cat::cpu::detail::Isa::scalar, cat::cpu::detail::Isa::avx2, cat::cpu::detail::Isa::avx512,
+                   cat::cpu::detail::Isa::amx})
       if (cat::cpu::detail::isa_supported(i)) r.push_back(cat::cpu::detail::isa_name(i));
     return r;
   });

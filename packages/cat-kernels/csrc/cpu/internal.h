@@ -9,7 +9,9 @@
 
 namespace cat::cpu::detail {
 
-enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2 };
+// amx: the avx512 kernels, plus AMX-BF16 tiles for float x products of kAmxMinRows rows or more
+// (kernels_amx.cpp).
+enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2, amx = 3 };
 
 // Blocks [b0, b1) of the row, all inside group g. A segment is the unit after which the
 // accumulated dot products are scaled and folded into the output.
@@ -37,6 +39,13 @@ struct GemmPlan {
   // dword j of row m0 + i at xq[m0 * kp / 4 + j * mr + i], block b at xd[m0 * nb + b * mr + i].
   const int32_t* xq = nullptr;
   const float* xd = nullptr;
+  // AMX (amx_gemm_item): x as xb_pieces bfloat16 pieces (kernels_amx.cpp), each piece
+  // [xb_rows / 16][nb][16][32] (rows m .. xb_rows, a multiple of 16, zero): the tile of rows
+  // 16 u .. 16 u + 16 and block b of piece i is the 1 KB at xb + ((i * xb_rows + 16 u) * nb + 16 b) * 32,
+  // so a tile load reads contiguous memory (rows kp apart would all fall into a few cache sets).
+  const uint16_t* xb = nullptr;
+  int64_t xb_rows = 0;
+  int xb_pieces = 0;
   const Segment* segments = nullptr;
   const int32_t* split_begin = nullptr;  // [splits + 1]
 };
@@ -88,6 +97,16 @@ const Kernels& active_kernels();
 // avx512 CPUs without VNNI; else null: the float kernels then run on x rounded to int8 and back
 // (same values, float arithmetic).
 const Q8Kernel* active_q8_kernel(int bits);
+// The AMX path (Isa::amx): work item of a float-x product over GemmPlan::xb, and the split of
+// one zero-padded float32 row of kp columns into its bfloat16 pieces (l / r may be null: fewer
+// pieces). Only called when active_isa() is amx.
+#if defined(CAT_KERNELS_X86)
+void amx_gemm_item(const GemmPlan& plan, int64_t tile, int64_t split, int64_t m0, int64_t m_count, float* part);
+// h / l / r point at the row's first value in its pieces' layout (GemmPlan::xb).
+void amx_split_row(const float* row, int64_t kp, uint16_t* h, uint16_t* l, uint16_t* r);
+#endif
+// Fewest rows of float x that the amx path multiplies on tiles (fewer take the avx512 kernels).
+constexpr int64_t kAmxMinRows = 16;
 const char* isa_name(Isa isa);
 bool isa_supported(Isa isa);
 // "" = back to CAT_KERNELS_ISA / best available; otherwise a name (throws if unusable).

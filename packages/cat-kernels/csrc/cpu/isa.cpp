@@ -3,6 +3,13 @@
 // table returned here, after the CPU said it supports them.
 #include <atomic>
 #include <cstdlib>
+#if defined(CAT_KERNELS_X86)
+#include <cpuid.h>
+#endif
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #include <stdexcept>
 #include <string>
 
@@ -18,11 +25,13 @@ bool parse(const std::string& s, Isa* out) {
   if (s == "scalar") *out = Isa::scalar;
   else if (s == "avx2") *out = Isa::avx2;
   else if (s == "avx512") *out = Isa::avx512;
+  else if (s == "amx") *out = Isa::amx;
   else return false;
   return true;
 }
 
 Isa best() {
+  if (isa_supported(Isa::amx)) return Isa::amx;
   if (isa_supported(Isa::avx512)) return Isa::avx512;
   if (isa_supported(Isa::avx2)) return Isa::avx2;
   return Isa::scalar;
@@ -32,6 +41,7 @@ std::string available_list() {
   std::string s = "scalar";
   if (isa_supported(Isa::avx2)) s += ", avx2";
   if (isa_supported(Isa::avx512)) s += ", avx512";
+  if (isa_supported(Isa::amx)) s += ", amx";
   return s;
 }
 
@@ -40,11 +50,32 @@ Isa resolve(const std::string& name, const char* what) {
   Isa isa;
   if (!parse(name, &isa))
     throw std::invalid_argument(std::string(what) + "='" + name +
-                                "' is not a kernel path; expected one of scalar, avx2, avx512");
+                                "' is not a kernel path; expected one of scalar, avx2, avx512, amx");
   if (!isa_supported(isa))
     throw std::runtime_error(std::string(what) + "='" + name +
                              "' is not supported by this CPU (or build); available: " + available_list());
   return isa;
+}
+
+// AMX-TILE and AMX-BF16 in CPUID, the tile state enabled by the OS (XCR0 bits 17-18), and this
+// process granted it: Linux hands the 8 KB tile state to a process only on request.
+bool amx_ready() {
+#if defined(CAT_KERNELS_X86) && defined(__linux__)
+  static const bool ready = [] {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    if (!(d >> 22 & 1u) || !(d >> 24 & 1u)) return false;   // AMX-BF16, AMX-TILE
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c >> 27 & 1u)) return false;  // OSXSAVE
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo >> 17 & 3u) != 3u) return false;
+    constexpr int kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return ready;
+#else
+  return false;
+#endif
 }
 
 }  // namespace
@@ -59,6 +90,8 @@ bool isa_supported(Isa isa) {
     case Isa::avx512:
       return isa_supported(Isa::avx2) && __builtin_cpu_supports("avx512f") &&
              __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+    case Isa::amx:
+      return isa_supported(Isa::avx512) && amx_ready();
 #endif
     default: return false;
   }
@@ -68,6 +101,7 @@ const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::avx2: return "avx2";
     case Isa::avx512: return "avx512";
+    case Isa::amx: return "amx";
     default: return "scalar";
   }
 }
@@ -106,8 +140,9 @@ const Q8Kernel* active_q8_kernel(int bits) {
   const Q8Kernel* k = nullptr;
 #if defined(CAT_KERNELS_X86)
   const Isa isa = active_isa();
-  if (isa == Isa::avx512 && vnni_supported()) k = &q8_avx512_vnni;
-  else if (isa == Isa::avx512 || isa == Isa::avx2) k = &q8_avx2;
+  const bool avx512 = isa == Isa::avx512 || isa == Isa::amx;
+  if (avx512 && vnni_supported()) k = &q8_avx512_vnni;
+  else if (avx512 || isa == Isa::avx2) k = &q8_avx2;
 #endif
   return k && (k->bits_mask >> bits & 1u) ? k : nullptr;
 }
@@ -115,6 +150,7 @@ const Q8Kernel* active_q8_kernel(int bits) {
 const Kernels& active_kernels() {
   switch (active_isa()) {
 #if defined(CAT_KERNELS_X86)
+    case Isa::amx:
     case Isa::avx512: return kernels_avx512;
     case Isa::avx2: return kernels_avx2;
 #endif

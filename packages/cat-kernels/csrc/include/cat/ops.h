@@ -122,7 +122,8 @@ struct DecoderConfig {
 void decoder_step(const DecoderConfig& c, const DecoderLayer* layers, int64_t n_layers, const float* x,
                   int64_t batch, int64_t m, int64_t pos, float* kv, int64_t capacity, float* out,
                   const int64_t* starts = nullptr);
-// "scalar", "avx2" or "avx512": the code path gemm/dequantize use on this CPU.
+// "scalar", "avx2", "avx512" or "amx" (avx512 plus AMX tiles for float-x products of many rows):
+// the code path gemm/dequantize use on this CPU.
 std::string isa();
 }  // namespace cpu
 
