@@ -1,5 +1,14 @@
+"""The kernels' amx path (AMX-BF16 tiles, float x of 16+ rows) against their avx512 path and
+torch's float32 matmul of the dequantized weight, by shape and M (4-bit g64 unless a width is
+given; ms, median of 5 via _models.median_ms; the two paths alternate within one process):
+
+    python benchmarks/probes/amx_gemm.py [BITS]
+
+Needs a CPU with AMX (``amx`` in ``cat_kernels.build_info()["cpu_isas"]``).
+"""
 import sys, torch
-sys.path.insert(0, "/work/main/benchmarks")
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import _models as M
 from cat_core.nn import QuantLinear
 from cat_core.quant import quantize_tensor
