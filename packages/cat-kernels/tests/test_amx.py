@@ -68,6 +68,7 @@ def test_exact_split_of_float32(rng):
     assert (np.abs(y.astype(np.float64) - y_float) <= 1e-5 * scale + 1e-30).all()
 
 
+@pytest.mark.torch
 @needs_amx
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_x(rng, dtype):

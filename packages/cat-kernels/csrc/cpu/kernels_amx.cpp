@@ -36,18 +36,13 @@
 namespace cat::cpu::detail {
 namespace {
 
+#include "ops_avx512.h"
+#include "kernels_impl.h"
+
+// kernels_impl.h's helpers, under the names it uses (it undefines them at its end).
 #define CAT_AI inline __attribute__((always_inline))
 #define CAT_AIL __attribute__((always_inline))
 #define CAT_CV(ic) decltype(ic)::value
-
-template <class F, int... I>
-CAT_AI void unroll_seq(F&& f, std::integer_sequence<int, I...>) {
-  (f(std::integral_constant<int, I>{}), ...);
-}
-template <int N, class F>
-CAT_AI void unroll(F&& f) {
-  unroll_seq(f, std::make_integer_sequence<int, N>{});
-}
 
 struct alignas(64) TileConfig {
   uint8_t palette_id = 1;
