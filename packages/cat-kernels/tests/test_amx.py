@@ -110,3 +110,28 @@ def test_deterministic_across_threads(rng):
     for threads in (1, 2, 3):
         _C._set_num_threads(threads)
         np.testing.assert_array_equal(base, _gemm(case, x, 128))
+
+
+@needs_amx
+@pytest.mark.parametrize("bits,group_size", [(4, 32), (3, -1)])
+def test_decoder_prompt_on_tiles(rng, bits, group_size):
+    """A native decoder step over a 2 x 21-token prompt runs its fused q/k/v (gemm_same_x) and
+    gate/up (gemm_pair_combine) products on the amx path (42 rows); hidden states and the KV
+    cache match the float64 reference, then single tokens continue from that cache."""
+    from test_decoder import _Model, _close
+
+    _C._set_isa("amx")
+    model = _Model(rng, bits=bits, group_size=group_size)
+    batch, total = 2, 23
+    emb = rng.standard_normal((batch, total, model.hidden)).astype(np.float32)
+    kv = np.full(model.dec.kv_shape(total, batch), np.nan, np.float32)
+    out = np.empty((batch, model.hidden), np.float32)
+    pos = 0
+    for m in (21, 1, 1):
+        model.dec.step(np.ascontiguousarray(emb[:, pos:pos + m]), pos, kv, out)
+        pos += m
+        for b in range(batch):
+            ref, keys, values = model.forward(emb[b, :pos])
+            _close(out[b], ref, f"sequence {b}: hidden after {pos} tokens")
+            _close(kv[:, 0, b, :, :pos], keys, f"sequence {b}: keys after {pos} tokens")
+            _close(kv[:, 1, b, :, :pos], values, f"sequence {b}: values after {pos} tokens")
