@@ -122,3 +122,21 @@ def test_nested_settings_errors_name_the_field(make, match):
 def test_unknown_keyword_is_a_type_error():
     with pytest.raises(TypeError, match="n_grids"):
         QuantConfig(n_grids=3)
+
+
+def test_auto_rounding_follows_the_format():
+    """rounding="auto" (the default): learned rounding from importance codes, searches off, at
+    Q4_0's format (4-bit symmetric g32); from GPTQ codes, searches on, elsewhere; an explicit start
+    or min/max tuning keeps GPTQ's default start."""
+    from cat_core.config import GPTQ, Importance, Learned
+
+    q4_0 = QuantConfig(bits=4, group_size=32, sym=True)
+    assert q4_0.rounding == Learned(init=Importance())
+    assert q4_0.scales is None and q4_0.clip is None
+    for other in (QuantConfig(bits=4, group_size=32), QuantConfig(bits=4, group_size=64, sym=True),
+                  QuantConfig(bits=3, group_size=32, sym=True), QuantConfig()):
+        assert other.rounding == Learned(init=GPTQ())
+        assert other.scales is not None and other.clip is not None
+    assert QuantConfig(bits=4, group_size=32, sym=True, learned_round_init="gptq").rounding.init == GPTQ()
+    assert QuantConfig(bits=4, group_size=32, sym=True, learned_round_minmax=True).rounding.minmax
+    assert QuantConfig(bits=4, group_size=32, sym=True, rounding="learned").rounding == Learned()
