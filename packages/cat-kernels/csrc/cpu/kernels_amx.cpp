@@ -24,9 +24,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
-#include <new>
 #include <type_traits>
 #include <utility>
 
@@ -150,31 +148,15 @@ void item(const GemmPlan& p, int64_t t, int64_t s, int64_t m0, int64_t mc, float
   const uint16_t* xa = p.xb + m0 * p.kp;
   alignas(64) float c[16 * 16];
   for (int64_t i = 0; i < mc * 16; ++i) part[i] = 0.0f;
-  // The split's codes are decoded before any tile reads them: a tile load of data that vector
-  // stores have just written waits for them to leave the store buffer (decoding each block right
-  // before its load made a 2048 x 2048 product at M = 512 5x slower than without the decode).
-  const int32_t b_lo = p.segments[p.split_begin[s]].b0;
-  thread_local uint32_t* codes = nullptr;
-  thread_local int64_t codes_blocks = 0;
-  const int64_t nblk = p.segments[p.split_begin[s + 1] - 1].b1 - b_lo;
-  if (codes_blocks < nblk) {
-    std::free(codes);
-    codes = static_cast<uint32_t*>(std::aligned_alloc(64, static_cast<size_t>(nblk) * 1024));
-    if (!codes) throw std::bad_alloc();
-    codes_blocks = nblk;
-  }
-  for (int32_t si = p.split_begin[s]; si < p.split_begin[s + 1]; ++si) {
-    const Segment seg = p.segments[si];
-    const __m512i z = zero_points<BITS>(p, t, seg.g);
-    for (int32_t blk = seg.b0; blk < seg.b1; ++blk)
-      decode_block<BITS>(tile_words + static_cast<int64_t>(blk) * BITS * 16, z, codes + (blk - b_lo) * 256);
-  }
+  alignas(64) uint32_t b[16 * 16];
   load_config();
   for (int32_t si = p.split_begin[s]; si < p.split_begin[s + 1]; ++si) {
     const Segment seg = p.segments[si];
+    const __m512i z = zero_points<BITS>(p, t, seg.g);
     unroll<NT>([&](auto mt) CAT_AIL { c_zero<CAT_CV(mt)>(); });
     for (int32_t blk = seg.b0; blk < seg.b1; ++blk) {
-      _tile_loadd(3, codes + (blk - b_lo) * 256, 64);
+      decode_block<BITS>(tile_words + static_cast<int64_t>(blk) * BITS * 16, z, b);
+      _tile_loadd(3, b, 64);
       unroll<NT>([&](auto mti) CAT_AIL {
         constexpr int mt = CAT_CV(mti);
         const uint16_t* a = xa + mt * 16 * p.kp + blk * 512;
