@@ -117,18 +117,6 @@ CAT_AI void decode_block(const int32_t* wp, __m512i z, uint32_t* b) {
   });
 }
 
-// Zero points of group g for the 16 rows of tile t (the symmetric 2^(BITS-1) without them).
-template <int BITS>
-CAT_AI __m512i zero_points(const GemmPlan& p, int64_t t, int64_t g) {
-  if (!p.w.zeros) return _mm512_set1_epi32(1 << (BITS - 1));
-  const int64_t pos = int64_t{BITS} * g;
-  const int32_t* zw = p.w.zeros + (t * p.zw + (pos >> 5)) * 16;
-  const int off = static_cast<int>(pos & 31);
-  __m512i z = _mm512_srl_epi32(_mm512_loadu_si512(zw), _mm_cvtsi32_si128(off));
-  if (off + BITS > 32) z = _mm512_or_si512(z, _mm512_sll_epi32(_mm512_loadu_si512(zw + 16), _mm_cvtsi32_si128(32 - off)));
-  return _mm512_and_si512(z, _mm512_set1_epi32((1 << BITS) - 1));
-}
-
 // Scales of group g for the 16 rows of tile t (padded rows: 0, so they add nothing).
 CAT_AI __m512 group_scales(const GemmPlan& p, int64_t t, int rows, int64_t g) {
   alignas(64) float s[16];
@@ -152,7 +140,7 @@ void item(const GemmPlan& p, int64_t t, int64_t s, int64_t m0, int64_t mc, float
   load_config();
   for (int32_t si = p.split_begin[s]; si < p.split_begin[s + 1]; ++si) {
     const Segment seg = p.segments[si];
-    const __m512i z = zero_points<BITS>(p, t, seg.g);
+    const __m512i z = zero_codes<Ops, BITS>(p, t, seg.g);
     unroll<NT>([&](auto mt) CAT_AIL { c_zero<CAT_CV(mt)>(); });
     for (int32_t blk = seg.b0; blk < seg.b1; ++blk) {
       decode_block<BITS>(tile_words + static_cast<int64_t>(blk) * BITS * 16, z, b);

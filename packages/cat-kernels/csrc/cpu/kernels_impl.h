@@ -138,19 +138,23 @@ CAT_AI typename O::VF decode_value_rt(const int32_t* wp, int v, typename O::VI m
   return O::mant(w, mask, one);
 }
 
-// 16 zero points (one per row of tile t) of group g, as floats, plus the decode constant.
+// 16 zero points (one per row of tile t) of group g, as integers (2^(BITS-1) without stored ones).
 template <class O, int BITS>
-CAT_AI typename O::VF zero_offsets(const GemmPlan& p, int64_t t, int64_t g) {
-  constexpr float C = kDecodeScale<BITS>;
-  if (!p.w.zeros) return O::set1(C + static_cast<float>(1 << (BITS - 1)));
+CAT_AI typename O::VI zero_codes(const GemmPlan& p, int64_t t, int64_t g) {
+  if (!p.w.zeros) return O::set1i(1 << (BITS - 1));
   // One word (two when a 3-bit zero straddles) holds group g of all 16 rows of the tile.
   const int64_t pos = int64_t{BITS} * g;
   const int32_t* zw = p.w.zeros + (t * p.zw + (pos >> 5)) * 16;
   const int off = static_cast<int>(pos & 31);
   typename O::VI z = O::srl(O::load(zw), off);
   if (off + BITS > 32) z = O::or_(z, O::sll(O::load(zw + 16), 32 - off));
-  z = O::and_(z, O::set1i((1 << BITS) - 1));
-  return O::add(O::cvt(z), O::set1(C));
+  return O::and_(z, O::set1i((1 << BITS) - 1));
+}
+
+// The same as floats, plus the decode constant: C + z, exact in float.
+template <class O, int BITS>
+CAT_AI typename O::VF zero_offsets(const GemmPlan& p, int64_t t, int64_t g) {
+  return O::add(O::cvt(zero_codes<O, BITS>(p, t, g)), O::set1(kDecodeScale<BITS>));
 }
 
 // Blocks ahead of the current one that run_segments prefetches at one row of x (2 KB at 4 bits).
@@ -318,9 +322,8 @@ CAT_AI void item_chunks(const GemmPlan& p, int64_t t, int64_t s, int64_t mbase, 
     // each row's consecutive groups contiguously, and reuse them for every block of x rows.
     gather_scales<O>(p, t, rows, g0, ngc, sc);
     for (int i = 0; i < ngc; ++i) {
-      typename O::VF z = zero_offsets<O, BITS>(p, t, g0 + i);  // C + z, exact in float
-      if constexpr (kPlainZ) z = O::sub(z, O::set1(kDecodeScale<BITS>));
-      O::storef(zc + i * 16, z);
+      if constexpr (kPlainZ) O::storef(zc + i * 16, O::cvt(zero_codes<O, BITS>(p, t, g0 + i)));
+      else O::storef(zc + i * 16, zero_offsets<O, BITS>(p, t, g0 + i));  // C + z, exact in float
     }
     for (int64_t m0 = 0, mr = 0; m0 < m; m0 += mr) {
       mr = row_block(kMB, m - m0);
