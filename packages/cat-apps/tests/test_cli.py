@@ -439,6 +439,8 @@ def test_importance_rounding_options(tiny_dir, tmp_path, capsys):
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     assert "importance-weighted rounding" in cap.out and "input scaling    off" in cap.out
+    method = next(x for x in cap.out.splitlines() if x.strip().startswith("quantization"))
+    assert "AWQ" not in method and "4-bit" in method, method  # no input scaling: not AWQ
     assert (out / "config.json").exists()
     out = tmp_path / "learned-imp"
     rc = quantize.main([str(tiny_dir), "--bits", "3", "--n-samples", "2", "--seqlen", "16", "--learned-start",
@@ -446,6 +448,8 @@ def test_importance_rounding_options(tiny_dir, tmp_path, capsys):
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     assert "learned rounding" in cap.out and "groups searched" in cap.out
+    method = next(x for x in cap.out.splitlines() if x.strip().startswith("quantization"))
+    assert "AWQ 3-bit" in method and "learned rounding from importance-weighted rounding's codes" in method, method
     rc = quantize.main([str(tiny_dir), "--rounding", "gptq", "--learned-start", "importance", "--out", str(tmp_path / "x")])
     cap = capsys.readouterr()
     assert rc == 2 and "--learned-start" in cap.err and not (tmp_path / "x").exists()

@@ -394,6 +394,14 @@ def _calibration(args: argparse.Namespace, model: Any, tok: Any, stage: _Stages)
     return samples, quality_ids, ref
 
 
+def _rounding_words(rounding: Any) -> str:
+    """The summary's words for how codes were chosen (none for AWQ's own round-to-nearest)."""
+    if rounding.name == "nearest":
+        return ""
+    start = getattr(rounding, "init", None)
+    return f", {rounding.label}" + ("" if start is None else f" from {start.label}'s codes")
+
+
 def _summary(args: argparse.Namespace, out: Path, fmt: str, source: str, gs: int, gs_req: int | str, qcfg: Any,
              result: Any, mem: dict, quality: Any, timer: Any, stages: dict[str, float], save_dtype: Any,
              device: Any, plan: Any = None) -> list[str]:
@@ -408,9 +416,9 @@ def _summary(args: argparse.Namespace, out: Path, fmt: str, source: str, gs: int
     lines = [
         *head,
         f"  model            {source}",
-        f"  quantization     AWQ {args.bits}-bit, group size {gs}{' (auto)' if gs_req == 'auto' else ''}, "
-        f"{'symmetric' if args.sym else 'asymmetric'}, {len(mem['layers'])} linears, {qcfg.search_dtype} search"
-        + ("" if qcfg.rounding.name == "nearest" else f", {qcfg.rounding.label}"),
+        f"  quantization     {'AWQ ' if qcfg.scales is not None else ''}{args.bits}-bit, group size {gs}"
+        f"{' (auto)' if gs_req == 'auto' else ''}, {'symmetric' if args.sym else 'asymmetric'}, "
+        f"{len(mem['layers'])} linears, {qcfg.search_dtype} search{_rounding_words(qcfg.rounding)}",
         f"  input scaling    {result.scaling_summary()}",
         f"  calibration      {args.calib}: {args.n_samples} x {args.seqlen} tokens",
         f"  time             {_cli.fmt_seconds(timer.elapsed)} total: "
