@@ -23,3 +23,4 @@ FP_IMATRIX=fp .venv/bin/python benchmarks/probes/fp_imatrix.py $S32 --out-dir /t
 .venv/bin/python benchmarks/awq_quality.py $G64 --out-dir /tmp/s23/f9 --quant-overrides '{"rounding": "learned", "learned_round_samples": 64}' > $R/f9_g64_default_64.log 2>&1
 .venv/bin/python benchmarks/awq_quality.py ${S32/smollm2/gemma3} --out-dir /tmp/s23/g9 --quant-overrides "{\"sym\": true, $IMP, \"learned_round_samples\": 64}" > $R/g9_gemma3_sym32_importance_learned_64.log 2>&1
 FP_IMATRIX=fp .venv/bin/python benchmarks/probes/fp_imatrix.py $S32 --out-dir /tmp/s23/f2 --quant-overrides '{"sym": true, "rounding": "importance", "scales": null, "clip": null}' > $R/f2_sym32_importance_fp_stats.log 2>&1
+.venv/bin/python benchmarks/probes/first_windows.py $S32 --out-dir /tmp/s23/w1 --quant-overrides '{"sym": true, "rounding": "importance", "scales": null, "clip": null}' > $R/w1_sym32_importance_first_windows.log 2>&1
