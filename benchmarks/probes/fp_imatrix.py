@@ -12,7 +12,9 @@ short of llama.cpp's own file at the same rounding (E1 against Q4_0 + imatrix).
 ``FP_IMATRIX=fp`` runs the unquantized model over every calibration sequence once before the AWQ
 driver, with a hook on every linear of the decoder blocks summing each input column's square over
 all tokens, and hands those means to the importance rounding in place of the quantized path's;
-``path`` leaves the product as it is (the control). Only meaningful with the scale search off
+``path`` leaves the product as it is (the control). (The session-23 rows ran an equivalent
+copy of the product's ``_Importance._codes`` with the means swapped in; this version hands them
+to the product's own.) Only meaningful with the scale search off
 (``"scales": null``): a folded scale would change the linear's input columns.
 """
 
@@ -29,7 +31,6 @@ sys.path.insert(0, str(HERE.parent))
 
 import cat_core.awq as _awq  # noqa: E402
 from cat_core.awq import _stage_round  # noqa: E402
-from cat_core.awq._importance import importance_round  # noqa: E402
 
 MODE = os.environ.get("FP_IMATRIX", "fp")
 assert MODE in ("fp", "path"), MODE
@@ -78,14 +79,10 @@ _codes = _stage_round._Importance._codes
 
 
 def codes(self, work, rel, name, mod, w, part, clips):
-    ms = _FP_MS.get(name)
-    if ms is None:
-        return _codes(self, work, rel, name, mod, w, part, clips)
-    c = work.config
-    qt = importance_round(w, ms, c.bits, c.group_size, c.sym, c.scale_torch_dtype)
-    if _stage_round._collecting(work):
-        work.starts.append(_stage_round._start(rel, name, mod, w.float().clone(), qt, w, c))
-    return qt
+    """The product's importance codes, given the unquantized model's statistics for this linear."""
+    if name in _FP_MS:
+        part.column_ms[rel] = _FP_MS[name]
+    return _codes(self, work, rel, name, mod, w, part, clips)
 
 
 _stage_round._Importance._codes = codes
