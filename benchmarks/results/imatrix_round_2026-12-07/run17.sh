@@ -24,3 +24,8 @@ FP_IMATRIX=fp .venv/bin/python benchmarks/probes/fp_imatrix.py $S32 --out-dir /t
 .venv/bin/python benchmarks/awq_quality.py ${S32/smollm2/gemma3} --out-dir /tmp/s23/g9 --quant-overrides "{\"sym\": true, $IMP, \"learned_round_samples\": 64}" > $R/g9_gemma3_sym32_importance_learned_64.log 2>&1
 FP_IMATRIX=fp .venv/bin/python benchmarks/probes/fp_imatrix.py $S32 --out-dir /tmp/s23/f2 --quant-overrides '{"sym": true, "rounding": "importance", "scales": null, "clip": null}' > $R/f2_sym32_importance_fp_stats.log 2>&1
 .venv/bin/python benchmarks/probes/first_windows.py $S32 --out-dir /tmp/s23/w1 --quant-overrides '{"sym": true, "rounding": "importance", "scales": null, "clip": null}' > $R/w1_sym32_importance_first_windows.log 2>&1
+# the scale search scored with importance rounding (benchmarks/probes/importance_scale_search.py; session 20's
+# run13.sh at 20 grid points was stopped), here at 5 grid points, then learned rounding from importance codes, no clip search
+C="--calib lee-background --n-samples 64 --seqlen 512 --eval-text wikitext2-test licenses --quiet --methods awq"
+.venv/bin/python benchmarks/probes/importance_scale_search.py $C --model gemma3 --bits 3 --group-size 128 --out-dir /tmp/s23/s2 --quant-overrides '{"rounding": "learned", "learned_round_init": "importance", "scales": true, "clip": null, "n_grid": 5}' > $R/s2_gemma3_3bit_importance_scale_search_grid5.log 2>&1
+.venv/bin/python benchmarks/probes/importance_scale_search.py $C --model smollm2 --bits 4 --group-size 64 --out-dir /tmp/s23/s1 --quant-overrides '{"rounding": "learned", "learned_round_init": "importance", "scales": true, "clip": null, "n_grid": 5}' > $R/s1_smollm2_g64_importance_scale_search_grid5.log 2>&1
