@@ -202,6 +202,11 @@ def test_debug_shows_traceback(tmp_path):
 # ----------------------------------------------------------------------------- end to end
 
 
+def _summary_line(out: str, field: str) -> str:
+    """The line of cat-quantize's closing summary that starts with ``field``."""
+    return next(x for x in out.splitlines() if x.strip().startswith(field))
+
+
 def _quantize_small(capsys, src, out, text_file, bits: int):
     """cat-quantize of a tiny model on 4 x 32 calibration tokens, group 64; its captured output."""
     rc = quantize.main([str(src), "--bits", str(bits), "--group-size", "64", "--calib", str(text_file),
@@ -348,7 +353,7 @@ def test_post_norm_only_model_quantizes_reloads_and_generates(tiny_olmo2_dir, te
     # OLMo-2: q/k/v and gate/up read the residual stream; they are quantized without input scales
     out = tmp_path / "olmo2-q4"
     cap = _quantize_small(capsys, tiny_olmo2_dir, out, text_file, bits=4)
-    line = next(x for x in cap.out.splitlines() if x.strip().startswith("input scaling"))
+    line = _summary_line(cap.out, "input scaling")
     assert "4 groups searched (folded into: 4 linear), 4 without input scaling" in line, line
     assert "4 read the residual stream" in line, line
     assert "14 linears" in cap.out  # the unscaled ones are quantized too
@@ -377,7 +382,7 @@ def test_gpt2_conv1d_model_quantizes_reloads_and_generates(tiny_gpt2_dir, text_f
     out = tmp_path / "gpt2-q4"
     cap = _quantize_small(capsys, tiny_gpt2_dir, out, text_file, bits=4)
     assert "8 linears" in cap.out
-    line = next(x for x in cap.out.splitlines() if x.strip().startswith("input scaling"))
+    line = _summary_line(cap.out, "input scaling")
     assert "8 groups searched" in line, line
 
     from cat_core.io import load_quantized
@@ -439,7 +444,7 @@ def test_importance_rounding_options(tiny_dir, tmp_path, capsys):
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     assert "importance-weighted rounding" in cap.out and "input scaling    off" in cap.out
-    method = next(x for x in cap.out.splitlines() if x.strip().startswith("quantization"))
+    method = _summary_line(cap.out, "quantization")
     assert "AWQ" not in method and "4-bit" in method, method  # no input scaling: not AWQ
     assert (out / "config.json").exists()
     out = tmp_path / "learned-imp"
@@ -448,7 +453,7 @@ def test_importance_rounding_options(tiny_dir, tmp_path, capsys):
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     assert "learned rounding" in cap.out and "groups searched" in cap.out
-    method = next(x for x in cap.out.splitlines() if x.strip().startswith("quantization"))
+    method = _summary_line(cap.out, "quantization")
     assert "AWQ 3-bit" in method and "learned rounding from importance-weighted rounding's codes" in method, method
     rc = quantize.main([str(tiny_dir), "--rounding", "gptq", "--learned-start", "importance", "--out", str(tmp_path / "x")])
     cap = capsys.readouterr()
