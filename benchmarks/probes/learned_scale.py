@@ -6,7 +6,7 @@ Learned rounding keeps its start's scales (min/max tuning, which rebuilds them f
 range, is refused with the importance start). Here each group's stored scale ``s0`` (and, for
 asymmetric groups, its zero point) stays the start's, times a factor ``c`` in
 ``[1 - r, 1 + r]`` (``r`` = ``LEARNED_SCALE``) learned with the offsets by the same signed
-gradient steps: ``w_hat = (round(w / (c s0) + V) + z - z) * c s0``. The importance start's scales
+gradient steps: ``q = round(w / (c s0) + V) + z``, ``w_hat = (q - z) * c s0``. The importance start's scales
 were fitted per group to the weights alone; the factor lets the block's output move them.
 Composes with ``fp_imatrix`` (imported first, so ``FP_IMATRIX`` applies).
 """

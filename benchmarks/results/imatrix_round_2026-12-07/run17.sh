@@ -1,13 +1,15 @@
 #!/bin/bash
-# issue #26 (session 23): two ablations of the importance recipe (learned rounding from importance
-# codes, scale and clip searches off) on SmolLM2, news calibration 64 x 512, WikiText-2 / licenses:
+# issue #26 (session 23): ablations of the importance recipe (learned rounding from importance codes,
+# scale and clip searches off), news calibration 64 x 512, WikiText-2 / licenses:
 #  - where importance's column mean squares come from: the unquantized model (llama-imatrix's
 #    choice; FP_IMATRIX=fp) or the quantized path (the product; FP_IMATRIX=path), at sym g32 and asym g64
 #  - a learned factor on each start scale (benchmarks/probes/learned_scale.py)
 #  - learned rounding's pool: every calibration sequence (64) instead of 32, also with 40 iterations
 #    at half the step; at sym g32 on both models, and with GPTQ's start at the default format (asym g64)
-#  - importance rounding alone with the unquantized model's statistics (against session 20's E1)
-# Logs: f1..f9 and g9 in this folder (the session's /tmp/s23/fN.log, progress bars stripped).
+#  - importance rounding alone with the unquantized model's statistics, and on the text's first 64
+#    windows (benchmarks/probes/first_windows.py), against session 20's E1
+#  - at the end: the scale search scored with importance rounding (with and without the clip search)
+# Logs: f1..f9, g9, w1 and s1..s3 in this folder (the session's /tmp/s23/fN.log, progress bars stripped).
 cd /work/main
 R=benchmarks/results/imatrix_round_2026-12-07
 S32="--model smollm2 --bits 4 --group-size 32 --calib lee-background --n-samples 64 --seqlen 512 --eval-text wikitext2-test licenses --quiet --methods awq"
