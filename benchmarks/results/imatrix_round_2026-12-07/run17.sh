@@ -32,3 +32,9 @@ C="--calib lee-background --n-samples 64 --seqlen 512 --eval-text wikitext2-test
 .venv/bin/python benchmarks/probes/importance_scale_search.py $C --model gemma3 --bits 3 --group-size 128 --out-dir /tmp/s23/s2 --quant-overrides '{"rounding": "learned", "learned_round_init": "importance", "scales": true, "clip": null, "n_grid": 5}' > $R/s2_gemma3_3bit_importance_scale_search_grid5.log 2>&1
 .venv/bin/python benchmarks/probes/importance_scale_search.py $C --model smollm2 --bits 4 --group-size 64 --out-dir /tmp/s23/s1 --quant-overrides '{"rounding": "learned", "learned_round_init": "importance", "scales": true, "clip": null, "n_grid": 5}' > $R/s1_smollm2_g64_importance_scale_search_grid5.log 2>&1
 .venv/bin/python benchmarks/probes/importance_scale_search.py $C --model gemma3 --bits 3 --group-size 128 --out-dir /tmp/s23/s3 --quant-overrides '{"rounding": "learned", "learned_round_init": "importance", "scales": true, "clip": true, "n_grid": 5}' > $R/s3_gemma3_3bit_importance_scale_search_grid5_clip.log 2>&1
+# how many 512-token windows the Lee text gives the calibration sampler (cat_core.calib joins its lines with blank lines)
+.venv/bin/python -c "
+import sys; sys.path.insert(0, 'benchmarks'); import _models as M
+_, tok = M.load_model('smollm2')
+docs = [l for l in open('../shared/data/lee-background.txt').read().splitlines() if l.strip()]
+ids = tok('\n\n'.join(docs))['input_ids']; print(len(ids), 'tokens,', len(ids) // 512, 'windows of 512')" > $R/lee_windows.txt 2>&1
